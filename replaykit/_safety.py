@@ -1,0 +1,205 @@
+"""Validate a file's structure before any of its data is read.
+
+libhdf5 is not hardened against crafted input, and some legal HDF5 features
+make a reader touch *other* files (external links, external raw storage,
+virtual datasets) or allocate far more than the file holds (huge declared
+shapes, compression bombs). Every object is inspected through its link and
+property lists, without following a link or reading a byte of data, and
+anything outside the recording format is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from replaykit import _format as F
+from replaykit.errors import NotARecordingError, TruncatedFileError, UnsafeFileError
+
+__all__ = ["open_validated", "validate_structure"]
+
+# A compressed chunk may expand at most this much: far above what real recordings reach.
+MAX_EXPANSION = 2000
+MAX_OBJECTS = 200_000
+# Snapshots and streams are never deeper than this many groups below the root.
+MAX_DEPTH = 64
+
+
+def open_validated(path: Path) -> h5py.File:
+    """Open ``path`` read-only after checking it is a structurally safe HDF5 file."""
+    if not path.exists():
+        raise NotARecordingError("no such file; check the path", path=path)
+    if path.is_dir():
+        raise NotARecordingError("is a directory, not a recording file", path=path)
+    size = path.stat().st_size
+    if size == 0:
+        raise TruncatedFileError("file is empty (0 bytes); the recording was never written", path=path)
+    try:
+        is_h5 = h5py.is_hdf5(os.fspath(path))
+    except OSError:
+        is_h5 = False
+    if not is_h5:
+        raise NotARecordingError(
+            "not an HDF5 file (no HDF5 signature); replaykit recordings are .h5 files written by "
+            "replaykit record or the RecordingWrapper",
+            path=path,
+        )
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise TruncatedFileError(
+            f"HDF5 library cannot open it ({_short(exc)}); the file is truncated or damaged",
+            path=path,
+        ) from None
+    try:
+        validate_structure(f, path, size)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:160]
+
+
+def validate_structure(f: h5py.File, path: Path, file_size: int) -> None:
+    """Refuse links, storage, dtypes and sizes a recording never has."""
+    count = 0
+
+    def walk(group: h5py.Group, depth: int) -> None:
+        nonlocal count
+        if depth > MAX_DEPTH:
+            raise UnsafeFileError("groups nest deeper than a recording's", path=path, obj=group.name)
+        try:
+            names = list(group.keys())
+        except (OSError, RuntimeError, KeyError) as exc:
+            raise TruncatedFileError(
+                f"cannot list group ({_short(exc)})", path=path, obj=group.name
+            ) from None
+        for name in names:
+            count += 1
+            if count > MAX_OBJECTS:
+                raise UnsafeFileError(
+                    f"file holds more than {MAX_OBJECTS} objects", path=path, obj=group.name
+                )
+            obj_path = f"{group.name.rstrip('/')}/{name}"
+            try:
+                link = group.get(name, getlink=True)
+            except (OSError, RuntimeError, KeyError) as exc:
+                raise TruncatedFileError(
+                    f"cannot read link ({_short(exc)})", path=path, obj=obj_path
+                ) from None
+            if isinstance(link, h5py.ExternalLink):
+                raise UnsafeFileError(
+                    "external link to another file; recordings never hold them",
+                    path=path,
+                    obj=obj_path,
+                )
+            if isinstance(link, h5py.SoftLink):
+                raise UnsafeFileError(
+                    "soft link; recordings never hold them", path=path, obj=obj_path
+                )
+            try:
+                obj = group.get(name)
+            except (OSError, RuntimeError, KeyError, ValueError) as exc:
+                raise TruncatedFileError(
+                    f"cannot open object ({_short(exc)})", path=path, obj=obj_path
+                ) from None
+            if isinstance(obj, h5py.Group):
+                _check_attrs(obj, path)
+                walk(obj, depth + 1)
+            elif isinstance(obj, h5py.Dataset):
+                _check_attrs(obj, path)
+                _check_dataset(obj, path, file_size)
+            else:
+                raise UnsafeFileError(
+                    f"unexpected object type {type(obj).__name__}", path=path, obj=obj_path
+                )
+
+    _check_attrs(f, path)
+    walk(f, 0)
+
+
+def _check_attrs(obj: Any, path: Path) -> None:
+    try:
+        for name in obj.attrs.keys():
+            aid = h5py.h5a.open(obj.id, name.encode())
+            dt = aid.dtype
+            if dt.kind == "O":
+                # Only plain variable-length strings are allowed among object dtypes.
+                if h5py.check_string_dtype(dt) is None:
+                    raise UnsafeFileError(
+                        f"attribute {name!r} has an object dtype", path=path, obj=obj.name
+                    )
+            elif dt.kind not in F.ALLOWED_KINDS | {"S", "U"}:
+                raise UnsafeFileError(
+                    f"attribute {name!r} has dtype {dt} ({dt.kind})", path=path, obj=obj.name
+                )
+            if aid.get_storage_size() > 64 << 20:
+                raise UnsafeFileError(f"attribute {name!r} exceeds 64 MiB", path=path, obj=obj.name)
+    except (OSError, RuntimeError, KeyError) as exc:
+        raise TruncatedFileError(
+            f"cannot read attributes ({_short(exc)})", path=path, obj=obj.name
+        ) from None
+
+
+def _check_dataset(ds: h5py.Dataset, path: Path, file_size: int) -> None:
+    where = ds.name
+    try:
+        dt = ds.dtype
+        if dt.kind not in F.ALLOWED_KINDS or dt.fields is not None or dt.subdtype is not None:
+            raise UnsafeFileError(
+                f"dataset dtype {dt} is not a plain bool/int/float/complex type "
+                "(recordings never hold objects, strings or compound types)",
+                path=path,
+                obj=where,
+            )
+        if ds.is_virtual:
+            raise UnsafeFileError(
+                "virtual dataset (reads other files); recordings never hold them",
+                path=path,
+                obj=where,
+            )
+        dcpl = ds.id.get_create_plist()
+        if dcpl.get_external_count() > 0:
+            raise UnsafeFileError(
+                "dataset stores its data in external files; recordings never do",
+                path=path,
+                obj=where,
+            )
+        filters = [dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters())]
+        unknown = [fid for fid in filters if fid not in F.ALLOWED_FILTERS]
+        if unknown:
+            raise UnsafeFileError(f"dataset uses unknown filter(s) {unknown}", path=path, obj=where)
+        declared = int(np.prod(ds.shape, dtype=np.float64) * dt.itemsize)
+        stored = int(ds.id.get_storage_size())
+        compressed = any(fid in (1, 32000) for fid in filters)
+        limit = stored * MAX_EXPANSION if compressed else max(file_size, 0)
+        # Unallocated chunks read as the fill value, so a chunked dataset may declare more
+        # rows than it stores; the readers only read committed rows, checked against this.
+        if ds.chunks is None and declared > file_size:
+            raise UnsafeFileError(
+                f"dataset declares {declared} bytes but the file has {file_size}",
+                path=path,
+                obj=where,
+            )
+        if compressed and declared > max(limit, 1 << 20):
+            raise UnsafeFileError(
+                f"dataset declares {declared} bytes from {stored} stored (a compression bomb?)",
+                path=path,
+                obj=where,
+            )
+        if ds.chunks is not None and declared > (1 << 40):
+            raise UnsafeFileError(
+                f"dataset declares {declared} bytes (over 1 TiB)", path=path, obj=where
+            )
+    except (OSError, RuntimeError) as exc:
+        raise TruncatedFileError(
+            f"cannot read dataset header ({_short(exc)})", path=path, obj=where
+        ) from None

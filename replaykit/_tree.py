@@ -1,0 +1,232 @@
+"""Exact, pickle-free encoding of state trees into JSON plus a list of arrays.
+
+A *state tree* is nested ``dict`` (``str`` or ``int`` keys), ``list`` and
+``tuple`` whose leaves are numpy arrays, numpy scalars, torch tensors, or JSON
+scalars (``int`` of any size, ``float``, ``bool``, ``str``, ``None``).
+:func:`encode` turns it into a JSON-able document, where each array leaf is a
+reference into a returned list of numpy arrays; :func:`decode` turns both back
+into an equal tree with the same container and leaf types. Tensors come back
+on the CPU with their dtype; the device they lived on is kept in the document.
+
+Every node of the document is either a JSON scalar or a one-key tagged object,
+so decoding never guesses and never executes anything:
+
+======  ==========================================================
+tag     meaning
+======  ==========================================================
+``D``   dict with ``str`` keys: ``{"D": {key: node}}``
+``M``   dict with other keys: ``{"M": [[key node, value node], ...]}``
+``L``   list: ``{"L": [node, ...]}``
+``T``   tuple: ``{"T": [node, ...]}``
+``A``   numpy array: ``{"A": index}``
+``S``   numpy scalar: ``{"S": index}`` (a 0-d array)
+``t``   torch tensor: ``{"t": index, "dtype": "bfloat16", "device": "cpu", "grad": false}``
+``F``   non-finite float: ``{"F": "nan" | "inf" | "-inf"}``
+======  ==========================================================
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from replaykit._format import ALLOWED_KINDS, LOGICAL_DTYPES
+from replaykit.errors import CaptureError, FileFormatError
+
+__all__ = ["encode", "decode", "tensor_to_numpy", "numpy_to_tensor"]
+
+_TORCH_LOGICAL = {"bfloat16", "float8_e4m3fn", "float8_e5m2"}
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
+def tensor_to_numpy(t: Any) -> tuple[np.ndarray, str]:
+    """Return (array holding the tensor's exact bits, torch dtype name without 'torch.')."""
+    torch = _torch()
+    name = str(t.dtype).removeprefix("torch.")
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous()
+    if name in _TORCH_LOGICAL:
+        width = LOGICAL_DTYPES[name].itemsize
+        view = {2: torch.int16, 1: torch.uint8}[width]
+        return t.view(view).numpy().view(LOGICAL_DTYPES[name]), name
+    try:
+        return t.numpy(), name
+    except TypeError as exc:
+        raise CaptureError(
+            f"tensor dtype torch.{name} has no exact storage in replaykit; "
+            "convert it to a supported dtype (float32/float16/bfloat16/int/bool) before capture"
+        ) from exc
+
+
+def numpy_to_tensor(arr: np.ndarray, dtype_name: str) -> Any:
+    torch = _torch()
+    if dtype_name in _TORCH_LOGICAL:
+        width = LOGICAL_DTYPES[dtype_name].itemsize
+        view = {2: torch.int16, 1: torch.uint8}[width]
+        base = torch.from_numpy(np.require(arr, requirements="C").view({2: np.int16, 1: np.uint8}[width]))
+        return base.view(view).view(getattr(torch, dtype_name)).clone()
+    t = torch.from_numpy(np.array(arr, copy=True))
+    expected = getattr(torch, dtype_name, None)
+    if expected is None or t.dtype != expected:
+        raise FileFormatError(f"tensor dtype {dtype_name} does not match stored {arr.dtype}")
+    return t
+
+
+class _Encoder:
+    def __init__(self) -> None:
+        self.arrays: list[np.ndarray] = []
+        self.logical: dict[int, str] = {}
+
+    def array(self, arr: np.ndarray, path: str) -> int:
+        if arr.dtype.kind not in ALLOWED_KINDS:
+            raise CaptureError(
+                f"state at {path or '<root>'} has numpy dtype {arr.dtype} (kind "
+                f"{arr.dtype.kind!r}); only bool, int, float and complex arrays are stored, "
+                "never objects or strings"
+            )
+        self.arrays.append(arr)
+        return len(self.arrays) - 1
+
+    def node(self, obj: Any, path: str) -> Any:
+        # bool before int: bool is an int subclass.
+        if obj is None or isinstance(obj, (bool, str)):
+            return obj
+        if isinstance(obj, int) and not isinstance(obj, np.integer):
+            return int(obj)
+        if isinstance(obj, float) and not isinstance(obj, np.floating):
+            return obj if math.isfinite(obj) else {"F": repr(obj)}
+        if isinstance(obj, np.ndarray):
+            # Copy: a captured tree must not alias live state.
+            return {"A": self.array(np.array(obj, copy=True, order="C"), path)}
+        if isinstance(obj, np.generic):
+            return {"S": self.array(np.array(obj), path)}
+        if isinstance(obj, dict):
+            if all(isinstance(k, str) for k in obj):
+                return {"D": {k: self.node(v, f"{path}/{k}") for k, v in obj.items()}}
+            return {
+                "M": [
+                    [self.node(k, f"{path}/<key>"), self.node(v, f"{path}/{k}")]
+                    for k, v in obj.items()
+                ]
+            }
+        if isinstance(obj, list):
+            return {"L": [self.node(v, f"{path}/{i}") for i, v in enumerate(obj)]}
+        if isinstance(obj, tuple):
+            return {"T": [self.node(v, f"{path}/{i}") for i, v in enumerate(obj)]}
+        if type(obj).__module__.startswith("torch") and hasattr(obj, "dtype") and hasattr(
+            obj, "device"
+        ):
+            arr, name = tensor_to_numpy(obj)
+            idx = self.array(np.array(arr, copy=True), path)
+            return {
+                "t": idx,
+                "dtype": name,
+                "device": str(obj.device),
+                "grad": bool(getattr(obj, "requires_grad", False)),
+            }
+        raise CaptureError(
+            f"state at {path or '<root>'} is a {type(obj).__module__}.{type(obj).__qualname__}, "
+            "which replaykit does not store (no pickle); capture it as arrays, tensors, "
+            "dicts, lists and JSON scalars instead"
+        )
+
+
+def encode(tree: Any) -> tuple[Any, list[np.ndarray], dict[int, str]]:
+    """Encode a state tree.
+
+    Returns:
+        ``(document, arrays, logical)`` where ``document`` is JSON-able,
+        ``arrays`` are the leaves in reference order, and ``logical`` maps an
+        array index to a dtype name numpy lacks (e.g. ``"bfloat16"``) whose bits
+        the array holds.
+
+    Example:
+        >>> doc, arrays, _ = encode({"w": np.zeros(2, np.float32), "step": 3})
+        >>> doc
+        {'D': {'w': {'A': 0}, 'step': 3}}
+    """
+    enc = _Encoder()
+    doc = enc.node(tree, "")
+    logical: dict[int, str] = {}
+    _collect_logical(doc, logical)
+    return doc, enc.arrays, logical
+
+
+def _collect_logical(doc: Any, out: dict[int, str]) -> None:
+    if isinstance(doc, dict):
+        if "t" in doc and doc.get("dtype") in _TORCH_LOGICAL:
+            out[int(doc["t"])] = str(doc["dtype"])
+            return
+        for v in doc.values():
+            _collect_logical(v, out)
+    elif isinstance(doc, list):
+        for v in doc:
+            _collect_logical(v, out)
+
+
+def decode(doc: Any, arrays: list[np.ndarray]) -> Any:
+    """Invert :func:`encode`. Raises :class:`FileFormatError` on a malformed document."""
+    return _decode(doc, arrays, 0)
+
+
+_MAX_DEPTH = 200
+
+
+def _decode(doc: Any, arrays: list[np.ndarray], depth: int) -> Any:
+    if depth > _MAX_DEPTH:
+        raise FileFormatError("state tree nests deeper than 200 levels")
+    if doc is None or isinstance(doc, (bool, int, float, str)):
+        return doc
+    if not isinstance(doc, dict) or len(doc) == 0:
+        raise FileFormatError(f"malformed state tree node {str(doc)[:60]!r}")
+    d = depth + 1
+    if "D" in doc and len(doc) == 1 and isinstance(doc["D"], dict):
+        return {k: _decode(v, arrays, d) for k, v in doc["D"].items()}
+    if "M" in doc and len(doc) == 1 and isinstance(doc["M"], list):
+        out = {}
+        for pair in doc["M"]:
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise FileFormatError("malformed state tree mapping entry")
+            key = _decode(pair[0], arrays, d)
+            if isinstance(key, (dict, list)):
+                raise FileFormatError("state tree mapping key is not hashable")
+            out[key] = _decode(pair[1], arrays, d)
+        return out
+    if "L" in doc and len(doc) == 1 and isinstance(doc["L"], list):
+        return [_decode(v, arrays, d) for v in doc["L"]]
+    if "T" in doc and len(doc) == 1 and isinstance(doc["T"], list):
+        return tuple(_decode(v, arrays, d) for v in doc["T"])
+    if "F" in doc and len(doc) == 1 and doc["F"] in ("nan", "inf", "-inf"):
+        return float(doc["F"])
+    if "A" in doc and len(doc) == 1:
+        return _array(doc["A"], arrays)
+    if "S" in doc and len(doc) == 1:
+        arr = _array(doc["S"], arrays)
+        if arr.ndim != 0:
+            raise FileFormatError("numpy scalar node refers to a non-scalar array")
+        return arr[()]
+    if "t" in doc and set(doc) <= {"t", "dtype", "device", "grad"}:
+        arr = _array(doc["t"], arrays)
+        name = doc.get("dtype")
+        if not isinstance(name, str) or not name.isidentifier():
+            raise FileFormatError(f"malformed tensor dtype {name!r}")
+        t = numpy_to_tensor(arr, name)
+        if doc.get("grad") is True and t.is_floating_point():
+            t.requires_grad_(True)
+        return t
+    raise FileFormatError(f"unknown state tree tag in {str(doc)[:60]!r}")
+
+
+def _array(ref: Any, arrays: list[np.ndarray]) -> np.ndarray:
+    if not isinstance(ref, int) or isinstance(ref, bool) or not 0 <= ref < len(arrays):
+        raise FileFormatError(f"state tree refers to array {ref!r}, which the snapshot lacks")
+    return arrays[ref]

@@ -1,0 +1,602 @@
+"""Comparison rules, first-divergence search and reports.
+
+Bit-exact is the default: same dtype, same shape, same bytes (so ``-0.0`` is
+not ``0.0`` and NaN payloads count). A tolerance applies only where a rule is
+named for a key pattern, and every report says which rule was used.
+
+Example:
+    >>> import numpy as np
+    >>> m = compare_arrays(np.float32([1, 2]), np.float32([1, np.nextafter(2, 3, dtype=np.float32)]))
+    >>> m.index, m.ulp
+    ((1,), 1)
+    >>> compare_arrays(np.float32([0.0]), np.float32([-0.0])).reason
+    'value'
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from replaykit import _format as F
+from replaykit.errors import UsageError
+
+__all__ = [
+    "DiffResult",
+    "DivergenceReport",
+    "KeyDivergence",
+    "Mismatch",
+    "Rule",
+    "Rules",
+    "compare_arrays",
+    "diff_recordings",
+]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How two arrays must agree. All zero (the default) means bit-exact.
+
+    Args:
+        atol: absolute tolerance.
+        rtol: relative tolerance (of the expected value).
+        max_ulp: largest allowed distance in units in the last place.
+
+    An element passes when it is bit-identical, or (for a tolerance rule)
+    when ``|a - e| <= atol + rtol * |e|`` or its ULP distance is ``<= max_ulp``.
+    NaN matches NaN only under a tolerance rule.
+    """
+
+    atol: float = 0.0
+    rtol: float = 0.0
+    max_ulp: int = 0
+
+    def __post_init__(self) -> None:
+        if self.atol < 0 or self.rtol < 0 or self.max_ulp < 0:
+            raise UsageError("tolerances must be >= 0")
+
+    @property
+    def exact(self) -> bool:
+        return self.atol == 0 and self.rtol == 0 and self.max_ulp == 0
+
+    def describe(self) -> str:
+        if self.exact:
+            return "bit-exact"
+        parts = []
+        if self.atol:
+            parts.append(f"atol={self.atol:g}")
+        if self.rtol:
+            parts.append(f"rtol={self.rtol:g}")
+        if self.max_ulp:
+            parts.append(f"max_ulp={self.max_ulp}")
+        return "tolerance " + ", ".join(parts)
+
+
+EXACT = Rule()
+
+
+class Rules:
+    """Per-key rules: ``{"obs/*": Rule(atol=1e-6)}``; the first matching pattern wins.
+
+    Keys match with :func:`fnmatch.fnmatchcase` against the key path
+    (``obs``, ``obs/pos``, ``probe/logits``, ``info/x``). Unmatched keys use
+    ``default`` (bit-exact unless you pass another).
+    """
+
+    def __init__(
+        self, rules: Mapping[str, Rule] | None = None, *, default: Rule = EXACT
+    ) -> None:
+        self.rules = dict(rules or {})
+        self.default = default
+
+    def for_key(self, key: str) -> Rule:
+        for pattern, rule in self.rules.items():
+            if fnmatch.fnmatchcase(key, pattern):
+                return rule
+        return self.default
+
+    def describe(self) -> str:
+        if not self.rules and self.default.exact:
+            return "bit-exact for every key"
+        parts = [f"{p}: {r.describe()}" for p, r in self.rules.items()]
+        parts.append(f"other keys: {self.default.describe()}")
+        return "; ".join(parts)
+
+
+_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64, 16: np.uint64}
+_FLOAT_WIDTH = {"bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    a = np.require(a, requirements="C")  # keeps 0-d arrays 0-d, unlike ascontiguousarray
+    if a.dtype.itemsize in (1, 2, 4, 8):
+        return a.view(_UINT[a.dtype.itemsize])
+    return a.view(np.uint8).reshape(*a.shape, -1) if a.ndim else a.view(np.uint8)
+
+
+def _ordered(bits: np.ndarray, width: int) -> np.ndarray:
+    """Map float bit patterns to integers whose difference is the ULP distance."""
+    signed = bits.astype(np.int64) if width < 8 else bits.view(np.int64)
+    if width < 8:
+        sign = np.int64(1) << (8 * width - 1)
+        neg = signed >= sign
+        mag = signed & (sign - 1)
+        return np.where(neg, -mag, mag)
+    mag = signed & np.int64(0x7FFFFFFFFFFFFFFF)
+    return np.where(signed < 0, -mag, mag)
+
+
+def bf16_to_float(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _as_float(a: np.ndarray, logical: str | None) -> np.ndarray | None:
+    if logical == "bfloat16":
+        return bf16_to_float(a)
+    if logical is not None:
+        return None
+    if a.dtype.kind == "f":
+        return a
+    if a.dtype.kind in "iub":
+        return a.astype(np.float64)
+    return None
+
+
+@dataclass
+class Mismatch:
+    """The first element at which two arrays disagree."""
+
+    reason: str  # "dtype", "shape", "value", "missing", "extra"
+    index: tuple[int, ...] = ()
+    expected: Any = None
+    actual: Any = None
+    abs_diff: float | None = None
+    rel_diff: float | None = None
+    ulp: int | None = None
+    count: int = 0
+    total: int = 0
+    expected_dtype: str = ""
+    actual_dtype: str = ""
+    expected_shape: tuple[int, ...] = ()
+    actual_shape: tuple[int, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "index": list(self.index),
+            "expected": _jsonable(self.expected),
+            "actual": _jsonable(self.actual),
+            "abs_diff": _jsonable(self.abs_diff),
+            "rel_diff": _jsonable(self.rel_diff),
+            "ulp": self.ulp,
+            "count": self.count,
+            "total": self.total,
+            "expected_dtype": self.expected_dtype,
+            "actual_dtype": self.actual_dtype,
+            "expected_shape": list(self.expected_shape),
+            "actual_shape": list(self.actual_shape),
+        }
+
+    def describe_values(self) -> list[str]:
+        if self.reason == "dtype":
+            return [f"expected dtype {self.expected_dtype}, found {self.actual_dtype}"]
+        if self.reason == "shape":
+            return [f"expected shape {self.expected_shape}, found {self.actual_shape}"]
+        if self.reason in ("missing", "extra"):
+            return [f"value {'missing from the replay' if self.reason == 'missing' else 'not in the recording'}"]
+        lines = [
+            f"expected: {_fmt(self.expected, self.expected_dtype)}",
+            f"actual:   {_fmt(self.actual, self.actual_dtype)}",
+        ]
+        diff = []
+        if self.abs_diff is not None:
+            diff.append(f"abs {self.abs_diff:.6g}")
+        if self.rel_diff is not None:
+            diff.append(f"rel {self.rel_diff:.6g}")
+        if self.ulp is not None:
+            diff.append(f"{self.ulp} ULP")
+        if self.total > 1:
+            diff.append(f"{self.count} of {self.total} elements differ")
+        if diff:
+            lines.append("difference: " + ", ".join(diff))
+        return lines
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return repr(v)
+    if isinstance(v, (np.generic,)):
+        return _jsonable(v.item())
+    return v
+
+
+def _fmt(v: Any, dtype: str) -> str:
+    if isinstance(v, float):
+        bits = ""
+        if dtype in ("float32", "<f4"):
+            bits = f" (bits 0x{np.float32(v).view(np.uint32):08x})"
+        elif dtype in ("float64", "<f8"):
+            bits = f" (bits 0x{np.float64(v).view(np.uint64):016x})"
+        elif dtype == "bfloat16":
+            bits = f" (bits 0x{np.float32(v).view(np.uint32) >> 16:04x})"
+        return f"{v!r}{bits} [{dtype}]"
+    return f"{v!r} [{dtype}]"
+
+
+def _dtype_name(a: np.ndarray, logical: str | None) -> str:
+    return logical if logical else a.dtype.name
+
+
+def compare_arrays(
+    expected: np.ndarray,
+    actual: np.ndarray,
+    rule: Rule = EXACT,
+    *,
+    logical: str | None = None,
+    actual_logical: str | None = None,
+) -> Mismatch | None:
+    """Return the first :class:`Mismatch` between two arrays under ``rule``, or ``None``.
+
+    ``logical`` names a dtype numpy lacks (``"bfloat16"``) whose bits the
+    arrays hold.
+    """
+    expected = np.asarray(expected)
+    actual = np.asarray(actual)
+    actual_logical = logical if actual_logical is None else actual_logical
+    ed, ad = _dtype_name(expected, logical), _dtype_name(actual, actual_logical)
+    if ed != ad or expected.dtype != actual.dtype:
+        return Mismatch(
+            "dtype", expected_dtype=ed, actual_dtype=ad,
+            expected_shape=expected.shape, actual_shape=actual.shape,
+        )
+    if expected.shape != actual.shape:
+        return Mismatch(
+            "shape", expected_dtype=ed, actual_dtype=ad,
+            expected_shape=expected.shape, actual_shape=actual.shape,
+        )
+    eb, ab = _bits(expected), _bits(actual)
+    if eb.tobytes() == ab.tobytes():
+        return None
+    neq = eb != ab
+    if neq.ndim > expected.ndim:
+        neq = neq.any(axis=-1)
+    ef = _as_float(expected, logical)
+    af = _as_float(actual, logical)
+    if not rule.exact and ef is not None and af is not None:
+        with np.errstate(invalid="ignore", over="ignore"):
+            d = np.abs(af.astype(np.float64) - ef.astype(np.float64))
+            ok = d <= rule.atol + rule.rtol * np.abs(ef.astype(np.float64))
+            both_nan = np.isnan(ef) & np.isnan(af)
+            ok |= both_nan
+            if rule.max_ulp and expected.dtype.kind in "fu" and (
+                expected.dtype.kind == "f" or logical
+            ):
+                width = expected.dtype.itemsize
+                ulps = np.abs(_ordered(eb, width) - _ordered(ab, width))
+                ok |= ulps <= rule.max_ulp
+        neq = neq & ~ok
+        if not neq.any():
+            return None
+    flat = np.flatnonzero(neq.reshape(-1))
+    first = int(flat[0])
+    index = tuple(int(i) for i in np.unravel_index(first, expected.shape)) if expected.ndim else ()
+    e_val = expected.reshape(-1)[first] if expected.ndim else expected[()]
+    a_val = actual.reshape(-1)[first] if actual.ndim else actual[()]
+    m = Mismatch(
+        "value",
+        index=index,
+        count=int(flat.size),
+        total=int(expected.size),
+        expected_dtype=ed,
+        actual_dtype=ad,
+        expected_shape=expected.shape,
+        actual_shape=actual.shape,
+    )
+    if ef is not None and af is not None:
+        e_f = ef.reshape(-1)[first] if expected.ndim else ef[()]
+        a_f = af.reshape(-1)[first] if actual.ndim else af[()]
+        m.expected, m.actual = float(e_f), float(a_f)
+        if expected.dtype.kind in "iub" and logical is None:
+            m.expected, m.actual = e_val.item(), a_val.item()
+        with np.errstate(invalid="ignore", over="ignore"):
+            m.abs_diff = float(abs(np.float64(a_f) - np.float64(e_f)))
+            m.rel_diff = (
+                float(m.abs_diff / abs(np.float64(e_f))) if np.float64(e_f) != 0 else None
+            )
+        if expected.dtype.kind == "f" or logical == "bfloat16":
+            width = expected.dtype.itemsize
+            e_bits = eb.reshape(-1)[first:first + 1] if expected.ndim else eb.reshape(1)
+            a_bits = ab.reshape(-1)[first:first + 1] if actual.ndim else ab.reshape(1)
+            m.ulp = int(abs(int(_ordered(e_bits, width)[0]) - int(_ordered(a_bits, width)[0])))
+    else:
+        m.expected, m.actual = e_val.item(), a_val.item()
+    return m
+
+
+@dataclass
+class DivergenceReport:
+    """Where and why a replay (or a second run) first differs from a recording."""
+
+    key: str
+    mismatch: Mismatch
+    rule: str
+    source: str = ""
+    snapshot: str | None = None
+    stream: str = F.STEPS
+    row: int | None = None
+    episode: int | None = None
+    step_in_episode: int | None = None
+    provenance: list[tuple[str, Any, Any]] = field(default_factory=list)
+    note: str = ""
+
+    def where(self) -> str:
+        parts = []
+        if self.snapshot is not None:
+            parts.append(f"snapshot {self.snapshot!r}")
+        if self.row is not None:
+            unit = {"steps": "step", "resets": "reset", "updates": "update"}.get(
+                self.stream, f"{self.stream} row"
+            )
+            parts.append(f"{unit} {self.row}")
+        if self.episode is not None:
+            ep = f"episode {self.episode}"
+            if self.step_in_episode is not None:
+                ep += f", step {self.step_in_episode} of the episode"
+            parts.append(ep)
+        parts.append(f"key {self.key!r}")
+        if self.mismatch.index:
+            parts.append(f"element {list(self.mismatch.index)}")
+        return ", ".join(parts)
+
+    def format(self) -> str:
+        src = f" {self.source}" if self.source else ""
+        lines = [f"diverged from{src} at {self.where()}"]
+        lines += ["  " + s for s in self.mismatch.describe_values()]
+        lines.append(f"  rule: {self.rule}")
+        if self.note:
+            lines.append(f"  note: {self.note}")
+        if self.provenance:
+            lines.append("  setup differences that may explain it:")
+            for k, a, b in self.provenance[:8]:
+                lines.append(f"    {k}: {a!r} (recorded) vs {b!r} (now)")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "snapshot": self.snapshot,
+            "stream": self.stream,
+            "row": self.row,
+            "episode": self.episode,
+            "step_in_episode": self.step_in_episode,
+            "key": self.key,
+            "rule": self.rule,
+            "mismatch": self.mismatch.to_json(),
+            "note": self.note,
+            "provenance": [{"key": k, "a": _jsonable(a), "b": _jsonable(b)} for k, a, b in self.provenance],
+        }
+
+
+# --------------------------------------------------------------------------- file vs file
+
+
+@dataclass
+class KeyDivergence:
+    """First divergence of one key between two recordings."""
+
+    stream: str
+    key: str
+    row: int | None
+    mismatch: Mismatch
+    rule: str
+    episode: int | None = None
+    step_in_episode: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stream": self.stream,
+            "key": self.key,
+            "row": self.row,
+            "episode": self.episode,
+            "step_in_episode": self.step_in_episode,
+            "rule": self.rule,
+            "mismatch": self.mismatch.to_json(),
+        }
+
+
+@dataclass
+class DiffResult:
+    """Result of :func:`diff_recordings`."""
+
+    a: str
+    b: str
+    divergences: list[KeyDivergence]
+    rows: dict[str, tuple[int, int]]
+    only_in_a: list[str]
+    only_in_b: list[str]
+    provenance: list[tuple[str, Any, Any]]
+    rules: str
+    compared_keys: int
+
+    @property
+    def match(self) -> bool:
+        return not self.divergences and not self.only_in_a and not self.only_in_b and all(
+            ra == rb for ra, rb in self.rows.values()
+        )
+
+    @property
+    def first(self) -> KeyDivergence | None:
+        """The earliest divergence (by stream order, then row)."""
+        order = {F.RESETS: 0, F.STEPS: 1, F.UPDATES: 2}
+        if not self.divergences:
+            return None
+        return min(
+            self.divergences,
+            key=lambda d: (order.get(d.stream, 3), d.row if d.row is not None else -1, d.key),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        first = self.first
+        return {
+            "a": self.a,
+            "b": self.b,
+            "match": self.match,
+            "rules": self.rules,
+            "compared_keys": self.compared_keys,
+            "rows": {k: {"a": a, "b": b} for k, (a, b) in self.rows.items()},
+            "first": first.to_json() if first else None,
+            "divergences": [d.to_json() for d in self.divergences],
+            "only_in_a": self.only_in_a,
+            "only_in_b": self.only_in_b,
+            "provenance": [
+                {"key": k, "a": _jsonable(a), "b": _jsonable(b)} for k, a, b in self.provenance
+            ],
+        }
+
+
+def _episode_of(stream: Any, row: int) -> tuple[int | None, int | None]:
+    if stream.name != F.STEPS or F.EPISODE not in stream:
+        return None, None
+    ep = stream.read(F.EPISODE, row, row + 1)
+    if ep.size == 0:
+        return None, None
+    episode = int(ep[0])
+    # Walk back to the episode's first row in bounded blocks.
+    start = row
+    block = 4096
+    while start > 0:
+        lo = max(0, start - block)
+        eps = stream.read(F.EPISODE, lo, start)
+        other = np.flatnonzero(eps != episode)
+        if other.size:
+            start = lo + int(other[-1]) + 1
+            break
+        start = lo
+    return episode, row - start
+
+
+def diff_recordings(
+    a: str | os.PathLike[str],
+    b: str | os.PathLike[str],
+    *,
+    rules: Rules | None = None,
+    keys: Iterable[str] | None = None,
+    block_rows: int = 65536,
+    verify: bool = True,
+) -> DiffResult:
+    """Stream two recordings and report the first divergence of every key.
+
+    Memory stays bounded by ``block_rows`` rows per column whatever the files'
+    length.
+
+    Args:
+        a: the reference recording.
+        b: the recording to compare with it.
+        rules: per-key comparison rules (bit-exact by default).
+        keys: fnmatch patterns; only matching keys are compared.
+        block_rows: rows read per block.
+        verify: check stored checksums while streaming.
+
+    Example:
+        >>> # res = diff_recordings("before.h5", "after.h5")
+        >>> # res.match, res.first.key, res.first.row
+    """
+    from replaykit import provenance as prov
+    from replaykit.store import Recording
+
+    rules = rules or Rules()
+    patterns = list(keys) if keys else None
+    divergences: list[KeyDivergence] = []
+    rows: dict[str, tuple[int, int]] = {}
+    only_a: list[str] = []
+    only_b: list[str] = []
+    compared = 0
+    with Recording(a, verify=verify) as ra, Recording(b, verify=verify) as rb:
+        streams = list(dict.fromkeys(ra.stream_names + rb.stream_names))
+        for sname in streams:
+            if not ra.has_stream(sname):
+                only_b.append(sname)
+                continue
+            if not rb.has_stream(sname):
+                only_a.append(sname)
+                continue
+            sa, sb = ra.stream(sname), rb.stream(sname)
+            rows[sname] = (sa.rows, sb.rows)
+            for col in list(dict.fromkeys(list(sa.columns) + list(sb.columns))):
+                key = f"{sname}/{col}" if sname != F.STEPS else col
+                if patterns and not any(fnmatch.fnmatchcase(key, p) for p in patterns):
+                    continue
+                if col not in sa.columns:
+                    only_b.append(key)
+                    continue
+                if col not in sb.columns:
+                    only_a.append(key)
+                    continue
+                compared += 1
+                rule = rules.for_key(key)
+                d = _diff_column(sa, sb, col, key, rule, block_rows)
+                if d is not None:
+                    divergences.append(d)
+        provenance = prov.differences(ra.provenance, rb.provenance)
+    return DiffResult(
+        a=str(a),
+        b=str(b),
+        divergences=divergences,
+        rows=rows,
+        only_in_a=only_a,
+        only_in_b=only_b,
+        provenance=provenance,
+        rules=rules.describe(),
+        compared_keys=compared,
+    )
+
+
+def _diff_column(
+    sa: Any, sb: Any, col: str, key: str, rule: Rule, block_rows: int
+) -> KeyDivergence | None:
+    la, lb = sa.logical_dtype(col), sb.logical_dtype(col)
+    ia, ib = sa.blocks(col, block_rows), sb.blocks(col, block_rows)
+    pa_full = sa.optional(col)
+    n = min(sa.rows, sb.rows)
+    for (lo, xa), (_, xb) in zip(ia, ib):
+        hi = min(lo + len(xa), lo + len(xb), n)
+        if hi <= lo:
+            break
+        xa, xb = xa[: hi - lo], xb[: hi - lo]
+        if pa_full and sb.optional(col):
+            pa, pb = sa.present(col, lo, hi), sb.present(col, lo, hi)
+            if pa is not None and pb is not None and not np.array_equal(pa, pb):
+                r = lo + int(np.flatnonzero(pa != pb)[0])
+                ep, sie = _episode_of(sa, r)
+                reason = "missing" if pa[r - lo] else "extra"
+                return KeyDivergence(sa.name, key, r, Mismatch(reason), rule.describe(), ep, sie)
+        if xa.dtype != xb.dtype or xa.shape[1:] != xb.shape[1:] or la != lb:
+            m = compare_arrays(xa[:1], xb[:1], rule, logical=la, actual_logical=lb)
+            if m is not None:
+                return KeyDivergence(sa.name, key, lo, m, rule.describe(), *_episode_of(sa, lo))
+        if rule.exact and xa.tobytes() == xb.tobytes():
+            continue
+        m = compare_arrays(xa, xb, rule, logical=la)
+        if m is None:
+            continue
+        r = lo + m.index[0]
+        row_m = compare_arrays(xa[m.index[0]], xb[m.index[0]], rule, logical=la)
+        assert row_m is not None
+        ep, sie = _episode_of(sa, r)
+        return KeyDivergence(sa.name, key, r, row_m, rule.describe(), ep, sie)
+    if sa.rows != sb.rows:
+        return KeyDivergence(
+            sa.name,
+            key,
+            n,
+            Mismatch("missing" if sa.rows > sb.rows else "extra"),
+            rule.describe(),
+            *_episode_of(sa, n) if n < sa.rows else (None, None),
+        )
+    return None

@@ -1,0 +1,146 @@
+"""Env-state adapters: the protocol and the type-keyed registry.
+
+An *env adapter* captures and restores the state of one unwrapped env class; a
+*wrapper adapter* does the same for one wrapper layer. Both return and accept a
+*state tree* (see :mod:`replaykit._tree`): nested ``dict``/``list``/``tuple``
+of ``numpy`` arrays, ``torch`` tensors and JSON scalars. Dispatch follows the
+class MRO through :func:`functools.singledispatch`, so registering an adapter
+for a base class covers its subclasses unless a subclass registers its own.
+
+Example:
+    >>> import gymnasium as gym
+    >>> from replaykit.envstate import find_env_adapter
+    >>> env = gym.make("CartPole-v1")
+    >>> find_env_adapter(env.unwrapped).name
+    'classic_control.CartPole'
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+__all__ = [
+    "EnvAdapter",
+    "WrapperAdapter",
+    "STATELESS",
+    "find_env_adapter",
+    "find_wrapper_adapter",
+    "register_env_adapter",
+    "register_stateless_wrapper",
+    "register_wrapper_adapter",
+]
+
+
+@runtime_checkable
+class EnvAdapter(Protocol):
+    """Captures and restores the complete state of an unwrapped env.
+
+    ``capture`` must return everything the env's next ``step`` depends on
+    (including its ``np_random`` when the adapter owns it), as a state tree
+    that shares no memory with the env. ``restore`` must leave the env in a
+    state where the next ``step`` gives bit-identical results.
+    """
+
+    name: ClassVar[str]
+
+    def capture(self, env: Any) -> Any: ...
+
+    def restore(self, env: Any, state: Any) -> None: ...
+
+
+@runtime_checkable
+class WrapperAdapter(Protocol):
+    """Captures and restores the state held by one wrapper layer (not the env below it)."""
+
+    name: ClassVar[str]
+
+    def capture(self, wrapper: Any) -> Any: ...
+
+    def restore(self, wrapper: Any, state: Any) -> None: ...
+
+
+class _Stateless:
+    """Adapter for wrappers that hold no state the next step depends on."""
+
+    name: ClassVar[str] = "stateless"
+
+    def capture(self, wrapper: Any) -> Any:
+        return {}
+
+    def restore(self, wrapper: Any, state: Any) -> None:
+        return None
+
+
+STATELESS = _Stateless()
+
+
+@functools.singledispatch
+def _env_adapter_for(env: object) -> EnvAdapter | None:
+    return None
+
+
+@functools.singledispatch
+def _wrapper_adapter_for(wrapper: object) -> WrapperAdapter | None:
+    return None
+
+
+def register_env_adapter(env_type: type, adapter: EnvAdapter) -> None:
+    """Use ``adapter`` for unwrapped envs of ``env_type`` (and subclasses without their own).
+
+    Args:
+        env_type: the env class, e.g. ``gymnasium.envs.classic_control.CartPoleEnv``.
+        adapter: an object following :class:`EnvAdapter`.
+
+    Example:
+        >>> class MyEnvAdapter:
+        ...     name = "mine.MyEnv"
+        ...     def capture(self, env): return {"pos": env.pos.copy()}
+        ...     def restore(self, env, state): env.pos[...] = state["pos"]
+        >>> # register_env_adapter(MyEnv, MyEnvAdapter())
+    """
+    _env_adapter_for.register(env_type)(lambda env, _a=adapter: _a)
+
+
+def register_wrapper_adapter(wrapper_type: type, adapter: WrapperAdapter) -> None:
+    """Use ``adapter`` for wrapper layers of ``wrapper_type`` (and subclasses without their own)."""
+    _wrapper_adapter_for.register(wrapper_type)(lambda w, _a=adapter: _a)
+
+
+def register_stateless_wrapper(wrapper_type: type) -> None:
+    """Declare that ``wrapper_type`` holds no state the next step depends on."""
+    register_wrapper_adapter(wrapper_type, STATELESS)
+
+
+# Adapters for optional env families register on first need: when the family's module is
+# already imported (the caller built such an env), so `import replaykit` never imports mujoco.
+_LAZY: dict[str, str] = {
+    "gymnasium.envs.mujoco.mujoco_env": "replaykit.envstate.mujoco",
+    "ale_py.env": "replaykit.envstate.atari",
+}
+
+
+def _register_lazy() -> None:
+    import importlib
+    import sys
+
+    for trigger, module in list(_LAZY.items()):
+        if trigger in sys.modules:
+            del _LAZY[trigger]
+            importlib.import_module(module).register()
+
+
+def find_env_adapter(env: Any) -> EnvAdapter | None:
+    """Return the adapter registered for ``type(env)`` (by MRO), or ``None``."""
+    if _LAZY:
+        _register_lazy()
+    return _env_adapter_for(env)
+
+
+def find_wrapper_adapter(wrapper: Any) -> WrapperAdapter | None:
+    """Return the adapter registered for ``type(wrapper)`` (by MRO), or ``None``.
+
+    Note that ``gymnasium.Wrapper`` itself has no adapter: an unknown wrapper
+    subclass is *not* assumed stateless.
+    """
+    return _wrapper_adapter_for(wrapper)

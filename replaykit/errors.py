@@ -1,0 +1,153 @@
+"""The one exception tree of replaykit.
+
+Every error replaykit raises on purpose is a :class:`ReplaykitError`. Each
+subclass also inherits the builtin exception that existing handlers expect, so
+``except ValueError`` keeps working around code that now calls replaykit::
+
+    ReplaykitError
+    ├── UsageError (ValueError)              bad arguments or API misuse
+    ├── FileFormatError (ValueError)         a file replaykit cannot read
+    │   ├── NotARecordingError               not HDF5, or HDF5 not written by replaykit
+    │   ├── TruncatedFileError               cut short, zero bytes, or never committed
+    │   ├── UnsupportedVersionError          written by a newer (or unknown) format version
+    │   ├── ChecksumError                    stored bytes do not match their checksum
+    │   └── UnsafeFileError                  external links/storage, virtual datasets, bombs, ...
+    ├── CaptureError (TypeError)             state replaykit cannot capture (refuses, never guesses)
+    ├── RestoreError (ValueError)            a snapshot does not fit the objects to restore into
+    │   └── StateMismatchError               shapes, dtypes, keys, groups, env id or spec differ
+    ├── ProvenanceError (RuntimeError)       library/device drift under the "error" policy
+    └── DivergenceError (AssertionError)     a replay did not reproduce the recording
+        └── NondeterministicEnvError         replay-from-reset met an env that is not deterministic
+
+    ReplaykitWarning (UserWarning)           a result may be less exact than asked (never an error)
+
+Messages are one line: what was expected, what was found, how to fix it.
+Templates are module constants so tests can match them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from replaykit.compare import DivergenceReport
+
+__all__ = [
+    "CaptureError",
+    "ChecksumError",
+    "DivergenceError",
+    "FileFormatError",
+    "NondeterministicEnvError",
+    "NotARecordingError",
+    "ProvenanceError",
+    "ReplaykitError",
+    "ReplaykitWarning",
+    "RestoreError",
+    "StateMismatchError",
+    "TruncatedFileError",
+    "UnsafeFileError",
+    "UnsupportedVersionError",
+    "UsageError",
+]
+
+
+class ReplaykitError(Exception):
+    """Root of every error replaykit raises on purpose."""
+
+
+class UsageError(ReplaykitError, ValueError):
+    """The caller passed arguments replaykit cannot act on."""
+
+
+class FileFormatError(ReplaykitError, ValueError):
+    """A file is not a recording replaykit can read.
+
+    Attributes:
+        path: the file on disk (or ``None`` when unknown).
+        obj: the object path inside the HDF5 file the problem was found at.
+    """
+
+    def __init__(self, message: str, *, path: Any = None, obj: str | None = None) -> None:
+        self.path = None if path is None else str(path)
+        self.obj = obj
+        where = ""
+        if self.path is not None:
+            where = f"{self.path}"
+            if obj:
+                where += f" [{obj}]"
+            where += ": "
+        super().__init__(where + message)
+
+
+class NotARecordingError(FileFormatError):
+    """The file is not HDF5, or is HDF5 that replaykit did not write."""
+
+
+class TruncatedFileError(FileFormatError):
+    """The file is cut short, empty, or holds nothing committed."""
+
+
+class UnsupportedVersionError(FileFormatError):
+    """The file's format version is newer than (or unknown to) this replaykit."""
+
+
+class ChecksumError(FileFormatError):
+    """Stored bytes do not match the checksum written with them."""
+
+
+class UnsafeFileError(FileFormatError):
+    """The file holds a structure replaykit refuses to read (could reach other files or explode)."""
+
+
+class CaptureError(ReplaykitError, TypeError):
+    """Some state cannot be captured exactly, so no snapshot is written."""
+
+
+class RestoreError(ReplaykitError, ValueError):
+    """A snapshot cannot be restored into the objects given."""
+
+
+class StateMismatchError(RestoreError):
+    """Saved state does not fit the live object (shape, dtype, keys, env id, ...).
+
+    Attributes:
+        mismatches: one human-readable line per difference.
+    """
+
+    def __init__(self, what: str, mismatches: list[str]) -> None:
+        self.mismatches = list(mismatches)
+        shown = "; ".join(self.mismatches[:8])
+        more = f"; ... and {len(self.mismatches) - 8} more" if len(self.mismatches) > 8 else ""
+        super().__init__(
+            f"{what} does not match the snapshot ({len(self.mismatches)} "
+            f"difference{'s' if len(self.mismatches) != 1 else ''}): {shown}{more}; "
+            "build the object exactly as it was when recorded, or record again"
+        )
+
+
+class ProvenanceError(ReplaykitError, RuntimeError):
+    """The replaying setup differs from the recording's under the 'error' drift policy."""
+
+
+class DivergenceError(ReplaykitError, AssertionError):
+    """A replay did not reproduce the recording.
+
+    Attributes:
+        report: the structured first-divergence report.
+    """
+
+    def __init__(self, report: DivergenceReport) -> None:
+        self.report = report
+        super().__init__(report.format())
+
+
+class NondeterministicEnvError(DivergenceError):
+    """Replay-from-reset found the env does not reproduce its own recorded observations."""
+
+
+class ReplaykitWarning(UserWarning):
+    """Something replaykit did may be less exact than asked (never raised as an error).
+
+    For example CUDA RNG state that cannot be restored on a machine without CUDA, or a
+    determinism setting applied too late to take effect.
+    """

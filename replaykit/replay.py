@@ -1,0 +1,632 @@
+"""Restore a snapshot into fresh objects, step on, and verify against the recording.
+
+Example:
+    >>> # rep = restore("run.h5", env=gym.make("CartPole-v1"), track={"model": model})
+    >>> # obs = rep.obs
+    >>> # for _ in range(100):
+    >>> #     obs, r, term, trunc, info = rep.env.step(policy(obs))   # raises DivergenceError
+    >>> # rep.close()
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from replaykit import _format as F
+from replaykit import _spaces, snapshot
+from replaykit.compare import EXACT, DivergenceReport, Mismatch, Rule, Rules, compare_arrays
+from replaykit.errors import (
+    DivergenceError,
+    NondeterministicEnvError,
+    ProvenanceError,
+    RestoreError,
+    StateMismatchError,
+    UsageError,
+)
+from replaykit.record import env_spec_json, to_array
+from replaykit.store import Recording, SnapshotInfo, StreamReader
+
+__all__ = ["DEFAULT_IGNORE", "Replay", "VerifyingWrapper", "restore", "make_env"]
+
+# Keys that legitimately differ between runs (wall-clock times).
+DEFAULT_IGNORE: tuple[str, ...] = ("info/episode/t", "reset/info/episode/t")
+
+_BLOCK = 512
+
+
+class _Rows:
+    """Reads rows of a recorded stream in cached blocks."""
+
+    def __init__(self, stream: StreamReader) -> None:
+        self.stream = stream
+        self._cache: dict[str, tuple[int, np.ndarray, np.ndarray | None]] = {}
+
+    @property
+    def rows(self) -> int:
+        return self.stream.rows
+
+    def get(self, column: str, i: int) -> tuple[np.ndarray, bool]:
+        c = self._cache.get(column)
+        if c is None or not c[0] <= i < c[0] + len(c[1]):
+            lo = i
+            data = self.stream.read(column, lo, lo + _BLOCK)
+            present = self.stream.present(column, lo, lo + _BLOCK)
+            c = self._cache[column] = (lo, data, present)
+        lo, data, present = c
+        return data[i - lo], True if present is None else bool(present[i - lo])
+
+
+def make_env(recording: Recording | str | os.PathLike[str], **overrides: Any) -> gym.Env[Any, Any]:
+    """Build the recorded env with ``gymnasium.make`` from its recorded id and kwargs.
+
+    Only ids already registered with gymnasium are accepted: nothing named in
+    the file is ever imported. Import the package that registers the env first.
+    """
+    rec = recording if isinstance(recording, Recording) else Recording(recording)
+    try:
+        spec = rec.meta.get("env_spec") or {}
+        env_id = spec.get("id") or rec.meta.get("env_id")
+        if not isinstance(env_id, str) or not env_id:
+            raise UsageError(f"{rec.path} records no env id; build the env yourself")
+        if ":" in env_id:
+            raise UsageError(
+                f"recorded env id {env_id!r} names a module to import; replaykit never imports "
+                "names from a file: import that module yourself and pass the env"
+            )
+        if env_id not in gym.registry:
+            raise UsageError(
+                f"env id {env_id!r} is not registered with gymnasium; import the package that "
+                "registers it (e.g. ale_py, replaykit_envs) or install its extra"
+            )
+        kwargs = {
+            k: v for k, v in (spec.get("kwargs") or {}).items() if not isinstance(v, dict) or "$repr" not in v
+        }
+        kwargs.update(overrides)
+        max_steps = spec.get("max_episode_steps")
+        if max_steps is not None and "max_episode_steps" not in kwargs:
+            kwargs["max_episode_steps"] = max_steps
+        return gym.make(env_id, **kwargs)
+    finally:
+        if rec is not recording:
+            rec.close()
+
+
+class _Verifier:
+    """Compares live values with recorded rows and raises at the first difference."""
+
+    def __init__(
+        self,
+        rec: Recording,
+        snap: SnapshotInfo | None,
+        rules: Rules,
+        ignore: Iterable[str],
+        error: type[DivergenceError] = DivergenceError,
+        note: str = "",
+    ) -> None:
+        self.rec = rec
+        self.snap = snap
+        self.rules = rules
+        self.ignore = tuple(ignore)
+        self.error = error
+        self.note = note
+        self.compared = 0
+
+    def ignored(self, key: str) -> bool:
+        return any(fnmatch.fnmatchcase(key, p) for p in self.ignore)
+
+    def check(
+        self,
+        key: str,
+        expected: np.ndarray,
+        actual: Any,
+        *,
+        stream: str,
+        row: int,
+        episode: int | None,
+        k: int | None,
+        logical: str | None = None,
+    ) -> None:
+        if self.ignored(key):
+            return
+        arr, alog = to_array(actual, key) if not isinstance(actual, np.ndarray) else (actual, None)
+        rule = self.rules.for_key(key)
+        m = compare_arrays(expected, arr, rule, logical=logical, actual_logical=alog or logical if alog else logical)
+        self.compared += 1
+        if m is not None:
+            self.fail(key, m, rule, stream=stream, row=row, episode=episode, k=k)
+
+    def fail(
+        self,
+        key: str,
+        m: Mismatch,
+        rule: Rule,
+        *,
+        stream: str,
+        row: int | None,
+        episode: int | None,
+        k: int | None,
+        note: str = "",
+    ) -> None:
+        __tracebackhide__ = True
+        from replaykit import provenance
+
+        report = DivergenceReport(
+            key=key,
+            mismatch=m,
+            rule=rule.describe(),
+            source=str(self.rec.path),
+            snapshot=self.snap.name if self.snap else None,
+            stream=stream,
+            row=row,
+            episode=episode,
+            step_in_episode=k,
+            provenance=provenance.differences(self.rec.provenance, provenance.collect(git=False)),
+            note=note or self.note,
+        )
+        raise self.error(report)
+
+
+class VerifyingWrapper(gym.Wrapper[Any, Any, Any, Any]):
+    """Steps the restored env and checks every step against the recording.
+
+    Raises :class:`~replaykit.errors.DivergenceError` at the first probe,
+    action, observation, reward, flag or info that differs.
+    """
+
+    _replaykit_transparent = True
+
+    def __init__(self, env: gym.Env[Any, Any], replay: Replay) -> None:
+        super().__init__(env)
+        self._r = replay
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        __tracebackhide__ = True
+        return self._r._reset(self.env, seed, options)
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        __tracebackhide__ = True
+        return self._r._step(self.env, action)
+
+
+class Replay:
+    """A restored snapshot, ready to step on under verification.
+
+    Attributes:
+        env: the env to step (a :class:`VerifyingWrapper` around yours).
+        obs: the observation at the snapshot (what your loop would hold next).
+        info: the info that came with it.
+        snapshot: which snapshot was restored.
+        step: the global step index of the next step.
+        needs_reset: ``True`` when the recorded episode had just ended at the snapshot.
+    """
+
+    def __init__(
+        self,
+        rec: Recording,
+        snap: SnapshotInfo,
+        env: gym.Env[Any, Any],
+        position: Mapping[str, Any],
+        rules: Rules,
+        ignore: Iterable[str],
+        owns: bool,
+        *,
+        extra: Any = None,
+        error: type[DivergenceError] = DivergenceError,
+        note: str = "",
+    ) -> None:
+        self.recording = rec
+        self.snapshot = snap
+        self._owns = owns
+        self.step = int(position["step"])
+        self.episode = int(position["episode"])
+        self.step_in_episode = int(position["step_in_episode"])
+        self.update = int(position.get("updates", 0))
+        self.needs_reset = bool(position["needs_reset"])
+        self.extra = extra
+        self._v = _Verifier(rec, snap, rules, ignore, error=error, note=note)
+        self._steps = _Rows(rec.stream(F.STEPS)) if rec.has_stream(F.STEPS) else None
+        self._resets = _Rows(rec.stream(F.RESETS))
+        self._updates = _Rows(rec.stream(F.UPDATES)) if rec.has_stream(F.UPDATES) else None
+        self._obs_space = env.observation_space
+        self._act_space = env.action_space
+        self._obs_leaves = _spaces.leaves_of(env.observation_space, "observation")
+        self._act_leaves = _spaces.leaves_of(env.action_space, "action")
+        self._probes: dict[str, Any] = {}
+        self.verified_steps = 0
+        self.verified_updates = 0
+        self.env = VerifyingWrapper(env, self)
+        self.obs: Any = None
+        self.info: dict[str, Any] = {}
+        if self.episode >= 0:
+            self.obs, self.info = self._current_obs()
+
+    # -------------------------------------------------------------- recorded values
+    def _steps_rows(self) -> _Rows:
+        if self._steps is None:
+            raise UsageError(f"{self.recording.path} holds no steps")
+        return self._steps
+
+    def _current_obs(self) -> tuple[Any, dict[str, Any]]:
+        if self.step_in_episode == 0:
+            return self._recorded_obs(self._resets, self.episode), {}
+        return self._recorded_obs(self._steps_rows(), self.step - 1), {}
+
+    def _recorded_obs(self, rows: _Rows, i: int) -> Any:
+        values = {leaf.name: self._value(rows, F.column_path(F.OBS, leaf.name), i) for leaf in self._obs_leaves}
+        return _spaces.unflatten(self._obs_space, values)
+
+    def recorded_action(self, i: int) -> Any:
+        rows = self._steps_rows()
+        values = {
+            leaf.name: self._value(rows, F.column_path(F.ACTION, leaf.name), i)
+            for leaf in self._act_leaves
+        }
+        return _spaces.unflatten(self._act_space, values)
+
+    @staticmethod
+    def _value(rows: _Rows, column: str, i: int) -> Any:
+        v, _ = rows.get(column, i)
+        return v.copy() if isinstance(v, np.ndarray) and v.ndim else v[()]
+
+    @property
+    def steps_left(self) -> int:
+        """Recorded steps after the current position."""
+        return 0 if self._steps is None else self._steps.rows - self.step
+
+    # -------------------------------------------------------------- user API
+    def probe(self, name: str, value: Any) -> None:
+        """Give a probe for the next step; it is checked when the step is taken."""
+        if name in self._probes:
+            raise UsageError(f"probe {name!r} given twice before one step")
+        self._probes[name] = value
+
+    def log_update(self, **values: Any) -> int:
+        """Check one training update's values against the recorded update stream."""
+        __tracebackhide__ = True
+        if self._updates is None or self.update >= self._updates.rows:
+            raise UsageError(
+                f"the recording holds {0 if self._updates is None else self._updates.rows} "
+                f"updates; update {self.update} was not recorded"
+            )
+        u = self.update
+        rows = self._updates
+        st = rows.stream
+        for key in sorted(values):
+            col = F.column_path(F.PROBE, key)
+            if col not in st.columns:
+                self._v.fail(
+                    f"update/{key}", Mismatch("extra"), EXACT, stream=F.UPDATES, row=u,
+                    episode=None, k=None,
+                )
+            expected, present = rows.get(col, u)
+            if not present:
+                self._v.fail(f"update/{key}", Mismatch("extra"), EXACT, stream=F.UPDATES, row=u, episode=None, k=None)
+            self._v.check(
+                f"update/{key}", expected, values[key], stream=F.UPDATES, row=u,
+                episode=None, k=None, logical=st.logical_dtype(col),
+            )
+        for col in st.columns:
+            if col.startswith(F.PROBE + "/") and col[len(F.PROBE) + 1 :] not in values:
+                _, present = rows.get(col, u)
+                if present and not self._v.ignored(f"update/{col[len(F.PROBE) + 1:]}"):
+                    self._v.fail(
+                        f"update/{col[len(F.PROBE) + 1:]}", Mismatch("missing"), EXACT,
+                        stream=F.UPDATES, row=u, episode=None, k=None,
+                    )
+        self.update += 1
+        self.verified_updates += 1
+        return u
+
+    def close(self) -> None:
+        if self._owns:
+            self.recording.close()
+
+    def __enter__(self) -> Replay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -------------------------------------------------------------- stepping
+    def _where(self) -> dict[str, Any]:
+        return {"stream": F.STEPS, "row": self.step, "episode": self.episode, "k": self.step_in_episode}
+
+    def _step(self, env: gym.Env[Any, Any], action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        __tracebackhide__ = True
+        rows = self._steps_rows()
+        t = self.step
+        if t >= rows.rows:
+            raise UsageError(
+                f"the recording ends at step {rows.rows}; {self.verified_steps} steps were "
+                "verified after the snapshot — step fewer times or record longer"
+            )
+        if self.needs_reset:
+            self._v.fail("reset", Mismatch("missing"), EXACT, **self._where(),
+                         note="the recorded episode ended here and the next call was reset()")
+        ep, _ = rows.get(F.EPISODE, t)
+        st = rows.stream
+        # Probes come before the action in the user's loop, so they are compared first.
+        for col in st.columns:
+            if col.startswith(F.PROBE + "/"):
+                name = col[len(F.PROBE) + 1 :]
+                expected, present = rows.get(col, t)
+                if name in self._probes:
+                    if not present:
+                        self._v.fail(f"probe/{name}", Mismatch("extra"), EXACT, **self._where())
+                    self._v.check(f"probe/{name}", expected, self._probes[name],
+                                  logical=st.logical_dtype(col), **self._where())
+                elif present and not self._v.ignored(f"probe/{name}"):
+                    self._v.fail(f"probe/{name}", Mismatch("missing"), EXACT, **self._where(),
+                                 note="the recording logged this probe before this step")
+        for name in self._probes:
+            if F.column_path(F.PROBE, name) not in st.columns:
+                self._v.fail(f"probe/{name}", Mismatch("extra"), EXACT, **self._where())
+        self._probes.clear()
+        for leaf in self._act_leaves:
+            key = F.column_path(F.ACTION, leaf.name)
+            expected, _ = rows.get(key, t)
+            self._v.check(key, expected, _spaces.getter(leaf.path)(action), **self._where())
+        obs, reward, terminated, truncated, info = env.step(action)
+        for leaf in self._obs_leaves:
+            key = F.column_path(F.OBS, leaf.name)
+            expected, _ = rows.get(key, t)
+            self._v.check(key, expected, _spaces.getter(leaf.path)(obs), **self._where())
+        rexp, _ = rows.get(F.REWARD, t)
+        ract = np.float64(reward) if isinstance(reward, (int, float)) and not isinstance(reward, bool) else reward
+        self._v.check(F.REWARD, rexp, ract, **self._where())
+        self._v.check(F.TERMINATED, rows.get(F.TERMINATED, t)[0], np.bool_(terminated), **self._where())
+        self._v.check(F.TRUNCATED, rows.get(F.TRUNCATED, t)[0], np.bool_(truncated), **self._where())
+        self._check_info(rows, t, info, "info")
+        self.step += 1
+        self.step_in_episode += 1
+        self.verified_steps += 1
+        self.needs_reset = bool(terminated or truncated)
+        self.obs, self.info = obs, info
+        return obs, reward, terminated, truncated, info
+
+    def _check_info(self, rows: _Rows, i: int, info: Mapping[str, Any], prefix: str) -> None:
+        from replaykit.record import _flat_info
+
+        st = rows.stream
+        skipped = set(self.recording.meta.get("skipped_info") or ())
+        live = dict(_flat_info(info))
+        where = self._where() if prefix == "info" else {
+            "stream": F.RESETS, "row": i, "episode": i, "k": 0}
+        key_prefix = prefix
+        for col in st.columns:
+            if not col.startswith(F.INFO + "/"):
+                continue
+            name = col[len(F.INFO) + 1 :]
+            key = f"{key_prefix}/{name}"
+            if self._v.ignored(key):
+                continue
+            expected, present = rows.get(col, i)
+            if present and name not in live:
+                self._v.fail(key, Mismatch("missing"), EXACT, **where)
+            if not present and name in live:
+                self._v.fail(key, Mismatch("extra"), EXACT, **where)
+            if present:
+                self._v.check(key, expected, live[name], logical=st.logical_dtype(col), **where)
+        for name, value in live.items():
+            key = f"{key_prefix}/{name}"
+            if F.column_path(F.INFO, name) not in st.columns and name not in skipped and not self._v.ignored(key):
+                try:
+                    to_array(value, key)
+                except Exception:
+                    continue
+                self._v.fail(key, Mismatch("extra"), EXACT, **where)
+
+    def _reset(
+        self, env: gym.Env[Any, Any], seed: int | None, options: dict[str, Any] | None
+    ) -> tuple[Any, dict[str, Any]]:
+        __tracebackhide__ = True
+        e = self.episode + 1
+        resets = self._resets
+        where = {"stream": F.RESETS, "row": e, "episode": e, "k": 0}
+        if e >= resets.rows:
+            raise UsageError(
+                f"the recording holds {resets.rows} episodes; reset {e} was not recorded"
+            )
+        start, _ = resets.get(F.RESET_STEP, e)
+        if int(start) != self.step:
+            self._v.fail("reset", Mismatch("extra"), EXACT, **self._where(),
+                         note=f"the recording reset at step {int(start)}, not here")
+        rseed, _ = resets.get(F.RESET_SEED, e)
+        seeded, _ = resets.get(F.RESET_SEEDED, e)
+        got = np.int64(-1 if seed is None else seed)
+        self._v.check("reset/seed", np.asarray(rseed), got, **where)
+        self._v.check("reset/seeded", np.asarray(seeded), np.bool_(seed is not None), **where)
+        obs, info = env.reset(seed=seed, options=options)
+        for leaf in self._obs_leaves:
+            key = F.column_path(F.OBS, leaf.name)
+            expected, _ = resets.get(key, e)
+            self._v.check(f"reset/{key}", expected, _spaces.getter(leaf.path)(obs), **where)
+        self._check_info(resets, e, info, "reset/info")
+        self.episode = e
+        self.step_in_episode = 0
+        self.needs_reset = False
+        self.obs, self.info = obs, info
+        return obs, info
+
+    def recorded_reset_args(self) -> tuple[int | None, dict[str, Any] | None]:
+        """``(seed, options)`` the recording passed to the next reset."""
+        e = self.episode + 1
+        rseed, _ = self._resets.get(F.RESET_SEED, e)
+        seeded, _ = self._resets.get(F.RESET_SEEDED, e)
+        opts = (self.recording.meta.get("reset_options") or {}).get(str(e))
+        return (int(rseed) if bool(seeded) else None), opts
+
+
+def _check_env(rec: Recording, env: gym.Env[Any, Any]) -> None:
+    problems = []
+    meta = rec.meta
+    live_spec = env_spec_json(env)
+    rec_id = meta.get("env_id")
+    if rec_id and live_spec and live_spec["id"] != rec_id:
+        problems.append(f"env id: recorded {rec_id!r}, got {live_spec['id']!r}")
+    rec_spec = meta.get("env_spec") or {}
+    if rec_spec and live_spec and rec_spec.get("kwargs") != live_spec.get("kwargs"):
+        a, b = rec_spec.get("kwargs") or {}, live_spec.get("kwargs") or {}
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                problems.append(f"env kwarg {k!r}: recorded {a.get(k)!r}, got {b.get(k)!r}")
+    if meta.get("observation_space") != _spaces.space_to_json(env.observation_space):
+        problems.append("observation space differs from the recorded one")
+    if meta.get("action_space") != _spaces.space_to_json(env.action_space):
+        problems.append("action space differs from the recorded one")
+    if problems:
+        raise StateMismatchError("env", problems)
+
+
+def restore(
+    recording: Recording | str | os.PathLike[str],
+    snapshot_id: str | int | None = None,
+    *,
+    env: gym.Env[Any, Any] | None = None,
+    track: Mapping[str, Any] | None = None,
+    rules: Rules | Mapping[str, Rule] | None = None,
+    ignore: Iterable[str] = DEFAULT_IGNORE,
+    global_rngs: bool = True,
+    on_drift: str = "report",
+    verify: bool = True,
+) -> Replay:
+    """Restore a snapshot into freshly built objects and return a verifying :class:`Replay`.
+
+    Args:
+        recording: a path or an open :class:`~replaykit.store.Recording`.
+        snapshot_id: snapshot name, index (``0`` first, ``-1`` last), or ``None`` for the first.
+        env: a fresh env built like the recorded one (wrappers included, recorder excluded);
+            ``None`` builds it with :func:`make_env`.
+        track: ``{name: object}`` built like the recorded tracked objects.
+        rules: per-key tolerances; bit-exact by default.
+        ignore: fnmatch patterns of keys never compared.
+        global_rngs: also restore Python/NumPy/torch global RNG states.
+        on_drift: what to do when library versions/device/flags differ from the recording:
+            ``"report"`` (only in divergence reports), ``"warn"``, or ``"error"``.
+        verify: check file checksums.
+
+    Raises:
+        StateMismatchError: the objects do not fit the snapshot (listed differences).
+        NondeterministicEnvError: replay-from-reset found the env does not reproduce itself.
+    """
+    from replaykit import envstate, provenance, rng
+
+    if on_drift not in ("report", "warn", "error"):
+        raise UsageError(f"on_drift must be 'report', 'warn' or 'error', got {on_drift!r}")
+    owns = not isinstance(recording, Recording)
+    rec = Recording(recording, verify=verify) if owns else recording
+    assert isinstance(rec, Recording)
+    try:
+        if on_drift != "report":
+            diffs = [
+                d for d in provenance.differences(rec.provenance, provenance.collect(git=False))
+                if not d[0].startswith(("git.", "platform.processor"))
+            ]
+            if diffs:
+                text = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs[:6])
+                if on_drift == "error":
+                    raise ProvenanceError(
+                        f"setup differs from the recording's ({text}); replay on a matching setup "
+                        "or pass on_drift='warn'"
+                    )
+                import warnings
+
+                from replaykit.errors import ReplaykitWarning
+
+                warnings.warn(f"setup differs from the recording's: {text}", ReplaykitWarning, stacklevel=2)
+        if env is None:
+            env = make_env(rec)
+        rules_obj = rules if isinstance(rules, Rules) else Rules(rules)
+        info, tree = rec.load_snapshot(snapshot_id)
+        _check_env(rec, env)
+        tracked = dict(track or {})
+        snapshot.check_tracked_names(tree["tracked"], tree.get("kinds") or {}, tracked)
+        chain = tree["env"]
+        if chain.get("env") is not None:
+            envstate.restore_chain(env, chain)
+        else:
+            _fast_forward(rec, info, env, tree, rules_obj, ignore)
+            envstate.restore_wrappers_and_rngs(env, chain)
+        for name, obj in tracked.items():
+            snapshot.restore_tracked(obj, tree["tracked"][name], name)
+        if global_rngs and tree.get("rngs") is not None:
+            rng.restore_global_rngs(tree["rngs"])
+        return Replay(
+            rec, info, env, tree["recorder"], rules_obj, ignore, owns, extra=tree.get("extra")
+        )
+    except BaseException:
+        if owns:
+            rec.close()
+        raise
+
+
+def _fast_forward(
+    rec: Recording,
+    info: SnapshotInfo,
+    env: gym.Env[Any, Any],
+    tree: Mapping[str, Any],
+    rules: Rules,
+    ignore: Iterable[str],
+) -> None:
+    """Replay-from-reset: re-seed, re-apply the episode's recorded actions, verify each step."""
+    from replaykit import envstate
+
+    fb = tree.get("fallback") or {}
+    start_state = fb.get("episode_start")
+    if start_state is None:
+        raise RestoreError(
+            f"{rec.path}: snapshot {info.name!r} holds no env state and no episode-start state "
+            "for replay-from-reset; record it again"
+        )
+    pos = tree["recorder"]
+    e, t = int(pos["episode"]), int(pos["step"])
+    envstate.restore_wrappers_and_rngs(env, start_state)
+    start = int(rec.stream(F.RESETS).read(F.RESET_STEP, e, e + 1)[0])
+    probe = Replay(
+        rec,
+        info,
+        env,
+        {"step": start, "episode": e - 1, "step_in_episode": 0, "needs_reset": True},
+        rules,
+        ignore,
+        owns=False,
+        error=NondeterministicEnvError,
+        note="replay-from-reset: the env did not reproduce its own recording given the same "
+        "seed and actions; it is not deterministic (register an env adapter for it)",
+    )
+    seed, options = probe.recorded_reset_args()
+    probe._reset(env, seed, options)
+    while probe.step < t:
+        probe._step(env, probe.recorded_action(probe.step))
+    live = envstate.capture_wrappers_and_rngs(env).get("env_rng")
+    if live is not None and tree["env"].get("env_rng") is not None:
+        if _rng_repr(live) != _rng_repr(tree["env"]["env_rng"]):
+            probe._v.fail(
+                "env_rng", Mismatch("value"), EXACT, stream=F.STEPS, row=t, episode=e, k=t - probe.step,
+                note="after replaying the episode's actions the env's RNG state differs from the "
+                "snapshot's: the env draws random numbers outside its own np_random",
+            )
+
+
+def _rng_repr(state: Any) -> str:
+    return F.dumps(_jsonify(state))
+
+
+def _jsonify(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonify(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonify(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return [x.dtype.str, x.tobytes().hex()]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x

@@ -1,0 +1,684 @@
+"""Reading and writing recordings: buffered chunked appends, atomic snapshots, checksums.
+
+This module knows HDF5 and the layout in :mod:`replaykit._format`; it knows
+nothing of gymnasium. Writers append rows into preallocated numpy buffers and
+write whole blocks, so a step costs a few array assignments; a *commit*
+writes the pending rows, records the row count and running checksums, and
+flushes, so a process killed at any moment leaves a file that opens with
+everything up to its last commit. Snapshots are written under a temporary
+name and renamed once complete, so a reader never sees half a snapshot.
+
+Example:
+    >>> import numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "r.h5")
+    >>> with RecordingWriter(path, meta={"env_id": "X"}, provenance={}) as w:
+    ...     s = w.stream("steps")
+    ...     col = s.column("reward", np.dtype("float64"), ())
+    ...     for i in range(3):
+    ...         col.buf[s.pos] = i
+    ...         s.end_row()
+    >>> with Recording(path) as r:
+    ...     r.stream("steps").read("reward")
+    array([0., 1., 2.])
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import xxhash
+
+from replaykit import _format as F
+from replaykit import _tree
+from replaykit.errors import (
+    ChecksumError,
+    FileFormatError,
+    NotARecordingError,
+    TruncatedFileError,
+    UnsupportedVersionError,
+    UsageError,
+)
+
+__all__ = ["Recording", "RecordingWriter", "SnapshotInfo", "StreamReader", "StreamWriter"]
+
+
+def _digest(data: bytes | memoryview | np.ndarray) -> str:
+    return xxhash.xxh3_64_hexdigest(data)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _storage_dtype(dtype: np.dtype, logical: str | None) -> np.dtype:
+    if logical is not None:
+        return F.LOGICAL_DTYPES[logical]
+    return dtype
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class Column:
+    """One column of a stream: a block buffer in memory and a dataset on disk.
+
+    Writers fill ``buf[stream.pos]`` for each row; the stream moves rows to
+    disk. ``present`` (optional columns only) marks the rows that hold a value.
+    """
+
+    __slots__ = ("name", "dtype", "shape", "logical", "buf", "present", "ds", "pds", "_h", "_ph")
+
+    def __init__(
+        self, name: str, dtype: np.dtype, shape: tuple[int, ...], logical: str | None, block: int
+    ) -> None:
+        self.name = name
+        self.dtype = np.dtype(dtype)
+        self.shape = tuple(int(s) for s in shape)
+        self.logical = logical
+        self.buf = np.zeros((block, *self.shape), dtype=_storage_dtype(self.dtype, logical))
+        self.present: np.ndarray | None = None
+        self.ds: h5py.Dataset | None = None
+        self.pds: h5py.Dataset | None = None
+        self._h = xxhash.xxh3_64()
+        self._ph: Any = None
+
+
+class StreamWriter:
+    """Appends rows to one stream (``steps``, ``resets``, ``updates``, ...).
+
+    A row is written by assigning ``column.buf[stream.pos]`` for each column
+    and then calling :meth:`end_row`. Optional columns (``column(..., optional=True)``)
+    may be skipped in a row: set ``column.present[stream.pos] = True`` when you fill one.
+    """
+
+    def __init__(self, writer: RecordingWriter, name: str, block: int) -> None:
+        self._writer = writer
+        self.name = name
+        self.block = block
+        self.group = writer._file.require_group(F.stream_path(name))
+        self.columns: dict[str, Column] = {}
+        self.pos = 0  # row index inside the block buffers
+        self._flushed_pos = 0  # rows of the current block already on disk
+        self.rows_on_disk = 0
+        self.rows = 0  # rows appended (on disk + buffered)
+        self.optional: list[Column] = []
+        self.on_block_full: Any = None
+
+    def column(
+        self,
+        name: str,
+        dtype: np.dtype,
+        shape: tuple[int, ...],
+        *,
+        logical: str | None = None,
+        optional: bool = False,
+    ) -> Column:
+        """Return the column ``name``, creating it (backfilled as absent) if new."""
+        col = self.columns.get(name)
+        if col is not None:
+            return col
+        dtype = np.dtype(dtype)
+        if dtype.kind not in F.ALLOWED_KINDS:
+            raise UsageError(
+                f"column {self.name}/{name} would have dtype {dtype}; only bool, int, float and "
+                "complex values are recorded"
+            )
+        col = Column(name, dtype, shape, logical, self.block)
+        if optional:
+            col.present = np.zeros(self.block, dtype=bool)
+            col._ph = xxhash.xxh3_64()
+            self.optional.append(col)
+        self.columns[name] = col
+        self._create_datasets(col)
+        return col
+
+    def _create_datasets(self, col: Column) -> None:
+        sdtype = col.buf.dtype
+        row_bytes = max(1, sdtype.itemsize * int(np.prod(col.shape, dtype=np.int64)))
+        chunk_rows = int(max(1, min(self.block, (1 << 20) // row_bytes)))
+        col.ds = self.group.create_dataset(
+            col.name,
+            shape=(self.rows_on_disk, *col.shape),
+            maxshape=(None, *col.shape),
+            dtype=sdtype,
+            chunks=(chunk_rows, *col.shape) if all(col.shape) else None,
+            fillvalue=np.zeros((), sdtype) if sdtype.kind != "V" else None,
+        )
+        if col.logical:
+            col.ds.attrs[F.LOGICAL_DTYPE_ATTR] = col.logical
+        # Rows before the column existed hold the fill value (zeros); hash them as such.
+        if self.rows_on_disk:
+            col._h.update(np.zeros((self.rows_on_disk, *col.shape), sdtype).tobytes())
+        if col.present is not None:
+            col.pds = self.group.create_dataset(
+                col.name + F.PRESENT_SUFFIX,
+                shape=(self.rows_on_disk,),
+                maxshape=(None,),
+                dtype=bool,
+                chunks=(max(1, min(self.block, 1 << 16)),),
+                fillvalue=False,
+            )
+            if self.rows_on_disk:
+                col._ph.update(np.zeros(self.rows_on_disk, bool).tobytes())
+
+    def end_row(self) -> None:
+        """Finish the current row; writes a block to disk when the buffers are full."""
+        self.pos += 1
+        self.rows += 1
+        if self.pos == self.block:
+            self.write_pending()
+
+    def write_pending(self) -> None:
+        """Write buffered rows to the datasets (no flush, no commit record)."""
+        lo, hi = self._flushed_pos, self.pos
+        if hi > lo:
+            start = self.rows_on_disk
+            stop = start + (hi - lo)
+            for col in self.columns.values():
+                assert col.ds is not None
+                col.ds.resize(stop, axis=0)
+                chunk = col.buf[lo:hi]
+                col.ds[start:stop] = chunk
+                col._h.update(np.ascontiguousarray(chunk).data)
+                if col.present is not None and col.pds is not None:
+                    col.pds.resize((stop,))
+                    pchunk = col.present[lo:hi]
+                    col.pds[start:stop] = pchunk
+                    col._ph.update(np.ascontiguousarray(pchunk).data)
+            self.rows_on_disk = stop
+            self._flushed_pos = hi
+        if self.pos == self.block:
+            self.pos = 0
+            self._flushed_pos = 0
+            for col in self.optional:
+                col.buf.fill(0)
+                assert col.present is not None
+                col.present.fill(False)
+        if self.on_block_full is not None and self.pos == 0:
+            self.on_block_full()
+
+    def commit_record(self) -> dict[str, Any]:
+        checksums: dict[str, str] = {}
+        columns: dict[str, Any] = {}
+        for col in self.columns.values():
+            checksums[col.name] = col._h.hexdigest()
+            columns[col.name] = {
+                "dtype": col.dtype.str if col.logical is None else col.logical,
+                "shape": list(col.shape),
+                "optional": col.present is not None,
+            }
+            if col.present is not None:
+                checksums[col.name + F.PRESENT_SUFFIX] = col._ph.hexdigest()
+        body = {"rows": self.rows_on_disk, "checksums": checksums, "columns": columns}
+        return body
+
+
+class RecordingWriter:
+    """Writes one recording file.
+
+    Args:
+        path: where to write; an existing file there is replaced.
+        meta: JSON-able recording metadata (env id, spec, seeds, spaces, ...).
+        provenance: JSON-able description of the recording setup.
+        commit_every_steps: commit after this many rows of the busiest stream.
+        commit_every_seconds: also commit when this much time passed since the last one.
+        fsync: ``os.fsync`` after each commit (durable across power loss; slower).
+        block_rows: rows buffered in memory per column before a block write.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        meta: dict[str, Any],
+        provenance: dict[str, Any],
+        commit_every_steps: int = F.STREAM_CHUNK_ROWS,
+        commit_every_seconds: float = 5.0,
+        fsync: bool = False,
+        block_rows: int = F.STREAM_CHUNK_ROWS,
+    ) -> None:
+        if commit_every_steps < 1 or block_rows < 1:
+            raise UsageError("commit_every_steps and block_rows must be >= 1")
+        self.path = Path(path)
+        self.fsync = fsync
+        self.commit_every_seconds = float(commit_every_seconds)
+        self.block_rows = int(min(block_rows, commit_every_steps))
+        self._commit_rows = int(commit_every_steps)
+        self._file = h5py.File(self.path, "w", track_order=True)
+        self._streams: dict[str, StreamWriter] = {}
+        self._meta = dict(meta)
+        self._provenance = dict(provenance)
+        self._last_commit = time.monotonic()
+        self._closed = False
+        self.snapshots: list[str] = []
+        self._write_root_attrs()
+        self._file.require_group(F.STREAMS_GROUP)
+        self._file.require_group(F.SNAPSHOTS_GROUP)
+        self.commit()
+
+    def _write_root_attrs(self) -> None:
+        attrs = {
+            F.FORMAT_ATTR: F.FORMAT_NAME,
+            F.VERSION_ATTR: F.FORMAT_VERSION,
+            F.CREATED_ATTR: self._meta.get("created") or _now(),
+            F.PROVENANCE_ATTR: F.dumps(self._provenance),
+            F.META_ATTR: F.dumps(self._meta),
+        }
+        for k, v in attrs.items():
+            self._file.attrs[k] = v
+        self._file.attrs[F.ROOT_CHECKSUM_ATTR] = _root_checksum(attrs)
+
+    def update_meta(self, **items: Any) -> None:
+        """Merge JSON-able items into the file's metadata (written at the next commit)."""
+        self._meta.update(items)
+        self._write_root_attrs()
+
+    def stream(self, name: str) -> StreamWriter:
+        s = self._streams.get(name)
+        if s is None:
+            s = StreamWriter(self, name, self.block_rows)
+            self._streams[name] = s
+        return s
+
+    def maybe_commit(self) -> None:
+        """Commit if enough rows or time have passed since the last commit."""
+        if time.monotonic() - self._last_commit >= self.commit_every_seconds:
+            self.commit()
+
+    def commit(self) -> None:
+        """Write every buffered row, record row counts and checksums, and flush."""
+        for s in self._streams.values():
+            s.write_pending()
+            body = s.commit_record()
+            s.group.attrs[F.COMMIT_ATTR] = F.dumps({**body, "crc": _digest(F.dumps(body).encode())})
+        self._file.flush()
+        if self.fsync:
+            os.fsync(self._file.id.get_vfd_handle())
+        self._last_commit = time.monotonic()
+
+    def write_snapshot(self, name: str, tree: Any, meta: dict[str, Any]) -> int:
+        """Write a snapshot atomically; returns the bytes of array data written.
+
+        Rows buffered so far are committed first, so the snapshot never refers
+        to steps the file does not hold.
+        """
+        if not F.is_valid_name(name):
+            raise UsageError(f"snapshot name {name!r} must be non-empty, printable, without '/'")
+        if name in self.snapshots:
+            raise UsageError(f"snapshot {name!r} already exists in {self.path}; pick another name")
+        doc, arrays, logical = _tree.encode(tree)
+        snaps = self._file[F.SNAPSHOTS_GROUP]
+        tmp_name = F.TMP_PREFIX + name
+        if tmp_name in snaps:
+            del snaps[tmp_name]
+        self.commit()
+        g = snaps.create_group(tmp_name)
+        checksums: dict[str, str] = {}
+        nbytes = 0
+        for i, arr in enumerate(arrays):
+            key = f"{F.ARRAY_PREFIX}{i}"
+            data = np.require(arr, requirements="C")
+            ds = g.create_dataset(key, data=data)
+            if i in logical:
+                ds.attrs[F.LOGICAL_DTYPE_ATTR] = logical[i]
+            checksums[key] = _digest(data.data if data.size else b"")
+            nbytes += data.nbytes
+        attrs = {F.SNAPSHOT_ATTR: F.dumps(meta), F.TREE_ATTR: F.dumps(doc)}
+        for k, v in attrs.items():
+            g.attrs[k] = v
+        checksums["@attrs"] = _digest(
+            F.dumps({k: attrs[k] for k in sorted(attrs)}).encode()
+            + F.dumps({str(i): n for i, n in sorted(logical.items())}).encode()
+        )
+        g.attrs[F.CHECKSUMS_ATTR] = F.dumps(checksums)
+        self._file.flush()
+        snaps.move(tmp_name, name)
+        self.snapshots.append(name)
+        self.commit()
+        return nbytes
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self.commit()
+        finally:
+            self._closed = True
+            self._file.close()
+
+    def __enter__(self) -> RecordingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _root_checksum(attrs: dict[str, Any]) -> str:
+    body = {k: (v if not isinstance(v, (np.integer,)) else int(v)) for k, v in attrs.items()}
+    return _digest(F.dumps(dict(sorted(body.items()))).encode())
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A committed snapshot: its name and metadata (step, episode, ...)."""
+
+    name: str
+    meta: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.meta["step"])
+
+    @property
+    def episode(self) -> int:
+        return int(self.meta["episode"])
+
+
+class StreamReader:
+    """Committed rows of one stream, read column by column with checksums verified."""
+
+    def __init__(self, rec: Recording, name: str, group: h5py.Group) -> None:
+        self._rec = rec
+        self.name = name
+        self._group = group
+        raw = group.attrs.get(F.COMMIT_ATTR)
+        where = f"/{F.STREAMS_GROUP}/{name}"
+        if raw is None:
+            raise TruncatedFileError("stream has no commit record", path=rec.path, obj=where)
+        try:
+            commit = F.loads(raw)
+            crc = commit.pop("crc")
+            body_ok = crc == _digest(F.dumps(commit).encode())
+            rows = int(commit["rows"])
+            columns = dict(commit["columns"])
+            checksums = dict(commit["checksums"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise FileFormatError(
+                f"malformed commit record ({exc})", path=rec.path, obj=where
+            ) from None
+        if not body_ok:
+            raise ChecksumError("commit record checksum mismatch", path=rec.path, obj=where)
+        self.rows = rows
+        self.columns: dict[str, dict[str, Any]] = columns
+        self._checksums = checksums
+        self._verified: set[str] = set()
+
+    def __contains__(self, column: str) -> bool:
+        return column in self.columns
+
+    def optional(self, column: str) -> bool:
+        return bool(self.columns[column].get("optional"))
+
+    def logical_dtype(self, column: str) -> str | None:
+        d = self.columns[column]["dtype"]
+        return d if d in F.LOGICAL_DTYPES else None
+
+    def _dataset(self, name: str) -> h5py.Dataset:
+        obj = self._group.get(name)
+        where = f"/{F.STREAMS_GROUP}/{self.name}/{name}"
+        if not isinstance(obj, h5py.Dataset):
+            raise TruncatedFileError("column dataset is missing", path=self._rec.path, obj=where)
+        if obj.shape[0] < self.rows:
+            raise TruncatedFileError(
+                f"column holds {obj.shape[0]} rows, commit record says {self.rows}",
+                path=self._rec.path,
+                obj=where,
+            )
+        return obj
+
+    def _verify(self, name: str) -> None:
+        if name in self._verified or not self._rec.verify:
+            return
+        ds = self._dataset(name)
+        h = xxhash.xxh3_64()
+        step = max(1, (8 << 20) // max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:]))))
+        for lo in range(0, self.rows, step):
+            h.update(np.ascontiguousarray(ds[lo : min(self.rows, lo + step)]).data)
+        expected = self._checksums.get(name)
+        if expected != h.hexdigest():
+            raise ChecksumError(
+                "stored data does not match its checksum (file damaged or edited); "
+                "re-record it or restore it from a good copy",
+                path=self._rec.path,
+                obj=f"/{F.STREAMS_GROUP}/{self.name}/{name}",
+            )
+        self._verified.add(name)
+
+    def read(self, column: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``[start, stop)`` of ``column`` (clamped to the committed rows)."""
+        if column not in self.columns:
+            raise UsageError(f"stream {self.name!r} has no column {column!r}")
+        self._verify(column)
+        stop = self.rows if stop is None else min(stop, self.rows)
+        start = max(0, min(start, stop))
+        return self._dataset(column)[start:stop]
+
+    def present(self, column: str, start: int = 0, stop: int | None = None) -> np.ndarray | None:
+        if not self.optional(column):
+            return None
+        name = column + F.PRESENT_SUFFIX
+        self._verify(name)
+        stop = self.rows if stop is None else min(stop, self.rows)
+        start = max(0, min(start, stop))
+        return self._dataset(name)[start:stop]
+
+    def blocks(self, column: str, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, rows)`` blocks of a column, verifying its checksum as it streams."""
+        ds = self._dataset(column)
+        h = xxhash.xxh3_64() if self._rec.verify and column not in self._verified else None
+        for lo in range(0, self.rows, block_rows):
+            data = ds[lo : min(self.rows, lo + block_rows)]
+            if h is not None:
+                h.update(np.ascontiguousarray(data).data)
+            yield lo, data
+        if h is not None:
+            if h.hexdigest() != self._checksums.get(column):
+                raise ChecksumError(
+                    "stored data does not match its checksum (file damaged or edited)",
+                    path=self._rec.path,
+                    obj=f"/{F.STREAMS_GROUP}/{self.name}/{column}",
+                )
+            self._verified.add(column)
+
+
+class Recording:
+    """A recording opened for reading.
+
+    Opening validates the file (HDF5, written by replaykit, a supported format
+    version, no structure that could reach other files or explode); stream
+    data and snapshots are checked against their checksums when read.
+
+    Args:
+        path: the ``.h5`` file.
+        verify: check checksums on read. Pass ``False`` only for trusted files on
+            speed-critical paths.
+
+    Example:
+        >>> # with Recording("run.h5") as rec:
+        >>> #     print(rec.meta["env_id"], [s.name for s in rec.snapshots])
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, verify: bool = True) -> None:
+        from replaykit import _safety
+
+        self.path = Path(path)
+        self.verify = verify
+        self._file = _safety.open_validated(self.path)
+        try:
+            self._read_root()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _read_root(self) -> None:
+        a = self._file.attrs
+        fmt = a.get(F.FORMAT_ATTR)
+        if isinstance(fmt, bytes):
+            fmt = fmt.decode("utf-8", "replace")
+        if fmt != F.FORMAT_NAME:
+            raise NotARecordingError(
+                f"expected attribute {F.FORMAT_ATTR}={F.FORMAT_NAME!r}, found {fmt!r}; "
+                "this HDF5 file was not written by replaykit",
+                path=self.path,
+            )
+        version = a.get(F.VERSION_ATTR)
+        if not isinstance(version, (int, np.integer)) or isinstance(version, bool):
+            raise FileFormatError(f"format version {version!r} is not an integer", path=self.path)
+        self.format_version = int(version)
+        if self.format_version > F.FORMAT_VERSION or self.format_version < 1:
+            raise UnsupportedVersionError(
+                f"file has format version {self.format_version}; this replaykit reads up to "
+                f"{F.FORMAT_VERSION}; upgrade replaykit to read it",
+                path=self.path,
+            )
+        raw = {}
+        for k in (F.FORMAT_ATTR, F.VERSION_ATTR, F.CREATED_ATTR, F.PROVENANCE_ATTR, F.META_ATTR):
+            v = a.get(k)
+            if v is None:
+                raise TruncatedFileError(f"root attribute {k!r} is missing", path=self.path)
+            if isinstance(v, bytes):
+                v = v.decode("utf-8")
+            raw[k] = int(v) if isinstance(v, np.integer) else v
+        if self.verify and a.get(F.ROOT_CHECKSUM_ATTR) != _root_checksum(raw):
+            raise ChecksumError("root attributes do not match their checksum", path=self.path, obj="/")
+        try:
+            self.provenance: dict[str, Any] = F.loads(raw[F.PROVENANCE_ATTR])
+            self.meta: dict[str, Any] = F.loads(raw[F.META_ATTR])
+        except ValueError as exc:
+            raise FileFormatError(f"root metadata is not valid JSON ({exc})", path=self.path) from None
+        if not isinstance(self.provenance, dict) or not isinstance(self.meta, dict):
+            raise FileFormatError("root metadata is not a JSON object", path=self.path)
+        self.created = str(raw[F.CREATED_ATTR])
+
+    # streams
+    @property
+    def stream_names(self) -> list[str]:
+        g = self._file.get(F.STREAMS_GROUP)
+        return [] if g is None else list(g.keys())
+
+    def has_stream(self, name: str) -> bool:
+        return name in self.stream_names
+
+    def stream(self, name: str) -> StreamReader:
+        g = self._file.get(F.stream_path(name))
+        if not isinstance(g, h5py.Group):
+            raise TruncatedFileError(
+                f"recording has no stream {name!r}", path=self.path, obj=F.stream_path(name)
+            )
+        return StreamReader(self, name, g)
+
+    # snapshots
+    @property
+    def snapshots(self) -> list[SnapshotInfo]:
+        """Committed snapshots in the order they were taken."""
+        g = self._file.get(F.SNAPSHOTS_GROUP)
+        out: list[SnapshotInfo] = []
+        if g is None:
+            return out
+        for name in g.keys():
+            if name.startswith(F.TMP_PREFIX):
+                continue
+            sg = g[name]
+            try:
+                meta = F.loads(sg.attrs[F.SNAPSHOT_ATTR])
+            except (KeyError, ValueError):
+                raise FileFormatError(
+                    "snapshot metadata missing or malformed", path=self.path, obj=sg.name
+                ) from None
+            out.append(SnapshotInfo(name, meta))
+        out.sort(key=lambda s: (int(s.meta.get("step", 0)), int(s.meta.get("seq", 0))))
+        return out
+
+    def snapshot_info(self, name: str | int | None = None) -> SnapshotInfo:
+        """Look a snapshot up by name, by index (``0`` first, ``-1`` last) or ``None`` (the first)."""
+        snaps = self.snapshots
+        if not snaps:
+            raise UsageError(f"{self.path} holds no snapshots; record with snapshot_at=... ")
+        if name is None:
+            return snaps[0]
+        if isinstance(name, int) and not isinstance(name, bool):
+            try:
+                return snaps[name]
+            except IndexError:
+                raise UsageError(
+                    f"{self.path} holds {len(snaps)} snapshots; index {name} is out of range"
+                ) from None
+        for s in snaps:
+            if s.name == name:
+                return s
+        names = ", ".join(s.name for s in snaps[:10])
+        raise UsageError(f"{self.path} has no snapshot {name!r}; it has: {names}")
+
+    def load_snapshot(self, name: str | int | None = None) -> tuple[SnapshotInfo, Any]:
+        """Return ``(info, state tree)`` of a snapshot, checksums verified."""
+        info = self.snapshot_info(name)
+        g = self._file[F.snapshot_path(info.name)]
+        where = g.name
+        try:
+            checksums = F.loads(g.attrs[F.CHECKSUMS_ATTR])
+            tree_json = g.attrs[F.TREE_ATTR]
+            meta_json = g.attrs[F.SNAPSHOT_ATTR]
+        except (KeyError, ValueError):
+            raise FileFormatError(
+                "snapshot attributes missing or malformed", path=self.path, obj=where
+            ) from None
+        if isinstance(tree_json, bytes):
+            tree_json = tree_json.decode()
+        if isinstance(meta_json, bytes):
+            meta_json = meta_json.decode()
+        doc = F.loads(tree_json)
+        arrays: list[np.ndarray] = []
+        logical: dict[int, str] = {}
+        i = 0
+        while f"{F.ARRAY_PREFIX}{i}" in g:
+            ds = g[f"{F.ARRAY_PREFIX}{i}"]
+            arr = ds[()]
+            if not isinstance(arr, np.ndarray):
+                arr = np.asarray(arr)
+            if self.verify and checksums.get(f"{F.ARRAY_PREFIX}{i}") != _digest(
+                np.ascontiguousarray(arr).data if arr.size else b""
+            ):
+                raise ChecksumError(
+                    "snapshot array does not match its checksum (file damaged or edited)",
+                    path=self.path,
+                    obj=ds.name,
+                )
+            lg = ds.attrs.get(F.LOGICAL_DTYPE_ATTR)
+            if lg is not None:
+                logical[i] = lg.decode() if isinstance(lg, bytes) else str(lg)
+            arrays.append(arr)
+            i += 1
+        if self.verify:
+            expected = _digest(
+                F.dumps({F.SNAPSHOT_ATTR: meta_json, F.TREE_ATTR: tree_json}).encode()
+                + F.dumps({str(k): v for k, v in sorted(logical.items())}).encode()
+            )
+            if checksums.get("@attrs") != expected:
+                raise ChecksumError(
+                    "snapshot attributes do not match their checksum", path=self.path, obj=where
+                )
+        try:
+            tree = _tree.decode(doc, arrays)
+        except FileFormatError as exc:
+            raise FileFormatError(str(exc), path=self.path, obj=where) from None
+        return info, tree
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Recording:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
