@@ -75,6 +75,11 @@ RESET_SEEDED: Final = "seeded"
 RESET_OPTIONS: Final = "options"
 # Column of the updates stream: the global step count when the update was logged.
 UPDATE_STEP: Final = "step"
+# Vector recordings (replaykit.vector): columns are batched, first axis = sub-env index.
+# Steps stream, NEXT_STEP autoreset mode: sub-envs whose step was a reset (action ignored).
+AUTORESET: Final = "autoreset"
+# Info key (under INFO) of SAME_STEP mode's final observations, stored zero-filled per sub-env.
+FINAL_OBS: Final = "final_obs"
 
 # Dataset attribute naming a dtype numpy lacks (the stored integer view holds its bits).
 LOGICAL_DTYPE_ATTR: Final = "logical_dtype"
@@ -126,9 +131,15 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
 
 
-def dumps(obj: Any) -> str:
-    """JSON as stored in attributes: compact, sorted keys, non-finite floats as tagged strings."""
-    return json.dumps(_finite(obj), sort_keys=True, separators=(",", ":"), default=_json_default)
+def dumps(obj: Any, *, sort_keys: bool = True) -> str:
+    """JSON as stored in attributes: compact, sorted keys, non-finite floats as tagged strings.
+
+    State trees keep their key order (``sort_keys=False``): a dict comes back in the order it
+    was captured.
+    """
+    return json.dumps(
+        _finite(obj), sort_keys=sort_keys, separators=(",", ":"), default=_json_default
+    )
 
 
 def loads(text: str | bytes) -> Any:

@@ -201,6 +201,8 @@ class Mismatch:
             diff.append(f"rel {self.rel_diff:.6g}")
         if self.ulp is not None:
             diff.append(f"{self.ulp} ULP")
+        if self.abs_diff == 0:
+            diff.append("equal values with different bits (signed zero or NaN payload)")
         if self.total > 1:
             diff.append(f"{self.count} of {self.total} elements differ")
         if diff:

@@ -27,9 +27,38 @@ from replaykit import _spaces, snapshot
 from replaykit.errors import CaptureError, UsageError
 from replaykit.store import Column, RecordingWriter, StreamWriter
 
-__all__ = ["RecordingWrapper", "env_spec_json", "to_array"]
+__all__ = ["RecordingWrapper", "UpdateLog", "env_spec_json", "nonfinite_meta", "to_array"]
 
 _INT64_MAX = (1 << 63) - 1
+_ndarray = np.ndarray
+
+# Unwrapped env classes whose simulator state outlives ``reset()``: these Box2D envs create
+# their ``b2World`` once in ``__init__`` and only destroy and re-create bodies on reset, so the
+# world's broad-phase tree and contact order carry every earlier episode's history into the
+# next one (measured: BipedalWalker diverges in episode 3 when replayed from that episode's
+# reset). Replay-from-reset must start at the recording's first reset for them. An env class
+# of your own declares the same with ``replaykit_replay_scope = "recording"``.
+_STATE_OUTLIVES_RESET: frozenset[str] = frozenset(
+    {
+        "gymnasium.envs.box2d.bipedal_walker.BipedalWalker",
+        "gymnasium.envs.box2d.car_racing.CarRacing",
+    }
+)
+
+
+def replay_scope(env: gym.Env[Any, Any]) -> str:
+    """Where replay-from-reset must start for ``env``: ``"episode"`` or ``"recording"``.
+
+    ``"recording"`` for envs whose state carries over from one episode to the next
+    (a persistent physics world), ``"episode"`` for the rest.
+    """
+    base = env.unwrapped
+    if getattr(base, "replaykit_replay_scope", None) == "recording":
+        return "recording"
+    for cls in type(base).__mro__:
+        if f"{cls.__module__}.{cls.__qualname__}" in _STATE_OUTLIVES_RESET:
+            return "recording"
+    return "episode"
 
 
 def to_array(value: Any, what: str) -> tuple[np.ndarray, str | None]:
@@ -138,6 +167,99 @@ class _LeafWriter:
         self.buf[p] = arr
 
 
+def nonfinite_meta(tracked: Any, snapshot_name: str) -> dict[str, Any] | None:
+    """Describe the first NaN/infinity in captured tracked state (``None`` if all finite).
+
+    Warns with :class:`~replaykit.errors.ReplaykitWarning`: a snapshot of a run that already
+    went non-finite is rarely the state one meant to keep.
+    """
+    from replaykit.modelstate import first_nonfinite
+
+    bad = first_nonfinite(tracked)
+    if bad is None:
+        return None
+    index = list(bad[1]) if isinstance(bad[1], tuple) else bad[1]
+    import warnings
+
+    from replaykit.errors import ReplaykitWarning
+
+    warnings.warn(
+        f"snapshot {snapshot_name!r}: tracked state holds a non-finite value ({bad[2]!r} at "
+        f"{bad[0]} element {index}); the run had already diverged numerically here",
+        ReplaykitWarning,
+        stacklevel=3,
+    )
+    return {"path": bad[0], "index": index, "value": repr(bad[2])}
+
+
+def first_nonfinite_value(values: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The first NaN/infinity among named values: ``{"probe", "index", "value"}`` or ``None``."""
+    for name, value in values.items():
+        try:
+            arr, logical = to_array(value, name)
+        except CaptureError:
+            continue
+        if logical is not None or arr.dtype.kind not in "fc":
+            continue
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            flat = int(np.flatnonzero(bad)[0])
+            index = [int(i) for i in np.unravel_index(flat, arr.shape)] if arr.ndim else []
+            return {"probe": name, "index": index, "value": repr(arr.reshape(-1)[flat].item())}
+    return None
+
+
+class UpdateLog:
+    """Writes the ``updates`` stream of a recording (shared by every recorder).
+
+    Args:
+        writer: the recording's writer; the stream is created at the first update.
+    """
+
+    def __init__(self, writer: RecordingWriter) -> None:
+        self._writer = writer
+        self._stream: StreamWriter | None = None
+        self.count = 0
+        self.first_nonfinite: dict[str, Any] | None = None
+        # Names in first-logged order: stream columns are stored sorted, and "the first probe
+        # that differs" within one update means the first one the loop computed.
+        self._order: list[str] = []
+
+    def log(self, step: int, values: Mapping[str, Any]) -> int:
+        """Append one update row tagged with ``step``; returns the update index."""
+        s = self._stream
+        if s is None:
+            s = self._stream = self._writer.stream(F.UPDATES)
+        p = s.pos
+        step_col = s.column(F.UPDATE_STEP, np.dtype(np.int64), ())
+        step_col.buf[p] = step
+        for name, value in values.items():
+            key = F.column_path(F.PROBE, name)
+            arr, logical = to_array(value, f"update value {name!r}")
+            if key not in s.columns:
+                self._order.append(name)
+                self._writer.update_meta(update_probe_order=list(self._order))
+            col = s.column(key, arr.dtype, arr.shape, logical=logical, optional=True)
+            w = _LeafWriter(s, col, f"update value {name!r}")
+            w.write(value, p)
+            assert col.present is not None
+            col.present[p] = True
+        s.end_row()
+        if self.first_nonfinite is None:
+            bad = first_nonfinite_value(values)
+            if bad is not None:
+                self.first_nonfinite = {"update": self.count, "step": step, **bad}
+                self._writer.update_meta(first_nonfinite_update=self.first_nonfinite)
+        self.count += 1
+        return self.count - 1
+
+    def set_user_metadata(self, key: str, value: Any) -> None:
+        """Store JSON data under ``meta["user"][key]``."""
+        user = dict(self._writer._meta.get("user") or {})
+        user[key] = value
+        self._writer.update_meta(user=user)
+
+
 class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
     """Records every reset and step of ``env`` into an HDF5 file, with snapshots.
 
@@ -176,6 +298,9 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
     """
 
     _replaykit_transparent = True
+    # Bound buffers for the single-leaf fast path of step(), set at the first step (class
+    # default so that __init__ stays untouched by it).
+    _fast: tuple[Any, ...] | None = None
 
     def __init__(
         self,
@@ -209,6 +334,7 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         self._obs_leaves = _spaces.leaves_of(env.observation_space, "observation")
         self._act_leaves = _spaces.leaves_of(env.action_space, "action")
         self._has_adapter = envstate.find_env_adapter(env.unwrapped) is not None
+        self._replay_scope = replay_scope(env)
         if seed is not None:
             env.action_space.seed(seed)
             env.observation_space.seed(seed)
@@ -237,7 +363,7 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         self.path = self._writer.path
         self._steps = self._writer.stream(F.STEPS)
         self._resets = self._writer.stream(F.RESETS)
-        self._updates_stream: StreamWriter | None = None
+        self._update_log = UpdateLog(self._writer)
         self._steps.on_block_full = self._writer.maybe_commit
         self._obs_w: list[_LeafWriter] | None = None
         self._act_w: list[_LeafWriter] | None = None
@@ -250,9 +376,9 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         self._t = 0
         self._episode = -1
         self._k = 0
-        self._updates = 0
         self._needs_reset = True
         self._episode_start_state: Any = None
+        self._recording_start_state: Any = None
         self._snap_seq = 0
         self._skipped_info: set[str] = set()
         self._closed = False
@@ -298,24 +424,14 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
 
         Updates form their own stream, numbered from 0, each tagged with the
         global step count at which it was logged. Returns the update index.
+        The first NaN/infinity among the values is noted in the file's metadata
+        under ``"first_nonfinite_update"``.
         """
-        s = self._updates_stream
-        if s is None:
-            s = self._updates_stream = self._writer.stream(F.UPDATES)
-        p = s.pos
-        step_col = s.column(F.UPDATE_STEP, np.dtype(np.int64), ())
-        step_col.buf[p] = self._t
-        for name, value in values.items():
-            key = F.column_path(F.PROBE, name)
-            arr, logical = to_array(value, f"update value {name!r}")
-            col = s.column(key, arr.dtype, arr.shape, logical=logical, optional=True)
-            w = _LeafWriter(s, col, f"update value {name!r}")
-            w.write(value, p)
-            assert col.present is not None
-            col.present[p] = True
-        s.end_row()
-        self._updates += 1
-        return self._updates - 1
+        return self._update_log.log(self._t, values)
+
+    def set_metadata(self, key: str, value: Any) -> None:
+        """Store JSON data under ``meta["user"][key]`` in the file (written at the next commit)."""
+        self._update_log.set_user_metadata(key, value)
 
     def snapshot(self, name: str | None = None, *, extra: Any = None) -> str:
         """Snapshot everything needed to continue from this point; returns its name."""
@@ -336,23 +452,28 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
             "step": self._t,
             "episode": self._episode,
             "step_in_episode": self._k,
-            "updates": self._updates,
+            "updates": self._update_log.count,
             "needs_reset": self._needs_reset,
             "seq": self._snap_seq,
         }
         fallback = None
         if not self._has_adapter:
-            fallback = {"episode_start": self._episode_start_state}
+            fallback = {
+                "episode_start": self._episode_start_state,
+                "scope": self._replay_scope,
+                "recording_start": (
+                    self._recording_start_state if self._replay_scope == "recording" else None
+                ),
+            }
         tree = snapshot.capture(
             self.env, self._tracked, recorder, fallback=fallback, extra=extra
         )
         meta = dict(recorder)
         meta["env_state"] = "adapter" if tree["env"].get("env") is not None else "replay-from-reset"
+        if meta["env_state"] != "adapter":
+            meta["replay_from"] = f"{self._replay_scope}-start"
         meta["tracked"] = sorted(self._tracked)
-        from replaykit.modelstate import first_nonfinite
-
-        bad = first_nonfinite(tree["tracked"])
-        meta["nonfinite"] = None if bad is None else {"path": bad[0], "index": list(bad[1]) if isinstance(bad[1], tuple) else bad[1], "value": repr(bad[2])}
+        meta["nonfinite"] = nonfinite_meta(tree["tracked"], name)
         meta["bytes"] = self._writer.write_snapshot(name, tree, meta)
         self._snap_seq += 1
         return name
@@ -373,6 +494,8 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
             from replaykit import envstate
 
             self._episode_start_state = envstate.capture_wrappers_and_rngs(self.env)
+            if self._episode < 0:
+                self._recording_start_state = self._episode_start_state
         obs, info = self.env.reset(seed=seed, options=options)
         self._episode += 1
         self._k = 0
@@ -401,32 +524,51 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         if self._closed:
             raise UsageError("the recording is closed")
         obs, reward, terminated, truncated, info = self.env.step(action)
-        s = self._steps
-        p = s.pos
-        if self._obs_w is None:
-            self._init_step_columns(action, obs, reward, terminated, truncated)
-        assert self._obs_w is not None and self._act_w is not None and self._scalar_cols
-        for w, get in zip(self._act_w, self._act_get):
-            w.write(get(action), p)
-        for w, get in zip(self._obs_w, self._obs_get):
-            w.write(get(obs), p)
-        rew, term, trunc, ep = self._scalar_cols
-        rew.buf[p] = reward
-        term.buf[p] = terminated
-        trunc.buf[p] = truncated
-        ep.buf[p] = self._episode
+        fast = self._fast
+        if fast is not None:
+            # The common case (one action leaf, one observation leaf): the whole row is a few
+            # buffer assignments with everything bound in one tuple, because the per-step
+            # budget is about 2 us and each attribute lookup or call costs ~30-100 ns.
+            s, a_w, a_buf, a_type, a_dt, a_shape, o_w, o_buf, o_dt, o_shape, cols = fast
+            p = s.pos
+            c = action.__class__
+            if c is a_type and (c is not _ndarray or (action.dtype is a_dt and action.shape == a_shape)):
+                a_buf[p] = action
+            else:
+                a_w.write(action, p)  # converts and validates, or raises CaptureError
+            if obs.__class__ is _ndarray and obs.dtype is o_dt and obs.shape == o_shape:
+                o_buf[p] = obs
+            else:
+                o_w.write(obs, p)
+            cols[0][p] = reward
+            cols[1][p] = terminated
+            cols[2][p] = truncated
+            cols[3][p] = self._episode
+        else:
+            s = self._steps
+            p = s.pos
+            if self._obs_w is None:
+                self._init_step_columns(action, obs, reward, terminated, truncated)
+            assert self._obs_w is not None and self._act_w is not None and self._scalar_cols
+            for w, get in zip(self._act_w, self._act_get):
+                w.write(get(action), p)
+            for w, get in zip(self._obs_w, self._obs_get):
+                w.write(get(obs), p)
+            rew, term, trunc, ep = self._scalar_cols
+            rew.buf[p] = reward
+            term.buf[p] = terminated
+            trunc.buf[p] = truncated
+            ep.buf[p] = self._episode
         if info:
             self._write_info(s, self._info_w, info, p)
         if self._probes:
             self._write_probes(p)
         s.end_row()
-        self._t += 1
+        t = self._t = self._t + 1
         self._k += 1
         if terminated or truncated:
             self._needs_reset = True
-        if self._t in self._snapshot_at or (
-            self._snapshot_every is not None and self._t % self._snapshot_every == 0
-        ):
+        if t in self._snapshot_at or (self._snapshot_every is not None and t % self._snapshot_every == 0):
             self.snapshot()
         return obs, reward, terminated, truncated, info
 
@@ -438,7 +580,7 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
                     self._probes.clear()
                 self._writer.update_meta(
                     closed=True, skipped_info=sorted(self._skipped_info), steps=self._t,
-                    episodes=self._episode + 1, updates=self._updates,
+                    episodes=self._episode + 1, updates=self._update_log.count,
                 )
                 self._writer.close()
             finally:
@@ -484,6 +626,17 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
             s.column(F.TRUNCATED, np.dtype(np.bool_), ()),
             s.column(F.EPISODE, np.dtype(np.int64), ()),
         )
+        if (
+            len(self._act_w) == 1
+            and len(self._obs_w) == 1
+            and not self._act_leaves[0].path
+            and not self._obs_leaves[0].path
+        ):
+            a, o = self._act_w[0], self._obs_w[0]
+            self._fast = (
+                s, a, a.buf, a.fast_type or _ndarray, a.dt, a.shape,
+                o, o.buf, o.dt, o.shape, tuple(c.buf for c in self._scalar_cols),
+            )
 
     def _write_info(
         self, s: StreamWriter, writers: dict[str, _LeafWriter | None], info: Mapping[str, Any], p: int

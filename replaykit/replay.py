@@ -32,7 +32,7 @@ from replaykit.errors import (
 from replaykit.record import env_spec_json, to_array
 from replaykit.store import Recording, SnapshotInfo, StreamReader
 
-__all__ = ["DEFAULT_IGNORE", "Replay", "VerifyingWrapper", "restore", "make_env"]
+__all__ = ["DEFAULT_IGNORE", "Replay", "UpdateChecker", "VerifyingWrapper", "restore", "make_env"]
 
 # Keys that legitimately differ between runs (wall-clock times).
 DEFAULT_IGNORE: tuple[str, ...] = ("info/episode/t", "reset/info/episode/t")
@@ -62,6 +62,37 @@ class _Rows:
         return data[i - lo], True if present is None else bool(present[i - lo])
 
 
+# Env-id namespaces whose registering package replaykit imports itself. A fixed table in
+# code: the package name never comes from a file, only the namespace it is looked up by.
+_NAMESPACE_PACKAGES: dict[str, str] = {"ALE": "ale_py"}
+
+
+def register_env_namespace(env_id: str) -> None:
+    """Import the package that registers ``env_id``'s namespace, when it is a known one.
+
+    Only the namespaces in a fixed table are handled (``"ALE"`` -> ``ale_py``);
+    any other id is left as it is.
+
+    Raises:
+        UsageError: the id's namespace is known but its package is not installed.
+    """
+    if env_id in gym.registry or "/" not in env_id:
+        return
+    package = _NAMESPACE_PACKAGES.get(env_id.split("/", 1)[0])
+    if package is None:
+        return
+    import importlib
+
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        raise UsageError(
+            f"env id {env_id!r} is registered by the {package} package, which is not "
+            "installed; install it (pip install 'replaykit[all-envs]')"
+        ) from None
+    gym.register_envs(module)
+
+
 def make_env(recording: Recording | str | os.PathLike[str], **overrides: Any) -> gym.Env[Any, Any]:
     """Build the recorded env with ``gymnasium.make`` from its recorded id and kwargs.
 
@@ -79,6 +110,7 @@ def make_env(recording: Recording | str | os.PathLike[str], **overrides: Any) ->
                 f"recorded env id {env_id!r} names a module to import; replaykit never imports "
                 "names from a file: import that module yourself and pass the env"
             )
+        register_env_namespace(env_id)
         if env_id not in gym.registry:
             raise UsageError(
                 f"env id {env_id!r} is not registered with gymnasium; import the package that "
@@ -166,10 +198,80 @@ class _Verifier:
             row=row,
             episode=episode,
             step_in_episode=k,
-            provenance=provenance.differences(self.rec.provenance, provenance.collect(git=False)),
+            provenance=provenance.differences(self.rec.provenance, provenance.collect()),
             note=note or self.note,
         )
         raise self.error(report)
+
+
+class UpdateChecker:
+    """Verifies training updates against a recording's ``updates`` stream.
+
+    Shared by :class:`Replay` and envless training replays. Remembers the first
+    non-finite value it meets and names it in the note of any later divergence.
+    """
+
+    def __init__(self, rec: Recording, verifier: _Verifier) -> None:
+        self._rows = _Rows(rec.stream(F.UPDATES)) if rec.has_stream(F.UPDATES) else None
+        self._v = verifier
+        self.first_nonfinite: dict[str, Any] | None = None
+        self._base_note = verifier.note
+        recorded = rec.meta.get("first_nonfinite_update")
+        if isinstance(recorded, dict):
+            self._base_note = _join_notes(
+                self._base_note,
+                "the recording met its first non-finite update value at update "
+                f"{recorded.get('update')}, probe {recorded.get('probe')!r}, element "
+                f"{recorded.get('index')}: {recorded.get('value')}",
+            )
+            verifier.note = self._base_note
+
+    @property
+    def rows(self) -> int:
+        return 0 if self._rows is None else self._rows.rows
+
+    def check(self, u: int, values: Mapping[str, Any]) -> int:
+        """Compare update ``u``'s values with the recording; raises at the first difference."""
+        __tracebackhide__ = True
+        rows = self._rows
+        if rows is None or u >= rows.rows:
+            raise UsageError(
+                f"the recording holds {self.rows} updates; update {u} was not recorded"
+            )
+        if self.first_nonfinite is None:
+            from replaykit.record import first_nonfinite_value
+
+            bad = first_nonfinite_value(values)
+            if bad is not None:
+                self.first_nonfinite = {"update": u, **bad}
+                self._v.note = _join_notes(
+                    self._base_note,
+                    f"first non-finite value met in this replay: update {u}, probe "
+                    f"{bad['probe']!r}, element {bad['index']}: {bad['value']}",
+                )
+        st = rows.stream
+        where: dict[str, Any] = {"stream": F.UPDATES, "row": u, "episode": None, "k": None}
+        for key in sorted(values):
+            col = F.column_path(F.PROBE, key)
+            if col not in st.columns:
+                self._v.fail(f"update/{key}", Mismatch("extra"), EXACT, **where)
+            expected, present = rows.get(col, u)
+            if not present:
+                self._v.fail(f"update/{key}", Mismatch("extra"), EXACT, **where)
+            self._v.check(
+                f"update/{key}", expected, values[key], logical=st.logical_dtype(col), **where
+            )
+        for col in st.columns:
+            if col.startswith(F.PROBE + "/") and col[len(F.PROBE) + 1 :] not in values:
+                _, present = rows.get(col, u)
+                name = col[len(F.PROBE) + 1 :]
+                if present and not self._v.ignored(f"update/{name}"):
+                    self._v.fail(f"update/{name}", Mismatch("missing"), EXACT, **where)
+        return u
+
+
+def _join_notes(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
 
 
 class VerifyingWrapper(gym.Wrapper[Any, Any, Any, Any]):
@@ -234,12 +336,13 @@ class Replay:
         self._v = _Verifier(rec, snap, rules, ignore, error=error, note=note)
         self._steps = _Rows(rec.stream(F.STEPS)) if rec.has_stream(F.STEPS) else None
         self._resets = _Rows(rec.stream(F.RESETS))
-        self._updates = _Rows(rec.stream(F.UPDATES)) if rec.has_stream(F.UPDATES) else None
+        self._update_check = UpdateChecker(rec, self._v)
         self._obs_space = env.observation_space
         self._act_space = env.action_space
         self._obs_leaves = _spaces.leaves_of(env.observation_space, "observation")
         self._act_leaves = _spaces.leaves_of(env.action_space, "action")
         self._probes: dict[str, Any] = {}
+        self.check_policy = True
         self.verified_steps = 0
         self.verified_updates = 0
         self.env = VerifyingWrapper(env, self)
@@ -291,39 +394,15 @@ class Replay:
     def log_update(self, **values: Any) -> int:
         """Check one training update's values against the recorded update stream."""
         __tracebackhide__ = True
-        if self._updates is None or self.update >= self._updates.rows:
-            raise UsageError(
-                f"the recording holds {0 if self._updates is None else self._updates.rows} "
-                f"updates; update {self.update} was not recorded"
-            )
-        u = self.update
-        rows = self._updates
-        st = rows.stream
-        for key in sorted(values):
-            col = F.column_path(F.PROBE, key)
-            if col not in st.columns:
-                self._v.fail(
-                    f"update/{key}", Mismatch("extra"), EXACT, stream=F.UPDATES, row=u,
-                    episode=None, k=None,
-                )
-            expected, present = rows.get(col, u)
-            if not present:
-                self._v.fail(f"update/{key}", Mismatch("extra"), EXACT, stream=F.UPDATES, row=u, episode=None, k=None)
-            self._v.check(
-                f"update/{key}", expected, values[key], stream=F.UPDATES, row=u,
-                episode=None, k=None, logical=st.logical_dtype(col),
-            )
-        for col in st.columns:
-            if col.startswith(F.PROBE + "/") and col[len(F.PROBE) + 1 :] not in values:
-                _, present = rows.get(col, u)
-                if present and not self._v.ignored(f"update/{col[len(F.PROBE) + 1:]}"):
-                    self._v.fail(
-                        f"update/{col[len(F.PROBE) + 1:]}", Mismatch("missing"), EXACT,
-                        stream=F.UPDATES, row=u, episode=None, k=None,
-                    )
+        u = self._update_check.check(self.update, values)
         self.update += 1
         self.verified_updates += 1
         return u
+
+    @property
+    def first_nonfinite(self) -> dict[str, Any] | None:
+        """The first NaN/infinity met among verified update values (update, probe, element)."""
+        return self._update_check.first_nonfinite
 
     def close(self) -> None:
         if self._owns:
@@ -354,7 +433,8 @@ class Replay:
         ep, _ = rows.get(F.EPISODE, t)
         st = rows.stream
         # Probes come before the action in the user's loop, so they are compared first.
-        for col in st.columns:
+        # Replay-from-reset feeds recorded actions with no policy running: no probes to check.
+        for col in st.columns if self.check_policy else ():
             if col.startswith(F.PROBE + "/"):
                 name = col[len(F.PROBE) + 1 :]
                 expected, present = rows.get(col, t)
@@ -375,22 +455,30 @@ class Replay:
             expected, _ = rows.get(key, t)
             self._v.check(key, expected, _spaces.getter(leaf.path)(action), **self._where())
         obs, reward, terminated, truncated, info = env.step(action)
-        for leaf in self._obs_leaves:
-            key = F.column_path(F.OBS, leaf.name)
-            expected, _ = rows.get(key, t)
-            self._v.check(key, expected, _spaces.getter(leaf.path)(obs), **self._where())
-        rexp, _ = rows.get(F.REWARD, t)
-        ract = np.float64(reward) if isinstance(reward, (int, float)) and not isinstance(reward, bool) else reward
-        self._v.check(F.REWARD, rexp, ract, **self._where())
-        self._v.check(F.TERMINATED, rows.get(F.TERMINATED, t)[0], np.bool_(terminated), **self._where())
-        self._v.check(F.TRUNCATED, rows.get(F.TRUNCATED, t)[0], np.bool_(truncated), **self._where())
-        self._check_info(rows, t, info, "info")
+        self._check_result(t, obs, reward, terminated, truncated, info)
         self.step += 1
         self.step_in_episode += 1
         self.verified_steps += 1
         self.needs_reset = bool(terminated or truncated)
         self.obs, self.info = obs, info
         return obs, reward, terminated, truncated, info
+
+    def _check_result(
+        self, t: int, obs: Any, reward: Any, terminated: Any, truncated: Any, info: Any
+    ) -> None:
+        """Check what step ``t`` returned against the recording; raises at the first difference."""
+        __tracebackhide__ = True
+        rows = self._steps_rows()
+        for leaf in self._obs_leaves:
+            key = F.column_path(F.OBS, leaf.name)
+            expected, _ = rows.get(key, t)
+            self._v.check(key, expected, _spaces.getter(leaf.path)(obs), **self._where())
+        rexp, _ = rows.get(F.REWARD, t)
+        ract = _python_reward(reward, rexp.dtype)
+        self._v.check(F.REWARD, rexp, ract, **self._where())
+        self._v.check(F.TERMINATED, rows.get(F.TERMINATED, t)[0], np.bool_(terminated), **self._where())
+        self._v.check(F.TRUNCATED, rows.get(F.TRUNCATED, t)[0], np.bool_(truncated), **self._where())
+        self._check_info(rows, t, info, "info")
 
     def _check_info(self, rows: _Rows, i: int, info: Mapping[str, Any], prefix: str) -> None:
         from replaykit.record import _flat_info
@@ -576,25 +664,34 @@ def _fast_forward(
     rules: Rules,
     ignore: Iterable[str],
 ) -> None:
-    """Replay-from-reset: re-seed, re-apply the episode's recorded actions, verify each step."""
+    """Replay-from-reset: re-seed, re-apply the recorded actions, verify each step.
+
+    Starts at the snapshot's episode's reset, or at the recording's first reset for envs
+    whose state outlives ``reset()`` (see :func:`replaykit.record.replay_scope`). Every
+    re-run step is checked (observation, reward, flags, infos) against the recording;
+    the policy is not run, so probes are not compared here.
+    """
     from replaykit import envstate
 
     fb = tree.get("fallback") or {}
-    start_state = fb.get("episode_start")
-    if start_state is None:
-        raise RestoreError(
-            f"{rec.path}: snapshot {info.name!r} holds no env state and no episode-start state "
-            "for replay-from-reset; record it again"
-        )
+    scope = fb.get("scope", "episode")
     pos = tree["recorder"]
     e, t = int(pos["episode"]), int(pos["step"])
+    first = 0 if scope == "recording" else e
+    start_state = fb.get("recording_start" if scope == "recording" else "episode_start")
+    if start_state is None:
+        raise RestoreError(
+            f"{rec.path}: snapshot {info.name!r} holds no env state and no {scope}-start state "
+            "for replay-from-reset; record it again"
+        )
     envstate.restore_wrappers_and_rngs(env, start_state)
-    start = int(rec.stream(F.RESETS).read(F.RESET_STEP, e, e + 1)[0])
+    reset_steps = rec.stream(F.RESETS).read(F.RESET_STEP, first, e + 1)
     probe = Replay(
         rec,
         info,
         env,
-        {"step": start, "episode": e - 1, "step_in_episode": 0, "needs_reset": True},
+        {"step": int(reset_steps[0]), "episode": first - 1, "step_in_episode": 0,
+         "needs_reset": True},
         rules,
         ignore,
         owns=False,
@@ -602,18 +699,155 @@ def _fast_forward(
         note="replay-from-reset: the env did not reproduce its own recording given the same "
         "seed and actions; it is not deterministic (register an env adapter for it)",
     )
-    seed, options = probe.recorded_reset_args()
-    probe._reset(env, seed, options)
-    while probe.step < t:
-        probe._step(env, probe.recorded_action(probe.step))
+    ff = _FastForward(probe, env)
+    base = env.unwrapped
+    # Human rendering draws a window and sleeps to hold the frame rate on every step; none
+    # of it feeds the observations (checked below on every step), so skip it while re-running.
+    human = getattr(base, "render_mode", None) == "human"
+    if human:
+        base.render_mode = None
+    try:
+        for i, ep in enumerate(range(first, e + 1)):
+            seed, options = probe.recorded_reset_args()
+            probe._reset(env, seed, options)
+            stop = t if ep == e else int(reset_steps[i + 1])
+            ff.run(stop)
+    finally:
+        if human:
+            base.render_mode = "human"
     live = envstate.capture_wrappers_and_rngs(env).get("env_rng")
     if live is not None and tree["env"].get("env_rng") is not None:
         if _rng_repr(live) != _rng_repr(tree["env"]["env_rng"]):
             probe._v.fail(
-                "env_rng", Mismatch("value"), EXACT, stream=F.STEPS, row=t, episode=e, k=t - probe.step,
+                "env_rng", Mismatch("value"), EXACT, stream=F.STEPS, row=t, episode=e,
+                k=probe.step_in_episode,
                 note="after replaying the episode's actions the env's RNG state differs from the "
                 "snapshot's: the env draws random numbers outside its own np_random",
             )
+
+
+def _python_reward(reward: Any, recorded: np.dtype) -> Any:
+    """A Python-number reward as the recorder stored it: cast into the reward column's dtype.
+
+    The column takes its dtype from the first step's reward (float64 for a Python number);
+    envs such as BipedalWalker return ``np.float32`` rewards but a Python ``-100`` on a fall,
+    which the recorder wrote into the float32 column. Compare it the same way.
+    """
+    if isinstance(reward, (int, float)) and not isinstance(reward, bool):
+        cast = recorded.type(reward) if recorded.kind == "f" else np.float64(reward)
+        return cast if float(cast) == reward else np.float64(reward)
+    return reward
+
+
+def _same(expected: np.ndarray, actual: Any) -> bool:
+    """Bit-identical (dtype, shape and bytes): the fast check; any doubt goes to the full one."""
+    if actual.__class__ is not np.ndarray:
+        if isinstance(actual, bool):
+            actual = np.bool_(actual)
+        elif isinstance(actual, float):
+            actual = np.float64(actual)
+        elif isinstance(actual, int):
+            actual = np.int64(actual)
+        elif not isinstance(actual, np.generic):
+            return False
+        actual = np.asarray(actual)
+    return (
+        actual.dtype == expected.dtype
+        and actual.shape == expected.shape
+        and actual.tobytes() == expected.tobytes()
+    )
+
+
+class _FastForward:
+    """Re-applies recorded actions block by block, checking each step with a bit-level fast path.
+
+    Rows are read one block of columns at a time (not row by row), and a step whose every
+    recorded value is bit-identical passes without building a report. Anything else goes to
+    :meth:`Replay._check_result`, which applies the tolerance rules and ignore patterns and
+    raises the full divergence report.
+    """
+
+    def __init__(self, probe: Replay, env: gym.Env[Any, Any]) -> None:
+        self.p = probe
+        self.env = env
+        st = probe._steps_rows().stream
+        self.stream = st
+        self.act = [(leaf.name, F.column_path(F.ACTION, leaf.name)) for leaf in probe._act_leaves]
+        self.obs = [
+            (_spaces.getter(leaf.path), F.column_path(F.OBS, leaf.name)) for leaf in probe._obs_leaves
+        ]
+        self.info_cols = [c for c in st.columns if c.startswith(F.INFO + "/")]
+        self.tolerated: dict[str, bool] = {}
+        self.skipped = set(probe.recording.meta.get("skipped_info") or ())
+        self.block = max(16, min(4096, (16 << 20) // max(1, self._row_bytes())))
+
+    def _row_bytes(self) -> int:
+        cols = self.stream.columns
+        total = 0
+        for name in cols:
+            shape = cols[name].get("shape") or []
+            total += 8 * int(np.prod(shape)) if shape else 8
+        return total
+
+    def _tolerate(self, name: str) -> bool:
+        # A live info key the recording lacks passes if it was skipped at record time or ignored.
+        ok = self.tolerated.get(name)
+        if ok is None:
+            ok = self.tolerated[name] = name in self.skipped or self.p._v.ignored(f"info/{name}")
+        return ok
+
+    def run(self, stop: int) -> None:
+        from replaykit.record import _flat_info
+
+        p, st, env = self.p, self.stream, self.env
+        space = p._act_space
+        single = len(self.act) == 1 and not self.act[0][0]
+        while p.step < stop:
+            lo = p.step
+            hi = min(stop, lo + self.block)
+            acts = [(name, st.read(col, lo, hi)) for name, col in self.act]
+            obs = [(get, st.read(col, lo, hi)) for get, col in self.obs]
+            rew = st.read(F.REWARD, lo, hi)
+            term = st.read(F.TERMINATED, lo, hi)
+            trunc = st.read(F.TRUNCATED, lo, hi)
+            infos = [
+                (c[len(F.INFO) + 1 :], st.read(c, lo, hi), st.present(c, lo, hi))
+                for c in self.info_cols
+            ]
+            for i in range(hi - lo):
+                if single:
+                    a = acts[0][1][i]
+                    action = a.copy() if a.ndim else a[()]
+                else:
+                    values = {}
+                    for name, data in acts:
+                        a = data[i]
+                        values[name] = a.copy() if a.ndim else a[()]
+                    action = _spaces.unflatten(space, values)
+                o, r, te, tr, inf = env.step(action)
+                rr = _python_reward(r, rew.dtype)
+                ok = (
+                    all(_same(data[i], get(o)) for get, data in obs)
+                    and _same(rew[i], rr)
+                    and bool(term[i]) is bool(te)
+                    and bool(trunc[i]) is bool(tr)
+                )
+                if ok and (inf or infos):
+                    live = dict(_flat_info(inf)) if inf else {}
+                    for name, data, present in infos:
+                        here = present is None or bool(present[i])
+                        if here != (name in live) or (here and not _same(data[i], live[name])):
+                            ok = False
+                            break
+                    if ok and len(live) > sum(1 for n, _, _ in infos if n in live):
+                        names = {n for n, _, _ in infos}
+                        ok = all(n in names or self._tolerate(n) for n in live)
+                if not ok:
+                    p._check_result(lo + i, o, r, te, tr, inf)
+                p.step += 1
+                p.step_in_episode += 1
+                p.verified_steps += 1
+                p.needs_reset = bool(te or tr)
 
 
 def _rng_repr(state: Any) -> str:

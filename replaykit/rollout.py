@@ -19,7 +19,7 @@ import numpy as np
 
 from replaykit.policies import resolve_policy
 from replaykit.record import RecordingWrapper
-from replaykit.replay import Replay, make_env, restore
+from replaykit.replay import Replay, make_env, register_env_namespace, restore
 from replaykit.store import Recording
 
 __all__ = ["RecordSummary", "ReplaySummary", "drive", "record_rollout", "replay_snapshot"]
@@ -93,6 +93,7 @@ def record_rollout(
 ) -> RecordSummary:
     """Record ``steps`` steps (or ``episodes`` episodes) of ``policy_spec`` on ``env_id``."""
     seed_everything(seed)
+    register_env_namespace(env_id)
     env = gym.make(env_id, **(env_kwargs or {}))
     rec = RecordingWrapper(
         env, out, seed=seed, metadata={"policy": policy_spec, "cli_seed": seed}
@@ -133,7 +134,7 @@ def record_rollout(
                   on_update=rec.log_update, at_top=at_top, on_step=count)
         summary = RecordSummary(
             path=str(out), env_id=env_id, steps=rec.step_count, episodes=rec.episode + 1,
-            updates=rec._updates, snapshots=list(rec._writer.snapshots),
+            updates=rec._update_log.count, snapshots=list(rec._writer.snapshots),
         )
     finally:
         rec.close()

@@ -32,7 +32,11 @@ def kind_of(obj: Any) -> str:
 def _is_generator(obj: Any) -> bool:
     import torch
 
-    return isinstance(obj, (np.random.Generator, np.random.RandomState, random.Random, torch.Generator))
+    return isinstance(
+        obj,
+        (np.random.Generator, np.random.BitGenerator, np.random.RandomState, random.Random,
+         torch.Generator),
+    )
 
 
 def capture_tracked(obj: Any, name: str) -> Any:

@@ -64,7 +64,7 @@ def _rollout(env: Any, actions: list[np.ndarray]) -> list[Step]:
 
 def _first_divergence(expected: list[Step], got: list[Step]) -> int | None:
     assert len(expected) == len(got)
-    for i, (a, b) in enumerate(zip(expected, got)):
+    for i, (a, b) in enumerate(zip(expected, got, strict=True)):
         if a != b:
             return i
     return None

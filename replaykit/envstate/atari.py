@@ -20,6 +20,11 @@ the clone, so the ``j`` sticky frames repeat it. From frame ``j`` on the new
 action is taken, so an action that matches over ``j`` frames is exact for
 every continuation.
 
+Limitation: ALE keeps the last rendered screen outside its clone, and ale-py
+cannot set it. Until the next ``step``, ``render()``/``ale.getScreenRGB()``
+on a restored env (and on the live env after a capture that had to find the
+sticky action) show another frame; every ``step`` result is exact.
+
 The env's ``np_random`` is captured too: ``AtariEnv`` draws a stochastic
 frameskip from it when ``frameskip`` is a ``(low, high)`` tuple.
 
@@ -42,8 +47,9 @@ try:
     import ale_py
     from ale_py.env import AtariEnv
 except ImportError:  # the atari extra is not installed: register nothing
-    ale_py = None
-    AtariEnv = None
+    _AVAILABLE = False
+else:
+    _AVAILABLE = True
 
 __all__ = ["AtariEnvAdapter", "register"]
 
@@ -133,8 +139,9 @@ def _find_sticky_action(env: Any, snapshot: Any, sticky: int) -> int:
             _prime_sticky_action(ale, snapshot, action, sticky)
             return action
     raise CaptureError(
-        "expected one of ALE's legal actions to reproduce the pending sticky frames, found none; "
-        "paddle strengths from continuous actions cannot be captured, use repeat_action_probability=0"
+        "expected one of ALE's legal actions to reproduce the pending sticky frames, "
+        "found none; paddle strengths from continuous actions cannot be captured, "
+        "use repeat_action_probability=0"
     )
 
 
@@ -245,8 +252,9 @@ class AtariEnvAdapter:
         # that disagrees means the bytes or the settings are not what was captured.
         sticky = _sticky_frames(ale_state.tobytes(), live["repeat_action_probability"])
         if sticky != state["sticky_frames"]:
+            saved_sticky = state["sticky_frames"]
             raise StateMismatchError(
-                what, [f"sticky_frames: snapshot says {state['sticky_frames']}, its RNG says {sticky}"]
+                what, [f"sticky_frames: snapshot says {saved_sticky}, its RNG says {sticky}"]
             )
         sticky_action = int(state["sticky_action"])
         if sticky_action >= 0:
@@ -258,6 +266,6 @@ class AtariEnvAdapter:
 
 def register() -> None:
     """Register the Atari adapter; does nothing when ale-py is not installed."""
-    if AtariEnv is None:
+    if not _AVAILABLE:
         return
     register_env_adapter(AtariEnv, AtariEnvAdapter())

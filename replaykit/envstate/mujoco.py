@@ -43,8 +43,9 @@ try:
     import mujoco
     from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 except ImportError:  # the mujoco extra is not installed: register nothing
-    mujoco = None
-    MujocoEnv = None
+    _AVAILABLE = False
+else:
+    _AVAILABLE = True
 
 __all__ = ["MujocoEnvAdapter", "register"]
 
@@ -297,6 +298,6 @@ class MujocoEnvAdapter:
 
 def register() -> None:
     """Register the MuJoCo adapter; does nothing when MuJoCo is not installed."""
-    if MujocoEnv is None:
+    if not _AVAILABLE:
         return
     register_env_adapter(MujocoEnv, MujocoEnvAdapter())

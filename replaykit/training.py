@@ -1,0 +1,754 @@
+"""Training-side helpers: resumable data loaders, envless training recordings, layer localisation.
+
+* :class:`ResumableLoader` wraps a ``torch.utils.data.DataLoader`` so a snapshot taken in the
+  middle of an epoch resumes at the next batch the original run saw, without re-reading the
+  batches already consumed, with worker processes and worker-side randomness included.
+* :class:`Counters` holds a training loop's position (update, epoch, minibatch, phase, ...)
+  as tracked state, so one loop function can both record and resume from the middle.
+* :class:`TrainingRecorder` / :func:`restore_training` record and verify pure training loops
+  (supervised learning) that have no env: updates, snapshots, global RNGs.
+* :class:`LayerTracer` records a digest of each module's output and output gradient during one
+  update; :func:`first_divergent_module` names the first module where two runs differ.
+
+Example:
+    >>> import torch, tempfile, os
+    >>> from replaykit.training import TrainingRecorder, restore_training
+    >>> path = os.path.join(tempfile.mkdtemp(), "train.h5")
+    >>> net = torch.nn.Linear(2, 1)
+    >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    >>> def step(log):
+    ...     loss = net(torch.ones(1, 2)).pow(2).mean()
+    ...     opt.zero_grad(); loss.backward(); opt.step()
+    ...     log(loss=loss.detach())
+    >>> with TrainingRecorder(path, track={"net": net, "opt": opt}) as rec:
+    ...     step(rec.log_update)
+    ...     name = rec.snapshot()
+    ...     for _ in range(3):
+    ...         step(rec.log_update)
+    >>> with restore_training(path, name, track={"net": net, "opt": opt}) as rep:
+    ...     for _ in range(3):
+    ...         step(rep.log_update)
+    ...     rep.verified_updates
+    3
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from replaykit import _format as F
+from replaykit import rng, snapshot
+from replaykit.compare import DiffResult, KeyDivergence, Rule, Rules
+from replaykit.errors import StateMismatchError, UsageError
+from replaykit.record import UpdateLog, nonfinite_meta
+from replaykit.store import Recording, RecordingWriter, SnapshotInfo
+
+__all__ = [
+    "Counters",
+    "LayerDivergence",
+    "LayerTracer",
+    "ResumableLoader",
+    "TrainingRecorder",
+    "TrainingReplay",
+    "first_divergent_module",
+    "first_update_divergence",
+    "params_digest",
+    "restore_training",
+]
+
+_MASK64 = (1 << 64) - 1
+_LAYER = "layer"
+
+
+# --------------------------------------------------------------------------------------------
+# counters
+
+
+class Counters:
+    """Named numbers that mark a training loop's position; capture/restore as tracked state.
+
+    The names are fixed at construction so a restore can check the snapshot fits.
+
+    Example:
+        >>> c = Counters(update=0, epoch=0, minibatch=0)
+        >>> c.update += 1
+        >>> c.__replaykit_state__()
+        {'update': 1, 'epoch': 0, 'minibatch': 0}
+    """
+
+    def __init__(self, **values: int | float | bool | str) -> None:
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["_values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        values = self.__dict__["_values"]
+        if name not in values:
+            raise UsageError(
+                f"counter {name!r} was not declared; declare it in Counters({name}=...) "
+                "so snapshots always carry it"
+            )
+        values[name] = value
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self._values.items())
+        return f"Counters({inner})"
+
+    def __replaykit_state__(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    def __replaykit_restore__(self, tree: Any) -> None:
+        values = self.__dict__["_values"]
+        if not isinstance(tree, dict) or set(tree) != set(values):
+            saved = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
+            raise StateMismatchError(
+                "counters", [f"names: snapshot has {saved}, live object has {sorted(values)}"]
+            )
+        values.update(tree)
+
+
+def params_digest(module: torch.nn.Module) -> np.uint64:
+    """:func:`~replaykit.modelstate.parameters_digest` as a number, ready for ``log_update``."""
+    from replaykit.modelstate import parameters_digest
+
+    return np.uint64(int(parameters_digest(module), 16))
+
+
+# --------------------------------------------------------------------------------------------
+# resumable data loader
+
+
+def _mix64(x: int) -> int:
+    """splitmix64 finaliser: spreads consecutive integers over 64 bits."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+class _TaggedBatch(list):  # type: ignore[type-arg]
+    """A batch's index list carrying the seed its worker uses (pickles to worker processes)."""
+
+    seed: int
+
+
+class _SeededDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """Wraps a map-style dataset: in a worker process, reseeds the RNGs before each batch.
+
+    Worker RNGs otherwise carry state from batch to batch (and workers prefetch ahead of
+    the training loop), so skipping consumed batches on resume would shift the random
+    augmentation of every later batch. Reseeding per batch from a seed drawn from the
+    loader's generator makes each batch a function of (epoch-start state, batch index).
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.dataset[index]
+
+    def __getitems__(self, indices: list[Any]) -> Any:
+        seed = getattr(indices, "seed", None)
+        if seed is not None and torch.utils.data.get_worker_info() is not None:
+            # Only in workers: in the main process (num_workers=0) data loading draws from the
+            # global RNGs in order, which snapshots capture anyway.
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed & 0xFFFFFFFF)
+        plain = list(indices)
+        getitems = getattr(self.dataset, "__getitems__", None)
+        if getitems is not None:
+            return getitems(plain)
+        return [self.dataset[i] for i in plain]
+
+
+class _EpochBatchSampler:
+    """Yields the current epoch's remaining batches (set by :class:`ResumableLoader`)."""
+
+    def __init__(self) -> None:
+        self.batches: list[_TaggedBatch] = []
+        self.total = 0
+
+    def __iter__(self) -> Iterator[_TaggedBatch]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class ResumableLoader:
+    """A DataLoader wrapper whose position inside an epoch is captured by snapshots.
+
+    At each ``iter()`` it saves the state of the loader's ``generator`` (the epoch-start
+    state), draws the epoch's whole index order from the loader's sampler, and counts the
+    batches it yields. A snapshot stores the epoch-start generator state and the count. On
+    restore, the next ``iter()`` sets the generator back, draws the same order, and drops
+    the consumed batches at the *index* level: their data is never loaded again. Batches
+    then come out identical, including with worker processes whose ``__getitem__`` uses
+    random ops, because each batch's worker RNGs are seeded from (epoch seed, batch index).
+
+    Track the wrapper itself (``track={"loader": loader}``). Write the loop as
+    ``while loader.epoch < epochs: for batch in loader: ...``: after a restore in the middle
+    of an epoch, ``for batch in loader`` continues that epoch.
+
+    Args:
+        loader: a DataLoader over a map-style dataset with automatic batching
+            (``batch_size=...`` or ``batch_sampler=...``). With ``shuffle=True`` it must
+            have a ``generator=torch.Generator()``: the sampler draws from it, and without
+            one it would draw from the global RNG whose epoch-start state is gone by the
+            time a mid-epoch snapshot is taken.
+
+    Notes:
+        The sampler must draw its randomness from ``loader.generator`` only. With
+        ``persistent_workers=True`` the DataLoader's base seed (seen by ``worker_init_fn``)
+        is drawn only at the first epoch of a process; dataset randomness is unaffected.
+    """
+
+    def __init__(self, loader: torch.utils.data.DataLoader[Any]) -> None:
+        from torch.utils.data import DataLoader, IterableDataset, RandomSampler
+
+        if not isinstance(loader, DataLoader):
+            raise UsageError(
+                f"ResumableLoader wraps a torch DataLoader, got {type(loader).__name__}"
+            )
+        if isinstance(loader.dataset, IterableDataset):
+            raise UsageError(
+                "ResumableLoader needs a map-style dataset (indexable); an IterableDataset "
+                "cannot skip consumed batches without reading them"
+            )
+        if loader.batch_sampler is None:
+            raise UsageError(
+                "ResumableLoader needs automatic batching; pass batch_size=... (not None) or "
+                "batch_sampler=... to the DataLoader"
+            )
+        if not getattr(loader, "in_order", True):
+            raise UsageError("ResumableLoader needs in_order=True; batch order must be fixed")
+        sampler = getattr(loader.batch_sampler, "sampler", None)
+        if isinstance(sampler, RandomSampler) and sampler.generator is None:
+            raise UsageError(
+                "the DataLoader shuffles with the global torch RNG; pass "
+                "generator=torch.Generator().manual_seed(seed) to it so an epoch's order can "
+                "be drawn again on resume"
+            )
+        if loader.generator is not None:
+            self.generator: torch.Generator = loader.generator
+        else:
+            # Epoch seeds need a generator; draw its seed from the (seeded) global RNG.
+            self.generator = torch.Generator()
+            self.generator.manual_seed(int(torch.randint(0, 2**62, ()).item()))
+        self.loader = loader
+        self._index_sampler = loader.batch_sampler
+        self._sampler = _EpochBatchSampler()
+        # A private generator for the DataLoader's own base-seed draw, seeded per epoch, so
+        # the user's generator sees the same draws whether or not an iterator is resumed.
+        self._worker_gen = torch.Generator()
+        kwargs: dict[str, Any] = {}
+        if loader.num_workers > 0:
+            kwargs["prefetch_factor"] = loader.prefetch_factor
+            kwargs["persistent_workers"] = loader.persistent_workers
+            kwargs["multiprocessing_context"] = loader.multiprocessing_context
+        self._inner = DataLoader(
+            _SeededDataset(loader.dataset),
+            batch_sampler=self._sampler,  # type: ignore[arg-type]
+            num_workers=loader.num_workers,
+            collate_fn=loader.collate_fn,
+            pin_memory=loader.pin_memory,
+            timeout=loader.timeout,
+            worker_init_fn=loader.worker_init_fn,
+            generator=self._worker_gen,
+            **kwargs,
+        )
+        self.epoch = 0
+        self.position = 0
+        self._in_epoch = False
+        self._epoch_start: Any = None
+        self._resume_skip: int | None = None
+        self._resume_total: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._index_sampler)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[Any]:
+        skip = 0
+        if self._resume_skip is not None:
+            skip, self._resume_skip = self._resume_skip, None
+        elif self._in_epoch:
+            # The previous epoch was abandoned part-way: it still counts as an epoch.
+            self.epoch += 1
+        self._epoch_start = rng.capture_generator(self.generator)
+        batches = [list(b) for b in self._index_sampler]
+        if self._resume_total is not None and len(batches) != self._resume_total:
+            raise StateMismatchError(
+                "data loader",
+                [f"batches per epoch: snapshot has {self._resume_total}, live has {len(batches)}"],
+            )
+        self._resume_total = None
+        epoch_seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator))
+        self._worker_gen.manual_seed(epoch_seed & 0x7FFFFFFFFFFFFFFF)
+        tagged = []
+        for i, b in enumerate(batches[skip:], start=skip):
+            t = _TaggedBatch(b)
+            t.seed = _mix64(epoch_seed ^ _mix64(i)) & 0x7FFFFFFFFFFFFFFF
+            tagged.append(t)
+        self._sampler.batches = tagged
+        self._sampler.total = len(batches)
+        self.position = skip
+        self._in_epoch = True
+        return self._iterate(iter(self._inner))
+
+    def _iterate(self, it: Iterator[Any]) -> Iterator[Any]:
+        for batch in it:
+            self.position += 1
+            yield batch
+        self._in_epoch = False
+        self.position = 0
+        self.epoch += 1
+
+    def __replaykit_state__(self) -> dict[str, Any]:
+        return {
+            "generator": self._epoch_start
+            if self._in_epoch
+            else rng.capture_generator(self.generator),
+            "in_epoch": self._in_epoch,
+            "consumed": self.position if self._in_epoch else 0,
+            "epoch": self.epoch,
+            "batches": self._sampler.total if self._in_epoch else len(self),
+            "dataset_len": len(self.loader.dataset),  # type: ignore[arg-type]
+        }
+
+    def __replaykit_restore__(self, tree: Any) -> None:
+        keys = {"generator", "in_epoch", "consumed", "epoch", "batches", "dataset_len"}
+        if not isinstance(tree, dict) or set(tree) != keys:
+            raise StateMismatchError("data loader", [f"expected keys {sorted(keys)}"])
+        n = len(self.loader.dataset)  # type: ignore[arg-type]
+        if tree["dataset_len"] != n:
+            raise StateMismatchError(
+                "data loader", [f"dataset length: snapshot has {tree['dataset_len']}, live has {n}"]
+            )
+        rng.restore_generator(self.generator, tree["generator"])
+        self.epoch = int(tree["epoch"])
+        self._in_epoch = False
+        self.position = 0
+        self._resume_skip = int(tree["consumed"]) if tree["in_epoch"] else None
+        self._resume_total = int(tree["batches"]) if tree["in_epoch"] else None
+
+
+# --------------------------------------------------------------------------------------------
+# envless training recordings
+
+
+class TrainingRecorder:
+    """Records a training loop without an env: updates, snapshots of tracked state and RNGs.
+
+    Uses the same ``updates`` stream and snapshot layout as :class:`~replaykit.RecordingWrapper`,
+    so ``replaykit diff`` compares two training recordings update by update.
+
+    Args:
+        path: the ``.h5`` file to write (replaced if it exists).
+        track: ``{name: object}`` to include in snapshots (models, optimizers, schedulers,
+            :class:`ResumableLoader`, :class:`Counters`, buffers, ...).
+        metadata: JSON-able data stored in the file's metadata under ``"user"``.
+        commit_every_seconds: commit (flush to disk) at least this often.
+        fsync: also fsync each commit.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        track: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        commit_every_seconds: float = 5.0,
+        fsync: bool = False,
+    ) -> None:
+        from replaykit import provenance
+
+        meta = {
+            "kind": "training",
+            "env_id": None,
+            "env_spec": None,
+            "user": dict(metadata or {}),
+            "skipped_info": [],
+            "reset_options": {},
+            "closed": False,
+        }
+        self._writer = RecordingWriter(
+            path,
+            meta=meta,
+            provenance=provenance.collect(),
+            commit_every_seconds=commit_every_seconds,
+            fsync=fsync,
+        )
+        self.path = self._writer.path
+        self._log = UpdateLog(self._writer)
+        self._tracked: dict[str, Any] = {}
+        self._seq = 0
+        self._closed = False
+        for name, obj in (track or {}).items():
+            self.track(name, obj)
+
+    @property
+    def update_count(self) -> int:
+        """Updates logged so far (the index of the next update)."""
+        return self._log.count
+
+    def track(self, name: str, obj: Any) -> None:
+        """Include ``obj`` in every snapshot under ``name`` (as RecordingWrapper.track)."""
+        if not F.is_valid_name(name):
+            raise UsageError(f"tracked name {name!r} must be non-empty, printable, without '/'")
+        snapshot.capture_tracked(obj, name)
+        self._tracked[name] = obj
+
+    def log_update(self, **values: Any) -> int:
+        """Record one update's named values; returns the update index."""
+        if self._closed:
+            raise UsageError("the recording is closed")
+        return self._log.log(0, values)
+
+    def set_metadata(self, key: str, value: Any) -> None:
+        """Store JSON data under ``meta["user"][key]``."""
+        self._log.set_user_metadata(key, value)
+
+    def snapshot(self, name: str | None = None, *, extra: Any = None) -> str:
+        """Snapshot tracked objects and global RNGs here; returns the snapshot's name."""
+        if self._closed:
+            raise UsageError("the recording is closed")
+        if name is None:
+            name = f"update-{self._log.count:06d}"
+            if name in self._writer.snapshots:
+                name = f"{name}-{self._seq}"
+        recorder = {
+            "step": 0,
+            "episode": -1,
+            "step_in_episode": 0,
+            "updates": self._log.count,
+            "needs_reset": True,
+            "seq": self._seq,
+        }
+        tree = {
+            "env": {},
+            "rngs": rng.capture_global_rngs(),
+            "tracked": {n: snapshot.capture_tracked(o, n) for n, o in self._tracked.items()},
+            "kinds": {n: snapshot.kind_of(o) for n, o in self._tracked.items()},
+            "recorder": recorder,
+            "fallback": None,
+            "extra": extra,
+        }
+        meta: dict[str, Any] = dict(recorder)
+        meta["env_state"] = None
+        meta["tracked"] = sorted(self._tracked)
+        meta["nonfinite"] = nonfinite_meta(tree["tracked"], name)
+        meta["bytes"] = self._writer.write_snapshot(name, tree, meta)
+        self._seq += 1
+        return name
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._writer.update_meta(closed=True, steps=0, episodes=0, updates=self._log.count)
+            self._writer.close()
+
+    def __enter__(self) -> TrainingRecorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TrainingReplay:
+    """A restored training snapshot; :meth:`log_update` verifies each update.
+
+    Attributes:
+        update: the index of the next update.
+        verified_updates: updates verified since the restore.
+        extra: the ``extra`` tree given to ``snapshot``.
+        snapshot: which snapshot was restored.
+    """
+
+    def __init__(
+        self, rec: Recording, snap: SnapshotInfo, tree: Any, rules: Rules, ignore: Iterable[str], owns: bool
+    ) -> None:
+        from replaykit.replay import UpdateChecker, _Verifier
+
+        self.recording = rec
+        self.snapshot = snap
+        self.extra = tree.get("extra")
+        self.update = int(tree["recorder"].get("updates", 0))
+        self.verified_updates = 0
+        self._owns = owns
+        self._check = UpdateChecker(rec, _Verifier(rec, snap, rules, ignore))
+
+    @property
+    def updates_left(self) -> int:
+        """Recorded updates after the current position."""
+        return self._check.rows - self.update
+
+    @property
+    def first_nonfinite(self) -> dict[str, Any] | None:
+        """The first NaN/infinity met among verified values (update, probe, element)."""
+        return self._check.first_nonfinite
+
+    def log_update(self, **values: Any) -> int:
+        """Check one update's values against the recording; raises DivergenceError on a difference."""
+        __tracebackhide__ = True
+        u = self._check.check(self.update, values)
+        self.update += 1
+        self.verified_updates += 1
+        return u
+
+    def close(self) -> None:
+        if self._owns:
+            self.recording.close()
+
+    def __enter__(self) -> TrainingReplay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def restore_training(
+    recording: Recording | str | os.PathLike[str],
+    snapshot_id: str | int | None = None,
+    *,
+    track: Mapping[str, Any] | None = None,
+    rules: Rules | Mapping[str, Rule] | None = None,
+    ignore: Iterable[str] = (),
+    global_rngs: bool = True,
+    verify: bool = True,
+) -> TrainingReplay:
+    """Restore a training snapshot (from :class:`TrainingRecorder`) into fresh objects.
+
+    Args:
+        recording: a path or an open :class:`~replaykit.store.Recording`.
+        snapshot_id: snapshot name, index, or ``None`` for the first.
+        track: ``{name: object}`` built like the recorded tracked objects.
+        rules: per-key tolerances (keys ``update/<name>``); bit-exact by default.
+        ignore: fnmatch patterns of keys never compared.
+        global_rngs: also restore Python/NumPy/torch global RNG states.
+        verify: check file checksums.
+
+    Returns:
+        A :class:`TrainingReplay`; call its ``log_update`` where the recording did.
+    """
+    owns = not isinstance(recording, Recording)
+    rec = Recording(recording, verify=verify) if owns else recording
+    assert isinstance(rec, Recording)
+    try:
+        info, tree = rec.load_snapshot(snapshot_id)
+        tracked = dict(track or {})
+        snapshot.check_tracked_names(tree["tracked"], tree.get("kinds") or {}, tracked)
+        for name, obj in tracked.items():
+            snapshot.restore_tracked(obj, tree["tracked"][name], name)
+        if global_rngs and tree.get("rngs") is not None:
+            rng.restore_global_rngs(tree["rngs"])
+        rules_obj = rules if isinstance(rules, Rules) else Rules(rules)
+        return TrainingReplay(rec, info, tree, rules_obj, ignore, owns)
+    except BaseException:
+        if owns:
+            rec.close()
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# layer localisation
+
+
+def _tensors(x: Any) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (list, tuple)):
+        return [t for v in x for t in _tensors(v)]
+    if isinstance(x, Mapping):
+        return [t for v in x.values() for t in _tensors(v)]
+    return []
+
+
+def _digest(tensors: list[torch.Tensor]) -> int:
+    import xxhash
+
+    from replaykit.modelstate import _raw_bytes
+
+    h = xxhash.xxh3_64()
+    for t in tensors:
+        h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(_raw_bytes(t))
+    return h.intdigest()
+
+
+class LayerTracer:
+    """Digests every module's forward output and output gradient during one training update.
+
+    Use it around the forward and backward passes of the update to localise, then log
+    :meth:`probes` with the update. Each probe is named ``layer/<module path>/out`` or
+    ``layer/<module path>/grad`` (``grad.<i>`` for the i-th tensor of a multi-tensor
+    output, ``#<n>`` appended for a module's n-th call) and holds a ``uint64[2]`` array
+    ``[execution index, xxh3 digest]``: the execution order is recorded with the values,
+    so :func:`first_divergent_module` can name the earliest module whose output or gradient
+    differs between two runs.
+
+    Args:
+        modules: ``{name: module}``; submodule paths are prefixed with the name.
+        enabled: install nothing (and log nothing) when ``False``, so a loop can always
+            write ``with LayerTracer(..., enabled=u == localize_update) as tr``.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh())
+        >>> with LayerTracer({"net": net}) as tr:
+        ...     net(torch.ones(1, 2, requires_grad=True)).sum().backward()
+        >>> list(tr.probes())[:2]
+        ['layer/net.0/out', 'layer/net.1/out']
+    """
+
+    def __init__(self, modules: Mapping[str, torch.nn.Module], *, enabled: bool = True) -> None:
+        self.modules = dict(modules)
+        self.enabled = enabled
+        self._events: dict[str, np.ndarray] = {}
+        self._calls: dict[str, int] = {}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> LayerTracer:
+        if self.enabled:
+            for root, module in self.modules.items():
+                for path, sub in module.named_modules():
+                    full = f"{root}.{path}" if path else root
+                    self._handles.append(sub.register_forward_hook(self._forward_hook(full)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Tensor hooks registered on outputs stay until backward; forward hooks go now.
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _record(self, key: str, tensors: list[torch.Tensor]) -> None:
+        self._events[key] = np.array([len(self._events), _digest(tensors)], dtype=np.uint64)
+
+    def _forward_hook(self, path: str) -> Any:
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            n = self._calls[path] = self._calls.get(path, 0) + 1
+            suffix = "" if n == 1 else f"#{n}"
+            tensors = _tensors(output)
+            if not tensors:
+                return
+            self._record(f"{_LAYER}/{path}/out{suffix}", tensors)
+            grads = [t for t in tensors if t.requires_grad]
+            for i, t in enumerate(grads):
+                name = "grad" if len(grads) == 1 else f"grad.{i}"
+                key = f"{_LAYER}/{path}/{name}{suffix}"
+                t.register_hook(self._grad_hook(key))
+
+        return hook
+
+    def _grad_hook(self, key: str) -> Any:
+        def hook(grad: torch.Tensor) -> None:
+            if key not in self._events:  # a tensor reached twice: keep the first
+                self._record(key, [grad])
+
+        return hook
+
+    def probes(self) -> dict[str, np.ndarray]:
+        """The recorded ``{probe name: [index, digest]}`` in execution order (empty if disabled)."""
+        return dict(self._events)
+
+    @property
+    def order(self) -> list[str]:
+        """Probe names in the order the modules ran (forward, then backward)."""
+        return list(self._events)
+
+
+@dataclass
+class LayerDivergence:
+    """The first module (in execution order) whose output or gradient differs between runs."""
+
+    module: str
+    kind: str
+    update: int
+    key: str
+    index: int
+
+    def describe(self) -> str:
+        what = "output" if self.kind.startswith("out") else "gradient (w.r.t. its output)"
+        return (
+            f"update {self.update}: the {what} of module {self.module!r} is the first to differ "
+            f"(event {self.index} in execution order; key {self.key!r})"
+        )
+
+
+_LAYER_KEY = f"{F.UPDATES}/{F.PROBE}/{_LAYER}/"
+
+
+def first_update_divergence(result: DiffResult) -> KeyDivergence | None:
+    """The first divergence in the ``updates`` stream: earliest update, then logging order.
+
+    :attr:`DiffResult.first` orders steps before updates; for a training run the update
+    that diverged first is usually the question. Within one update, probes are ordered as
+    the loop logged them (recorded in the file's ``update_probe_order`` metadata).
+    """
+    ups = [d for d in result.divergences if d.stream == F.UPDATES]
+    if not ups:
+        return None
+    order: dict[str, int] = {}
+    try:
+        with Recording(result.a, verify=False) as rec:
+            names = rec.meta.get("update_probe_order") or []
+            order = {f"{F.UPDATES}/{F.PROBE}/{n}": i for i, n in enumerate(names)}
+    except Exception:  # the order is a nicety; the row is what matters
+        order = {}
+    return min(ups, key=lambda d: (d.row if d.row is not None else -1, order.get(d.key, 1 << 30), d.key))
+
+
+def first_divergent_module(
+    result: DiffResult | tuple[str | os.PathLike[str], str | os.PathLike[str]],
+) -> LayerDivergence | None:
+    """Name the first module whose output or gradient differs, in execution order.
+
+    Args:
+        result: a :class:`~replaykit.compare.DiffResult` of two recordings made with a
+            :class:`LayerTracer` at the same update, or the two recordings' paths.
+
+    Returns:
+        A :class:`LayerDivergence`, or ``None`` when no layer probe differs.
+    """
+    if not isinstance(result, DiffResult):
+        from replaykit.compare import diff_recordings
+
+        a, b = result
+        result = diff_recordings(a, b, keys=[_LAYER_KEY + "*"])
+    layer = [
+        d for d in result.divergences
+        if d.stream == F.UPDATES and d.key.startswith(_LAYER_KEY) and d.row is not None
+    ]
+    if not layer:
+        return None
+    row = min(d.row for d in layer if d.row is not None)
+    at_row = [d for d in layer if d.row == row]
+    seq: dict[str, int] = {}
+    with Recording(result.a, verify=False) as rec:
+        st = rec.stream(F.UPDATES)
+        for d in at_row:
+            col = d.key[len(F.UPDATES) + 1 :]
+            present = st.present(col, row, row + 1)
+            if present is None or bool(present[0]):
+                seq[d.key] = int(st.read(col, row, row + 1)[0][0])
+    first = min(at_row, key=lambda d: (seq.get(d.key, 1 << 62), d.key))
+    rest = first.key[len(_LAYER_KEY) :]
+    module, _, kind = rest.rpartition("/")
+    return LayerDivergence(
+        module=module, kind=kind, update=row, key=first.key, index=seq.get(first.key, -1)
+    )

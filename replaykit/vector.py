@@ -1,0 +1,830 @@
+"""Record ``gymnasium.vector`` envs (sync and async), snapshot every sub-env, restore and verify.
+
+A vector recording uses the same file format as a single-env one: the ``steps``
+and ``resets`` streams hold batched columns whose first axis is the sub-env
+index (``obs``, ``action``, ``reward``, ``terminated``, ``truncated``,
+``episode``), plus:
+
+* ``autoreset`` (``NEXT_STEP`` mode): which sub-envs' step was the reset step
+  that follows the end of an episode; their action was ignored by the env.
+* ``info/final_obs/...`` (``SAME_STEP`` mode): the last observation of the
+  episodes that ended at that step (zeros where ``info/_final_obs`` is false),
+  and ``info/final_info/...`` with their final infos.
+
+A snapshot holds every sub-env's wrapper chain (as :func:`replaykit.envstate.capture_chain`),
+the vector env's pending autoresets and space RNGs, the global RNGs and the tracked objects.
+For an :class:`~gymnasium.vector.AsyncVectorEnv` the sub-envs live in worker processes: build
+them with :func:`capturable` so each answers ``replaykit_capture`` through ``vec.call``
+(gymnasium's own pipe carries the numpy/JSON state tree; files never hold pickle).
+
+Example:
+    >>> import gymnasium as gym, tempfile, os
+    >>> from gymnasium.vector import SyncVectorEnv
+    >>> path = os.path.join(tempfile.mkdtemp(), "vec.h5")
+    >>> fns = [lambda: gym.make("CartPole-v1")] * 2
+    >>> vec = VectorRecordingWrapper(SyncVectorEnv(fns), path, seed=0, snapshot_at=[5])
+    >>> obs, _ = vec.reset()
+    >>> for _ in range(10):
+    ...     obs, *_ = vec.step(vec.action_space.sample())
+    >>> vec.close()
+    >>> rep = restore_vector(path, vec_env=SyncVectorEnv(fns))
+    >>> for _ in range(5):
+    ...     _ = rep.env.step(rep.recorded_action(rep.step))
+    >>> rep.verified_steps
+    5
+    >>> rep.close()
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
+
+from replaykit import _format as F
+from replaykit import _spaces, snapshot
+from replaykit.compare import EXACT, Mismatch, Rule, Rules
+from replaykit.errors import CaptureError, StateMismatchError, UsageError
+from replaykit.record import _LeafWriter, env_spec_json, to_array
+from replaykit.replay import DEFAULT_IGNORE, _Rows, _Verifier
+from replaykit.store import Recording, RecordingWriter, SnapshotInfo, StreamWriter
+
+__all__ = ["SubEnv", "VectorRecordingWrapper", "VectorReplay", "capturable", "restore_vector"]
+
+_VECTOR_NOTE = "vector env: the first axis of each value is the sub-env index"
+
+
+class SubEnv(gym.Wrapper[Any, Any, Any, Any]):
+    """Makes one sub-env of a vector env capturable and restorable from the parent process.
+
+    Build an :class:`~gymnasium.vector.AsyncVectorEnv` with :func:`capturable` (which
+    wraps each env thunk in this class) so its workers answer ``replaykit_capture``.
+    The wrapper is transparent: it adds nothing to the captured chain.
+
+    It also carries a sub-env's pending ``NEXT_STEP`` autoreset across a restore: an
+    async worker keeps that flag in a local variable no call can reach, so a restored
+    sub-env that was due to reset does the reset itself at its next ``step`` (returning
+    reward 0 and no termination, exactly as the worker would).
+    """
+
+    _replaykit_transparent = True
+    replaykit_incoming: Any = None
+
+    def __init__(self, env: gym.Env[Any, Any]) -> None:
+        super().__init__(env)
+        self._pending_reset = False
+
+    def replaykit_adapter(self) -> str | None:
+        """The name of the env adapter for this sub-env, or ``None``."""
+        from replaykit import envstate
+
+        adapter = envstate.find_env_adapter(self.env.unwrapped)
+        return None if adapter is None else adapter.name
+
+    def replaykit_capture(self) -> Any:
+        """Capture this sub-env's wrapper chain (a picklable state tree)."""
+        from replaykit import envstate
+
+        return envstate.capture_chain(self.env)
+
+    def replaykit_apply(self) -> None:
+        """Restore the ``(chain state, pending reset)`` pair set in ``replaykit_incoming``."""
+        from replaykit import envstate
+
+        incoming, self.replaykit_incoming = self.replaykit_incoming, None
+        if incoming is None:
+            raise UsageError("replaykit_apply() without replaykit_incoming; use restore_vector")
+        state, pending = incoming
+        envstate.restore_chain(self.env, state)
+        self._pending_reset = bool(pending)
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        if self._pending_reset:
+            self._pending_reset = False
+            obs, info = self.env.reset()
+            return obs, 0.0, False, False, info
+        return self.env.step(action)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        self._pending_reset = False
+        return self.env.reset(seed=seed, options=options)
+
+
+def _make_sub(fn: Callable[[], gym.Env[Any, Any]]) -> SubEnv:
+    return SubEnv(fn())
+
+
+def capturable(
+    env_fns: Iterable[Callable[[], gym.Env[Any, Any]]],
+) -> list[Callable[[], SubEnv]]:
+    """Wrap env thunks so each sub-env is a :class:`SubEnv` (needed for ``AsyncVectorEnv``).
+
+    Example:
+        >>> import gymnasium as gym
+        >>> fns = capturable([lambda: gym.make("CartPole-v1")] * 2)
+        >>> type(fns[0]()).__name__
+        'SubEnv'
+    """
+    return [functools.partial(_make_sub, fn) for fn in env_fns]
+
+
+# ----------------------------------------------------------------------------- helpers
+def _kind(vec: VectorEnv[Any, Any, Any]) -> str:
+    if isinstance(vec, SyncVectorEnv):
+        return "sync"
+    if isinstance(vec, AsyncVectorEnv):
+        return "async"
+    raise UsageError(
+        f"expected a gymnasium SyncVectorEnv or AsyncVectorEnv, found {type(vec).__name__}; "
+        "put VectorRecordingWrapper directly around the vector env"
+    )
+
+
+def _mode(vec: VectorEnv[Any, Any, Any]) -> AutoresetMode:
+    mode = vec.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+    return mode if isinstance(mode, AutoresetMode) else AutoresetMode(mode)
+
+
+def _capture_envs(vec: VectorEnv[Any, Any, Any]) -> list[Any]:
+    from replaykit import envstate
+
+    if isinstance(vec, SyncVectorEnv):
+        return [envstate.capture_chain(e) for e in vec.envs]
+    _require_sub_envs(vec, CaptureError)
+    return list(vec.call("replaykit_capture"))
+
+
+def _adapters(vec: VectorEnv[Any, Any, Any]) -> list[str | None]:
+    from replaykit import envstate
+
+    if isinstance(vec, SyncVectorEnv):
+        out = []
+        for e in vec.envs:
+            a = envstate.find_env_adapter(e.unwrapped)
+            out.append(None if a is None else a.name)
+        return out
+    _require_sub_envs(vec, CaptureError)
+    return list(vec.call("replaykit_adapter"))
+
+
+def _require_sub_envs(vec: VectorEnv[Any, Any, Any], error: type[Exception]) -> None:
+    # Ask with has_wrapper_attr: a worker that raises (AttributeError) is shut down for good.
+    if not all(vec.call("has_wrapper_attr", "replaykit_capture")):
+        raise error(
+            "expected async sub-envs wrapped in replaykit.vector.SubEnv, found plain ones; "
+            "build the vector env as AsyncVectorEnv(replaykit.vector.capturable(env_fns))"
+        )
+
+
+def _space_items(vec: VectorEnv[Any, Any, Any]) -> list[tuple[str, gym.Space[Any]]]:
+    return [
+        ("action", vec.action_space),
+        ("observation", vec.observation_space),
+        ("single_action", vec.single_action_space),
+        ("single_observation", vec.single_observation_space),
+    ]
+
+
+def _capture_vector(vec: VectorEnv[Any, Any, Any], autoreset: np.ndarray) -> dict[str, Any]:
+    from replaykit.envstate._rng import capture_space_rng
+
+    return {
+        "kind": _kind(vec),
+        "num_envs": int(vec.num_envs),
+        "autoreset_mode": _mode(vec).value,
+        "autoreset": autoreset.copy(),
+        "spaces": {name: capture_space_rng(s, f"vector {name}_space") for name, s in _space_items(vec)},
+    }
+
+
+def _seeds(seed: int | Sequence[int | None] | None, n: int) -> list[int | None]:
+    if seed is None:
+        return [None] * n
+    if isinstance(seed, (int, np.integer)):
+        return [int(seed) + i for i in range(n)]
+    return [None if s is None else int(s) for s in seed]
+
+
+def _info_items(
+    infos: Mapping[str, Any], obs_leaves: list[_spaces.Leaf], batch: Mapping[str, np.ndarray]
+) -> Iterator[tuple[str, Any]]:
+    """Flatten batched vector infos; ``final_obs`` object arrays become zero-filled batches."""
+    for key, value in infos.items():
+        if isinstance(value, Mapping):
+            for sub, v in _info_items(value, obs_leaves, batch):
+                yield f"{key}/{sub}", v
+        elif key == F.FINAL_OBS and isinstance(value, np.ndarray) and value.dtype == object:
+            for leaf in obs_leaves:
+                out = np.zeros_like(batch[leaf.name])
+                get = _spaces.getter(leaf.path)
+                for i, o in enumerate(value):
+                    if o is not None:
+                        out[i] = get(o)
+                yield F.column_path(F.FINAL_OBS, leaf.name), out
+        else:
+            yield str(key), value
+
+
+def _batch_dict(value: Any, leaves: list[_spaces.Leaf]) -> dict[str, np.ndarray]:
+    return {leaf.name: np.asarray(_spaces.getter(leaf.path)(value)) for leaf in leaves}
+
+
+def _spec_of(vec: VectorEnv[Any, Any, Any]) -> dict[str, Any] | None:
+    if isinstance(vec, SyncVectorEnv):
+        return env_spec_json(vec.envs[0])
+    spec = vec.get_attr("spec")[0]
+    if spec is None:
+        return None
+
+    class _Holder:  # env_spec_json reads only ``.spec``
+        pass
+
+    h = _Holder()
+    h.spec = spec  # type: ignore[attr-defined]
+    return env_spec_json(h)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- recording
+class VectorRecordingWrapper(gym.vector.VectorWrapper):
+    """Records a ``SyncVectorEnv`` or ``AsyncVectorEnv``: batched steps and snapshots.
+
+    Every ``reset`` and ``step`` is written with a first axis of ``num_envs``;
+    snapshots (at ``snapshot_at`` / ``snapshot_every`` step counts, or on
+    :meth:`snapshot`) capture every sub-env, the pending autoresets, the space and
+    global RNGs and the tracked objects. Each sub-env needs an env adapter
+    (replay-from-reset is not offered for vector envs).
+
+    Args:
+        env: the vector env (async sub-envs built with :func:`capturable`).
+        path: the ``.h5`` file to write.
+        seed: seed for the first reset (sub-env ``i`` gets ``seed + i``) and for the spaces.
+        snapshot_at: batched step counts after which to snapshot.
+        snapshot_every: also snapshot every this many batched steps.
+        track: ``{name: object}`` to include in snapshots.
+        ignore_info: info keys (``/``-joined) not to record.
+        commit_every_steps: commit at least this often, in batched steps.
+        commit_every_seconds: and at least this often, in seconds.
+        metadata: JSON-able data stored under ``meta["user"]``.
+    """
+
+    def __init__(
+        self,
+        env: VectorEnv[Any, Any, Any],
+        path: str | os.PathLike[str],
+        *,
+        seed: int | None = None,
+        snapshot_at: Iterable[int] = (),
+        snapshot_every: int | None = None,
+        track: Mapping[str, Any] | None = None,
+        ignore_info: Iterable[str] = (),
+        commit_every_steps: int = F.STREAM_CHUNK_ROWS,
+        commit_every_seconds: float = 5.0,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(env)
+        from replaykit import provenance
+
+        kind = _kind(env)
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+            raise UsageError(f"seed must be a non-negative int, got {seed!r}")
+        if snapshot_every is not None and snapshot_every < 1:
+            raise UsageError(f"snapshot_every must be >= 1, got {snapshot_every}")
+        missing = [i for i, a in enumerate(_adapters(env)) if a is None]
+        if missing:
+            raise CaptureError(
+                f"sub-envs {missing} have no env adapter, so their state cannot be snapshotted; "
+                "register one with replaykit.envstate.register_env_adapter (vector recordings "
+                "do not replay from reset)"
+            )
+        self._n = int(env.num_envs)
+        self._mode = _mode(env)
+        self._seed = seed
+        self._snapshot_at = {int(s) for s in snapshot_at}
+        self._snapshot_every = snapshot_every
+        self._ignore_info = set(ignore_info)
+        self._tracked: dict[str, Any] = {}
+        self._obs_leaves = _spaces.leaves_of(env.observation_space, "observation")
+        self._act_leaves = _spaces.leaves_of(env.action_space, "action")
+        self._single_obs_leaves = _spaces.leaves_of(env.single_observation_space, "observation")
+        if seed is not None:
+            env.action_space.seed(seed)
+            env.observation_space.seed(seed)
+        spec = _spec_of(env)
+        meta = {
+            "env_id": spec["id"] if spec else None,
+            "env_spec": spec,
+            "env_class": snapshot.kind_of(env),
+            "seed": seed,
+            "observation_space": _spaces.space_to_json(env.observation_space),
+            "action_space": _spaces.space_to_json(env.action_space),
+            "vector": {"kind": kind, "num_envs": self._n, "autoreset_mode": self._mode.value},
+            "env_adapter": None,
+            "user": dict(metadata or {}),
+            "skipped_info": [],
+            "reset_options": {},
+            "closed": False,
+        }
+        self._writer = RecordingWriter(
+            path,
+            meta=meta,
+            provenance=provenance.collect(),
+            commit_every_steps=commit_every_steps,
+            commit_every_seconds=commit_every_seconds,
+        )
+        self.path = self._writer.path
+        self._steps = self._writer.stream(F.STEPS)
+        self._resets = self._writer.stream(F.RESETS)
+        self._steps.on_block_full = self._writer.maybe_commit
+        self._writers: dict[tuple[str, str], _LeafWriter | None] = {}
+        self._skipped: set[str] = set()
+        self._t = 0
+        self._reset_count = 0
+        self._episodes = np.full(self._n, -1, dtype=np.int64)
+        self._autoreset = np.zeros(self._n, dtype=np.bool_)
+        self._last_was_reset = True
+        self._snap_seq = 0
+        self._closed = False
+        for name, obj in (track or {}).items():
+            self.track(name, obj)
+
+    @property
+    def step_count(self) -> int:
+        """Batched steps recorded so far."""
+        return self._t
+
+    def track(self, name: str, obj: Any) -> None:
+        """Include ``obj`` in every snapshot under ``name`` (see ``RecordingWrapper.track``)."""
+        if not F.is_valid_name(name):
+            raise UsageError(f"tracked name {name!r} must be non-empty, printable, without '/'")
+        snapshot.capture_tracked(obj, name)
+        self._tracked[name] = obj
+
+    def snapshot(self, name: str | None = None, *, extra: Any = None) -> str:
+        """Snapshot every sub-env and everything tracked; returns the snapshot's name."""
+        from replaykit import rng
+
+        if self._closed:
+            raise UsageError("the recording is closed")
+        if self._reset_count == 0:
+            raise UsageError("snapshot() before the first reset(); reset the vector env first")
+        if name is None:
+            name = f"step-{self._t:06d}"
+            if name in self._writer.snapshots:
+                name = f"{name}-{self._snap_seq}"
+        recorder = {
+            "step": self._t,
+            "episode": self._reset_count - 1,
+            "resets": self._reset_count,
+            "episodes": self._episodes.copy(),
+            "last_was_reset": self._last_was_reset,
+            "updates": 0,
+            "needs_reset": False,
+            "seq": self._snap_seq,
+        }
+        tree = {
+            "env": {"vector": _capture_vector(self.env, self._autoreset), "envs": _capture_envs(self.env)},
+            "rngs": rng.capture_global_rngs(),
+            "tracked": {n: snapshot.capture_tracked(o, n) for n, o in self._tracked.items()},
+            "kinds": {n: snapshot.kind_of(o) for n, o in self._tracked.items()},
+            "recorder": recorder,
+            "fallback": None,
+            "extra": extra,
+        }
+        meta = {k: v for k, v in recorder.items() if k != "episodes"}
+        meta["env_state"] = "adapter"
+        meta["tracked"] = sorted(self._tracked)
+        meta["pending_autoresets"] = [int(i) for i in np.flatnonzero(self._autoreset)]
+        meta["bytes"] = self._writer.write_snapshot(name, tree, meta)
+        self._snap_seq += 1
+        return name
+
+    # ---------------------------------------------------------------- writing rows
+    def _write(self, s: StreamWriter, key: str, value: Any, p: int, optional: bool) -> None:
+        w = self._writers.get((s.name, key), _MISSING)
+        if w is _MISSING:
+            if optional and key[len(F.INFO) + 1 :] in self._ignore_info:
+                self._writers[(s.name, key)] = None
+                return
+            try:
+                arr, logical = to_array(value, key)
+            except CaptureError:
+                if not optional:
+                    raise
+                self._writers[(s.name, key)] = None
+                self._skipped.add(key[len(F.INFO) + 1 :])
+                return
+            col = s.column(key, arr.dtype, arr.shape, logical=logical, optional=optional)
+            w = self._writers[(s.name, key)] = _LeafWriter(s, col, key, value)
+        if w is None:
+            return
+        w.write(value, p)
+        if optional:
+            assert w.col.present is not None
+            w.col.present[p] = True
+
+    def _write_obs_info(
+        self, s: StreamWriter, obs: Any, infos: Mapping[str, Any], p: int
+    ) -> None:
+        batch = _batch_dict(obs, self._obs_leaves)
+        for leaf in self._obs_leaves:
+            self._write(s, F.column_path(F.OBS, leaf.name), batch[leaf.name], p, False)
+        for key, value in _info_items(infos, self._single_obs_leaves, batch):
+            self._write(s, F.column_path(F.INFO, key), value, p, True)
+
+    # ---------------------------------------------------------------- gymnasium API
+    def reset(
+        self,
+        *,
+        seed: int | list[int | None] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> tuple[Any, dict[str, Any]]:
+        if self._closed:
+            raise UsageError("the recording is closed")
+        if seed is None and self._reset_count == 0 and self._seed is not None:
+            seed = self._seed
+        seeds = _seeds(seed, self._n)
+        mask = None if options is None else options.get("reset_mask")
+        saved_options = None if options is None else dict(options)
+        obs, infos = self.env.reset(seed=seed, options=options)
+        s = self._resets
+        p = s.pos
+        self._write_obs_info(s, obs, infos, p)
+        s.column(F.RESET_STEP, np.dtype(np.int64), ()).buf[p] = self._t
+        s.column(F.RESET_SEED, np.dtype(np.int64), (self._n,)).buf[p] = [
+            -1 if x is None else x for x in seeds
+        ]
+        s.column(F.RESET_SEEDED, np.dtype(np.bool_), (self._n,)).buf[p] = [
+            x is not None for x in seeds
+        ]
+        if saved_options is not None:
+            from replaykit.record import _json_options
+
+            opts = self._writer._meta["reset_options"]
+            opts[str(self._reset_count)] = _json_options(saved_options)
+            self._writer.update_meta(reset_options=opts)
+        s.end_row()
+        which = np.ones(self._n, dtype=np.bool_) if mask is None else np.asarray(mask, dtype=np.bool_)
+        self._episodes[which] += 1
+        self._autoreset[which] = False
+        self._reset_count += 1
+        self._last_was_reset = True
+        if self._t == 0 and self._reset_count == 1 and 0 in self._snapshot_at:
+            self.snapshot()
+        return obs, infos
+
+    def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        if self._closed:
+            raise UsageError("the recording is closed")
+        pending = self._autoreset.copy() if self._mode == AutoresetMode.NEXT_STEP else None
+        obs, rewards, terms, truncs, infos = self.env.step(actions)
+        s = self._steps
+        p = s.pos
+        act = _batch_dict(actions, self._act_leaves)
+        for leaf in self._act_leaves:
+            self._write(s, F.column_path(F.ACTION, leaf.name), act[leaf.name], p, False)
+        self._write_obs_info(s, obs, infos, p)
+        self._write(s, F.REWARD, np.asarray(rewards), p, False)
+        self._write(s, F.TERMINATED, np.asarray(terms, dtype=np.bool_), p, False)
+        self._write(s, F.TRUNCATED, np.asarray(truncs, dtype=np.bool_), p, False)
+        done = np.logical_or(terms, truncs)
+        if pending is not None:
+            self._episodes[pending] += 1
+            self._write(s, F.AUTORESET, pending, p, False)
+            self._autoreset = done
+        elif self._mode == AutoresetMode.SAME_STEP:
+            self._episodes[done] += 1
+        else:
+            self._autoreset = done
+        self._write(s, F.EPISODE, self._episodes.copy(), p, False)
+        s.end_row()
+        self._t += 1
+        self._last_was_reset = False
+        if self._t in self._snapshot_at or (
+            self._snapshot_every is not None and self._t % self._snapshot_every == 0
+        ):
+            self.snapshot()
+        return obs, rewards, terms, truncs, infos
+
+    def close(self, **kwargs: Any) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self._writer.update_meta(
+                    closed=True, skipped_info=sorted(self._skipped), steps=self._t,
+                    resets=self._reset_count,
+                )
+                self._writer.close()
+            finally:
+                self.env.close(**kwargs)
+
+
+_MISSING: Any = object()
+
+
+# ----------------------------------------------------------------------------- replay
+class _VerifyingVectorWrapper(gym.vector.VectorWrapper):
+    """Steps the restored vector env and checks every batched step against the recording."""
+
+    def __init__(self, env: VectorEnv[Any, Any, Any], replay: VectorReplay) -> None:
+        super().__init__(env)
+        self._r = replay
+
+    def reset(
+        self,
+        *,
+        seed: int | list[int | None] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> tuple[Any, dict[str, Any]]:
+        __tracebackhide__ = True
+        return self._r._reset(seed, options)
+
+    def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        __tracebackhide__ = True
+        return self._r._step(actions)
+
+
+class VectorReplay:
+    """A restored vector snapshot; step ``env`` and every batched step is verified.
+
+    Attributes:
+        env: the vector env to step (raises ``DivergenceError`` at the first difference).
+        obs: the batched observation at the snapshot.
+        step: the batched step index of the next step.
+        verified_steps: batched steps verified so far.
+        autoreset: per sub-env, whether its next step is a ``NEXT_STEP`` reset step.
+    """
+
+    def __init__(
+        self,
+        rec: Recording,
+        snap: SnapshotInfo,
+        vec: VectorEnv[Any, Any, Any],
+        tree: Mapping[str, Any],
+        rules: Rules,
+        ignore: Iterable[str],
+        owns: bool,
+    ) -> None:
+        pos = tree["recorder"]
+        self.recording = rec
+        self.snapshot = snap
+        self.extra = tree.get("extra")
+        self._owns = owns
+        self._vec = vec
+        self._n = int(vec.num_envs)
+        self._mode = _mode(vec)
+        self.step = int(pos["step"])
+        self._reset_count = int(pos["resets"])
+        self.episodes = np.array(pos["episodes"], dtype=np.int64)
+        self.autoreset = np.array(tree["env"]["vector"]["autoreset"], dtype=np.bool_)
+        self.verified_steps = 0
+        self._v = _Verifier(rec, snap, rules, ignore, note=_VECTOR_NOTE)
+        self._steps = _Rows(rec.stream(F.STEPS)) if rec.has_stream(F.STEPS) else None
+        self._resets = _Rows(rec.stream(F.RESETS))
+        self._obs_leaves = _spaces.leaves_of(vec.observation_space, "observation")
+        self._act_leaves = _spaces.leaves_of(vec.action_space, "action")
+        self._single_obs_leaves = _spaces.leaves_of(vec.single_observation_space, "observation")
+        self.env = _VerifyingVectorWrapper(vec, self)
+        if bool(pos["last_was_reset"]):
+            self.obs = self._recorded(self._resets, F.OBS, self._reset_count - 1, self._obs_leaves)
+        else:
+            rows = self._rows()
+            self.obs = self._recorded(rows, F.OBS, self.step - 1, self._obs_leaves)
+
+    def _rows(self) -> _Rows:
+        if self._steps is None:
+            raise UsageError(f"{self.recording.path} holds no steps")
+        return self._steps
+
+    def _recorded(self, rows: _Rows, prefix: str, i: int, leaves: list[_spaces.Leaf]) -> Any:
+        values = {leaf.name: rows.get(F.column_path(prefix, leaf.name), i)[0].copy() for leaf in leaves}
+        space = self._vec.observation_space if prefix == F.OBS else self._vec.action_space
+        return _spaces.unflatten(space, values)
+
+    @property
+    def steps_left(self) -> int:
+        """Recorded batched steps after the current position."""
+        return 0 if self._steps is None else self._steps.rows - self.step
+
+    def recorded_action(self, i: int) -> Any:
+        """The batched action recorded at step ``i``."""
+        return self._recorded(self._rows(), F.ACTION, i, self._act_leaves)
+
+    def _where(self, stream: str = F.STEPS, row: int | None = None) -> dict[str, Any]:
+        return {"stream": stream, "row": self.step if row is None else row, "episode": None, "k": None}
+
+    def _step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        __tracebackhide__ = True
+        rows = self._rows()
+        t = self.step
+        if t >= rows.rows:
+            raise UsageError(
+                f"the recording ends at step {rows.rows}; {self.verified_steps} steps were "
+                "verified after the snapshot — step fewer times or record longer"
+            )
+        where = self._where()
+        act = _batch_dict(actions, self._act_leaves)
+        for leaf in self._act_leaves:
+            key = F.column_path(F.ACTION, leaf.name)
+            self._v.check(key, rows.get(key, t)[0], act[leaf.name], **where)
+        if self._mode == AutoresetMode.NEXT_STEP and F.AUTORESET in rows.stream.columns:
+            # The env's pending autoresets (restored from the snapshot) must match the recording's.
+            self._v.check(F.AUTORESET, rows.get(F.AUTORESET, t)[0], self.autoreset, **where)
+        obs, rewards, terms, truncs, infos = self._vec.step(actions)
+        batch = _batch_dict(obs, self._obs_leaves)
+        for leaf in self._obs_leaves:
+            key = F.column_path(F.OBS, leaf.name)
+            self._v.check(key, rows.get(key, t)[0], batch[leaf.name], **where)
+        self._v.check(F.REWARD, rows.get(F.REWARD, t)[0], np.asarray(rewards), **where)
+        self._v.check(F.TERMINATED, rows.get(F.TERMINATED, t)[0], np.asarray(terms, np.bool_), **where)
+        self._v.check(F.TRUNCATED, rows.get(F.TRUNCATED, t)[0], np.asarray(truncs, np.bool_), **where)
+        self._check_info(rows, t, dict(_info_items(infos, self._single_obs_leaves, batch)), "info", where)
+        done = np.logical_or(terms, truncs)
+        if self._mode == AutoresetMode.NEXT_STEP:
+            self.episodes[self.autoreset] += 1
+            self.autoreset = done
+        elif self._mode == AutoresetMode.SAME_STEP:
+            self.episodes[done] += 1
+        else:
+            self.autoreset = done
+        self._v.check(F.EPISODE, rows.get(F.EPISODE, t)[0], self.episodes, **where)
+        self.step += 1
+        self.verified_steps += 1
+        self.obs = obs
+        return obs, rewards, terms, truncs, infos
+
+    def _check_info(
+        self, rows: _Rows, i: int, live: Mapping[str, Any], prefix: str, where: dict[str, Any]
+    ) -> None:
+        st = rows.stream
+        skipped = set(self.recording.meta.get("skipped_info") or ())
+        for col in st.columns:
+            if not col.startswith(F.INFO + "/"):
+                continue
+            name = col[len(F.INFO) + 1 :]
+            key = f"{prefix}/{name}"
+            if self._v.ignored(key):
+                continue
+            expected, present = rows.get(col, i)
+            if present != (name in live):
+                self._v.fail(key, Mismatch("missing" if present else "extra"), EXACT, **where)
+            if present:
+                self._v.check(key, expected, live[name], logical=st.logical_dtype(col), **where)
+        for name, value in live.items():
+            key = f"{prefix}/{name}"
+            if F.column_path(F.INFO, name) in st.columns or name in skipped or self._v.ignored(key):
+                continue
+            try:
+                to_array(value, key)
+            except CaptureError:
+                continue
+            self._v.fail(key, Mismatch("extra"), EXACT, **where)
+
+    def _reset(
+        self, seed: int | list[int | None] | None, options: dict[str, Any] | None
+    ) -> tuple[Any, dict[str, Any]]:
+        __tracebackhide__ = True
+        r = self._reset_count
+        rows = self._resets
+        where = self._where(F.RESETS, r)
+        if r >= rows.rows:
+            raise UsageError(f"the recording holds {rows.rows} resets; reset {r} was not recorded")
+        start = int(rows.get(F.RESET_STEP, r)[0])
+        if start != self.step:
+            self._v.fail("reset", Mismatch("extra"), EXACT, **self._where(),
+                         note=f"the recording reset at step {start}, not here")
+        seeds = _seeds(seed, self._n)
+        self._v.check("reset/seed", rows.get(F.RESET_SEED, r)[0],
+                      np.array([-1 if x is None else x for x in seeds], np.int64), **where)
+        self._v.check("reset/seeded", rows.get(F.RESET_SEEDED, r)[0],
+                      np.array([x is not None for x in seeds], np.bool_), **where)
+        mask = None if options is None else options.get("reset_mask")
+        obs, infos = self._vec.reset(seed=seed, options=options)
+        batch = _batch_dict(obs, self._obs_leaves)
+        for leaf in self._obs_leaves:
+            key = F.column_path(F.OBS, leaf.name)
+            self._v.check(f"reset/{key}", rows.get(key, r)[0], batch[leaf.name], **where)
+        self._check_info(rows, r, dict(_info_items(infos, self._single_obs_leaves, batch)),
+                         "reset/info", where)
+        which = np.ones(self._n, np.bool_) if mask is None else np.asarray(mask, np.bool_)
+        self.episodes[which] += 1
+        self.autoreset[which] = False
+        self._reset_count += 1
+        self.obs = obs
+        return obs, infos
+
+    def recorded_reset_args(self) -> tuple[list[int | None], dict[str, Any] | None]:
+        """``(per-sub-env seeds, options)`` the recording passed to the next reset."""
+        r = self._reset_count
+        seeds = self._resets.get(F.RESET_SEED, r)[0]
+        seeded = self._resets.get(F.RESET_SEEDED, r)[0]
+        opts = (self.recording.meta.get("reset_options") or {}).get(str(r))
+        return [int(s) if ok else None for s, ok in zip(seeds, seeded)], opts
+
+    def close(self) -> None:
+        if self._owns:
+            self.recording.close()
+
+    def __enter__(self) -> VectorReplay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check_vector(rec: Recording, vec: VectorEnv[Any, Any, Any], saved: Mapping[str, Any]) -> None:
+    problems = []
+    if int(saved["num_envs"]) != vec.num_envs:
+        problems.append(f"num_envs: recorded {saved['num_envs']}, got {vec.num_envs}")
+    if saved["autoreset_mode"] != _mode(vec).value:
+        problems.append(f"autoreset_mode: recorded {saved['autoreset_mode']}, got {_mode(vec).value}")
+    if rec.meta.get("observation_space") != _spaces.space_to_json(vec.observation_space):
+        problems.append("observation space differs from the recorded one")
+    if rec.meta.get("action_space") != _spaces.space_to_json(vec.action_space):
+        problems.append("action space differs from the recorded one")
+    spec = rec.meta.get("env_spec") or {}
+    live = _spec_of(vec)
+    if spec and live and spec.get("id") != live.get("id"):
+        problems.append(f"env id: recorded {spec.get('id')!r}, got {live.get('id')!r}")
+    if problems:
+        raise StateMismatchError("vector env", problems)
+
+
+def restore_vector(
+    recording: Recording | str | os.PathLike[str],
+    snapshot_id: str | int | None = None,
+    *,
+    vec_env: VectorEnv[Any, Any, Any],
+    track: Mapping[str, Any] | None = None,
+    rules: Rules | Mapping[str, Rule] | None = None,
+    ignore: Iterable[str] = DEFAULT_IGNORE,
+    global_rngs: bool = True,
+    verify: bool = True,
+) -> VectorReplay:
+    """Restore a vector snapshot into a freshly built vector env and verify from there.
+
+    Args:
+        recording: a path or an open :class:`~replaykit.store.Recording`.
+        snapshot_id: snapshot name or index (``None``: the first).
+        vec_env: a fresh vector env built like the recorded one (same sub-env count and
+            autoreset mode; async sub-envs built with :func:`capturable`). It need not be reset.
+        track: ``{name: object}`` built like the recorded tracked objects.
+        rules: per-key tolerances; bit-exact by default.
+        ignore: fnmatch patterns of keys never compared.
+        global_rngs: also restore Python/NumPy/torch global RNG states.
+        verify: check file checksums.
+
+    Raises:
+        StateMismatchError: the vector env or tracked objects do not fit the snapshot.
+    """
+    from replaykit import rng
+    from replaykit.envstate import restore_chain
+    from replaykit.envstate._rng import restore_space_rng
+
+    owns = not isinstance(recording, Recording)
+    rec = Recording(recording, verify=verify) if owns else recording
+    assert isinstance(rec, Recording)
+    try:
+        if not rec.meta.get("vector"):
+            raise UsageError(
+                f"{rec.path} is a single-env recording; restore it with replaykit.restore"
+            )
+        info, tree = rec.load_snapshot(snapshot_id)
+        saved = tree["env"]["vector"]
+        _check_vector(rec, vec_env, saved)
+        tracked = dict(track or {})
+        snapshot.check_tracked_names(tree["tracked"], tree.get("kinds") or {}, tracked)
+        states = tree["env"]["envs"]
+        autoreset = np.asarray(saved["autoreset"], dtype=np.bool_)
+        if isinstance(vec_env, SyncVectorEnv):
+            for e, state in zip(vec_env.envs, states, strict=True):
+                restore_chain(e, state)
+            vec_env._autoreset_envs = autoreset.copy()
+            vec_env._terminations = np.zeros(vec_env.num_envs, dtype=np.bool_)
+            vec_env._truncations = np.zeros(vec_env.num_envs, dtype=np.bool_)
+        else:
+            _kind(vec_env)
+            pending = autoreset if _mode(vec_env) == AutoresetMode.NEXT_STEP else np.zeros_like(autoreset)
+            _require_sub_envs(vec_env, UsageError)
+            vec_env.set_attr(
+                "replaykit_incoming", [(s, bool(p)) for s, p in zip(states, pending, strict=True)]
+            )
+            vec_env.call("replaykit_apply")
+        for name, space in _space_items(vec_env):
+            restore_space_rng(space, saved["spaces"][name], f"vector {name}_space")
+        for name, obj in tracked.items():
+            snapshot.restore_tracked(obj, tree["tracked"][name], name)
+        if global_rngs and tree.get("rngs") is not None:
+            rng.restore_global_rngs(tree["rngs"])
+        rules_obj = rules if isinstance(rules, Rules) else Rules(rules)
+        return VectorReplay(rec, info, vec_env, tree, rules_obj, ignore, owns)
+    except BaseException:
+        if owns:
+            rec.close()
+        raise

@@ -1,0 +1,325 @@
+"""Kill a recording process at random (seeded) moments and check what it leaves behind.
+
+Each child is forked from the test process (replaykit is already imported, so a child
+starts in milliseconds), records CartPole with seeded actions and a tracked torch model,
+and reports its progress on a pipe. The parent SIGKILLs it either at a random time or at a
+random moment inside a snapshot write. Every file left behind must open with plain h5py
+and with :class:`replaykit.Recording`, hold a clean prefix of the deterministic reference
+recording, lose at most one commit interval, and every listed snapshot must load with its
+checksums verified.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import select
+import signal
+import statistics
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from replaykit import _format as F
+from replaykit.errors import ReplaykitError
+from replaykit.record import RecordingWrapper
+from replaykit.store import Recording
+
+STEPS = 2500
+COMMIT_EVERY = 64
+SNAPSHOT_EVERY = 400
+_MSG = struct.Struct("<ci")
+
+
+def _record(path: Path, seed: int, fd: int | None) -> None:
+    """The recording run: deterministic given ``seed``; reports progress on ``fd``."""
+    torch.manual_seed(seed)
+    # About 1 MiB of weights, so a snapshot write lasts long enough to be hit by a kill.
+    model = torch.nn.Linear(256, 1024)
+    env = RecordingWrapper(
+        gym.make("CartPole-v1"),
+        path,
+        seed=seed,
+        track={"model": model},
+        commit_every_steps=COMMIT_EVERY,
+        commit_every_seconds=3600.0,
+    )
+    actions = np.random.default_rng(seed).integers(0, 2, STEPS)
+    env.reset()
+    for i in range(STEPS):
+        if i and i % SNAPSHOT_EVERY == 0:
+            if fd is not None:
+                os.write(fd, _MSG.pack(b"S", i))
+            env.snapshot()
+            if fd is not None:
+                os.write(fd, _MSG.pack(b"s", i))
+        _, _, term, trunc, _ = env.step(int(actions[i]))
+        if fd is not None:
+            os.write(fd, _MSG.pack(b"T", i + 1))
+        if term or trunc:
+            env.reset()
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Columns of the complete recording, and how long a run and a snapshot write take."""
+    path = tmp_path_factory.mktemp("crash-ref") / "ref.h5"
+    t0 = time.perf_counter()
+    _record(path, 7, None)
+    duration = time.perf_counter() - t0
+    with Recording(path) as rec:
+        cols = {
+            s: {c: rec.stream(s).read(c) for c in rec.stream(s).columns}
+            for s in rec.stream_names
+        }
+        snaps = {s.name: rec.load_snapshot(s.name)[1] for s in rec.snapshots}
+    return {"cols": cols, "snaps": snaps, "duration": duration}
+
+
+def _kill_one(path: Path, rng: np.random.Generator, duration: float, mode: str) -> dict[str, Any]:
+    """Fork a recorder, SIGKILL it at a random moment, return what it had reported."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: record, never return into pytest
+        code = 0
+        try:
+            os.close(r)
+            _record(path, 7, w)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    last_step, in_snapshot, buf = 0, False, b""
+    if mode == "time":
+        deadline = time.monotonic() + rng.uniform(0.0, duration)
+        target_snap = None
+    else:
+        target_snap = int(rng.integers(1, STEPS // SNAPSHOT_EVERY + 1)) * SNAPSHOT_EVERY
+        deadline = None
+    killed_at = None
+    while True:
+        timeout = 0.05 if deadline is None else max(0.0, deadline - time.monotonic())
+        ready, _, _ = select.select([r], [], [], timeout)
+        if ready:
+            chunk = os.read(r, 65536)
+            if not chunk:
+                break
+            buf += chunk
+            n = len(buf) // _MSG.size * _MSG.size
+            for i in range(0, n, _MSG.size):
+                kind, val = _MSG.unpack_from(buf, i)
+                if kind == b"T":
+                    last_step = val
+                elif kind == b"S":
+                    in_snapshot = True
+                    if val == target_snap and deadline is None:
+                        # Somewhere inside this snapshot's write (or just after it).
+                        deadline = time.monotonic() + rng.uniform(0.0, 0.03)
+                elif kind == b"s":
+                    in_snapshot = False
+            buf = buf[n:]
+        if deadline is not None and time.monotonic() >= deadline and killed_at is None:
+            os.kill(pid, signal.SIGKILL)
+            killed_at = last_step
+    # Drain: the child may have reported more before dying.
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    return {
+        "killed": os.WIFSIGNALED(status),
+        "last_step": last_step,
+        "in_snapshot": in_snapshot,
+    }
+
+
+def _check_file(path: Path, ref: dict[str, Any], reported: int) -> dict[str, Any]:
+    """Open a killed recording every way a user would; return rows kept and snapshots."""
+    # Plain h5py must open it and read every object.
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: obj[()] if isinstance(obj, h5py.Dataset) else None)
+    with Recording(path) as rec:
+        rows = {}
+        for sname in rec.stream_names:
+            s = rec.stream(sname)
+            rows[sname] = s.rows
+            for c in s.columns:
+                got = s.read(c)
+                want = ref["cols"][sname][c][: s.rows]
+                assert got.dtype == want.dtype and np.array_equal(got, want), (sname, c)
+        snaps = rec.snapshots
+        for info in snaps:
+            _, tree = rec.load_snapshot(info.name)
+            want_w = ref["snaps"][info.name]["tracked"]["model"]
+            got_w = tree["tracked"]["model"]
+            assert _tree_equal(got_w, want_w), info.name
+    steps = rows.get(F.STEPS, 0)
+    # Never more than was written, never a row from the future.
+    assert steps <= reported + 1
+    return {"steps": steps, "lost": max(0, reported - steps), "snapshots": len(snaps)}
+
+
+def _tree_equal(a: Any, b: Any) -> bool:
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(
+            _tree_equal(a[k], b[k]) for k in a
+        )
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_tree_equal, a, b))
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
+    return bool(a == b) and type(a) is type(b)
+
+
+def _campaign(tmp_path: Path, ref: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    errors: collections.Counter[str] = collections.Counter()
+    lost: list[int] = []
+    opened = killed = in_snap = 0
+    failures: list[str] = []
+    for i in range(n):
+        mode = "snapshot" if i % 2 else "time"
+        path = tmp_path / f"kill-{i:04d}.h5"
+        res = _kill_one(path, rng, ref["duration"], mode)
+        killed += res["killed"]
+        in_snap += res["in_snapshot"]
+        if not path.exists():
+            # Killed before the file was created: nothing to open, nothing lost that mattered.
+            errors["no file (killed before create)"] += 1
+            continue
+        try:
+            out = _check_file(path, ref, res["last_step"])
+        except ReplaykitError as exc:
+            errors[type(exc).__name__] += 1
+            failures.append(f"{path.name} ({mode}, step {res['last_step']}): {exc}")
+            continue
+        except (OSError, AssertionError, KeyError, ValueError) as exc:
+            errors[type(exc).__name__] += 1
+            failures.append(f"{path.name} ({mode}, step {res['last_step']}): {exc!r}")
+            continue
+        opened += 1
+        lost.append(out["lost"])
+        path.unlink()
+    stats = {
+        "files_tried": n,
+        "killed_by_sigkill": killed,
+        "killed_inside_snapshot_write": in_snap,
+        "opened": opened,
+        "errors_by_class": dict(errors),
+        "steps_lost_max": max(lost, default=0),
+        "steps_lost_median": statistics.median(lost) if lost else 0,
+        "failures": failures[:10],
+    }
+    return stats
+
+
+def _report(stats: dict[str, Any], record_property: Any, label: str) -> None:
+    print(f"\n[{label}] " + ", ".join(f"{k}={v}" for k, v in stats.items() if k != "failures"))
+    for line in stats["failures"]:
+        print("   ", line)
+    for k, v in stats.items():
+        record_property(k, v)
+
+
+def _assert_campaign(stats: dict[str, Any]) -> None:
+    assert not stats["failures"], stats["failures"]
+    assert stats["steps_lost_max"] <= COMMIT_EVERY
+    assert stats["opened"] + stats["errors_by_class"].get("no file (killed before create)", 0) == (
+        stats["files_tried"]
+    )
+
+
+def test_kills_leave_clean_prefix(
+    tmp_path: Path, reference: dict[str, Any], record_property: Any
+) -> None:
+    stats = _campaign(tmp_path, reference, 32, seed=2024)
+    _report(stats, record_property, "kill x32")
+    _assert_campaign(stats)
+    # The campaign really killed runs mid-way, including inside snapshot writes.
+    assert stats["killed_by_sigkill"] >= 25
+    assert stats["killed_inside_snapshot_write"] >= 3
+
+
+@pytest.mark.slow
+def test_kills_leave_clean_prefix_many(
+    tmp_path: Path, reference: dict[str, Any], record_property: Any
+) -> None:
+    stats = _campaign(tmp_path, reference, 220, seed=99)
+    _report(stats, record_property, "kill x220")
+    _assert_campaign(stats)
+    assert stats["killed_inside_snapshot_write"] >= 30
+
+
+def test_time_based_commit_for_slow_env(tmp_path: Path) -> None:
+    """A slow env (few steps per second) still commits on time, without a clock read per step."""
+    path = tmp_path / "slow.h5"
+    env = RecordingWrapper(
+        gym.make("CartPole-v1"), path, seed=0, commit_every_steps=100_000, commit_every_seconds=0.05
+    )
+    env.reset()
+    for i in range(CLOCK := 64):
+        env.step(i % 2)
+    time.sleep(0.06)
+    for i in range(CLOCK):
+        env.step(i % 2)  # the 128th row checks the clock: the deadline passed, so it commits
+    with Recording(path) as rec:
+        assert rec.stream(F.STEPS).rows == 2 * CLOCK
+    env.close()
+
+
+def test_step_based_commit(tmp_path: Path) -> None:
+    """commit_every_steps is honoured even when the clock deadline is far away."""
+    path = tmp_path / "steps.h5"
+    env = RecordingWrapper(
+        gym.make("CartPole-v1"), path, seed=0, commit_every_steps=50, commit_every_seconds=1e9
+    )
+    env.reset()
+    for i in range(120):
+        _, _, te, tr, _ = env.step(i % 2)
+        if te or tr:
+            env.reset()
+    with Recording(path) as rec:
+        assert rec.stream(F.STEPS).rows == 100
+    env.close()
+
+
+def test_stray_temp_snapshot_is_ignored(tmp_path: Path, reference: dict[str, Any]) -> None:
+    """A half-written snapshot (temp group) left by a kill is invisible to readers."""
+    path = tmp_path / "stray.h5"
+    _record(path, 7, None)
+    with h5py.File(path, "a") as f:
+        g = f[F.SNAPSHOTS_GROUP].create_group(F.TMP_PREFIX + "half")
+        g.create_dataset("a0", data=np.zeros(3))
+    with Recording(path) as rec:
+        names = [s.name for s in rec.snapshots]
+        assert names == list(reference["snaps"])
+        assert not any(n.startswith(F.TMP_PREFIX) for n in names)
+
+
+def test_fsync_commits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fsync=True calls os.fsync on every commit (durability across power loss)."""
+    calls: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    path = tmp_path / "fsync.h5"
+    env = RecordingWrapper(
+        gym.make("CartPole-v1"), path, seed=0, commit_every_steps=10, fsync=True
+    )
+    env.reset()
+    for i in range(30):
+        _, _, te, tr, _ = env.step(i % 2)
+        if te or tr:
+            env.reset()
+    n = len(calls)
+    assert n >= 3
+    env.close()
+    assert len(calls) > n

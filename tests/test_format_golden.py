@@ -1,0 +1,102 @@
+"""Pin format v1: the golden file reads back its known inputs, and its layout matches docs/FORMAT.md.
+
+The names below are spelled from docs/FORMAT.md on purpose (not imported from
+replaykit._format), so a renamed attribute or group fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+import xxhash
+
+from replaykit.store import Recording
+
+DATA = Path(__file__).resolve().parent / "data"
+GOLDEN = DATA / "golden_v1.h5"
+sys.path.insert(0, str(DATA))
+
+import make_golden as G  # noqa: E402
+
+
+def layout(path: Path) -> dict[str, Any]:
+    """Names, kinds, dtypes, shapes and attribute names of every object (not values)."""
+    out: dict[str, Any] = {}
+    with h5py.File(path, "r") as f:
+        out["/"] = sorted(f.attrs)
+
+        def visit(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset):
+                out[name] = ("dataset", obj.dtype.str, obj.shape[1:] if "streams" in name else obj.shape, sorted(obj.attrs))
+            else:
+                out[name] = ("group", sorted(obj.attrs))
+
+        f.visititems(visit)
+    return out
+
+
+def test_golden_file_reads_back_its_inputs() -> None:
+    with Recording(GOLDEN) as rec:
+        assert rec.format_version == 1
+        assert rec.meta["env_id"] == "Golden-v0"
+        s = rec.stream("steps")
+        assert s.rows == 3
+        assert np.array_equal(s.read("obs"), G.OBS) and s.read("obs").dtype == np.float32
+        assert s.read("action").tobytes() == G.ACTION.tobytes()
+        assert s.read("reward").tobytes() == G.REWARD.tobytes()  # -0.0 kept
+        assert s.logical_dtype("probe/x") == "bfloat16"
+        present = s.present("probe/x")
+        assert present is not None and present.tolist() == [True, False, True]
+        assert s.read("probe/x")[[0, 2]].tobytes() == G.PROBE_BF16_BITS[[0, 2]].tobytes()
+        (snap,) = rec.snapshots
+        assert snap.name == "s0" and snap.step == 3
+        _, tree = rec.load_snapshot("s0")
+    want = G.snapshot_tree()
+    assert tree["w"].dtype == torch.bfloat16 and torch.equal(tree["w"], want["w"])
+    assert list(tree["steps"]) == [3] and tree["steps"][3] == np.float32(0.25)
+    assert isinstance(tree["pair"], tuple) and tree["pair"][0].shape == (0, 2)
+    assert tree["pair"][1] == 2**70 and tree["flag"] is True and np.isnan(tree["nan"])
+
+
+def test_golden_layout_matches_the_spec() -> None:
+    with h5py.File(GOLDEN, "r") as f:
+        assert set(f.attrs) == {
+            "replaykit_format", "replaykit_format_version", "created", "provenance", "meta",
+            "root_checksum",
+        }
+        assert f.attrs["replaykit_format"] == "replaykit.recording"
+        assert int(f.attrs["replaykit_format_version"]) == 1
+        steps = f["streams/steps"]
+        commit = json.loads(steps.attrs["commit"])
+        assert set(commit) == {"rows", "columns", "checksums", "crc"}
+        assert commit["rows"] == 3
+        assert commit["columns"]["probe/x"] == {"dtype": "bfloat16", "shape": [2], "optional": True}
+        assert commit["columns"]["obs"] == {"dtype": "<f4", "shape": [4], "optional": False}
+        # Every checksum is xxh3-64 over the committed rows' bytes, recomputed here independently.
+        for name, digest in commit["checksums"].items():
+            data = np.ascontiguousarray(steps[name][: commit["rows"]])
+            assert xxhash.xxh3_64_hexdigest(data.tobytes()) == digest, name
+        body = {k: v for k, v in commit.items() if k != "crc"}
+        canon = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        assert xxhash.xxh3_64_hexdigest(canon.encode()) == commit["crc"]
+        assert steps["probe/x@present"].dtype == np.bool_
+        snap = f["snapshots/s0"]
+        assert set(snap.attrs) == {"snapshot", "tree", "checksums"}
+        assert sorted(snap) == ["a0", "a1", "a2"]
+        assert snap["a0"].attrs["logical_dtype"] == "bfloat16" and snap["a0"].dtype == np.uint16
+        tree = json.loads(snap.attrs["tree"])
+        assert tree["D"]["w"] == {"t": 0, "dtype": "bfloat16", "device": "cpu", "grad": False}
+        assert tree["D"]["steps"] == {"M": [[3, {"S": 1}]]}
+        assert tree["D"]["nan"] == {"F": "nan"}
+
+
+def test_current_writer_produces_the_golden_layout(tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh.h5"
+    G.write(str(fresh))
+    assert layout(fresh) == layout(GOLDEN)
