@@ -78,8 +78,9 @@ class ReplayBuffer:
 
 
 def qnet(hidden: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                         nn.Linear(hidden, 2))
+    return nn.Sequential(
+        nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 2)
+    )
 
 
 class DQN:
@@ -94,8 +95,13 @@ class DQN:
         self.c = Counters(step=0, update=0, pending=0)
 
     def tracked(self) -> dict[str, Any]:
-        return {"q": self.q, "target": self.target, "optimizer": self.opt,
-                "buffer": self.buffer, "counters": self.c}
+        return {
+            "q": self.q,
+            "target": self.target,
+            "optimizer": self.opt,
+            "buffer": self.buffer,
+            "counters": self.c,
+        }
 
     def act(self, obs: Any, rk: Any) -> int:
         a = self.args
@@ -110,8 +116,9 @@ class DQN:
     def update(self) -> dict[str, Any]:
         a = self.args
         obs, next_obs, actions, rewards, dones = self.buffer.sample(a.batch_size)
-        with LayerTracer({"q": self.q, "target": self.target},
-                         enabled=self.c.update == a.localize_update) as tracer:
+        with LayerTracer(
+            {"q": self.q, "target": self.target}, enabled=self.c.update == a.localize_update
+        ) as tracer:
             with torch.no_grad():
                 target = rewards + a.gamma * (1 - dones) * self.target(next_obs).max(1).values
             q = self.q(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
@@ -123,12 +130,25 @@ class DQN:
         self.c.update += 1
         if self.c.update % a.target_every == 0:
             self.target.load_state_dict(self.q.state_dict())
-        return {"loss": loss.detach(), "q_mean": q.detach().mean(), "grad_norm": grad_norm,
-                "params": params_digest(self.q), **tracer.probes()}
+        return {
+            "loss": loss.detach(),
+            "q_mean": q.detach().mean(),
+            "grad_norm": grad_norm,
+            "params": params_digest(self.q),
+            **tracer.probes(),
+        }
 
 
-def train(env: gym.Env[Any, Any], rk: Any, agent: DQN, *, obs: Any, needs_reset: bool,
-          until_update: int, snapshot_update: int | None = None) -> None:
+def train(
+    env: gym.Env[Any, Any],
+    rk: Any,
+    agent: DQN,
+    *,
+    obs: Any,
+    needs_reset: bool,
+    until_update: int,
+    snapshot_update: int | None = None,
+) -> None:
     """The one loop for record (``rk`` = RecordingWrapper) and replay (``rk`` = Replay)."""
     a, c, buf = agent.args, agent.c, agent.buffer
     while True:
@@ -158,8 +178,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--updates", type=int, default=80, help="updates to record")
     p.add_argument("--snapshot-update", type=int, default=41, help="snapshot after this update")
-    p.add_argument("--localize-update", type=int, default=-1,
-                   help="record layer digests at this update (-1: off)")
+    p.add_argument(
+        "--localize-update",
+        type=int,
+        default=-1,
+        help="record layer digests at this update (-1: off)",
+    )
     p.add_argument("--buffer-size", type=int, default=10_000)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -175,9 +199,24 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-HYPER = ("seed", "updates", "snapshot_update", "localize_update", "buffer_size", "hidden", "lr",
-         "gamma", "batch_size", "learning_starts", "train_freq", "gradient_steps",
-         "target_every", "eps_end", "eps_decay_steps", "max_grad_norm")
+HYPER = (
+    "seed",
+    "updates",
+    "snapshot_update",
+    "localize_update",
+    "buffer_size",
+    "hidden",
+    "lr",
+    "gamma",
+    "batch_size",
+    "learning_starts",
+    "train_freq",
+    "gradient_steps",
+    "target_every",
+    "eps_end",
+    "eps_decay_steps",
+    "max_grad_norm",
+)
 
 
 def record(args: argparse.Namespace) -> str:
@@ -185,12 +224,23 @@ def record(args: argparse.Namespace) -> str:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     agent = DQN(args)
-    env = replaykit.RecordingWrapper(gym.make(ENV_ID), args.out, seed=args.seed,
-                                     track=agent.tracked(),
-                                     metadata={k: getattr(args, k) for k in HYPER})
+    env = replaykit.RecordingWrapper(
+        gym.make(ENV_ID),
+        args.out,
+        seed=args.seed,
+        track=agent.tracked(),
+        metadata={k: getattr(args, k) for k in HYPER},
+    )
     obs, _ = env.reset()
-    train(env, env, agent, obs=obs, needs_reset=False, until_update=args.updates,
-          snapshot_update=args.snapshot_update)
+    train(
+        env,
+        env,
+        agent,
+        obs=obs,
+        needs_reset=False,
+        until_update=args.updates,
+        snapshot_update=args.snapshot_update,
+    )
     env.close()
     return str(env.path)
 
@@ -202,8 +252,14 @@ def replay(path: str, verify_updates: int) -> Any:
     agent = DQN(args)
     rep = replaykit.restore(path, "mid", env=gym.make(ENV_ID), track=agent.tracked())
     with rep:
-        train(rep.env, rep, agent, obs=rep.obs, needs_reset=rep.needs_reset,
-              until_update=rep.update + verify_updates)
+        train(
+            rep.env,
+            rep,
+            agent,
+            obs=rep.obs,
+            needs_reset=rep.needs_reset,
+            until_update=rep.update + verify_updates,
+        )
     return rep
 
 
@@ -216,8 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         except replaykit.DivergenceError as exc:
             print(exc.report.format())
             return 1
-        print(f"verified {rep.verified_updates} updates and {rep.verified_steps} env steps "
-              "after snapshot 'mid': bit-identical")
+        print(
+            f"verified {rep.verified_updates} updates and {rep.verified_steps} env steps "
+            "after snapshot 'mid': bit-identical"
+        )
         return 0
     print(f"recorded {record(args)}")
     return 0

@@ -32,14 +32,24 @@ ENV_ID = "CartPole-v1"
 class RolloutBuffer:
     """One rollout plus this epoch's minibatch order (fixed-size arrays)."""
 
-    FIELDS = ("obs", "actions", "logp", "values", "rewards", "dones", "advantages", "returns",
-              "perm")
+    FIELDS = (
+        "obs",
+        "actions",
+        "logp",
+        "values",
+        "rewards",
+        "dones",
+        "advantages",
+        "returns",
+        "perm",
+    )
 
     def __init__(self, n: int, obs_dim: int) -> None:
         self.obs = np.zeros((n, obs_dim), np.float32)
         self.actions = np.zeros(n, np.int64)
-        for f in ("logp", "values", "rewards", "dones", "advantages", "returns"):
-            setattr(self, f, np.zeros(n, np.float32))
+        self.logp, self.values, self.rewards, self.dones, self.advantages, self.returns = (
+            np.zeros(n, np.float32) for _ in range(6)
+        )
         self.perm = np.zeros(n, np.int64)
 
     def __replaykit_state__(self) -> dict[str, Any]:
@@ -54,8 +64,13 @@ class RolloutBuffer:
 
 
 def mlp(out: int, hidden: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(4, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
-                         nn.Linear(hidden, out))
+    return nn.Sequential(
+        nn.Linear(4, hidden),
+        nn.Tanh(),
+        nn.Linear(hidden, hidden),
+        nn.Tanh(),
+        nn.Linear(hidden, out),
+    )
 
 
 class PPO:
@@ -69,8 +84,13 @@ class PPO:
         self.c = Counters(iteration=0, phase=0, epoch=0, minibatch=0, update=0)
 
     def tracked(self) -> dict[str, Any]:
-        return {"actor": self.actor, "critic": self.critic, "optimizer": self.opt,
-                "rollout": self.buf, "counters": self.c}
+        return {
+            "actor": self.actor,
+            "critic": self.critic,
+            "optimizer": self.opt,
+            "rollout": self.buf,
+            "counters": self.c,
+        }
 
     def collect(self, env: gym.Env[Any, Any], rk: Any, obs: Any, needs_reset: bool) -> Any:
         a, b = self.args, self.buf
@@ -106,27 +126,45 @@ class PPO:
         obs, actions = torch.as_tensor(b.obs[idx]), torch.as_tensor(b.actions[idx])
         adv = torch.as_tensor(b.advantages[idx])
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        with LayerTracer({"actor": self.actor, "critic": self.critic},
-                         enabled=self.c.update == a.localize_update) as tracer:
+        with LayerTracer(
+            {"actor": self.actor, "critic": self.critic}, enabled=self.c.update == a.localize_update
+        ) as tracer:
             dist = Categorical(logits=self.actor(obs))
             ratio = (dist.log_prob(actions) - torch.as_tensor(b.logp[idx])).exp()
             clipped = ratio.clamp(1 - a.clip, 1 + a.clip)
             pg_loss = -torch.min(ratio * adv, clipped * adv).mean()
-            v_loss = 0.5 * (self.critic(obs).squeeze(1) - torch.as_tensor(b.returns[idx])).pow(2).mean()
+            v_loss = (
+                0.5 * (self.critic(obs).squeeze(1) - torch.as_tensor(b.returns[idx])).pow(2).mean()
+            )
             entropy = dist.entropy().mean()
             loss = pg_loss + a.vf_coef * v_loss - a.ent_coef * entropy
             self.opt.zero_grad()
             loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(
-            list(self.actor.parameters()) + list(self.critic.parameters()), a.max_grad_norm)
+            list(self.actor.parameters()) + list(self.critic.parameters()), a.max_grad_norm
+        )
         self.opt.step()
-        return {"loss": loss.detach(), "pg_loss": pg_loss.detach(), "v_loss": v_loss.detach(),
-                "entropy": entropy.detach(), "grad_norm": grad_norm,
-                "actor_params": params_digest(self.actor), **tracer.probes()}
+        return {
+            "loss": loss.detach(),
+            "pg_loss": pg_loss.detach(),
+            "v_loss": v_loss.detach(),
+            "entropy": entropy.detach(),
+            "grad_norm": grad_norm,
+            "actor_params": params_digest(self.actor),
+            **tracer.probes(),
+        }
 
 
-def train(env: gym.Env[Any, Any], rk: Any, agent: PPO, *, obs: Any, needs_reset: bool,
-          until_update: int, snapshot_at: tuple[int, int, int] | None = None) -> None:
+def train(
+    env: gym.Env[Any, Any],
+    rk: Any,
+    agent: PPO,
+    *,
+    obs: Any,
+    needs_reset: bool,
+    until_update: int,
+    snapshot_at: tuple[int, int, int] | None = None,
+) -> None:
     """The one loop for record (``rk`` = RecordingWrapper) and replay (``rk`` = Replay).
 
     Its position lives in ``agent.c``, so after a restore it picks up mid-epoch.
@@ -142,7 +180,7 @@ def train(env: gym.Env[Any, Any], rk: Any, agent: PPO, *, obs: Any, needs_reset:
                 b.perm[:] = torch.randperm(a.n_steps).numpy()
             while c.minibatch < a.minibatches:
                 m = c.minibatch
-                rk.log_update(**agent.update(b.perm[m * mb_size:(m + 1) * mb_size]))
+                rk.log_update(**agent.update(b.perm[m * mb_size : (m + 1) * mb_size]))
                 c.minibatch += 1
                 c.update += 1
                 if (c.iteration, c.epoch, c.minibatch) == snapshot_at:
@@ -157,13 +195,22 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="ppo_cartpole.h5", help="recording to write")
     p.add_argument("--replay", metavar="FILE", help="restore FILE's snapshot and verify")
-    p.add_argument("--verify-updates", type=int, default=14,
-                   help="updates to verify (the default crosses into the next rollout)")
+    p.add_argument(
+        "--verify-updates",
+        type=int,
+        default=14,
+        help="updates to verify (the default crosses into the next rollout)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--iterations", type=int, default=3)
-    p.add_argument("--snapshot-at", type=int, nargs=3, default=[1, 1, 2],
-                   metavar=("ITER", "EPOCH", "MINIBATCH"),
-                   help="snapshot after this many minibatches of this epoch of this iteration")
+    p.add_argument(
+        "--snapshot-at",
+        type=int,
+        nargs=3,
+        default=[1, 1, 2],
+        metavar=("ITER", "EPOCH", "MINIBATCH"),
+        help="snapshot after this many minibatches of this epoch of this iteration",
+    )
     p.add_argument("--localize-update", type=int, default=-1)
     p.add_argument("--n-steps", type=int, default=128)
     p.add_argument("--epochs", type=int, default=4)
@@ -179,22 +226,46 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-HYPER = ("seed", "iterations", "snapshot_at", "localize_update", "n_steps", "epochs",
-         "minibatches", "hidden", "lr", "gamma", "lam", "clip", "vf_coef", "ent_coef",
-         "max_grad_norm")
+HYPER = (
+    "seed",
+    "iterations",
+    "snapshot_at",
+    "localize_update",
+    "n_steps",
+    "epochs",
+    "minibatches",
+    "hidden",
+    "lr",
+    "gamma",
+    "lam",
+    "clip",
+    "vf_coef",
+    "ent_coef",
+    "max_grad_norm",
+)
 
 
 def record(args: argparse.Namespace) -> str:
     replaykit.enable_determinism()
     torch.manual_seed(args.seed)
     agent = PPO(args)
-    env = replaykit.RecordingWrapper(gym.make(ENV_ID), args.out, seed=args.seed,
-                                     track=agent.tracked(),
-                                     metadata={k: getattr(args, k) for k in HYPER})
+    env = replaykit.RecordingWrapper(
+        gym.make(ENV_ID),
+        args.out,
+        seed=args.seed,
+        track=agent.tracked(),
+        metadata={k: getattr(args, k) for k in HYPER},
+    )
     obs, _ = env.reset()
-    train(env, env, agent, obs=obs, needs_reset=False,
-          until_update=args.iterations * args.epochs * args.minibatches,
-          snapshot_at=tuple(args.snapshot_at))  # type: ignore[arg-type]
+    train(
+        env,
+        env,
+        agent,
+        obs=obs,
+        needs_reset=False,
+        until_update=args.iterations * args.epochs * args.minibatches,
+        snapshot_at=tuple(args.snapshot_at),
+    )
     env.close()
     return str(env.path)
 
@@ -206,8 +277,14 @@ def replay(path: str, verify_updates: int) -> Any:
     agent = PPO(args)
     rep = replaykit.restore(path, "mid", env=gym.make(ENV_ID), track=agent.tracked())
     with rep:
-        train(rep.env, rep, agent, obs=rep.obs, needs_reset=rep.needs_reset,
-              until_update=rep.update + verify_updates)
+        train(
+            rep.env,
+            rep,
+            agent,
+            obs=rep.obs,
+            needs_reset=rep.needs_reset,
+            until_update=rep.update + verify_updates,
+        )
     return rep
 
 
@@ -220,8 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         except replaykit.DivergenceError as exc:
             print(exc.report.format())
             return 1
-        print(f"verified {rep.verified_updates} updates and {rep.verified_steps} env steps "
-              "after snapshot 'mid': bit-identical")
+        print(
+            f"verified {rep.verified_updates} updates and {rep.verified_steps} env steps "
+            "after snapshot 'mid': bit-identical"
+        )
         return 0
     print(f"recorded {record(args)}")
     return 0

@@ -37,7 +37,12 @@ class EpisodeBuffer:
 
     def __replaykit_state__(self) -> dict[str, Any]:
         n = self.n
-        return {"n": n, "obs": self.obs[:n], "actions": self.actions[:n], "rewards": self.rewards[:n]}
+        return {
+            "n": n,
+            "obs": self.obs[:n],
+            "actions": self.actions[:n],
+            "rewards": self.rewards[:n],
+        }
 
     def __replaykit_restore__(self, tree: dict[str, Any]) -> None:
         self.n = int(tree["n"])
@@ -54,8 +59,12 @@ class Reinforce:
         self.c = Counters(phase=0, update=0)  # phase 0: collect an episode; 1: update on it
 
     def tracked(self) -> dict[str, Any]:
-        return {"policy": self.policy, "optimizer": self.opt, "episode": self.buf,
-                "counters": self.c}
+        return {
+            "policy": self.policy,
+            "optimizer": self.opt,
+            "episode": self.buf,
+            "counters": self.c,
+        }
 
     def collect(self, env: gym.Env[Any, Any], rk: Any) -> None:
         b = self.buf
@@ -82,18 +91,30 @@ class Reinforce:
         ret = (ret - ret.mean()) / (ret.std() + 1e-8)
         with LayerTracer({"policy": self.policy}, enabled=self.c.update == a.localize_update) as tr:
             logp = Categorical(logits=self.policy(torch.as_tensor(b.obs[: b.n]))).log_prob(
-                torch.as_tensor(b.actions[: b.n]))
+                torch.as_tensor(b.actions[: b.n])
+            )
             loss = -(logp * ret).sum()
             self.opt.zero_grad()
             loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), 1e9)
         self.opt.step()
-        return {"loss": loss.detach(), "grad_norm": grad_norm, "episode_len": b.n,
-                "params": params_digest(self.policy), **tr.probes()}
+        return {
+            "loss": loss.detach(),
+            "grad_norm": grad_norm,
+            "episode_len": b.n,
+            "params": params_digest(self.policy),
+            **tr.probes(),
+        }
 
 
-def train(env: gym.Env[Any, Any], rk: Any, agent: Reinforce, *, until_update: int,
-          snapshot_update: int | None = None) -> None:
+def train(
+    env: gym.Env[Any, Any],
+    rk: Any,
+    agent: Reinforce,
+    *,
+    until_update: int,
+    snapshot_update: int | None = None,
+) -> None:
     """The one loop for record (``rk`` = RecordingWrapper) and replay (``rk`` = Replay)."""
     c = agent.c
     while c.update < until_update:
@@ -113,8 +134,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verify-updates", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--updates", type=int, default=20)
-    p.add_argument("--snapshot-update", type=int, default=10,
-                   help="snapshot after collecting the episode for this update")
+    p.add_argument(
+        "--snapshot-update",
+        type=int,
+        default=10,
+        help="snapshot after collecting the episode for this update",
+    )
     p.add_argument("--localize-update", type=int, default=-1)
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-2)
@@ -129,9 +154,13 @@ def record(args: argparse.Namespace) -> str:
     replaykit.enable_determinism()
     torch.manual_seed(args.seed)
     agent = Reinforce(args)
-    env = replaykit.RecordingWrapper(gym.make(ENV_ID), args.out, seed=args.seed,
-                                     track=agent.tracked(),
-                                     metadata={k: getattr(args, k) for k in HYPER})
+    env = replaykit.RecordingWrapper(
+        gym.make(ENV_ID),
+        args.out,
+        seed=args.seed,
+        track=agent.tracked(),
+        metadata={k: getattr(args, k) for k in HYPER},
+    )
     train(env, env, agent, until_update=args.updates, snapshot_update=args.snapshot_update)
     env.close()
     return str(env.path)
@@ -157,8 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         except replaykit.DivergenceError as exc:
             print(exc.report.format())
             return 1
-        print(f"verified {rep.verified_updates} updates and {rep.verified_steps} env steps "
-              "after snapshot 'mid': bit-identical")
+        print(
+            f"verified {rep.verified_updates} updates and {rep.verified_steps} env steps "
+            "after snapshot 'mid': bit-identical"
+        )
         return 0
     print(f"recorded {record(args)}")
     return 0

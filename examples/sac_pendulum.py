@@ -61,21 +61,31 @@ class ReplayBuffer:
 
     def __replaykit_state__(self) -> dict[str, Any]:
         n = len(self)
-        return {"capacity": self.capacity, "pos": self.pos, "full": self.full,
-                **{f: getattr(self, f)[:n] for f in self.FIELDS}}
+        return {
+            "capacity": self.capacity,
+            "pos": self.pos,
+            "full": self.full,
+            **{f: getattr(self, f)[:n] for f in self.FIELDS},
+        }
 
     def __replaykit_restore__(self, tree: dict[str, Any]) -> None:
         if tree["capacity"] != self.capacity:
             raise StateMismatchError(
-                "replay buffer", [f"capacity: snapshot {tree['capacity']}, live {self.capacity}"])
+                "replay buffer", [f"capacity: snapshot {tree['capacity']}, live {self.capacity}"]
+            )
         for f in self.FIELDS:
             getattr(self, f)[: len(tree[f])] = tree[f]
         self.pos, self.full = int(tree["pos"]), bool(tree["full"])
 
 
 def mlp(inp: int, out: int, hidden: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(inp, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                         nn.Linear(hidden, out))
+    return nn.Sequential(
+        nn.Linear(inp, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, out),
+    )
 
 
 class Actor(nn.Module):
@@ -116,10 +126,17 @@ class SAC:
         self.c = Counters(step=0, update=0)
 
     def tracked(self) -> dict[str, Any]:
-        return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target,
-                "log_alpha": self.log_alpha, "actor_opt": self.actor_opt,
-                "critic_opt": self.critic_opt, "alpha_opt": self.alpha_opt,
-                "buffer": self.buffer, "counters": self.c}
+        return {
+            "actor": self.actor,
+            "critic": self.critic,
+            "critic_target": self.critic_target,
+            "log_alpha": self.log_alpha,
+            "actor_opt": self.actor_opt,
+            "critic_opt": self.critic_opt,
+            "alpha_opt": self.alpha_opt,
+            "buffer": self.buffer,
+            "counters": self.c,
+        }
 
     def act(self, obs: Any) -> np.ndarray:
         if self.c.step < self.args.learning_starts:
@@ -132,14 +149,16 @@ class SAC:
         a = self.args
         obs, next_obs, actions, rewards, dones = self.buffer.sample(a.batch_size)
         alpha = self.log_alpha.exp().detach()
-        with LayerTracer({"actor": self.actor, "critic": self.critic,
-                          "critic_target": self.critic_target},
-                         enabled=self.c.update == a.localize_update) as tracer:
+        with LayerTracer(
+            {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target},
+            enabled=self.c.update == a.localize_update,
+        ) as tracer:
             with torch.no_grad():
                 next_a, next_logp = self.actor(next_obs)
                 t1, t2 = self.critic_target(next_obs, next_a)
                 target = rewards + a.gamma * (1 - dones) * (
-                    torch.min(t1, t2).squeeze(-1) - alpha * next_logp)
+                    torch.min(t1, t2).squeeze(-1) - alpha * next_logp
+                )
             q1, q2 = self.critic(obs, actions)
             q1_loss = F.mse_loss(q1.squeeze(-1), target)
             q2_loss = F.mse_loss(q2.squeeze(-1), target)
@@ -158,16 +177,31 @@ class SAC:
         alpha_loss.backward()
         self.alpha_opt.step()
         with torch.no_grad():
-            for p, tp in zip(self.critic.parameters(), self.critic_target.parameters()):
+            for p, tp in zip(
+                self.critic.parameters(), self.critic_target.parameters(), strict=True
+            ):
                 tp.mul_(1 - a.tau).add_(a.tau * p)
         self.c.update += 1
-        return {"q1_loss": q1_loss.detach(), "q2_loss": q2_loss.detach(),
-                "actor_loss": actor_loss.detach(), "alpha": alpha,
-                "critic_params": params_digest(self.critic), **tracer.probes()}
+        return {
+            "q1_loss": q1_loss.detach(),
+            "q2_loss": q2_loss.detach(),
+            "actor_loss": actor_loss.detach(),
+            "alpha": alpha,
+            "critic_params": params_digest(self.critic),
+            **tracer.probes(),
+        }
 
 
-def train(env: gym.Env[Any, Any], rk: Any, agent: SAC, *, obs: Any, needs_reset: bool,
-          until_update: int, snapshot_update: int | None = None) -> None:
+def train(
+    env: gym.Env[Any, Any],
+    rk: Any,
+    agent: SAC,
+    *,
+    obs: Any,
+    needs_reset: bool,
+    until_update: int,
+    snapshot_update: int | None = None,
+) -> None:
     """The one loop for record (``rk`` = RecordingWrapper) and replay (``rk`` = Replay)."""
     c, buf = agent.c, agent.buffer
     while c.update < until_update:
@@ -203,8 +237,19 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-HYPER = ("seed", "updates", "snapshot_update", "localize_update", "buffer_size", "hidden", "lr",
-         "gamma", "tau", "batch_size", "learning_starts")
+HYPER = (
+    "seed",
+    "updates",
+    "snapshot_update",
+    "localize_update",
+    "buffer_size",
+    "hidden",
+    "lr",
+    "gamma",
+    "tau",
+    "batch_size",
+    "learning_starts",
+)
 
 
 def record(args: argparse.Namespace) -> str:
@@ -212,12 +257,23 @@ def record(args: argparse.Namespace) -> str:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     agent = SAC(args)
-    env = replaykit.RecordingWrapper(gym.make(ENV_ID), args.out, seed=args.seed,
-                                     track=agent.tracked(),
-                                     metadata={k: getattr(args, k) for k in HYPER})
+    env = replaykit.RecordingWrapper(
+        gym.make(ENV_ID),
+        args.out,
+        seed=args.seed,
+        track=agent.tracked(),
+        metadata={k: getattr(args, k) for k in HYPER},
+    )
     obs, _ = env.reset()
-    train(env, env, agent, obs=obs, needs_reset=False, until_update=args.updates,
-          snapshot_update=args.snapshot_update)
+    train(
+        env,
+        env,
+        agent,
+        obs=obs,
+        needs_reset=False,
+        until_update=args.updates,
+        snapshot_update=args.snapshot_update,
+    )
     env.close()
     return str(env.path)
 
@@ -229,8 +285,14 @@ def replay(path: str, verify_updates: int) -> Any:
     agent = SAC(args)
     rep = replaykit.restore(path, "mid", env=gym.make(ENV_ID), track=agent.tracked())
     with rep:
-        train(rep.env, rep, agent, obs=rep.obs, needs_reset=rep.needs_reset,
-              until_update=rep.update + verify_updates)
+        train(
+            rep.env,
+            rep,
+            agent,
+            obs=rep.obs,
+            needs_reset=rep.needs_reset,
+            until_update=rep.update + verify_updates,
+        )
     return rep
 
 
@@ -243,8 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         except replaykit.DivergenceError as exc:
             print(exc.report.format())
             return 1
-        print(f"verified {rep.verified_updates} updates and {rep.verified_steps} env steps "
-              "after snapshot 'mid': bit-identical")
+        print(
+            f"verified {rep.verified_updates} updates and {rep.verified_steps} env steps "
+            "after snapshot 'mid': bit-identical"
+        )
         return 0
     print(f"recorded {record(args)}")
     return 0

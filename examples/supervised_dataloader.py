@@ -32,7 +32,7 @@ from replaykit.training import (
 )
 
 
-class NoisyRegression(Dataset):  # type: ignore[type-arg]
+class NoisyRegression(Dataset):
     """y = sin(x . w) with fixed inputs; each read adds fresh noise (worker-side randomness)."""
 
     def __init__(self, n: int, dim: int = 8, seed: int = 0) -> None:
@@ -50,23 +50,39 @@ class NoisyRegression(Dataset):  # type: ignore[type-arg]
 class Trainer:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.model = nn.Sequential(nn.Linear(8, args.hidden), nn.ReLU(), nn.Dropout(0.1),
-                                   nn.Linear(args.hidden, 1))
+        self.model = nn.Sequential(
+            nn.Linear(8, args.hidden), nn.ReLU(), nn.Dropout(0.1), nn.Linear(args.hidden, 1)
+        )
         self.opt = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=0.9)
         self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=1, gamma=0.7)
-        self.loader = ResumableLoader(DataLoader(
-            NoisyRegression(args.samples, seed=args.seed), batch_size=args.batch_size,
-            shuffle=True, num_workers=args.workers,
-            generator=torch.Generator().manual_seed(args.seed)))
+        self.loader = ResumableLoader(
+            DataLoader(
+                NoisyRegression(args.samples, seed=args.seed),
+                batch_size=args.batch_size,
+                shuffle=True,
+                num_workers=args.workers,
+                generator=torch.Generator().manual_seed(args.seed),
+            )
+        )
         self.c = Counters(update=0)
 
     def tracked(self) -> dict[str, Any]:
-        return {"model": self.model, "optimizer": self.opt, "scheduler": self.sched,
-                "loader": self.loader, "counters": self.c}
+        return {
+            "model": self.model,
+            "optimizer": self.opt,
+            "scheduler": self.sched,
+            "loader": self.loader,
+            "counters": self.c,
+        }
 
 
-def train(rk: Any, t: Trainer, *, until_update: int, snapshot_at: tuple[int, int] | None = None,
-          ) -> None:
+def train(
+    rk: Any,
+    t: Trainer,
+    *,
+    until_update: int,
+    snapshot_at: tuple[int, int] | None = None,
+) -> None:
     """The one loop for record (``rk`` = TrainingRecorder) and replay (``rk`` = TrainingReplay).
 
     ``for x, y in t.loader`` continues a restored epoch at its next batch.
@@ -81,9 +97,14 @@ def train(rk: Any, t: Trainer, *, until_update: int, snapshot_at: tuple[int, int
             grad_norm = nn.utils.clip_grad_norm_(t.model.parameters(), 1e9)
             t.opt.step()
             c.update += 1
-            rk.log_update(loss=loss.detach(), grad_norm=grad_norm, epoch=t.loader.epoch,
-                          lr=t.sched.get_last_lr()[0], params=params_digest(t.model),
-                          **tr.probes())
+            rk.log_update(
+                loss=loss.detach(),
+                grad_norm=grad_norm,
+                epoch=t.loader.epoch,
+                lr=t.sched.get_last_lr()[0],
+                params=params_digest(t.model),
+                **tr.probes(),
+            )
             if (t.loader.epoch, t.loader.position) == snapshot_at:
                 rk.snapshot("mid")  # in the middle of an epoch
             if c.update >= until_update:
@@ -95,12 +116,22 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="supervised.h5", help="recording to write")
     p.add_argument("--replay", metavar="FILE", help="restore FILE's snapshot and verify")
-    p.add_argument("--verify-updates", type=int, default=14,
-                   help="updates to verify (the default runs into the next epoch)")
+    p.add_argument(
+        "--verify-updates",
+        type=int,
+        default=14,
+        help="updates to verify (the default runs into the next epoch)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--snapshot-at", type=int, nargs=2, default=[1, 5],
-                   metavar=("EPOCH", "BATCH"), help="snapshot after this many batches of EPOCH")
+    p.add_argument(
+        "--snapshot-at",
+        type=int,
+        nargs=2,
+        default=[1, 5],
+        metavar=("EPOCH", "BATCH"),
+        help="snapshot after this many batches of EPOCH",
+    )
     p.add_argument("--localize-update", type=int, default=-1)
     p.add_argument("--samples", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16)
@@ -110,17 +141,26 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-HYPER = ("seed", "epochs", "snapshot_at", "localize_update", "samples", "batch_size", "workers",
-         "hidden", "lr")
+HYPER = (
+    "seed",
+    "epochs",
+    "snapshot_at",
+    "localize_update",
+    "samples",
+    "batch_size",
+    "workers",
+    "hidden",
+    "lr",
+)
 
 
 def record(args: argparse.Namespace) -> str:
     torch.manual_seed(args.seed)
     t = Trainer(args)
-    with TrainingRecorder(args.out, track=t.tracked(),
-                          metadata={k: getattr(args, k) for k in HYPER}) as rec:
-        train(rec, t, until_update=args.epochs * len(t.loader),
-              snapshot_at=tuple(args.snapshot_at))  # type: ignore[arg-type]
+    with TrainingRecorder(
+        args.out, track=t.tracked(), metadata={k: getattr(args, k) for k in HYPER}
+    ) as rec:
+        train(rec, t, until_update=args.epochs * len(t.loader), snapshot_at=tuple(args.snapshot_at))
     return str(rec.path)
 
 

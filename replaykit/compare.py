@@ -425,6 +425,7 @@ class DiffResult:
     provenance: list[tuple[str, Any, Any]]
     rules: str
     compared_keys: int
+    notes: list[str] = field(default_factory=list)
 
     @property
     def match(self) -> bool:
@@ -456,6 +457,7 @@ class DiffResult:
             "divergences": [d.to_json() for d in self.divergences],
             "only_in_a": self.only_in_a,
             "only_in_b": self.only_in_b,
+            "notes": self.notes,
             "provenance": [
                 {"key": k, "a": _jsonable(a), "b": _jsonable(b)} for k, a, b in self.provenance
             ],
@@ -529,11 +531,12 @@ def diff_recordings(
                 only_a.append(sname)
                 continue
             sa, sb = ra.stream(sname), rb.stream(sname)
-            rows[sname] = (sa.rows, sb.rows)
+            selected = 0
             for col in list(dict.fromkeys(list(sa.columns) + list(sb.columns))):
                 key = f"{sname}/{col}" if sname != F.STEPS else col
                 if patterns and not any(fnmatch.fnmatchcase(key, p) for p in patterns):
                     continue
+                selected += 1
                 if col not in sa.columns:
                     only_b.append(key)
                     continue
@@ -545,7 +548,12 @@ def diff_recordings(
                 d = _diff_column(sa, sb, col, key, rule, block_rows)
                 if d is not None:
                     divergences.append(d)
+            # Row counts count only for streams with a selected key, so --key reward
+            # is not failed by a resets stream nobody asked about.
+            if selected or not patterns:
+                rows[sname] = (sa.rows, sb.rows)
         provenance = prov.differences(ra.provenance, rb.provenance)
+        notes = device_notes(ra.provenance, rb.provenance, rules)
     return DiffResult(
         a=str(a),
         b=str(b),
@@ -556,7 +564,29 @@ def diff_recordings(
         provenance=provenance,
         rules=rules.describe(),
         compared_keys=compared,
+        notes=notes,
     )
+
+
+def device_notes(a: dict[str, Any], b: dict[str, Any], rules: Rules) -> list[str]:
+    """Say so when two recordings come from different devices (CPU vs CUDA, or two GPUs).
+
+    Such a comparison is a tolerance comparison: the same code legitimately rounds differently.
+    """
+    da, db = (a.get("device") or {}), (b.get("device") or {})
+    if da.get("cuda") == db.get("cuda") and da.get("names") == db.get("names"):
+        return []
+    kind_a = "CUDA" if da.get("cuda") else "CPU"
+    kind_b = "CUDA" if db.get("cuda") else "CPU"
+    note = (
+        f"the recordings come from different devices ({kind_a}: {da.get('names')}, "
+        f"{kind_b}: {db.get('names')}); bit-exact equality is not expected across devices"
+    )
+    if rules.default.exact and not rules.rules:
+        note += ": compare with a tolerance (--atol/--rtol/--max-ulp)"
+    else:
+        note += f"; compared under a tolerance ({rules.describe()})"
+    return [note]
 
 
 def _diff_column(

@@ -31,6 +31,11 @@ __all__ = ["RecordingWrapper", "UpdateLog", "env_spec_json", "nonfinite_meta", "
 
 _INT64_MAX = (1 << 63) - 1
 _ndarray = np.ndarray
+_BOOLS = frozenset({bool, np.bool_})
+_NEVER = math.inf
+# Observations up to this many bytes are batched per block by RecordingWrapper.step; larger
+# ones (images) are copied straight into the column buffer, which is then the cheaper copy.
+_DEFER_MAX_BYTES = 4096
 
 # Unwrapped env classes whose simulator state outlives ``reset()``: these Box2D envs create
 # their ``b2World`` once in ``__init__`` and only destroy and re-create bodies on reset, so the
@@ -193,7 +198,11 @@ def nonfinite_meta(tracked: Any, snapshot_name: str) -> dict[str, Any] | None:
 
 
 def first_nonfinite_value(values: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The first NaN/infinity among named values: ``{"probe", "index", "value"}`` or ``None``."""
+    """Find the first NaN/infinity among named values.
+
+    Returns:
+        ``{"probe", "index", "value"}`` of the first one, or ``None``.
+    """
     for name, value in values.items():
         try:
             arr, logical = to_array(value, name)
@@ -284,6 +293,8 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         commit_every_seconds: and at least this often, in seconds.
         fsync: also fsync each commit, for durability across power loss.
         metadata: JSON-able data stored in the file's metadata under ``"user"``.
+        compression: ``None`` (default), ``"gzip"`` or ``"lzf"``: lossless compression of
+            the recorded streams (smaller files, more CPU per block).
 
     Example:
         >>> import gymnasium as gym, torch, tempfile, os
@@ -301,6 +312,9 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
     # Bound buffers for the single-leaf fast path of step(), set at the first step (class
     # default so that __init__ stays untouched by it).
     _fast: tuple[Any, ...] | None = None
+    _pending: list[tuple[Any, ...]]
+    # The next step count at which a snapshot may be due (recomputed after each check).
+    _next_snapshot: float = 0
 
     def __init__(
         self,
@@ -316,6 +330,7 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         commit_every_seconds: float = 5.0,
         fsync: bool = False,
         metadata: Mapping[str, Any] | None = None,
+        compression: str | None = None,
     ) -> None:
         super().__init__(env)
         from replaykit import envstate, provenance
@@ -359,6 +374,7 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
             commit_every_steps=commit_every_steps,
             commit_every_seconds=commit_every_seconds,
             fsync=fsync,
+            compression=compression,
         )
         self.path = self._writer.path
         self._steps = self._writer.stream(F.STEPS)
@@ -468,7 +484,7 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         tree = snapshot.capture(
             self.env, self._tracked, recorder, fallback=fallback, extra=extra
         )
-        meta = dict(recorder)
+        meta: dict[str, Any] = dict(recorder)
         meta["env_state"] = "adapter" if tree["env"].get("env") is not None else "replay-from-reset"
         if meta["env_state"] != "adapter":
             meta["replay_from"] = f"{self._replay_scope}-start"
@@ -525,30 +541,44 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
             raise UsageError("the recording is closed")
         obs, reward, terminated, truncated, info = self.env.step(action)
         fast = self._fast
-        if fast is not None:
-            # The common case (one action leaf, one observation leaf): the whole row is a few
-            # buffer assignments with everything bound in one tuple, because the per-step
-            # budget is about 2 us and each attribute lookup or call costs ~30-100 ns.
-            s, a_w, a_buf, a_type, a_dt, a_shape, o_w, o_buf, o_dt, o_shape, cols = fast
-            p = s.pos
-            c = action.__class__
-            if c is a_type and (c is not _ndarray or (action.dtype is a_dt and action.shape == a_shape)):
-                a_buf[p] = action
+        s = self._steps
+        p = s.pos
+        if fast is not None and (
+            action.__class__ is fast[0]
+            and (fast[1] is None or (action.dtype is fast[1] and action.shape == fast[2]))
+            and obs.__class__ is _ndarray
+            and obs.dtype is fast[3]
+            and obs.shape == fast[4]
+            and reward.__class__ in fast[5]
+            and terminated.__class__ in _BOOLS
+            and truncated.__class__ in _BOOLS
+        ):
+            # The common case (one action leaf, one observation leaf, types as at the first
+            # step): append the row to a list and fill the column buffers once per block in
+            # _fill_pending. The budget is ~2 us per step, and a NumPy scalar store costs
+            # ~100 ns where a list append costs ~30 ns. Arrays are copied now (tobytes), as
+            # the env or the caller may reuse or mutate them after step() returns.
+            o_buf = fast[6]
+            if o_buf is not None:
+                o_buf[p] = obs  # large observations: copy once, straight into the buffer
+                ob = None
             else:
-                a_w.write(action, p)  # converts and validates, or raises CaptureError
-            if obs.__class__ is _ndarray and obs.dtype is o_dt and obs.shape == o_shape:
-                o_buf[p] = obs
-            else:
-                o_w.write(obs, p)
-            cols[0][p] = reward
-            cols[1][p] = terminated
-            cols[2][p] = truncated
-            cols[3][p] = self._episode
+                ob = obs.tobytes()
+            self._pending.append(
+                (
+                    action if fast[1] is None else action.tobytes(),
+                    ob,
+                    reward,
+                    terminated,
+                    truncated,
+                    self._episode,
+                )
+            )
         else:
-            s = self._steps
-            p = s.pos
             if self._obs_w is None:
                 self._init_step_columns(action, obs, reward, terminated, truncated)
+            elif fast is not None:
+                self._fill_pending()  # rows before this one, so they stay in order
             assert self._obs_w is not None and self._act_w is not None and self._scalar_cols
             for w, get in zip(self._act_w, self._act_get):
                 w.write(get(action), p)
@@ -568,8 +598,8 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         self._k += 1
         if terminated or truncated:
             self._needs_reset = True
-        if t in self._snapshot_at or (self._snapshot_every is not None and t % self._snapshot_every == 0):
-            self.snapshot()
+        if t >= self._next_snapshot:
+            self._snapshot_if_due(t)
         return obs, reward, terminated, truncated, info
 
     def close(self) -> None:
@@ -633,10 +663,56 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
             and not self._obs_leaves[0].path
         ):
             a, o = self._act_w[0], self._obs_w[0]
+            a_arr = a.fast_type is None  # an ndarray action (Box, MultiDiscrete, ...)
+            # Reward classes whose values the batched np.array(..., dtype) converts exactly as
+            # a per-row buffer store would.
+            r_types = frozenset({type(reward), float, int, np.float64, np.float32})
             self._fast = (
-                s, a, a.buf, a.fast_type or _ndarray, a.dt, a.shape,
-                o, o.buf, o.dt, o.shape, tuple(c.buf for c in self._scalar_cols),
+                _ndarray if a_arr else a.fast_type,
+                a.dt if a_arr else None,
+                a.shape,
+                o.dt,
+                o.shape,
+                r_types,
+                o.buf if o.buf[0].nbytes > _DEFER_MAX_BYTES else None,
             )
+            self._pending = []
+            s.before_write = self._fill_pending
+
+    def _fill_pending(self) -> None:
+        """Move the rows batched by the fast path of :meth:`step` into the column buffers."""
+        pend = self._pending
+        n = len(pend)
+        if not n:
+            return
+        assert self._fast is not None and self._act_w and self._obs_w and self._scalar_cols
+        hi = self._steps.pos
+        lo = hi - n  # batched rows are always the latest ones: slow rows fill them first
+        acts, obs, rews, terms, truncs, eps = zip(*pend)
+        pend.clear()
+        a, o = self._act_w[0], self._obs_w[0]
+        if self._fast[1] is not None:
+            a.buf[lo:hi] = np.frombuffer(b"".join(acts), a.dt).reshape(n, *a.shape)
+        else:
+            a.buf[lo:hi] = np.array(acts, dtype=a.dt)
+        if self._fast[6] is None:
+            o.buf[lo:hi] = np.frombuffer(b"".join(obs), o.dt).reshape(n, *o.shape)
+        rew, term, trunc, ep = self._scalar_cols
+        rew.buf[lo:hi] = np.array(rews, dtype=rew.buf.dtype)
+        term.buf[lo:hi] = np.array(terms, dtype=np.bool_)
+        trunc.buf[lo:hi] = np.array(truncs, dtype=np.bool_)
+        ep.buf[lo:hi] = eps
+
+    def _snapshot_if_due(self, t: int) -> None:
+        # step() compares the step count with one precomputed number; the set lookup and the
+        # modulo run only here.
+        every = self._snapshot_every
+        if t in self._snapshot_at or (every is not None and t % every == 0):
+            self.snapshot()
+        later = [s for s in self._snapshot_at if s > t]
+        if every is not None:
+            later.append((t // every + 1) * every)
+        self._next_snapshot = min(later, default=_NEVER)
 
     def _write_info(
         self, s: StreamWriter, writers: dict[str, _LeafWriter | None], info: Mapping[str, Any], p: int

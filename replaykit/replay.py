@@ -251,7 +251,8 @@ class UpdateChecker:
                 )
         st = rows.stream
         where: dict[str, Any] = {"stream": F.UPDATES, "row": u, "episode": None, "k": None}
-        for key in sorted(values):
+        # In the order the loop logged them: the first one that differs is the one to name.
+        for key in values:
             col = F.column_path(F.PROBE, key)
             if col not in st.columns:
                 self._v.fail(f"update/{key}", Mismatch("extra"), EXACT, **where)
@@ -727,7 +728,7 @@ def _fast_forward(
 
 
 def _python_reward(reward: Any, recorded: np.dtype) -> Any:
-    """A Python-number reward as the recorder stored it: cast into the reward column's dtype.
+    """Cast a Python-number reward into the reward column's dtype, as the recorder stored it.
 
     The column takes its dtype from the first step's reward (float64 for a Python number);
     envs such as BipedalWalker return ``np.float32`` rewards but a Python ``-100`` on a fall,
@@ -774,7 +775,8 @@ class _FastForward:
         self.stream = st
         self.act = [(leaf.name, F.column_path(F.ACTION, leaf.name)) for leaf in probe._act_leaves]
         self.obs = [
-            (_spaces.getter(leaf.path), F.column_path(F.OBS, leaf.name)) for leaf in probe._obs_leaves
+            (_spaces.getter(leaf.path), F.column_path(F.OBS, leaf.name))
+            for leaf in probe._obs_leaves
         ]
         self.info_cols = [c for c in st.columns if c.startswith(F.INFO + "/")]
         self.tolerated: dict[str, bool] = {}

@@ -157,12 +157,14 @@ def replay_snapshot(
     policy_spec: str | None = None,
     steps: int | None = None,
     rules: Any = None,
+    verify: bool = True,
 ) -> ReplaySummary:
     """Restore one snapshot and verify the next ``steps`` steps (default: up to 100 or the end).
 
     Raises :class:`~replaykit.errors.DivergenceError` at the first difference.
+    ``verify=False`` skips checksum checks (for experiments on hand-edited files).
     """
-    with Recording(path) as rec:
+    with Recording(path, verify=verify) as rec:
         spec = policy_spec or (rec.meta.get("user") or {}).get("policy") or "random"
         if ":" in spec and policy_spec is None:
             from replaykit.errors import UsageError

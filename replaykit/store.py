@@ -43,7 +43,9 @@ from replaykit.errors import (
     ChecksumError,
     FileFormatError,
     NotARecordingError,
+    ReplaykitError,
     TruncatedFileError,
+    UnsafeFileError,
     UnsupportedVersionError,
     UsageError,
 )
@@ -56,6 +58,18 @@ CLOCK_CHECK_ROWS = 64
 
 def _digest(data: bytes | memoryview | np.ndarray) -> str:
     return xxhash.xxh3_64_hexdigest(data)
+
+
+def _array_digest(arr: np.ndarray) -> str:
+    """Checksum of an array's dtype, shape and bytes.
+
+    The header matters: a damaged datatype message can turn float64 bytes into int64
+    ones without changing a byte of data, and a bytes-only checksum would pass them.
+    """
+    h = xxhash.xxh3_64(f"{arr.dtype.str}{list(arr.shape)}|".encode())
+    if arr.size:
+        h.update(np.ascontiguousarray(arr).data)
+    return h.hexdigest()
 
 
 def _now() -> str:
@@ -135,9 +149,9 @@ class StreamWriter:
         self.before_write: Any = None
         self.committed_rows = 0  # rows covered by the last commit record
         # end_row compares pos with this one value: the end of the block, or an earlier row
-        # where the writer looks at the clock (so slow envs still commit on time without a
-        # per-step clock read).
-        self._check_at = min(block, CLOCK_CHECK_ROWS)
+        # where the writer looks at the clock or a commit falls due (so slow envs still
+        # commit on time, and no commit is late by a row, without a per-step clock read).
+        self._check_at = self._next_check()
 
     def column(
         self,
@@ -180,6 +194,8 @@ class StreamWriter:
                 dtype=sdtype,
                 chunks=(chunk_rows, *col.shape),
                 fillvalue=np.zeros((), sdtype),
+                compression=self._writer.compression,
+                shuffle=self._writer.compression is not None,
             )
         else:
             # Rows with no elements hold no bytes; HDF5 cannot chunk a zero-length axis, so the
@@ -215,7 +231,11 @@ class StreamWriter:
         if self.pos == self.block:
             self.write_pending()  # resets pos to 0 and calls on_block_full
         self._writer.maybe_commit()
-        self._check_at = min(self.block, self.pos + CLOCK_CHECK_ROWS)
+        self._check_at = self._next_check()
+
+    def _next_check(self) -> int:
+        due = self._writer._commit_rows - (self.rows - self.committed_rows)
+        return min(self.block, self.pos + max(1, min(CLOCK_CHECK_ROWS, due)))
 
     def write_pending(self) -> None:
         """Write buffered rows to the datasets (no flush, no commit record)."""
@@ -277,6 +297,8 @@ class RecordingWriter:
         commit_every_seconds: also commit when this much time passed since the last one.
         fsync: ``os.fsync`` after each commit (durable across power loss; slower).
         block_rows: rows buffered in memory per column before a block write.
+        compression: ``None`` (default), ``"gzip"`` or ``"lzf"``: lossless compression
+            (with the byte-shuffle filter) of stream columns; snapshots stay uncompressed.
     """
 
     def __init__(
@@ -289,18 +311,32 @@ class RecordingWriter:
         commit_every_seconds: float = 5.0,
         fsync: bool = False,
         block_rows: int = F.STREAM_CHUNK_ROWS,
+        compression: str | None = None,
     ) -> None:
         if commit_every_steps < 1 or block_rows < 1:
             raise UsageError("commit_every_steps and block_rows must be >= 1")
+        if compression not in (None, "gzip", "lzf"):
+            raise UsageError(
+                f"compression must be None, 'gzip' or 'lzf', got {compression!r}; these are the "
+                "lossless filters every HDF5 reader has"
+            )
+        self.compression = compression
         self.path = Path(path)
         self.fsync = fsync
         self.commit_every_seconds = float(commit_every_seconds)
         self.block_rows = int(min(block_rows, commit_every_steps))
         self._commit_rows = int(commit_every_steps)
-        self._file = h5py.File(self.path, "w", track_order=True)
+        # fs_strategy="none": space freed while writing (old commit records, replaced
+        # attributes) is never reused in this session, so new bytes never land on space the
+        # last flushed state still points to. With evictions off, libhdf5 writes metadata
+        # only when we flush, so between commits the file on disk is the last commit plus
+        # raw data in fresh space: what a SIGKILL leaves is always the last commit.
+        self._file = h5py.File(self.path, "w", track_order=True, fs_strategy="none")
+        _hold_metadata_until_flush(self._file)
         self._streams: dict[str, StreamWriter] = {}
         self._meta = dict(meta)
         self._provenance = dict(provenance)
+        self._created = ""
         self._last_commit = time.monotonic()
         self._closed = False
         self.snapshots: list[str] = []
@@ -310,19 +346,29 @@ class RecordingWriter:
         self.commit()
 
     def _write_root_attrs(self) -> None:
+        first = F.FORMAT_ATTR not in self._file.attrs
+        if first:
+            self._created = self._meta.get("created") or _now()
+            self._file.attrs[F.FORMAT_ATTR] = F.FORMAT_NAME
+            self._file.attrs[F.VERSION_ATTR] = F.FORMAT_VERSION
+            self._file.attrs[F.CREATED_ATTR] = self._created
+            self._file.attrs[F.PROVENANCE_ATTR] = F.dumps(self._provenance)
+        # Meta and the root checksum change while recording: fixed-size, padded, so an
+        # update rewrites them in place (see _set_fixed) instead of reshuffling the root's
+        # object header, which also holds the links to every group.
+        meta = _set_fixed(self._file.attrs, F.META_ATTR, F.dumps(self._meta), write=False)
         attrs = {
             F.FORMAT_ATTR: F.FORMAT_NAME,
             F.VERSION_ATTR: F.FORMAT_VERSION,
-            F.CREATED_ATTR: self._meta.get("created") or _now(),
+            F.CREATED_ATTR: self._created,
             F.PROVENANCE_ATTR: F.dumps(self._provenance),
-            F.META_ATTR: F.dumps(self._meta),
+            F.META_ATTR: meta,
         }
-        for k, v in attrs.items():
-            self._file.attrs[k] = v
-        self._file.attrs[F.ROOT_CHECKSUM_ATTR] = _root_checksum(attrs)
+        _set_fixed(self._file.attrs, F.META_ATTR, meta)
+        _set_fixed(self._file.attrs, F.ROOT_CHECKSUM_ATTR, _root_checksum(attrs))
 
     def update_meta(self, **items: Any) -> None:
-        """Merge JSON-able items into the file's metadata (written at the next commit)."""
+        """Merge JSON-able items into the file's metadata (on disk at the next commit)."""
         self._meta.update(items)
         self._write_root_attrs()
 
@@ -350,12 +396,22 @@ class RecordingWriter:
             self.commit()
 
     def commit(self) -> None:
-        """Write every buffered row, record row counts and checksums, and flush."""
+        """Write every buffered row, record row counts and checksums, and flush.
+
+        Two phases, each ending in a flush: first the rows (data, chunk indexes, extents),
+        then the commit records, each rewritten in place. A kill in phase one leaves the
+        old records, which describe rows already on disk; a kill in phase two leaves each
+        stream's record old or new, and either describes rows on disk.
+        """
         for s in self._streams.values():
             s.write_pending()
+        self._file.flush()
+        for s in self._streams.values():
             body = s.commit_record()
-            s.group.attrs[F.COMMIT_ATTR] = F.dumps({**body, "crc": _digest(F.dumps(body).encode())})
+            text = F.dumps({**body, "crc": _digest(F.dumps(body).encode())})
+            _set_fixed(s.group.attrs, F.COMMIT_ATTR, text)
             s.committed_rows = s.rows_on_disk
+            s._check_at = s._next_check()
         self._file.flush()
         if self.fsync:
             # flush() hands the bytes to the OS; only fsync makes them survive power loss.
@@ -374,11 +430,11 @@ class RecordingWriter:
             raise UsageError(f"snapshot {name!r} already exists in {self.path}; pick another name")
         doc, arrays, logical = _tree.encode(tree)
         snaps = self._file[F.SNAPSHOTS_GROUP]
-        tmp_name = F.TMP_PREFIX + name
-        if tmp_name in snaps:
-            del snaps[tmp_name]
         self.commit()
-        g = snaps.create_group(tmp_name)
+        # Build the snapshot as an *anonymous* group: nothing in the file links to it, so a
+        # kill at any point while it is written leaves unreachable bytes, never a dangling
+        # or half-written entry in /snapshots. One hard link publishes it once complete.
+        g = h5py.Group(h5py.h5g.create(self._file.id, None))
         checksums: dict[str, str] = {}
         nbytes = 0
         for i, arr in enumerate(arrays):
@@ -387,9 +443,9 @@ class RecordingWriter:
             ds = g.create_dataset(key, data=data)
             if i in logical:
                 ds.attrs[F.LOGICAL_DTYPE_ATTR] = logical[i]
-            checksums[key] = _digest(data.data if data.size else b"")
+            checksums[key] = _array_digest(data)
             nbytes += data.nbytes
-        attrs = {F.SNAPSHOT_ATTR: F.dumps(meta), F.TREE_ATTR: F.dumps(doc, sort_keys=False)}
+        attrs = {F.SNAPSHOT_ATTR: F.dumps(meta), F.TREE_ATTR: F.dumps(doc)}
         for k, v in attrs.items():
             g.attrs[k] = v
         checksums["@attrs"] = _digest(
@@ -397,8 +453,9 @@ class RecordingWriter:
             + F.dumps({str(i): n for i, n in sorted(logical.items())}).encode()
         )
         g.attrs[F.CHECKSUMS_ATTR] = F.dumps(checksums)
+        # Everything the link will point to reaches the file before the link does.
         self._file.flush()
-        snaps.move(tmp_name, name)
+        snaps[name] = g
         self.snapshots.append(name)
         self.commit()
         return nbytes
@@ -419,12 +476,107 @@ class RecordingWriter:
         self.close()
 
 
+def _set_fixed(attrs: h5py.AttributeManager, name: str, text: str, *, write: bool = True) -> str:
+    """Store ``text`` as a space-padded fixed-size string attribute; return the padded text.
+
+    When the padded capacity suffices the attribute is overwritten in place: one message in
+    one object header, written by one ``pwrite`` at flush, so a kill leaves the old or the new
+    value and never a torn header. Growing it (new columns, rarely) recreates it once, with
+    room to spare.
+    """
+    data = text.encode("utf-8")
+    cap = 0
+    if name in attrs:
+        dt = attrs.get_id(name).dtype
+        if dt.kind == "S":
+            cap = dt.itemsize
+    if len(data) > cap:
+        cap = 64
+        while cap < len(data) + len(data) // 2:
+            cap *= 2
+        if write:
+            attrs.create(name, np.bytes_(data.ljust(cap)), dtype=f"S{cap}")
+    elif write:
+        attrs.modify(name, np.bytes_(data.ljust(cap)))
+    return data.ljust(cap).decode("utf-8")
+
+
+def _hold_metadata_until_flush(f: h5py.File) -> None:
+    """Stop libhdf5 from writing dirty metadata to disk before an explicit flush.
+
+    By default the metadata cache evicts (writes) entries whenever it is full, so a file
+    killed between commits can hold a mix of old and new metadata. With evictions off the
+    cache grows instead; recordings' metadata (chunk indexes, headers) is tiny next to
+    their data, and each commit's flush leaves the cache clean.
+    """
+    cfg = f.id.get_mdc_config()
+    cfg.evictions_enabled = False
+    cfg.incr_mode = 0  # H5C_incr__off
+    cfg.flash_incr_mode = 0  # H5C_flash_incr__off
+    cfg.decr_mode = 0  # H5C_decr__off
+    f.id.set_mdc_config(cfg)
+
+
 def _root_checksum(attrs: dict[str, Any]) -> str:
     body = {k: (v if not isinstance(v, (np.integer,)) else int(v)) for k, v in attrs.items()}
     return _digest(F.dumps(dict(sorted(body.items()))).encode())
 
 
 # --------------------------------------------------------------------------- reading
+
+# Exceptions h5py, numpy and json raise on damaged input. Readers turn them into a
+# FileFormatError naming the file and object, so a caller never sees a raw traceback.
+_RAW_ERRORS = (
+    OSError,
+    RuntimeError,
+    KeyError,
+    ValueError,
+    TypeError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    RecursionError,
+)
+
+
+class _guard:  # noqa: N801 - used as a context manager, reads like a keyword
+    """Turn a raw library error into a :class:`FileFormatError` naming file and object."""
+
+    __slots__ = ("path", "obj", "what")
+
+    def __init__(self, path: Path, obj: str | None, what: str) -> None:
+        self.path, self.obj, self.what = path, obj, what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, et: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, ReplaykitError):
+            return False
+        if isinstance(exc, MemoryError):
+            raise UnsafeFileError(
+                f"{self.what} needs more memory than is available (a crafted size?); "
+                "do not trust this file",
+                path=self.path,
+                obj=self.obj,
+            ) from None
+        if isinstance(exc, _RAW_ERRORS):
+            text = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+            raise FileFormatError(
+                f"cannot {self.what} ({type(exc).__name__}: {text}); the file is damaged: "
+                "re-record it or use a good copy",
+                path=self.path,
+                obj=self.obj,
+            ) from None
+        return False
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    if not isinstance(v, str):
+        raise TypeError(f"expected a string attribute, found {type(v).__name__}")
+    return v
 
 
 @dataclass(frozen=True)
@@ -450,27 +602,44 @@ class StreamReader:
         self._rec = rec
         self.name = name
         self._group = group
-        raw = group.attrs.get(F.COMMIT_ATTR)
         where = f"/{F.STREAMS_GROUP}/{name}"
+        self._where = where
+        with _guard(rec.path, where, "read the stream's commit record"):
+            raw = group.attrs.get(F.COMMIT_ATTR)
         if raw is None:
-            raise TruncatedFileError("stream has no commit record", path=rec.path, obj=where)
+            raise TruncatedFileError(
+                "stream has no commit record (the recording was killed before its first "
+                "commit); record again",
+                path=rec.path,
+                obj=where,
+            )
         try:
-            commit = F.loads(raw)
+            commit = F.loads(_text(raw))
             crc = commit.pop("crc")
             body_ok = crc == _digest(F.dumps(commit).encode())
             rows = int(commit["rows"])
             columns = dict(commit["columns"])
             checksums = dict(commit["checksums"])
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise FileFormatError(
-                f"malformed commit record ({exc})", path=rec.path, obj=where
+                f"malformed commit record ({type(exc).__name__}); the file is damaged",
+                path=rec.path,
+                obj=where,
             ) from None
-        if not body_ok:
-            raise ChecksumError("commit record checksum mismatch", path=rec.path, obj=where)
+        if not body_ok and rec.verify:
+            raise ChecksumError(
+                "commit record does not match its checksum (file damaged or edited); "
+                "re-record it or use a good copy",
+                path=rec.path,
+                obj=where,
+            )
+        if rows < 0:
+            raise FileFormatError(f"commit record claims {rows} rows", path=rec.path, obj=where)
         self.rows = rows
         self.columns: dict[str, dict[str, Any]] = columns
         self._checksums = checksums
         self._verified: set[str] = set()
+        self._checked: dict[str, h5py.Dataset] = {}
 
     def __contains__(self, column: str) -> bool:
         return column in self.columns
@@ -482,76 +651,132 @@ class StreamReader:
         d = self.columns[column]["dtype"]
         return d if d in F.LOGICAL_DTYPES else None
 
+    def _expected(self, name: str) -> tuple[np.dtype, tuple[int, ...]]:
+        """Storage dtype and row shape the commit record promises for dataset ``name``."""
+        if name.endswith(F.PRESENT_SUFFIX):
+            return np.dtype(bool), ()
+        spec = self.columns[name]
+        d = spec["dtype"]
+        dtype = F.LOGICAL_DTYPES[d] if d in F.LOGICAL_DTYPES else np.dtype(d)
+        return dtype, tuple(int(x) for x in spec["shape"])
+
     def _dataset(self, name: str) -> h5py.Dataset:
-        obj = self._group.get(name)
-        where = f"/{F.STREAMS_GROUP}/{self.name}/{name}"
-        if not isinstance(obj, h5py.Dataset):
-            raise TruncatedFileError("column dataset is missing", path=self._rec.path, obj=where)
-        if obj.shape[0] < self.rows and all(obj.shape[1:]):
-            raise TruncatedFileError(
-                f"column holds {obj.shape[0]} rows, commit record says {self.rows}",
-                path=self._rec.path,
-                obj=where,
+        ds = self._checked.get(name)
+        if ds is not None:
+            return ds
+        where = f"{self._where}/{name}"
+        path = self._rec.path
+        with _guard(path, where, "open the column"):
+            obj = self._group.get(name)
+            if not isinstance(obj, h5py.Dataset):
+                raise TruncatedFileError(
+                    "column dataset is missing (file damaged or edited)", path=path, obj=where
+                )
+            dtype, shape = self._expected(name)
+            if obj.dtype != dtype or tuple(obj.shape[1:]) != shape:
+                raise FileFormatError(
+                    f"column has dtype {obj.dtype}{list(obj.shape[1:])}, its commit record says "
+                    f"{dtype}{list(shape)}; the file is damaged or edited",
+                    path=path,
+                    obj=where,
+                )
+            if obj.shape[0] < self.rows:
+                raise TruncatedFileError(
+                    f"column holds {obj.shape[0]} rows, commit record says {self.rows}; "
+                    "the file is damaged or edited",
+                    path=path,
+                    obj=where,
+                )
+            # Unallocated chunks read back as zeros, so a commit record claiming rows that
+            # were never stored would pass shape checks; compare with bytes actually stored.
+            need = self.rows * dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+            dcpl = obj.id.get_create_plist()
+            compressed = any(
+                dcpl.get_filter(i)[0] in (1, 32000) for i in range(dcpl.get_nfilters())
             )
+            stored = int(obj.id.get_storage_size())
+            if need > (stored * 1100 if compressed else stored):
+                raise TruncatedFileError(
+                    f"commit record claims {self.rows} rows ({need} bytes) but the column "
+                    f"stores {stored} bytes; the file is damaged or edited",
+                    path=path,
+                    obj=where,
+                )
+        self._checked[name] = obj
         return obj
 
     def _verify(self, name: str) -> None:
         if name in self._verified or not self._rec.verify:
             return
         ds = self._dataset(name)
-        h = xxhash.xxh3_64()
-        step = max(1, (8 << 20) // max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:]))))
-        for lo in range(0, self.rows, step):
-            h.update(np.ascontiguousarray(ds[lo : min(self.rows, lo + step)]).data)
-        expected = self._checksums.get(name)
-        if expected != h.hexdigest():
+        where = f"{self._where}/{name}"
+        with _guard(self._rec.path, where, "read the column"):
+            h = xxhash.xxh3_64()
+            step = max(1, (8 << 20) // max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:]))))
+            for lo in range(0, self.rows, step):
+                h.update(np.ascontiguousarray(ds[lo : min(self.rows, lo + step)]).data)
+        if self._checksums.get(name) != h.hexdigest():
             raise ChecksumError(
                 "stored data does not match its checksum (file damaged or edited); "
                 "re-record it or restore it from a good copy",
                 path=self._rec.path,
-                obj=f"/{F.STREAMS_GROUP}/{self.name}/{name}",
+                obj=where,
             )
         self._verified.add(name)
+
+    def _slice(self, name: str, start: int, stop: int | None) -> np.ndarray:
+        stop = self.rows if stop is None else min(stop, self.rows)
+        start = max(0, min(start, stop))
+        ds = self._dataset(name)
+        with _guard(self._rec.path, f"{self._where}/{name}", "read the column"):
+            return ds[start:stop]
 
     def read(self, column: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``[start, stop)`` of ``column`` (clamped to the committed rows)."""
         if column not in self.columns:
             raise UsageError(f"stream {self.name!r} has no column {column!r}")
         self._verify(column)
-        stop = self.rows if stop is None else min(stop, self.rows)
-        start = max(0, min(start, stop))
-        ds = self._dataset(column)
-        if not all(ds.shape[1:]):
-            return np.zeros((stop - start, *ds.shape[1:]), ds.dtype)
-        return ds[start:stop]
+        return self._slice(column, start, stop)
 
     def present(self, column: str, start: int = 0, stop: int | None = None) -> np.ndarray | None:
         if not self.optional(column):
             return None
         name = column + F.PRESENT_SUFFIX
         self._verify(name)
-        stop = self.rows if stop is None else min(stop, self.rows)
-        start = max(0, min(start, stop))
-        return self._dataset(name)[start:stop]
+        return self._slice(name, start, stop)
 
     def blocks(self, column: str, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(start, rows)`` blocks of a column, verifying its checksum as it streams."""
+        """Yield ``(start, rows)`` blocks of a column, verifying its checksum as it streams.
+
+        With verification on, the last block is yielded only after the whole column
+        matched its checksum, so a consumer never acts on the tail of a damaged column
+        without an error following.
+        """
+        if column not in self.columns:
+            raise UsageError(f"stream {self.name!r} has no column {column!r}")
         ds = self._dataset(column)
+        where = f"{self._where}/{column}"
         h = xxhash.xxh3_64() if self._rec.verify and column not in self._verified else None
         for lo in range(0, self.rows, block_rows):
-            hi = min(self.rows, lo + block_rows)
-            data = ds[lo:hi] if all(ds.shape[1:]) else np.zeros((hi - lo, *ds.shape[1:]), ds.dtype)
+            with _guard(self._rec.path, where, "read the column"):
+                data = ds[lo : min(self.rows, lo + block_rows)]
             if h is not None:
                 h.update(np.ascontiguousarray(data).data)
+                if lo + block_rows >= self.rows:
+                    self._check_digest(column, h)
             yield lo, data
-        if h is not None:
-            if h.hexdigest() != self._checksums.get(column):
-                raise ChecksumError(
-                    "stored data does not match its checksum (file damaged or edited)",
-                    path=self._rec.path,
-                    obj=f"/{F.STREAMS_GROUP}/{self.name}/{column}",
-                )
-            self._verified.add(column)
+        if h is not None and self.rows == 0:
+            self._check_digest(column, h)
+
+    def _check_digest(self, column: str, h: Any) -> None:
+        if h.hexdigest() != self._checksums.get(column):
+            raise ChecksumError(
+                "stored data does not match its checksum (file damaged or edited); "
+                "re-record it or restore it from a good copy",
+                path=self._rec.path,
+                obj=f"{self._where}/{column}",
+            )
+        self._verified.add(column)
 
 
 class Recording:
@@ -559,12 +784,15 @@ class Recording:
 
     Opening validates the file (HDF5, written by replaykit, a supported format
     version, no structure that could reach other files or explode); stream
-    data and snapshots are checked against their checksums when read.
+    data, snapshots and every attribute read are checked against their checksums.
+    Every problem is raised as a :class:`~replaykit.errors.FileFormatError`
+    subclass naming the file and the object inside it.
 
     Args:
         path: the ``.h5`` file.
         verify: check checksums on read. Pass ``False`` only for trusted files on
-            speed-critical paths.
+            speed-critical paths: structure checks (links, external storage, sizes)
+            still run, but damaged bytes are then returned as they are.
 
     Example:
         >>> # with Recording("run.h5") as rec:
@@ -576,9 +804,11 @@ class Recording:
 
         self.path = Path(path)
         self.verify = verify
+        self._snapshots: list[SnapshotInfo] | None = None
         self._file = _safety.open_validated(self.path)
         try:
-            self._read_root()
+            with _guard(self.path, "/", "read the root attributes"):
+                self._read_root()
         except BaseException:
             self._file.close()
             raise
@@ -591,76 +821,183 @@ class Recording:
         if fmt != F.FORMAT_NAME:
             raise NotARecordingError(
                 f"expected attribute {F.FORMAT_ATTR}={F.FORMAT_NAME!r}, found {fmt!r}; "
-                "this HDF5 file was not written by replaykit",
+                "this HDF5 file was not written by replaykit (record one with "
+                "RecordingWrapper or `replaykit record`)",
                 path=self.path,
+                obj="/",
             )
         version = a.get(F.VERSION_ATTR)
-        if not isinstance(version, (int, np.integer)) or isinstance(version, bool):
-            raise FileFormatError(f"format version {version!r} is not an integer", path=self.path)
+        if not isinstance(version, (int, np.integer)) or isinstance(version, (bool, np.bool_)):
+            raise FileFormatError(
+                f"format version {version!r} is not an integer; the file is damaged",
+                path=self.path,
+                obj="/",
+            )
         self.format_version = int(version)
-        if self.format_version > F.FORMAT_VERSION or self.format_version < 1:
+        if self.format_version > F.FORMAT_VERSION:
             raise UnsupportedVersionError(
                 f"file has format version {self.format_version}; this replaykit reads up to "
                 f"{F.FORMAT_VERSION}; upgrade replaykit to read it",
                 path=self.path,
+                obj="/",
+            )
+        if self.format_version < 1:
+            raise UnsupportedVersionError(
+                f"file has format version {self.format_version}; replaykit formats start at 1 "
+                "(the file is damaged or from a pre-release); record it again",
+                path=self.path,
+                obj="/",
             )
         raw = {}
         for k in (F.FORMAT_ATTR, F.VERSION_ATTR, F.CREATED_ATTR, F.PROVENANCE_ATTR, F.META_ATTR):
             v = a.get(k)
             if v is None:
-                raise TruncatedFileError(f"root attribute {k!r} is missing", path=self.path)
-            if isinstance(v, bytes):
-                v = v.decode("utf-8")
-            raw[k] = int(v) if isinstance(v, np.integer) else v
-        if self.verify and a.get(F.ROOT_CHECKSUM_ATTR) != _root_checksum(raw):
-            raise ChecksumError("root attributes do not match their checksum", path=self.path, obj="/")
+                raise TruncatedFileError(
+                    f"root attribute {k!r} is missing; the file is damaged", path=self.path, obj="/"
+                )
+            raw[k] = int(v) if isinstance(v, np.integer) else _text(v)
+        stored_sum = a.get(F.ROOT_CHECKSUM_ATTR)
+        if self.verify and (
+            stored_sum is None or _text(stored_sum).strip() != _root_checksum(raw)
+        ):
+            raise ChecksumError(
+                "root attributes do not match their checksum (file damaged or edited); "
+                "re-record it or use a good copy",
+                path=self.path,
+                obj="/",
+            )
         try:
             self.provenance: dict[str, Any] = F.loads(raw[F.PROVENANCE_ATTR])
             self.meta: dict[str, Any] = F.loads(raw[F.META_ATTR])
-        except ValueError as exc:
-            raise FileFormatError(f"root metadata is not valid JSON ({exc})", path=self.path) from None
+        except (ValueError, RecursionError) as exc:
+            raise FileFormatError(
+                f"root metadata is not valid JSON ({type(exc).__name__}); the file is damaged",
+                path=self.path,
+                obj="/",
+            ) from None
         if not isinstance(self.provenance, dict) or not isinstance(self.meta, dict):
-            raise FileFormatError("root metadata is not a JSON object", path=self.path)
+            raise FileFormatError(
+                "root metadata is not a JSON object; the file is damaged", path=self.path, obj="/"
+            )
         self.created = str(raw[F.CREATED_ATTR])
 
     # streams
     @property
     def stream_names(self) -> list[str]:
-        g = self._file.get(F.STREAMS_GROUP)
-        return [] if g is None else list(g.keys())
+        """Streams holding a commit record (a stream created after the last commit is absent)."""
+        with _guard(self.path, f"/{F.STREAMS_GROUP}", "list the streams"):
+            g = self._file.get(F.STREAMS_GROUP)
+            if not isinstance(g, h5py.Group):
+                return []
+            return [n for n in g.keys() if F.COMMIT_ATTR in g[n].attrs]
 
     def has_stream(self, name: str) -> bool:
         return name in self.stream_names
 
     def stream(self, name: str) -> StreamReader:
-        g = self._file.get(F.stream_path(name))
+        with _guard(self.path, F.stream_path(name), "open the stream"):
+            g = self._file.get(F.stream_path(name))
         if not isinstance(g, h5py.Group):
             raise TruncatedFileError(
-                f"recording has no stream {name!r}", path=self.path, obj=F.stream_path(name)
+                f"recording has no stream {name!r} (nothing of it was committed)",
+                path=self.path,
+                obj=F.stream_path(name),
             )
         return StreamReader(self, name, g)
 
     # snapshots
     @property
+    def stray_snapshots(self) -> list[str]:
+        """Temporary snapshot groups a killed writer left behind (ignored by every reader)."""
+        with _guard(self.path, f"/{F.SNAPSHOTS_GROUP}", "list the snapshots"):
+            g = self._file.get(F.SNAPSHOTS_GROUP)
+            if not isinstance(g, h5py.Group):
+                return []
+            return [n for n in g.keys() if n.startswith(F.TMP_PREFIX)]
+
+    @property
     def snapshots(self) -> list[SnapshotInfo]:
-        """Committed snapshots in the order they were taken."""
+        """Committed snapshots in the order they were taken (metadata checksums verified)."""
+        if self._snapshots is None:
+            with _guard(self.path, f"/{F.SNAPSHOTS_GROUP}", "list the snapshots"):
+                self._snapshots = self._list_snapshots()
+        return list(self._snapshots)
+
+    def _list_snapshots(self) -> list[SnapshotInfo]:
         g = self._file.get(F.SNAPSHOTS_GROUP)
         out: list[SnapshotInfo] = []
-        if g is None:
+        if not isinstance(g, h5py.Group):
             return out
         for name in g.keys():
             if name.startswith(F.TMP_PREFIX):
                 continue
             sg = g[name]
-            try:
-                meta = F.loads(sg.attrs[F.SNAPSHOT_ATTR])
-            except (KeyError, ValueError):
+            if not isinstance(sg, h5py.Group):
                 raise FileFormatError(
-                    "snapshot metadata missing or malformed", path=self.path, obj=sg.name
-                ) from None
+                    "snapshot is not a group; the file is damaged", path=self.path, obj=sg.name
+                )
+            meta, _, _ = self._snapshot_attrs(sg)
+            if not isinstance(meta.get("step", 0), int) or not isinstance(meta.get("seq", 0), int):
+                raise FileFormatError(
+                    "snapshot metadata has a non-integer step; the file is damaged",
+                    path=self.path,
+                    obj=sg.name,
+                )
             out.append(SnapshotInfo(name, meta))
         out.sort(key=lambda s: (int(s.meta.get("step", 0)), int(s.meta.get("seq", 0))))
         return out
+
+    def _snapshot_attrs(self, g: h5py.Group) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+        """Return (meta, tree document, checksums) of a snapshot, attributes verified."""
+        where = g.name
+        try:
+            checksums = F.loads(_text(g.attrs[F.CHECKSUMS_ATTR]))
+            tree_json = _text(g.attrs[F.TREE_ATTR])
+            meta_json = _text(g.attrs[F.SNAPSHOT_ATTR])
+            if not isinstance(checksums, dict):
+                raise TypeError("checksums are not a JSON object")
+        except (KeyError, ValueError, TypeError, RecursionError) as exc:
+            raise FileFormatError(
+                f"snapshot attributes missing or malformed ({type(exc).__name__}); "
+                "the file is damaged",
+                path=self.path,
+                obj=where,
+            ) from None
+        if self.verify:
+            logical: dict[int, str] = {}
+            for key in checksums:
+                if key.startswith(F.ARRAY_PREFIX) and key[1:].isdigit():
+                    ds = g.get(key)
+                    lg = None if ds is None else ds.attrs.get(F.LOGICAL_DTYPE_ATTR)
+                    if lg is not None:
+                        logical[int(key[1:])] = _text(lg)
+            expected = _digest(
+                F.dumps({F.SNAPSHOT_ATTR: meta_json, F.TREE_ATTR: tree_json}).encode()
+                + F.dumps({str(k): v for k, v in sorted(logical.items())}).encode()
+            )
+            if checksums.get("@attrs") != expected:
+                raise ChecksumError(
+                    "snapshot attributes do not match their checksum (file damaged or edited); "
+                    "re-record it or use a good copy",
+                    path=self.path,
+                    obj=where,
+                )
+        try:
+            meta = F.loads(meta_json)
+            doc = F.loads(tree_json)
+        except (ValueError, RecursionError) as exc:
+            raise FileFormatError(
+                f"snapshot metadata is not valid JSON ({type(exc).__name__}); the file is damaged",
+                path=self.path,
+                obj=where,
+            ) from None
+        if not isinstance(meta, dict):
+            raise FileFormatError(
+                "snapshot metadata is not a JSON object; the file is damaged",
+                path=self.path,
+                obj=where,
+            )
+        return meta, doc, checksums
 
     def snapshot_info(self, name: str | int | None = None) -> SnapshotInfo:
         """Look a snapshot up by name, by index (``0`` first, ``-1`` last) or ``None`` (the first)."""
@@ -685,56 +1022,47 @@ class Recording:
     def load_snapshot(self, name: str | int | None = None) -> tuple[SnapshotInfo, Any]:
         """Return ``(info, state tree)`` of a snapshot, checksums verified."""
         info = self.snapshot_info(name)
-        g = self._file[F.snapshot_path(info.name)]
+        where = F.snapshot_path(info.name)
+        with _guard(self.path, where, "read the snapshot"):
+            return info, self._load_tree(self._file[where])
+
+    def _load_tree(self, g: h5py.Group) -> Any:
         where = g.name
-        try:
-            checksums = F.loads(g.attrs[F.CHECKSUMS_ATTR])
-            tree_json = g.attrs[F.TREE_ATTR]
-            meta_json = g.attrs[F.SNAPSHOT_ATTR]
-        except (KeyError, ValueError):
-            raise FileFormatError(
-                "snapshot attributes missing or malformed", path=self.path, obj=where
-            ) from None
-        if isinstance(tree_json, bytes):
-            tree_json = tree_json.decode()
-        if isinstance(meta_json, bytes):
-            meta_json = meta_json.decode()
-        doc = F.loads(tree_json)
+        _, doc, checksums = self._snapshot_attrs(g)
+        names = [k for k in checksums if k != "@attrs"]
+        if self.verify:
+            stored = sorted(g.keys())
+            if sorted(names) != stored:
+                raise ChecksumError(
+                    f"snapshot holds arrays {stored[:5]}..., its checksums list {sorted(names)[:5]}"
+                    "...; the file is damaged or edited",
+                    path=self.path,
+                    obj=where,
+                )
         arrays: list[np.ndarray] = []
-        logical: dict[int, str] = {}
         i = 0
         while f"{F.ARRAY_PREFIX}{i}" in g:
             ds = g[f"{F.ARRAY_PREFIX}{i}"]
+            if not isinstance(ds, h5py.Dataset):
+                raise FileFormatError(
+                    "snapshot array is not a dataset; the file is damaged", path=self.path, obj=where
+                )
             arr = ds[()]
             if not isinstance(arr, np.ndarray):
                 arr = np.asarray(arr)
-            if self.verify and checksums.get(f"{F.ARRAY_PREFIX}{i}") != _digest(
-                np.ascontiguousarray(arr).data if arr.size else b""
-            ):
+            if self.verify and checksums.get(f"{F.ARRAY_PREFIX}{i}") != _array_digest(arr):
                 raise ChecksumError(
-                    "snapshot array does not match its checksum (file damaged or edited)",
+                    "snapshot array does not match its checksum (file damaged or edited); "
+                    "re-record it or use a good copy",
                     path=self.path,
                     obj=ds.name,
                 )
-            lg = ds.attrs.get(F.LOGICAL_DTYPE_ATTR)
-            if lg is not None:
-                logical[i] = lg.decode() if isinstance(lg, bytes) else str(lg)
             arrays.append(arr)
             i += 1
-        if self.verify:
-            expected = _digest(
-                F.dumps({F.SNAPSHOT_ATTR: meta_json, F.TREE_ATTR: tree_json}).encode()
-                + F.dumps({str(k): v for k, v in sorted(logical.items())}).encode()
-            )
-            if checksums.get("@attrs") != expected:
-                raise ChecksumError(
-                    "snapshot attributes do not match their checksum", path=self.path, obj=where
-                )
         try:
-            tree = _tree.decode(doc, arrays)
+            return _tree.decode(doc, arrays)
         except FileFormatError as exc:
             raise FileFormatError(str(exc), path=self.path, obj=where) from None
-        return info, tree
 
     def close(self) -> None:
         self._file.close()

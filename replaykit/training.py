@@ -137,13 +137,13 @@ def _mix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
-class _TaggedBatch(list):  # type: ignore[type-arg]
+class _TaggedBatch(list[Any]):
     """A batch's index list carrying the seed its worker uses (pickles to worker processes)."""
 
     seed: int
 
 
-class _SeededDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
+class _SeededDataset(torch.utils.data.Dataset[Any]):
     """Wraps a map-style dataset: in a worker process, reseeds the RNGs before each batch.
 
     Worker RNGs otherwise carry state from batch to batch (and workers prefetch ahead of
@@ -263,7 +263,7 @@ class ResumableLoader:
             kwargs["multiprocessing_context"] = loader.multiprocessing_context
         self._inner = DataLoader(
             _SeededDataset(loader.dataset),
-            batch_sampler=self._sampler,  # type: ignore[arg-type]
+            batch_sampler=self._sampler,
             num_workers=loader.num_workers,
             collate_fn=loader.collate_fn,
             pin_memory=loader.pin_memory,
@@ -377,7 +377,7 @@ class TrainingRecorder:
     ) -> None:
         from replaykit import provenance
 
-        meta = {
+        meta: dict[str, Any] = {
             "kind": "training",
             "env_id": None,
             "env_spec": None,
@@ -480,7 +480,13 @@ class TrainingReplay:
     """
 
     def __init__(
-        self, rec: Recording, snap: SnapshotInfo, tree: Any, rules: Rules, ignore: Iterable[str], owns: bool
+        self,
+        rec: Recording,
+        snap: SnapshotInfo,
+        tree: Any,
+        rules: Rules,
+        ignore: Iterable[str],
+        owns: bool,
     ) -> None:
         from replaykit.replay import UpdateChecker, _Verifier
 
@@ -503,7 +509,7 @@ class TrainingReplay:
         return self._check.first_nonfinite
 
     def log_update(self, **values: Any) -> int:
-        """Check one update's values against the recording; raises DivergenceError on a difference."""
+        """Check one update's values against the recording (DivergenceError on a difference)."""
         __tracebackhide__ = True
         u = self._check.check(self.update, values)
         self.update += 1
@@ -546,8 +552,7 @@ def restore_training(
         A :class:`TrainingReplay`; call its ``log_update`` where the recording did.
     """
     owns = not isinstance(recording, Recording)
-    rec = Recording(recording, verify=verify) if owns else recording
-    assert isinstance(rec, Recording)
+    rec = recording if isinstance(recording, Recording) else Recording(recording, verify=verify)
     try:
         info, tree = rec.load_snapshot(snapshot_id)
         tracked = dict(track or {})
@@ -663,7 +668,7 @@ class LayerTracer:
         return hook
 
     def probes(self) -> dict[str, np.ndarray]:
-        """The recorded ``{probe name: [index, digest]}`` in execution order (empty if disabled)."""
+        """Return the recorded ``{probe name: [index, digest]}`` in execution order."""
         return dict(self._events)
 
     @property
@@ -694,7 +699,7 @@ _LAYER_KEY = f"{F.UPDATES}/{F.PROBE}/{_LAYER}/"
 
 
 def first_update_divergence(result: DiffResult) -> KeyDivergence | None:
-    """The first divergence in the ``updates`` stream: earliest update, then logging order.
+    """Return the first divergence in the ``updates`` stream (earliest update, then logging order).
 
     :attr:`DiffResult.first` orders steps before updates; for a training run the update
     that diverged first is usually the question. Within one update, probes are ordered as
@@ -710,7 +715,9 @@ def first_update_divergence(result: DiffResult) -> KeyDivergence | None:
             order = {f"{F.UPDATES}/{F.PROBE}/{n}": i for i, n in enumerate(names)}
     except Exception:  # the order is a nicety; the row is what matters
         order = {}
-    return min(ups, key=lambda d: (d.row if d.row is not None else -1, order.get(d.key, 1 << 30), d.key))
+    return min(
+        ups, key=lambda d: (d.row if d.row is not None else -1, order.get(d.key, 1 << 30), d.key)
+    )
 
 
 def first_divergent_module(
@@ -731,7 +738,8 @@ def first_divergent_module(
         a, b = result
         result = diff_recordings(a, b, keys=[_LAYER_KEY + "*"])
     layer = [
-        d for d in result.divergences
+        d
+        for d in result.divergences
         if d.stream == F.UPDATES and d.key.startswith(_LAYER_KEY) and d.row is not None
     ]
     if not layer:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -80,7 +80,7 @@ class SubEnv(gym.Wrapper[Any, Any, Any, Any]):
         self._pending_reset = False
 
     def replaykit_adapter(self) -> str | None:
-        """The name of the env adapter for this sub-env, or ``None``."""
+        """Return the name of the env adapter for this sub-env, or ``None``."""
         from replaykit import envstate
 
         adapter = envstate.find_env_adapter(self.env.unwrapped)
@@ -152,7 +152,7 @@ def _mode(vec: VectorEnv[Any, Any, Any]) -> AutoresetMode:
     return mode if isinstance(mode, AutoresetMode) else AutoresetMode(mode)
 
 
-def _capture_envs(vec: VectorEnv[Any, Any, Any]) -> list[Any]:
+def _capture_envs(vec: Any) -> list[Any]:
     from replaykit import envstate
 
     if isinstance(vec, SyncVectorEnv):
@@ -161,7 +161,7 @@ def _capture_envs(vec: VectorEnv[Any, Any, Any]) -> list[Any]:
     return list(vec.call("replaykit_capture"))
 
 
-def _adapters(vec: VectorEnv[Any, Any, Any]) -> list[str | None]:
+def _adapters(vec: Any) -> list[str | None]:
     from replaykit import envstate
 
     if isinstance(vec, SyncVectorEnv):
@@ -174,7 +174,7 @@ def _adapters(vec: VectorEnv[Any, Any, Any]) -> list[str | None]:
     return list(vec.call("replaykit_adapter"))
 
 
-def _require_sub_envs(vec: VectorEnv[Any, Any, Any], error: type[Exception]) -> None:
+def _require_sub_envs(vec: Any, error: type[Exception]) -> None:
     # Ask with has_wrapper_attr: a worker that raises (AttributeError) is shut down for good.
     if not all(vec.call("has_wrapper_attr", "replaykit_capture")):
         raise error(
@@ -200,7 +200,9 @@ def _capture_vector(vec: VectorEnv[Any, Any, Any], autoreset: np.ndarray) -> dic
         "num_envs": int(vec.num_envs),
         "autoreset_mode": _mode(vec).value,
         "autoreset": autoreset.copy(),
-        "spaces": {name: capture_space_rng(s, f"vector {name}_space") for name, s in _space_items(vec)},
+        "spaces": {
+            name: capture_space_rng(s, f"vector {name}_space") for name, s in _space_items(vec)
+        },
     }
 
 
@@ -236,7 +238,7 @@ def _batch_dict(value: Any, leaves: list[_spaces.Leaf]) -> dict[str, np.ndarray]
     return {leaf.name: np.asarray(_spaces.getter(leaf.path)(value)) for leaf in leaves}
 
 
-def _spec_of(vec: VectorEnv[Any, Any, Any]) -> dict[str, Any] | None:
+def _spec_of(vec: Any) -> dict[str, Any] | None:
     if isinstance(vec, SyncVectorEnv):
         return env_spec_json(vec.envs[0])
     spec = vec.get_attr("spec")[0]
@@ -389,7 +391,10 @@ class VectorRecordingWrapper(gym.vector.VectorWrapper):
             "seq": self._snap_seq,
         }
         tree = {
-            "env": {"vector": _capture_vector(self.env, self._autoreset), "envs": _capture_envs(self.env)},
+            "env": {
+                "vector": _capture_vector(self.env, self._autoreset),
+                "envs": _capture_envs(self.env),
+            },
             "rngs": rng.capture_global_rngs(),
             "tracked": {n: snapshot.capture_tracked(o, n) for n, o in self._tracked.items()},
             "kinds": {n: snapshot.kind_of(o) for n, o in self._tracked.items()},
@@ -429,9 +434,7 @@ class VectorRecordingWrapper(gym.vector.VectorWrapper):
             assert w.col.present is not None
             w.col.present[p] = True
 
-    def _write_obs_info(
-        self, s: StreamWriter, obs: Any, infos: Mapping[str, Any], p: int
-    ) -> None:
+    def _write_obs_info(self, s: StreamWriter, obs: Any, infos: Mapping[str, Any], p: int) -> None:
         batch = _batch_dict(obs, self._obs_leaves)
         for leaf in self._obs_leaves:
             self._write(s, F.column_path(F.OBS, leaf.name), batch[leaf.name], p, False)
@@ -452,7 +455,7 @@ class VectorRecordingWrapper(gym.vector.VectorWrapper):
         seeds = _seeds(seed, self._n)
         mask = None if options is None else options.get("reset_mask")
         saved_options = None if options is None else dict(options)
-        obs, infos = self.env.reset(seed=seed, options=options)
+        obs, infos = self.env.reset(seed=cast(Any, seed), options=options)
         s = self._resets
         p = s.pos
         self._write_obs_info(s, obs, infos, p)
@@ -470,7 +473,9 @@ class VectorRecordingWrapper(gym.vector.VectorWrapper):
             opts[str(self._reset_count)] = _json_options(saved_options)
             self._writer.update_meta(reset_options=opts)
         s.end_row()
-        which = np.ones(self._n, dtype=np.bool_) if mask is None else np.asarray(mask, dtype=np.bool_)
+        which = (
+            np.ones(self._n, dtype=np.bool_) if mask is None else np.asarray(mask, dtype=np.bool_)
+        )
         self._episodes[which] += 1
         self._autoreset[which] = False
         self._reset_count += 1
@@ -517,7 +522,9 @@ class VectorRecordingWrapper(gym.vector.VectorWrapper):
             self._closed = True
             try:
                 self._writer.update_meta(
-                    closed=True, skipped_info=sorted(self._skipped), steps=self._t,
+                    closed=True,
+                    skipped_info=sorted(self._skipped),
+                    steps=self._t,
                     resets=self._reset_count,
                 )
                 self._writer.close()
@@ -603,7 +610,9 @@ class VectorReplay:
         return self._steps
 
     def _recorded(self, rows: _Rows, prefix: str, i: int, leaves: list[_spaces.Leaf]) -> Any:
-        values = {leaf.name: rows.get(F.column_path(prefix, leaf.name), i)[0].copy() for leaf in leaves}
+        values = {
+            leaf.name: rows.get(F.column_path(prefix, leaf.name), i)[0].copy() for leaf in leaves
+        }
         space = self._vec.observation_space if prefix == F.OBS else self._vec.action_space
         return _spaces.unflatten(space, values)
 
@@ -613,11 +622,16 @@ class VectorReplay:
         return 0 if self._steps is None else self._steps.rows - self.step
 
     def recorded_action(self, i: int) -> Any:
-        """The batched action recorded at step ``i``."""
+        """Return the batched action recorded at step ``i``."""
         return self._recorded(self._rows(), F.ACTION, i, self._act_leaves)
 
     def _where(self, stream: str = F.STEPS, row: int | None = None) -> dict[str, Any]:
-        return {"stream": stream, "row": self.step if row is None else row, "episode": None, "k": None}
+        return {
+            "stream": stream,
+            "row": self.step if row is None else row,
+            "episode": None,
+            "k": None,
+        }
 
     def _step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         __tracebackhide__ = True
@@ -642,9 +656,15 @@ class VectorReplay:
             key = F.column_path(F.OBS, leaf.name)
             self._v.check(key, rows.get(key, t)[0], batch[leaf.name], **where)
         self._v.check(F.REWARD, rows.get(F.REWARD, t)[0], np.asarray(rewards), **where)
-        self._v.check(F.TERMINATED, rows.get(F.TERMINATED, t)[0], np.asarray(terms, np.bool_), **where)
-        self._v.check(F.TRUNCATED, rows.get(F.TRUNCATED, t)[0], np.asarray(truncs, np.bool_), **where)
-        self._check_info(rows, t, dict(_info_items(infos, self._single_obs_leaves, batch)), "info", where)
+        self._v.check(
+            F.TERMINATED, rows.get(F.TERMINATED, t)[0], np.asarray(terms, np.bool_), **where
+        )
+        self._v.check(
+            F.TRUNCATED, rows.get(F.TRUNCATED, t)[0], np.asarray(truncs, np.bool_), **where
+        )
+        self._check_info(
+            rows, t, dict(_info_items(infos, self._single_obs_leaves, batch)), "info", where
+        )
         done = np.logical_or(terms, truncs)
         if self._mode == AutoresetMode.NEXT_STEP:
             self.episodes[self.autoreset] += 1
@@ -697,21 +717,35 @@ class VectorReplay:
             raise UsageError(f"the recording holds {rows.rows} resets; reset {r} was not recorded")
         start = int(rows.get(F.RESET_STEP, r)[0])
         if start != self.step:
-            self._v.fail("reset", Mismatch("extra"), EXACT, **self._where(),
-                         note=f"the recording reset at step {start}, not here")
+            self._v.fail(
+                "reset",
+                Mismatch("extra"),
+                EXACT,
+                **self._where(),
+                note=f"the recording reset at step {start}, not here",
+            )
         seeds = _seeds(seed, self._n)
-        self._v.check("reset/seed", rows.get(F.RESET_SEED, r)[0],
-                      np.array([-1 if x is None else x for x in seeds], np.int64), **where)
-        self._v.check("reset/seeded", rows.get(F.RESET_SEEDED, r)[0],
-                      np.array([x is not None for x in seeds], np.bool_), **where)
+        self._v.check(
+            "reset/seed",
+            rows.get(F.RESET_SEED, r)[0],
+            np.array([-1 if x is None else x for x in seeds], np.int64),
+            **where,
+        )
+        self._v.check(
+            "reset/seeded",
+            rows.get(F.RESET_SEEDED, r)[0],
+            np.array([x is not None for x in seeds], np.bool_),
+            **where,
+        )
         mask = None if options is None else options.get("reset_mask")
-        obs, infos = self._vec.reset(seed=seed, options=options)
+        obs, infos = self._vec.reset(seed=cast(Any, seed), options=options)
         batch = _batch_dict(obs, self._obs_leaves)
         for leaf in self._obs_leaves:
             key = F.column_path(F.OBS, leaf.name)
             self._v.check(f"reset/{key}", rows.get(key, r)[0], batch[leaf.name], **where)
-        self._check_info(rows, r, dict(_info_items(infos, self._single_obs_leaves, batch)),
-                         "reset/info", where)
+        self._check_info(
+            rows, r, dict(_info_items(infos, self._single_obs_leaves, batch)), "reset/info", where
+        )
         which = np.ones(self._n, np.bool_) if mask is None else np.asarray(mask, np.bool_)
         self.episodes[which] += 1
         self.autoreset[which] = False
@@ -725,7 +759,7 @@ class VectorReplay:
         seeds = self._resets.get(F.RESET_SEED, r)[0]
         seeded = self._resets.get(F.RESET_SEEDED, r)[0]
         opts = (self.recording.meta.get("reset_options") or {}).get(str(r))
-        return [int(s) if ok else None for s, ok in zip(seeds, seeded)], opts
+        return [int(s) if ok else None for s, ok in zip(seeds, seeded, strict=True)], opts
 
     def close(self) -> None:
         if self._owns:
@@ -743,7 +777,9 @@ def _check_vector(rec: Recording, vec: VectorEnv[Any, Any, Any], saved: Mapping[
     if int(saved["num_envs"]) != vec.num_envs:
         problems.append(f"num_envs: recorded {saved['num_envs']}, got {vec.num_envs}")
     if saved["autoreset_mode"] != _mode(vec).value:
-        problems.append(f"autoreset_mode: recorded {saved['autoreset_mode']}, got {_mode(vec).value}")
+        problems.append(
+            f"autoreset_mode: recorded {saved['autoreset_mode']}, got {_mode(vec).value}"
+        )
     if rec.meta.get("observation_space") != _spaces.space_to_json(vec.observation_space):
         problems.append("observation space differs from the recorded one")
     if rec.meta.get("action_space") != _spaces.space_to_json(vec.action_space):
@@ -760,7 +796,7 @@ def restore_vector(
     recording: Recording | str | os.PathLike[str],
     snapshot_id: str | int | None = None,
     *,
-    vec_env: VectorEnv[Any, Any, Any],
+    vec_env: Any,
     track: Mapping[str, Any] | None = None,
     rules: Rules | Mapping[str, Rule] | None = None,
     ignore: Iterable[str] = DEFAULT_IGNORE,
@@ -788,8 +824,7 @@ def restore_vector(
     from replaykit.envstate._rng import restore_space_rng
 
     owns = not isinstance(recording, Recording)
-    rec = Recording(recording, verify=verify) if owns else recording
-    assert isinstance(rec, Recording)
+    rec = recording if isinstance(recording, Recording) else Recording(recording, verify=verify)
     try:
         if not rec.meta.get("vector"):
             raise UsageError(
@@ -810,7 +845,9 @@ def restore_vector(
             vec_env._truncations = np.zeros(vec_env.num_envs, dtype=np.bool_)
         else:
             _kind(vec_env)
-            pending = autoreset if _mode(vec_env) == AutoresetMode.NEXT_STEP else np.zeros_like(autoreset)
+            pending = (
+                autoreset if _mode(vec_env) == AutoresetMode.NEXT_STEP else np.zeros_like(autoreset)
+            )
             _require_sub_envs(vec_env, UsageError)
             vec_env.set_attr(
                 "replaykit_incoming", [(s, bool(p)) for s, p in zip(states, pending, strict=True)]

@@ -17,6 +17,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import replaykit  # noqa: E402
+
+# Tests run the same loop on CUDA with `--device cuda` (after replaykit.enable_determinism()).
+DEVICE = "cpu"
 from replaykit.errors import DivergenceError, NondeterministicEnvError  # noqa: E402
 
 
@@ -42,19 +45,19 @@ class Policy(torch.nn.Module):
         return out
 
     def act(self, obs: np.ndarray) -> tuple[Any, torch.Tensor]:
-        x = torch.as_tensor(np.asarray(obs, dtype=np.float32)).reshape(-1)
+        x = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=DEVICE).reshape(-1)
         out = self(x)
         if self.discrete:
             a = torch.distributions.Categorical(logits=out).sample()
             return int(a.item()), out
         a = torch.distributions.Normal(out, self.log_std.exp()).sample()
         lo, hi = self.space.low, self.space.high
-        return np.clip(a.detach().numpy(), lo, hi).astype(self.space.dtype), out
+        return np.clip(a.detach().cpu().numpy(), lo, hi).astype(self.space.dtype), out
 
 
 def build(env_id: str, variant: str = "base") -> tuple[gym.Env[Any, Any], Policy, torch.optim.Optimizer]:
     env = gym.make(env_id)
-    policy = Policy(env, variant)
+    policy = Policy(env, variant).to(DEVICE)
     opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
     return env, policy, opt
 
@@ -74,10 +77,10 @@ def record(path: str, env_id: str, steps: int, snapshot_at: int, seed: int = 0) 
             rec.snapshot("mid")
         action, out = policy.act(obs)
         rec.probe("out", out.detach())
-        rec.probe("zero", torch.tensor([0.0]))
+        rec.probe("zero", torch.tensor([0.0], device=DEVICE))
         obs, reward, term, trunc, _ = rec.step(action)
         if (t + 1) % 8 == 0:
-            loss = -(policy(torch.as_tensor(np.asarray(obs, np.float32)).reshape(-1)).sum() * float(reward))
+            loss = -(policy(torch.as_tensor(np.asarray(obs, np.float32), device=DEVICE).reshape(-1)).sum() * float(reward))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -101,11 +104,11 @@ def replay(path: str, env_id: str, steps: int, variant: str = "base", zero: floa
                 needs_reset = False
             action, out = policy.act(obs)
             rep.probe("out", out.detach())
-            rep.probe("zero", torch.tensor([zero]))
+            rep.probe("zero", torch.tensor([zero], device=DEVICE))
             obs, reward, term, trunc, _ = rep.env.step(action)
             t += 1
             if t % 8 == 0:
-                loss = -(policy(torch.as_tensor(np.asarray(obs, np.float32)).reshape(-1)).sum() * float(reward))
+                loss = -(policy(torch.as_tensor(np.asarray(obs, np.float32), device=DEVICE).reshape(-1)).sum() * float(reward))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -132,6 +135,12 @@ if __name__ == "__main__":
         i = args.index("--zero")
         zero = float(args[i + 1])
         del args[i : i + 2]
+    if "--device" in args:
+        i = args.index("--device")
+        DEVICE = args[i + 1]
+        del args[i : i + 2]
+        if DEVICE != "cpu":
+            replaykit.enable_determinism()
     if "--register-noadapter" in args:
         args.remove("--register-noadapter")
         import noadapter_env  # noqa: F401

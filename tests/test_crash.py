@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import os
-import select
 import signal
 import statistics
 import struct
@@ -38,8 +37,8 @@ SNAPSHOT_EVERY = 400
 _MSG = struct.Struct("<ci")
 
 
-def _record(path: Path, seed: int, fd: int | None) -> None:
-    """The recording run: deterministic given ``seed``; reports progress on ``fd``."""
+def _record(path: Path, seed: int, conn: Any) -> None:
+    """The recording run: deterministic given ``seed``; reports progress on ``conn``."""
     torch.manual_seed(seed)
     # About 1 MiB of weights, so a snapshot write lasts long enough to be hit by a kill.
     model = torch.nn.Linear(256, 1024)
@@ -55,14 +54,14 @@ def _record(path: Path, seed: int, fd: int | None) -> None:
     env.reset()
     for i in range(STEPS):
         if i and i % SNAPSHOT_EVERY == 0:
-            if fd is not None:
-                os.write(fd, _MSG.pack(b"S", i))
+            if conn is not None:
+                conn.send_bytes(_MSG.pack(b"S", i))
             env.snapshot()
-            if fd is not None:
-                os.write(fd, _MSG.pack(b"s", i))
+            if conn is not None:
+                conn.send_bytes(_MSG.pack(b"s", i))
         _, _, term, trunc, _ = env.step(int(actions[i]))
-        if fd is not None:
-            os.write(fd, _MSG.pack(b"T", i + 1))
+        if conn is not None:
+            conn.send_bytes(_MSG.pack(b"T", i + 1))
         if term or trunc:
             env.reset()
     env.close()
@@ -84,59 +83,56 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"cols": cols, "snaps": snaps, "duration": duration}
 
 
-def _kill_one(path: Path, rng: np.random.Generator, duration: float, mode: str) -> dict[str, Any]:
-    """Fork a recorder, SIGKILL it at a random moment, return what it had reported."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: record, never return into pytest
-        code = 0
-        try:
-            os.close(r)
-            _record(path, 7, w)
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(w)
-    last_step, in_snapshot, buf = 0, False, b""
+def _child(path: Path, conn: Any) -> None:
+    _record(path, 7, conn)
+
+
+def _kill_one(
+    ctx: Any, path: Path, rng: np.random.Generator, duration: float, mode: str
+) -> dict[str, Any]:
+    """Start a recorder, SIGKILL it at a random moment, return what it had reported."""
+    r, w = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(path, w), daemon=True)
+    proc.start()
+    w.close()
+    last_step, in_snapshot = 0, False
     if mode == "time":
-        deadline = time.monotonic() + rng.uniform(0.0, duration)
+        deadline: float | None = time.monotonic() + rng.uniform(0.0, duration)
         target_snap = None
     else:
-        target_snap = int(rng.integers(1, STEPS // SNAPSHOT_EVERY + 1)) * SNAPSHOT_EVERY
+        target_snap = int(rng.integers(1, STEPS // SNAPSHOT_EVERY)) * SNAPSHOT_EVERY
         deadline = None
-    killed_at = None
-    while True:
+    killed = False
+    give_up = time.monotonic() + 60.0
+    while time.monotonic() < give_up:
         timeout = 0.05 if deadline is None else max(0.0, deadline - time.monotonic())
-        ready, _, _ = select.select([r], [], [], timeout)
-        if ready:
-            chunk = os.read(r, 65536)
-            if not chunk:
-                break
-            buf += chunk
-            n = len(buf) // _MSG.size * _MSG.size
-            for i in range(0, n, _MSG.size):
-                kind, val = _MSG.unpack_from(buf, i)
-                if kind == b"T":
-                    last_step = val
-                elif kind == b"S":
-                    in_snapshot = True
-                    if val == target_snap and deadline is None:
-                        # Somewhere inside this snapshot's write (or just after it).
-                        deadline = time.monotonic() + rng.uniform(0.0, 0.03)
-                elif kind == b"s":
-                    in_snapshot = False
-            buf = buf[n:]
-        if deadline is not None and time.monotonic() >= deadline and killed_at is None:
-            os.kill(pid, signal.SIGKILL)
-            killed_at = last_step
-    # Drain: the child may have reported more before dying.
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
+        try:
+            msg = r.recv_bytes() if r.poll(timeout) else None
+        except EOFError:
+            break
+        if msg is not None:
+            kind, val = _MSG.unpack(msg)
+            if kind == b"T":
+                last_step = val
+            elif kind == b"S":
+                in_snapshot = True
+                if val == target_snap and deadline is None:
+                    # Somewhere inside this snapshot's write (which takes a few ms).
+                    deadline = time.monotonic() + rng.uniform(0.0, 0.02)
+            elif kind == b"s":
+                in_snapshot = False
+        if deadline is not None and time.monotonic() >= deadline and not killed:
+            proc.kill()
+            killed = True
+    else:
+        proc.kill()
+        raise AssertionError(f"recorder for {path.name} hung")
+    r.close()
+    proc.join(10)
     return {
-        "killed": os.WIFSIGNALED(status),
+        "killed": proc.exitcode == -signal.SIGKILL,
         "last_step": last_step,
-        "in_snapshot": in_snapshot,
+        "in_snapshot": in_snapshot and killed,
     }
 
 
@@ -180,7 +176,9 @@ def _tree_equal(a: Any, b: Any) -> bool:
     return bool(a == b) and type(a) is type(b)
 
 
-def _campaign(tmp_path: Path, ref: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
+def _campaign(
+    ctx: Any, tmp_path: Path, ref: dict[str, Any], n: int, seed: int
+) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     errors: collections.Counter[str] = collections.Counter()
     lost: list[int] = []
@@ -189,7 +187,7 @@ def _campaign(tmp_path: Path, ref: dict[str, Any], n: int, seed: int) -> dict[st
     for i in range(n):
         mode = "snapshot" if i % 2 else "time"
         path = tmp_path / f"kill-{i:04d}.h5"
-        res = _kill_one(path, rng, ref["duration"], mode)
+        res = _kill_one(ctx, path, rng, ref["duration"], mode)
         killed += res["killed"]
         in_snap += res["in_snapshot"]
         if not path.exists():
@@ -208,6 +206,11 @@ def _campaign(tmp_path: Path, ref: dict[str, Any], n: int, seed: int) -> dict[st
             continue
         opened += 1
         lost.append(out["lost"])
+        if out["lost"] > COMMIT_EVERY:
+            failures.append(
+                f"{path.name} ({mode}): lost {out['lost']} steps (reported "
+                f"{res['last_step']}, kept {out['steps']})"
+            )
         path.unlink()
     stats = {
         "files_tried": n,
@@ -239,9 +242,9 @@ def _assert_campaign(stats: dict[str, Any]) -> None:
 
 
 def test_kills_leave_clean_prefix(
-    tmp_path: Path, reference: dict[str, Any], record_property: Any
+    tmp_path: Path, reference: dict[str, Any], record_property: Any, forkserver: Any
 ) -> None:
-    stats = _campaign(tmp_path, reference, 32, seed=2024)
+    stats = _campaign(forkserver, tmp_path, reference, 32, seed=2024)
     _report(stats, record_property, "kill x32")
     _assert_campaign(stats)
     # The campaign really killed runs mid-way, including inside snapshot writes.
@@ -251,9 +254,9 @@ def test_kills_leave_clean_prefix(
 
 @pytest.mark.slow
 def test_kills_leave_clean_prefix_many(
-    tmp_path: Path, reference: dict[str, Any], record_property: Any
+    tmp_path: Path, reference: dict[str, Any], record_property: Any, forkserver: Any
 ) -> None:
-    stats = _campaign(tmp_path, reference, 220, seed=99)
+    stats = _campaign(forkserver, tmp_path, reference, 220, seed=99)
     _report(stats, record_property, "kill x220")
     _assert_campaign(stats)
     assert stats["killed_inside_snapshot_write"] >= 30

@@ -87,9 +87,19 @@ def test_async_restore_in_fresh_process(tmp_path):
     record(path, "async", AutoresetMode.NEXT_STEP)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "vector_child.py"), str(path), "async",
-         "NextStep", "100"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT, env=env,
+        [
+            sys.executable,
+            str(ROOT / "tests" / "vector_child.py"),
+            str(path),
+            "async",
+            "NextStep",
+            "100",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1])["verified"] == 100
@@ -171,8 +181,9 @@ def test_single_env_recording_is_refused(tmp_path):
 
 def test_vector_reset_is_verified(tmp_path):
     path = tmp_path / "vec.h5"
-    vec = VectorRecordingWrapper(build("sync", AutoresetMode.DISABLED), path, seed=5,
-                                 snapshot_at=[10])
+    vec = VectorRecordingWrapper(
+        build("sync", AutoresetMode.DISABLED), path, seed=5, snapshot_at=[10]
+    )
     vec.reset()
     for _ in range(20):
         _, _, term, trunc, _ = vec.step(vec.action_space.sample())

@@ -1,0 +1,275 @@
+"""What is in a recording (``replaykit inspect``) and whether it is sound (``replaykit check``).
+
+Both read through :class:`~replaykit.store.Recording`, so every byte they look
+at is checksum-verified, and both stream columns in bounded blocks so memory
+stays flat whatever the file's length.
+
+:func:`validate_file` takes a path and returns a plain, JSON-able report so it
+can run in a child process (a sandbox) and send its answer back as JSON.
+
+Example:
+    >>> # summary = summarize("run.h5"); summary["snapshots"][0]["step"]
+    >>> # report = validate_file("run.h5"); report.ok, report.problems
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from replaykit import _format as F
+from replaykit.errors import ReplaykitError
+
+__all__ = ["ValidationReport", "summarize", "validate_file"]
+
+# Rows per block when streaming a column; bounds memory per column.
+BLOCK_ROWS = 65536
+
+
+def _column_stats(stream: Any, column: str, block_rows: int) -> dict[str, Any]:
+    """Dtype, shape and (for numeric columns) min/max/mean over present rows, in blocks."""
+    from replaykit.compare import bf16_to_float
+
+    info = stream.columns[column]
+    out: dict[str, Any] = {
+        "dtype": info["dtype"],
+        "shape": list(info["shape"]),
+        "rows": stream.rows,
+        "optional": bool(info.get("optional")),
+    }
+    logical = stream.logical_dtype(column)
+    count = 0
+    present_rows = 0
+    nan = 0
+    total = 0.0
+    lo_v: float | None = None
+    hi_v: float | None = None
+    numeric = True
+    for start, block in stream.blocks(column, block_rows):
+        if out["optional"]:
+            mask = stream.present(column, start, start + len(block))
+            block = block[mask] if mask is not None else block
+        present_rows += len(block)
+        if logical == "bfloat16":
+            values = bf16_to_float(block)
+        elif block.dtype.kind in "fiub":
+            values = block
+        else:
+            numeric = False
+            continue
+        if values.size == 0:
+            continue
+        v = values.astype(np.float64, copy=False)
+        finite = v[~np.isnan(v)]
+        nan += int(v.size - finite.size)
+        if finite.size:
+            count += int(finite.size)
+            total += float(finite.sum())
+            bmin, bmax = float(finite.min()), float(finite.max())
+            lo_v = bmin if lo_v is None else min(lo_v, bmin)
+            hi_v = bmax if hi_v is None else max(hi_v, bmax)
+    if out["optional"]:
+        out["present_rows"] = present_rows
+    if numeric:
+        out["min"] = lo_v
+        out["max"] = hi_v
+        out["mean"] = total / count if count else None
+        out["nan"] = nan
+    return out
+
+
+def _episodes(rec: Any, block_rows: int) -> list[dict[str, Any]]:
+    """Per-episode length and return, streamed from the steps stream's episode/reward columns."""
+    if not rec.has_stream(F.STEPS):
+        return []
+    st = rec.stream(F.STEPS)
+    if F.EPISODE not in st:
+        return []
+    n_eps = rec.stream(F.RESETS).rows if rec.has_stream(F.RESETS) else 0
+    lengths: dict[int, int] = {}
+    returns: dict[int, float] = {}
+    has_reward = F.REWARD in st and st.columns[F.REWARD]["shape"] == []
+    rewards = st.blocks(F.REWARD, block_rows) if has_reward else None
+    for _, eps in st.blocks(F.EPISODE, block_rows):
+        rw = next(rewards)[1].astype(np.float64) if rewards is not None else None
+        ids, counts = np.unique(eps, return_counts=True)
+        for i, c in zip(ids.tolist(), counts.tolist(), strict=True):
+            lengths[i] = lengths.get(i, 0) + c
+            if rw is not None:
+                returns[i] = returns.get(i, 0.0) + float(rw[eps == i].sum())
+    if rewards is not None:
+        for _ in rewards:  # drain so the reward column's checksum is checked to the end
+            pass
+    out = []
+    for e in range(max([n_eps, *(k + 1 for k in lengths)])):
+        out.append({"episode": e, "steps": lengths.get(e, 0), "return": returns.get(e)})
+    return out
+
+
+def _layout(rec: Any) -> dict[str, Any]:
+    """Return the HDF5 object tree: groups as dicts, datasets as ``{dtype, shape, bytes}``."""
+    import h5py
+
+    def walk(group: h5py.Group) -> dict[str, Any]:
+        node: dict[str, Any] = {}
+        for name, obj in group.items():
+            if isinstance(obj, h5py.Group):
+                node[name + "/"] = walk(obj)
+            elif isinstance(obj, h5py.Dataset):
+                node[name] = {
+                    "dtype": obj.dtype.str,
+                    "shape": list(obj.shape),
+                    "bytes": int(obj.id.get_storage_size()),
+                }
+        return node
+
+    return walk(rec._file)
+
+
+def _snapshot_bytes(rec: Any, name: str) -> int:
+    import h5py
+
+    g = rec._file[F.snapshot_path(name)]
+    return sum(int(o.id.get_storage_size()) for o in g.values() if isinstance(o, h5py.Dataset))
+
+
+def summarize(path: str | os.PathLike[str], *, block_rows: int = BLOCK_ROWS) -> dict[str, Any]:
+    """Describe a recording: layout, episodes, snapshots, provenance and per-column statistics.
+
+    Args:
+        path: the recording.
+        block_rows: rows read per block when computing statistics.
+
+    Returns:
+        A JSON-able dict with top-level keys ``path``, ``bytes``, ``format_version``,
+        ``created``, ``env_id``, ``meta``, ``provenance``, ``streams``, ``episodes``,
+        ``snapshots`` and ``layout``.
+    """
+    from replaykit.store import Recording
+
+    with Recording(path) as rec:
+        streams: dict[str, Any] = {}
+        for sname in rec.stream_names:
+            st = rec.stream(sname)
+            streams[sname] = {
+                "rows": st.rows,
+                "columns": {c: _column_stats(st, c, block_rows) for c in st.columns},
+            }
+        snapshots = [
+            {
+                "name": s.name,
+                "step": s.meta.get("step"),
+                "episode": s.meta.get("episode"),
+                "step_in_episode": s.meta.get("step_in_episode"),
+                "bytes": _snapshot_bytes(rec, s.name),
+                "env_state": s.meta.get("env_state"),
+                "tracked": list(s.meta.get("tracked") or []),
+            }
+            for s in rec.snapshots
+        ]
+        return {
+            "path": str(path),
+            "bytes": os.path.getsize(path),
+            "format_version": rec.format_version,
+            "created": rec.created,
+            "env_id": rec.meta.get("env_id"),
+            "meta": rec.meta,
+            "provenance": rec.provenance,
+            "streams": streams,
+            "episodes": _episodes(rec, block_rows),
+            "snapshots": snapshots,
+            "layout": _layout(rec),
+        }
+
+
+@dataclass
+class ValidationReport:
+    """Result of :func:`validate_file`: ``ok`` plus one line per problem found."""
+
+    path: str
+    ok: bool = True
+    problems: list[str] = field(default_factory=list)
+    streams: int = 0
+    columns: int = 0
+    rows: int = 0
+    snapshots: int = 0
+
+    def add(self, where: str, exc: BaseException) -> None:
+        self.ok = False
+        text = str(exc) if isinstance(exc, ReplaykitError) else f"{type(exc).__name__}: {exc}"
+        self.problems.append(f"{where}: {text}" if where else text)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "ok": self.ok,
+            "problems": list(self.problems),
+            "streams": self.streams,
+            "columns": self.columns,
+            "rows": self.rows,
+            "snapshots": self.snapshots,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ValidationReport:
+        return cls(**{k: doc[k] for k in cls.__dataclass_fields__})
+
+
+def validate_file(
+    path: str | os.PathLike[str], *, block_rows: int = BLOCK_ROWS
+) -> ValidationReport:
+    """Open a recording and read every stream column and snapshot, verifying checksums.
+
+    Never raises for a bad file: every problem becomes a line in the report, and
+    checking goes on with the next column or snapshot so one report lists them all.
+
+    Args:
+        path: the file to check.
+        block_rows: rows read per block.
+    """
+    from replaykit.store import Recording
+
+    report = ValidationReport(path=str(path))
+    try:
+        rec = Recording(path)
+    except Exception as exc:  # any failure to open is a finding, not a crash
+        report.add("", exc)
+        return report
+    with rec:
+        try:
+            names = rec.stream_names
+        except Exception as exc:
+            report.add(f"/{F.STREAMS_GROUP}", exc)
+            names = []
+        for sname in names:
+            try:
+                st = rec.stream(sname)
+            except Exception as exc:
+                report.add(f"stream {sname!r}", exc)
+                continue
+            report.streams += 1
+            report.rows += st.rows
+            for col in st.columns:
+                report.columns += 1
+                try:
+                    for _ in st.blocks(col, block_rows):
+                        pass
+                    if st.optional(col):
+                        st.present(col)
+                except Exception as exc:
+                    report.add(f"stream {sname!r} column {col!r}", exc)
+        try:
+            snaps = rec.snapshots
+        except Exception as exc:
+            report.add(f"/{F.SNAPSHOTS_GROUP}", exc)
+            snaps = []
+        for s in snaps:
+            try:
+                rec.load_snapshot(s.name)
+                report.snapshots += 1
+            except Exception as exc:
+                report.add(f"snapshot {s.name!r}", exc)
+    return report
