@@ -145,7 +145,12 @@ def _mlp_row(steps: int, rounds: int, tmp: Path) -> Row:
     def base(n: int) -> float:
         t0 = time.process_time()
         p_obs[0] = drive(
-            plain, p_policy, n, obs=p_obs[0], needs_reset=False, on_probe=noop_probe,
+            plain,
+            p_policy,
+            n,
+            obs=p_obs[0],
+            needs_reset=False,
+            on_probe=noop_probe,
             on_update=noop_update,
         )
         dt = time.process_time() - t0
@@ -155,7 +160,12 @@ def _mlp_row(steps: int, rounds: int, tmp: Path) -> Row:
     def recd(n: int) -> float:
         t0 = time.process_time()
         r_obs[0] = drive(
-            rec, r_policy, n, obs=r_obs[0], needs_reset=False, on_probe=rec.probe,
+            rec,
+            r_policy,
+            n,
+            obs=r_obs[0],
+            needs_reset=False,
+            on_probe=rec.probe,
             on_update=rec.log_update,
         )
         dt = time.process_time() - t0
@@ -191,12 +201,12 @@ def case_throughput(quick: bool, tmp: Path) -> list[Row]:
         _throughput_row(
             "Recording throughput, HalfCheetah-v5, random actions",
             "HalfCheetah-v5",
-            200 if quick else 6_000,
+            200 if quick else 4_000,
             2 if quick else 4,
             0.97,
             tmp,
         ),
-        _mlp_row(400 if quick else 20_000, 2 if quick else 4, tmp),
+        _mlp_row(400 if quick else 8_000, 2 if quick else 4, tmp),
     ]
     return rows
 
@@ -283,7 +293,7 @@ def _snapshot_rows(quick: bool, tmp: Path, device: str) -> list[Row]:
     t_torch = _best(torch_save, reps)
     t_rk = _best(rk_save, reps)
 
-    buffers = [np.empty(t.numel() * t.element_size(), np.uint8) for t in tensors]
+    buffers = [bytearray(t.numel() * t.element_size()) for t in tensors]
 
     def raw_read() -> None:
         with open(raw_path, "rb", buffering=0) as f:
@@ -341,9 +351,7 @@ def case_snapshot_gpu(quick: bool, tmp: Path) -> list[Row]:
     import torch
 
     if not torch.cuda.is_available():
-        return [
-            _row("Snapshot save/load [cuda]", "skipped", "no CUDA device", None, "", None)
-        ]
+        return [_row("Snapshot save/load [cuda]", "skipped", "no CUDA device", None, "", None)]
     return _snapshot_rows(quick, tmp, "cuda")
 
 
@@ -424,7 +432,7 @@ def case_make_recordings(quick: bool, tmp: Path) -> list[Row]:
     with Recording(tmp / f"a{big}.h5") as r:
         for sname in r.stream_names:
             s = r.stream(sname)
-            for col, d in s.columns.items():
+            for d in s.columns.values():
                 row_bytes = np.dtype(d["dtype"]).itemsize * int(np.prod(d["shape"]))
                 raw += s.rows * (row_bytes + (1 if d.get("optional") else 0))
     rows = []
@@ -488,7 +496,7 @@ def case_raw_read(quick: bool, tmp: Path, n: int) -> list[Row]:
                 if not k:
                     break
                 total += k
-    return [{"read_s": time.perf_counter() - t0, "bytes": total, "peak_rss_mb": peak_rss_mb()}]
+    return [{"read_s": time.perf_counter() - t0, "bytes": total, "read_peak_rss_mb": peak_rss_mb()}]
 
 
 CASES: dict[str, Callable[..., list[Row]]] = {

@@ -182,7 +182,11 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, str], quick: bool, took
     ]
     for r in rows:
         cells = [
-            r["name"], r["measure"], r["baseline"], _fmt_ratio(r["ratio"]), r["target"],
+            r["name"],
+            r["measure"],
+            r["baseline"],
+            _fmt_ratio(r["ratio"]),
+            r["target"],
             _verdict(r["ok"]),
         ]
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
@@ -223,8 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     mode = "quick (smoke sizes)" if args.quick else "full"
     print_table(rows, f"replaykit benchmarks, {mode}: {info['cores']} cores, {info['cpu']}")
-    print(f"{sum(r['ok'] is True for r in rows)} pass, {sum(r['ok'] is False for r in rows)} fail, "
-          f"{sum(r['ok'] is None for r in rows)} info; {took:.0f} s")
+    print(
+        f"{sum(r['ok'] is True for r in rows)} pass, {sum(r['ok'] is False for r in rows)} fail, "
+        f"{sum(r['ok'] is None for r in rows)} info; {took:.0f} s"
+    )
     if args.markdown:
         args.markdown.write_text(markdown(rows, info, args.quick, took))
     if args.json:

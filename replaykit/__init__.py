@@ -24,6 +24,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 import replaykit_envs as _replaykit_envs  # registers the replaykit/... envs with gymnasium
 
 from replaykit.compare import (
@@ -34,7 +36,6 @@ from replaykit.compare import (
     compare_arrays,
     diff_recordings,
 )
-from replaykit.determinism import determinism_flags, enable_determinism
 from replaykit.errors import (
     CaptureError,
     ChecksumError,
@@ -57,6 +58,18 @@ from replaykit.replay import Replay, VerifyingWrapper, make_env, restore
 from replaykit.store import Recording, SnapshotInfo
 
 __version__ = "0.1.0.dev0"
+
+# torch loads lazily: `replaykit diff/inspect/check` and file reading never need it.
+_LAZY = {"determinism_flags": "replaykit.determinism", "enable_determinism": "replaykit.determinism"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'replaykit' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
 
 del _replaykit_envs
 

@@ -18,12 +18,23 @@ import h5py
 import numpy as np
 
 from replaykit import _format as F
-from replaykit.errors import NotARecordingError, TruncatedFileError, UnsafeFileError
+from replaykit.errors import (
+    NotARecordingError,
+    ReplaykitError,
+    TruncatedFileError,
+    UnsafeFileError,
+)
 
 __all__ = ["open_validated", "validate_structure"]
 
-# A compressed chunk may expand at most this much: far above what real recordings reach.
-MAX_EXPANSION = 2000
+# Deflate cannot expand more than ~1032:1 (LZF far less), so declaring more than this many
+# times the bytes stored is a crafted header, not compressed data.
+MAX_EXPANSION = 1100
+# One chunk is decompressed whole: cap it, so a single "gzip bomb" chunk cannot ask for
+# gigabytes (replaykit writes chunks of at most max(1 MiB, one row)).
+MAX_CHUNK_BYTES = 256 << 20
+# Attributes replaykit writes are scalars.
+MAX_ATTR_ELEMENTS = 1024
 MAX_OBJECTS = 200_000
 # Snapshots and streams are never deeper than this many groups below the root.
 MAX_DEPTH = 64
@@ -37,7 +48,9 @@ def open_validated(path: Path) -> h5py.File:
         raise NotARecordingError("is a directory, not a recording file", path=path)
     size = path.stat().st_size
     if size == 0:
-        raise TruncatedFileError("file is empty (0 bytes); the recording was never written", path=path)
+        raise TruncatedFileError(
+            "file is empty (0 bytes); the recording was never written", path=path
+        )
     try:
         is_h5 = h5py.is_hdf5(os.fspath(path))
     except OSError:
@@ -50,7 +63,9 @@ def open_validated(path: Path) -> h5py.File:
         )
     try:
         f = h5py.File(path, "r", locking=False)
-    except (OSError, RuntimeError, ValueError) as exc:
+    except ReplaykitError:
+        raise
+    except _RAW as exc:
         raise TruncatedFileError(
             f"HDF5 library cannot open it ({_short(exc)}); the file is truncated or damaged",
             path=path,
@@ -61,6 +76,10 @@ def open_validated(path: Path) -> h5py.File:
         f.close()
         raise
     return f
+
+
+# What h5py and numpy raise on damaged headers; turned into FileFormatError subclasses.
+_RAW = (OSError, RuntimeError, KeyError, ValueError, TypeError, UnicodeError, OverflowError)
 
 
 def _short(exc: BaseException) -> str:
@@ -75,10 +94,14 @@ def validate_structure(f: h5py.File, path: Path, file_size: int) -> None:
     def walk(group: h5py.Group, depth: int) -> None:
         nonlocal count
         if depth > MAX_DEPTH:
-            raise UnsafeFileError("groups nest deeper than a recording's", path=path, obj=group.name)
+            raise UnsafeFileError(
+                "groups nest deeper than a recording's", path=path, obj=group.name
+            )
         try:
             names = list(group.keys())
-        except (OSError, RuntimeError, KeyError) as exc:
+        except ReplaykitError:
+            raise
+        except _RAW as exc:
             raise TruncatedFileError(
                 f"cannot list group ({_short(exc)})", path=path, obj=group.name
             ) from None
@@ -91,7 +114,9 @@ def validate_structure(f: h5py.File, path: Path, file_size: int) -> None:
             obj_path = f"{group.name.rstrip('/')}/{name}"
             try:
                 link = group.get(name, getlink=True)
-            except (OSError, RuntimeError, KeyError) as exc:
+            except ReplaykitError:
+                raise
+            except _RAW as exc:
                 raise TruncatedFileError(
                     f"cannot read link ({_short(exc)})", path=path, obj=obj_path
                 ) from None
@@ -107,11 +132,27 @@ def validate_structure(f: h5py.File, path: Path, file_size: int) -> None:
                 )
             try:
                 obj = group.get(name)
-            except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            except ReplaykitError:
+                raise
+            except _RAW as exc:
                 raise TruncatedFileError(
                     f"cannot open object ({_short(exc)})", path=path, obj=obj_path
                 ) from None
+            if obj is None:
+                raise TruncatedFileError(
+                    "link points to an object that is not in the file (damaged or cut short)",
+                    path=path,
+                    obj=obj_path,
+                )
             if isinstance(obj, h5py.Group):
+                key = _object_key(obj, path, obj_path)
+                if key in seen:
+                    raise UnsafeFileError(
+                        "group is linked twice (a hard-link cycle?); recordings are trees",
+                        path=path,
+                        obj=obj_path,
+                    )
+                seen.add(key)
                 _check_attrs(obj, path)
                 walk(obj, depth + 1)
             elif isinstance(obj, h5py.Dataset):
@@ -122,8 +163,24 @@ def validate_structure(f: h5py.File, path: Path, file_size: int) -> None:
                     f"unexpected object type {type(obj).__name__}", path=path, obj=obj_path
                 )
 
-    _check_attrs(f, path)
-    walk(f, 0)
+    seen: set[Any] = {_object_key(f, path, "/")}
+    try:
+        _check_attrs(f, path)
+        walk(f, 0)
+    except RecursionError:
+        raise UnsafeFileError("structure nests too deeply", path=path) from None
+
+
+def _object_key(obj: Any, path: Path, where: str) -> Any:
+    try:
+        info = h5py.h5o.get_info(obj.id)
+        return (info.fileno, getattr(info, "token", None) or getattr(info, "addr", None))
+    except ReplaykitError:
+        raise
+    except _RAW as exc:
+        raise TruncatedFileError(
+            f"cannot read object header ({_short(exc)})", path=path, obj=where
+        ) from None
 
 
 def _check_attrs(obj: Any, path: Path) -> None:
@@ -143,7 +200,16 @@ def _check_attrs(obj: Any, path: Path) -> None:
                 )
             if aid.get_storage_size() > 64 << 20:
                 raise UnsafeFileError(f"attribute {name!r} exceeds 64 MiB", path=path, obj=obj.name)
-    except (OSError, RuntimeError, KeyError) as exc:
+            shape = aid.shape
+            if shape is not None and int(np.prod(shape, dtype=np.float64)) > MAX_ATTR_ELEMENTS:
+                raise UnsafeFileError(
+                    f"attribute {name!r} has shape {shape}; recording attributes are scalars",
+                    path=path,
+                    obj=obj.name,
+                )
+    except ReplaykitError:
+        raise
+    except _RAW as exc:
         raise TruncatedFileError(
             f"cannot read attributes ({_short(exc)})", path=path, obj=obj.name
         ) from None
@@ -177,29 +243,45 @@ def _check_dataset(ds: h5py.Dataset, path: Path, file_size: int) -> None:
         unknown = [fid for fid in filters if fid not in F.ALLOWED_FILTERS]
         if unknown:
             raise UnsafeFileError(f"dataset uses unknown filter(s) {unknown}", path=path, obj=where)
+        if ds.shape is None:
+            raise UnsafeFileError("dataset has a null dataspace", path=path, obj=where)
         declared = int(np.prod(ds.shape, dtype=np.float64) * dt.itemsize)
         stored = int(ds.id.get_storage_size())
         compressed = any(fid in (1, 32000) for fid in filters)
-        limit = stored * MAX_EXPANSION if compressed else max(file_size, 0)
-        # Unallocated chunks read as the fill value, so a chunked dataset may declare more
-        # rows than it stores; the readers only read committed rows, checked against this.
-        if ds.chunks is None and declared > file_size:
+        if ds.chunks is not None:
+            chunk = int(np.prod(ds.chunks, dtype=np.float64) * dt.itemsize)
+            if chunk > MAX_CHUNK_BYTES:
+                raise UnsafeFileError(
+                    f"dataset chunks of {chunk} bytes exceed {MAX_CHUNK_BYTES} "
+                    "(a decompression bomb?); recordings use chunks of about 1 MiB",
+                    path=path,
+                    obj=where,
+                )
+        if declared > (1 << 40):
             raise UnsafeFileError(
-                f"dataset declares {declared} bytes but the file has {file_size}",
+                f"dataset declares {declared} bytes (over 1 TiB) in a {file_size}-byte file",
                 path=path,
                 obj=where,
             )
-        if compressed and declared > max(limit, 1 << 20):
+        if compressed and declared > max(stored * MAX_EXPANSION, 1 << 20):
             raise UnsafeFileError(
                 f"dataset declares {declared} bytes from {stored} stored (a compression bomb?)",
                 path=path,
                 obj=where,
             )
-        if ds.chunks is not None and declared > (1 << 40):
+        # Stream columns may declare rows beyond their last commit (a killed writer resized
+        # them); readers read only committed rows and check those against stored bytes.
+        # Anything else (snapshot arrays) is read whole, so it must fit in the file.
+        in_stream = where.startswith(f"/{F.STREAMS_GROUP}/")
+        if not compressed and not in_stream and declared > file_size:
             raise UnsafeFileError(
-                f"dataset declares {declared} bytes (over 1 TiB)", path=path, obj=where
+                f"dataset declares {declared} bytes but the file has {file_size}",
+                path=path,
+                obj=where,
             )
-    except (OSError, RuntimeError) as exc:
+    except ReplaykitError:
+        raise
+    except _RAW as exc:
         raise TruncatedFileError(
             f"cannot read dataset header ({_short(exc)})", path=path, obj=where
         ) from None

@@ -72,9 +72,10 @@ def numpy_to_tensor(arr: np.ndarray, dtype_name: str) -> Any:
     if dtype_name in _TORCH_LOGICAL:
         width = LOGICAL_DTYPES[dtype_name].itemsize
         view = {2: torch.int16, 1: torch.uint8}[width]
-        base = torch.from_numpy(np.require(arr, requirements="C").view({2: np.int16, 1: np.uint8}[width]))
-        return base.view(view).view(getattr(torch, dtype_name)).clone()
-    t = torch.from_numpy(np.array(arr, copy=True))
+        base = torch.from_numpy(np.require(arr, requirements="CW").view({2: np.int16, 1: np.uint8}[width]))
+        return base.view(view).view(getattr(torch, dtype_name))
+    # The array was just read from the file and belongs to nobody else: no copy needed.
+    t = torch.from_numpy(np.require(arr, requirements="CW"))
     expected = getattr(torch, dtype_name, None)
     if expected is None or t.dtype != expected:
         raise FileFormatError(f"tensor dtype {dtype_name} does not match stored {arr.dtype}")
@@ -105,8 +106,9 @@ class _Encoder:
         if isinstance(obj, float) and not isinstance(obj, np.floating):
             return obj if math.isfinite(obj) else {"F": repr(obj)}
         if isinstance(obj, np.ndarray):
-            # Copy: a captured tree must not alias live state.
-            return {"A": self.array(np.array(obj, copy=True, order="C"), path)}
+            # No copy: the encoded arrays are written before anything can change them, and
+            # capture functions already hand over trees that share no memory with live objects.
+            return {"A": self.array(np.require(obj, requirements="C"), path)}
         if isinstance(obj, np.generic):
             return {"S": self.array(np.array(obj), path)}
         if isinstance(obj, dict):
@@ -126,7 +128,7 @@ class _Encoder:
             obj, "device"
         ):
             arr, name = tensor_to_numpy(obj)
-            idx = self.array(np.array(arr, copy=True), path)
+            idx = self.array(arr, path)
             return {
                 "t": idx,
                 "dtype": name,

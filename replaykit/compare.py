@@ -399,9 +399,13 @@ class KeyDivergence:
     rule: str
     episode: int | None = None
     step_in_episode: int | None = None
+    # Global step the row belongs to (resets: the step it happened before; updates: the
+    # step count it was logged at), so divergences in different streams order in time.
+    at_step: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "at_step": self.at_step,
             "stream": self.stream,
             "key": self.key,
             "row": self.row,
@@ -435,14 +439,23 @@ class DiffResult:
 
     @property
     def first(self) -> KeyDivergence | None:
-        """The earliest divergence (by stream order, then row)."""
+        """The earliest divergence in time: by global step, then reset < step < update."""
         order = {F.RESETS: 0, F.STEPS: 1, F.UPDATES: 2}
         if not self.divergences:
             return None
-        return min(
-            self.divergences,
-            key=lambda d: (order.get(d.stream, 3), d.row if d.row is not None else -1, d.key),
-        )
+
+        def when(d: KeyDivergence) -> tuple[int, int, int, str]:
+            row = d.row if d.row is not None else -1
+            if d.stream == F.STEPS:
+                t = row
+            elif d.at_step is not None:
+                # An update logged at step count n follows step row n - 1.
+                t = d.at_step - 1 if d.stream == F.UPDATES else d.at_step
+            else:
+                t = -1 if d.stream == F.RESETS else row
+            return (t, order.get(d.stream, 3), row, d.key)
+
+        return min(self.divergences, key=when)
 
     def to_json(self) -> dict[str, Any]:
         first = self.first
@@ -547,6 +560,7 @@ def diff_recordings(
                 rule = rules.for_key(key)
                 d = _diff_column(sa, sb, col, key, rule, block_rows)
                 if d is not None:
+                    d.at_step = _step_of(sa, sb, d.row)
                     divergences.append(d)
             # Row counts count only for streams with a selected key, so --key reward
             # is not failed by a resets stream nobody asked about.
@@ -587,6 +601,17 @@ def device_notes(a: dict[str, Any], b: dict[str, Any], rules: Rules) -> list[str
     else:
         note += f"; compared under a tolerance ({rules.describe()})"
     return [note]
+
+
+def _step_of(sa: Any, sb: Any, row: int | None) -> int | None:
+    """Return the global step of a resets/updates row (from whichever file holds it)."""
+    if row is None or sa.name not in (F.RESETS, F.UPDATES):
+        return None
+    col = F.RESET_STEP if sa.name == F.RESETS else F.UPDATE_STEP
+    for s in (sa, sb):
+        if col in s and row < s.rows:
+            return int(s.read(col, row, row + 1)[0])
+    return None
 
 
 def _diff_column(

@@ -65,18 +65,21 @@ class _Pending:
         self.obs: list[np.ndarray] = []
         self.actions: list[np.ndarray] = []
         self.rewards: list[float] = []
+        self.dones: list[bool] = []
 
     def __replaykit_state__(self) -> dict[str, Any]:
         return {
             "obs": [o.copy() for o in self.obs],
             "actions": [a.copy() for a in self.actions],
             "rewards": np.asarray(self.rewards, dtype=np.float64),
+            "dones": np.asarray(self.dones, dtype=np.bool_),
         }
 
     def __replaykit_restore__(self, state: dict[str, Any]) -> None:
         self.obs = [np.array(o) for o in state["obs"]]
         self.actions = [np.array(a) for a in state["actions"]]
         self.rewards = [float(r) for r in np.asarray(state["rewards"])]
+        self.dones = [bool(d) for d in np.asarray(state["dones"])]
 
 
 class _MLP(torch.nn.Module):
@@ -163,11 +166,19 @@ class MLPPolicy:
         self.pending.obs.append(self._last_obs)
         self.pending.actions.append(self._last_action)
         self.pending.rewards.append(float(reward))
+        self.pending.dones.append(bool(terminated or truncated))
         if len(self.pending.rewards) < self.update_every:
             return None
         x = torch.from_numpy(np.stack(self.pending.obs))
-        r = torch.tensor(self.pending.rewards, dtype=torch.float32)
-        adv = r - r.mean()
+        # Discounted reward-to-go inside the window (cut at episode ends), as the advantage
+        # baseline-subtracted: constant rewards (CartPole) still give a learning signal.
+        ret = np.zeros(len(self.pending.rewards), dtype=np.float32)
+        running = 0.0
+        for i in range(len(ret) - 1, -1, -1):
+            running = self.pending.rewards[i] + (0.0 if self.pending.dones[i] else 0.95 * running)
+            ret[i] = running
+        r = torch.from_numpy(ret)
+        adv = (r - r.mean()) / (r.std() + 1e-8)
         dist, _ = self._dist(x)
         a = torch.from_numpy(np.stack(self.pending.actions))
         logp = dist.log_prob(a if self.discrete else a.float())
@@ -187,6 +198,7 @@ class MLPPolicy:
         self.pending.obs.clear()
         self.pending.actions.clear()
         self.pending.rewards.clear()
+        self.pending.dones.clear()
         return self.pending
 
     def state_objects(self) -> dict[str, Any]:

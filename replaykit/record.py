@@ -580,9 +580,9 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
             elif fast is not None:
                 self._fill_pending()  # rows before this one, so they stay in order
             assert self._obs_w is not None and self._act_w is not None and self._scalar_cols
-            for w, get in zip(self._act_w, self._act_get):
+            for w, get in zip(self._act_w, self._act_get, strict=True):
                 w.write(get(action), p)
-            for w, get in zip(self._obs_w, self._obs_get):
+            for w, get in zip(self._obs_w, self._obs_get, strict=True):
                 w.write(get(obs), p)
             rew, term, trunc, ep = self._scalar_cols
             rew.buf[p] = reward
@@ -688,7 +688,7 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         assert self._fast is not None and self._act_w and self._obs_w and self._scalar_cols
         hi = self._steps.pos
         lo = hi - n  # batched rows are always the latest ones: slow rows fill them first
-        acts, obs, rews, terms, truncs, eps = zip(*pend)
+        acts, obs, rews, terms, truncs, eps = zip(*pend, strict=True)
         pend.clear()
         a, o = self._act_w[0], self._obs_w[0]
         if self._fast[1] is not None:

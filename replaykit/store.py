@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import h5py
 import numpy as np
@@ -52,24 +52,29 @@ from replaykit.errors import (
 
 __all__ = ["Recording", "RecordingWriter", "SnapshotInfo", "StreamReader", "StreamWriter"]
 
+# Entry of a snapshot's checksums attribute: {array name: dtype+shape} (absent in files
+# written before it existed, which then get bytes-only checks).
+LAYOUT_KEY = "@layout"
+
 # A stream looks at the clock (for time-based commits) once every this many rows.
 CLOCK_CHECK_ROWS = 64
 
 
 def _digest(data: bytes | memoryview | np.ndarray) -> str:
-    return xxhash.xxh3_64_hexdigest(data)
+    return xxhash.xxh3_64_hexdigest(cast(Any, data))
 
 
 def _array_digest(arr: np.ndarray) -> str:
-    """Checksum of an array's dtype, shape and bytes.
+    return _digest(np.ascontiguousarray(arr).data if arr.size else b"")
 
-    The header matters: a damaged datatype message can turn float64 bytes into int64
-    ones without changing a byte of data, and a bytes-only checksum would pass them.
+
+def _layout(arr: np.ndarray) -> str:
+    """Dtype and shape of a snapshot array, as checked on load.
+
+    The data checksum covers bytes only; a damaged datatype message can turn float64
+    bytes into int64 ones without changing a byte, so the layout is checked too.
     """
-    h = xxhash.xxh3_64(f"{arr.dtype.str}{list(arr.shape)}|".encode())
-    if arr.size:
-        h.update(np.ascontiguousarray(arr).data)
-    return h.hexdigest()
+    return f"{arr.dtype.str}{list(arr.shape)}"
 
 
 def _now() -> str:
@@ -78,7 +83,7 @@ def _now() -> str:
 
 def _storage_dtype(dtype: np.dtype, logical: str | None) -> np.dtype:
     if logical is not None:
-        return F.LOGICAL_DTYPES[logical]
+        return cast(np.dtype, F.LOGICAL_DTYPES[logical])
     return dtype
 
 
@@ -356,7 +361,7 @@ class RecordingWriter:
         # Meta and the root checksum change while recording: fixed-size, padded, so an
         # update rewrites them in place (see _set_fixed) instead of reshuffling the root's
         # object header, which also holds the links to every group.
-        meta = _set_fixed(self._file.attrs, F.META_ATTR, F.dumps(self._meta), write=False)
+        meta = _set_fixed(self._file.attrs, F.META_ATTR, F.dumps(self._meta))
         attrs = {
             F.FORMAT_ATTR: F.FORMAT_NAME,
             F.VERSION_ATTR: F.FORMAT_VERSION,
@@ -364,7 +369,6 @@ class RecordingWriter:
             F.PROVENANCE_ATTR: F.dumps(self._provenance),
             F.META_ATTR: meta,
         }
-        _set_fixed(self._file.attrs, F.META_ATTR, meta)
         _set_fixed(self._file.attrs, F.ROOT_CHECKSUM_ATTR, _root_checksum(attrs))
 
     def update_meta(self, **items: Any) -> None:
@@ -435,7 +439,8 @@ class RecordingWriter:
         # kill at any point while it is written leaves unreachable bytes, never a dangling
         # or half-written entry in /snapshots. One hard link publishes it once complete.
         g = h5py.Group(h5py.h5g.create(self._file.id, None))
-        checksums: dict[str, str] = {}
+        checksums: dict[str, Any] = {}
+        layouts: dict[str, str] = {}
         nbytes = 0
         for i, arr in enumerate(arrays):
             key = f"{F.ARRAY_PREFIX}{i}"
@@ -444,14 +449,18 @@ class RecordingWriter:
             if i in logical:
                 ds.attrs[F.LOGICAL_DTYPE_ATTR] = logical[i]
             checksums[key] = _array_digest(data)
+            layouts[key] = _layout(data)
             nbytes += data.nbytes
-        attrs = {F.SNAPSHOT_ATTR: F.dumps(meta), F.TREE_ATTR: F.dumps(doc)}
+        meta = {**meta, "bytes": nbytes}
+        # The tree keeps its key order (a dict comes back in the order it was captured).
+        attrs = {F.SNAPSHOT_ATTR: F.dumps(meta), F.TREE_ATTR: F.dumps(doc, sort_keys=False)}
         for k, v in attrs.items():
             g.attrs[k] = v
         checksums["@attrs"] = _digest(
             F.dumps({k: attrs[k] for k in sorted(attrs)}).encode()
             + F.dumps({str(i): n for i, n in sorted(logical.items())}).encode()
         )
+        checksums[LAYOUT_KEY] = layouts
         g.attrs[F.CHECKSUMS_ATTR] = F.dumps(checksums)
         # Everything the link will point to reaches the file before the link does.
         self._file.flush()
@@ -476,7 +485,7 @@ class RecordingWriter:
         self.close()
 
 
-def _set_fixed(attrs: h5py.AttributeManager, name: str, text: str, *, write: bool = True) -> str:
+def _set_fixed(attrs: h5py.AttributeManager, name: str, text: str) -> str:
     """Store ``text`` as a space-padded fixed-size string attribute; return the padded text.
 
     When the padded capacity suffices the attribute is overwritten in place: one message in
@@ -494,9 +503,8 @@ def _set_fixed(attrs: h5py.AttributeManager, name: str, text: str, *, write: boo
         cap = 64
         while cap < len(data) + len(data) // 2:
             cap *= 2
-        if write:
-            attrs.create(name, np.bytes_(data.ljust(cap)), dtype=f"S{cap}")
-    elif write:
+        attrs.create(name, np.bytes_(data.ljust(cap)), dtype=f"S{cap}")
+    else:
         attrs.modify(name, np.bytes_(data.ljust(cap)))
     return data.ljust(cap).decode("utf-8")
 
@@ -550,7 +558,7 @@ class _guard:  # noqa: N801 - used as a context manager, reads like a keyword
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, et: Any, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, et: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
         if exc is None or isinstance(exc, ReplaykitError):
             return False
         if isinstance(exc, MemoryError):
@@ -657,7 +665,7 @@ class StreamReader:
             return np.dtype(bool), ()
         spec = self.columns[name]
         d = spec["dtype"]
-        dtype = F.LOGICAL_DTYPES[d] if d in F.LOGICAL_DTYPES else np.dtype(d)
+        dtype = cast(np.dtype, F.LOGICAL_DTYPES[d]) if d in F.LOGICAL_DTYPES else np.dtype(d)
         return dtype, tuple(int(x) for x in spec["shape"])
 
     def _dataset(self, name: str) -> h5py.Dataset:
@@ -857,9 +865,7 @@ class Recording:
                 )
             raw[k] = int(v) if isinstance(v, np.integer) else _text(v)
         stored_sum = a.get(F.ROOT_CHECKSUM_ATTR)
-        if self.verify and (
-            stored_sum is None or _text(stored_sum).strip() != _root_checksum(raw)
-        ):
+        if self.verify and (stored_sum is None or _text(stored_sum).strip() != _root_checksum(raw)):
             raise ChecksumError(
                 "root attributes do not match their checksum (file damaged or edited); "
                 "re-record it or use a good copy",
@@ -867,8 +873,8 @@ class Recording:
                 obj="/",
             )
         try:
-            self.provenance: dict[str, Any] = F.loads(raw[F.PROVENANCE_ATTR])
-            self.meta: dict[str, Any] = F.loads(raw[F.META_ATTR])
+            self.provenance: dict[str, Any] = F.loads(str(raw[F.PROVENANCE_ATTR]))
+            self.meta: dict[str, Any] = F.loads(str(raw[F.META_ATTR]))
         except (ValueError, RecursionError) as exc:
             raise FileFormatError(
                 f"root metadata is not valid JSON ({type(exc).__name__}); the file is damaged",
@@ -918,10 +924,11 @@ class Recording:
     @property
     def snapshots(self) -> list[SnapshotInfo]:
         """Committed snapshots in the order they were taken (metadata checksums verified)."""
-        if self._snapshots is None:
+        snaps = self._snapshots
+        if snaps is None:
             with _guard(self.path, f"/{F.SNAPSHOTS_GROUP}", "list the snapshots"):
-                self._snapshots = self._list_snapshots()
-        return list(self._snapshots)
+                snaps = self._snapshots = self._list_snapshots()
+        return list(snaps)
 
     def _list_snapshots(self) -> list[SnapshotInfo]:
         g = self._file.get(F.SNAPSHOTS_GROUP)
@@ -966,7 +973,7 @@ class Recording:
         if self.verify:
             logical: dict[int, str] = {}
             for key in checksums:
-                if key.startswith(F.ARRAY_PREFIX) and key[1:].isdigit():
+                if isinstance(key, str) and key.startswith(F.ARRAY_PREFIX) and key[1:].isdigit():
                     ds = g.get(key)
                     lg = None if ds is None else ds.attrs.get(F.LOGICAL_DTYPE_ATTR)
                     if lg is not None:
@@ -1000,7 +1007,7 @@ class Recording:
         return meta, doc, checksums
 
     def snapshot_info(self, name: str | int | None = None) -> SnapshotInfo:
-        """Look a snapshot up by name, by index (``0`` first, ``-1`` last) or ``None`` (the first)."""
+        """Look a snapshot up by name, index (``0`` first, ``-1`` last) or ``None`` (the first)."""
         snaps = self.snapshots
         if not snaps:
             raise UsageError(f"{self.path} holds no snapshots; record with snapshot_at=... ")
@@ -1029,7 +1036,10 @@ class Recording:
     def _load_tree(self, g: h5py.Group) -> Any:
         where = g.name
         _, doc, checksums = self._snapshot_attrs(g)
-        names = [k for k in checksums if k != "@attrs"]
+        names = [k for k in checksums if not k.startswith("@")]
+        layouts = checksums.get(LAYOUT_KEY)
+        if not isinstance(layouts, dict):
+            layouts = None
         if self.verify:
             stored = sorted(g.keys())
             if sorted(names) != stored:
@@ -1045,12 +1055,22 @@ class Recording:
             ds = g[f"{F.ARRAY_PREFIX}{i}"]
             if not isinstance(ds, h5py.Dataset):
                 raise FileFormatError(
-                    "snapshot array is not a dataset; the file is damaged", path=self.path, obj=where
+                    "snapshot array is not a dataset; the file is damaged",
+                    path=self.path,
+                    obj=where,
                 )
             arr = ds[()]
             if not isinstance(arr, np.ndarray):
                 arr = np.asarray(arr)
-            if self.verify and checksums.get(f"{F.ARRAY_PREFIX}{i}") != _array_digest(arr):
+            key = f"{F.ARRAY_PREFIX}{i}"
+            if self.verify and layouts is not None and layouts.get(key) != _layout(arr):
+                raise ChecksumError(
+                    f"snapshot array has layout {_layout(arr)}, its checksums record "
+                    f"{layouts.get(key)}; the file is damaged or edited",
+                    path=self.path,
+                    obj=ds.name,
+                )
+            if self.verify and checksums.get(key) != _array_digest(arr):
                 raise ChecksumError(
                     "snapshot array does not match its checksum (file damaged or edited); "
                     "re-record it or use a good copy",

@@ -68,6 +68,11 @@ def describe_diff(result: DiffResult, *, a_name: str = "a", b_name: str = "b") -
     first = result.first
     if first is not None:
         where = [f"{_label(first.stream)} {first.row}"]
+        at = getattr(first, "at_step", None)
+        if at is not None and first.stream == "resets":
+            where[0] += f" (before step {at})"
+        elif at is not None and first.stream == "updates":
+            where[0] += f" (logged after step {at - 1})"
         if first.episode is not None:
             ep = f"episode {first.episode}"
             if first.step_in_episode is not None:
@@ -79,6 +84,8 @@ def describe_diff(result: DiffResult, *, a_name: str = "a", b_name: str = "b") -
         lines.append("first divergence at " + ", ".join(where))
         for text in first.mismatch.describe_values():
             text = text.replace("expected:", f"{a_name}:").replace("actual:  ", f"{b_name}:")
+            text = text.replace("missing from the replay", f"missing from {b_name}")
+            text = text.replace("not in the recording", f"not in {a_name}")
             lines.append("  " + text)
         lines.append(f"  rule: {first.rule}")
         others = [d for d in result.divergences if d is not first]

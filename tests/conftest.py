@@ -25,7 +25,7 @@ def forkserver() -> Any:
 
 @pytest.fixture(scope="session")
 def small_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small real recording: CartPole, the training MLP policy, two snapshots.
+    """A small real recording: CartPole, the training MLP policy, one snapshot.
 
     It holds every stream (steps, resets, updates), probes, a tracked torch model and
     optimizer. Tests must copy it before changing it (see ``recording_copy``).
@@ -33,7 +33,7 @@ def small_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from replaykit.rollout import record_rollout
 
     path = tmp_path_factory.mktemp("small-rec") / "small.h5"
-    record_rollout("CartPole-v1", "mlp", seed=3, steps=120, out=path, snapshot_at=[40, 90])
+    record_rollout("CartPole-v1", "mlp", seed=3, steps=100, out=path, snapshot_at=[60])
     return path
 
 
@@ -43,3 +43,44 @@ def recording_copy(small_recording: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "copy.h5"
     shutil.copyfile(small_recording, dst)
     return dst
+
+
+def record_tiny(path: Path) -> None:
+    """CartPole, seeded actions, a tracked torch model and an updates stream; one snapshot.
+
+    Small (about 20 HDF5 objects), so hundreds of damaged copies load in seconds.
+    """
+    import gymnasium as gym
+    import numpy as np
+    import torch
+
+    from replaykit.record import RecordingWrapper
+
+    torch.manual_seed(5)
+    model = torch.nn.Linear(4, 2)
+    env = RecordingWrapper(
+        gym.make("CartPole-v1"), path, seed=5, track={"model": model}, snapshot_at=[30]
+    )
+    actions = np.random.default_rng(5).integers(0, 2, 60)
+    env.reset()
+    for i, a in enumerate(actions):
+        _, _, term, trunc, _ = env.step(int(a))
+        if i % 10 == 9:
+            env.log_update(loss=np.float32(i / 7), grad=torch.tensor([float(i), 0.5]))
+        if term or trunc:
+            env.reset()
+    env.close()
+
+
+def tiny_model() -> Any:
+    """A model built like the one :func:`record_tiny` tracks (for restore())."""
+    import torch
+
+    return torch.nn.Linear(4, 2)
+
+
+@pytest.fixture(scope="session")
+def tiny_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-rec") / "tiny.h5"
+    record_tiny(path)
+    return path

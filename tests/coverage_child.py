@@ -1,7 +1,8 @@
 """Restore one snapshot in a fresh process and verify the steps after it (coverage matrix).
 
-Usage: python tests/coverage_child.py PATH SNAPSHOT STEPS -> one JSON line on stdout:
-``{"verified": n, "restore_ms": t, "error": null | "<first line>", "error_type": ...}``.
+Usage: python tests/coverage_child.py PATH SNAPSHOT STEPS [PATH SNAPSHOT STEPS ...] -> one JSON
+line per recording on stdout: ``{"verified": n, "restore_ms": t, "error": null | "...",
+"error_type": ...}``. Several recordings share one process (none of them was recorded in it).
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ import time
 
 
 def main() -> None:
-    path, snap, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    args = sys.argv[1:]
+    for i in range(0, len(args), 3):
+        one(args[i], args[i + 1], int(args[i + 2]))
+
+
+def one(path: str, snap: str, steps: int) -> None:
     out: dict[str, object] = {"verified": 0, "restore_ms": None, "error": None, "error_type": None}
     try:
         from replaykit.policies import resolve_policy
@@ -43,7 +49,7 @@ def main() -> None:
     except Exception as exc:  # reported in the matrix, never hidden
         out["error_type"] = type(exc).__name__
         out["error"] = str(exc)
-    print(json.dumps(out))
+    print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":

@@ -31,19 +31,33 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+RECORD_ARGS = [
+    "record",
+    "CartPole-v1",
+    "--policy",
+    "mlp",
+    "--seed",
+    "0",
+    "--steps",
+    "400",
+    "--snapshot-at",
+    "200",
+]
+
+
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """a.h5: CartPole-v1, mlp, seed 0, 400 steps, snapshot at 200 (via the console script)."""
-    d = tmp_path_factory.mktemp("cli")
-    args = ["record", "CartPole-v1", "--policy", "mlp", "--seed", "0", "--steps", "400"]
-    proc = run_cli(*args, "--snapshot-at", "200", "--out", "a.h5", cwd=d)
+    """a.h5: CartPole-v1, mlp, seed 0, 400 steps, snapshot at 200 (recorded in-process)."""
+    path = tmp_path_factory.mktemp("cli") / "a.h5"
+    assert main([*RECORD_ARGS, "--out", str(path)]) == 0
+    return path
+
+
+def test_record_then_replay_script(tmp_path: Path) -> None:
+    proc = run_cli(*RECORD_ARGS, "--out", "a.h5", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "recorded 400 steps" in proc.stdout and "step-000200" in proc.stdout
-    return d / "a.h5"
-
-
-def test_replay_script_exit_0(recorded: Path) -> None:
-    proc = run_cli("replay", recorded.name, "--steps", "100", cwd=recorded.parent)
+    proc = run_cli("replay", "a.h5", "--steps", "100", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "100 steps" in proc.stdout and "bit-exactly" in proc.stdout
 
@@ -59,8 +73,25 @@ def test_replay_not_a_file_exit_2_one_line(tmp_path: Path) -> None:
 
 def test_diff_different_seeds_script(recorded: Path, tmp_path: Path) -> None:
     b = tmp_path / "b.h5"
-    assert main(["record", "CartPole-v1", "--policy", "mlp", "--seed", "1", "--steps", "400",
-                 "--snapshot-at", "200", "--out", str(b)]) == 0
+    assert (
+        main(
+            [
+                "record",
+                "CartPole-v1",
+                "--policy",
+                "mlp",
+                "--seed",
+                "1",
+                "--steps",
+                "400",
+                "--snapshot-at",
+                "200",
+                "--out",
+                str(b),
+            ]
+        )
+        == 0
+    )
     proc = run_cli("diff", str(recorded), str(b), "--json", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
     doc = json.loads(proc.stdout)
@@ -117,8 +148,23 @@ def test_replay_module_policy_must_be_passed_again(
 ) -> None:
     out = tmp_path / "p.h5"
     spec = "replaykit.policies:RandomPolicy"
-    assert main(["record", "CartPole-v1", "--policy", spec, "--steps", "30",
-                 "--snapshot-at", "10", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "record",
+                "CartPole-v1",
+                "--policy",
+                spec,
+                "--steps",
+                "30",
+                "--snapshot-at",
+                "10",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert main(["replay", str(out)]) == 2
     assert "pass --policy again" in capsys.readouterr().err
     assert main(["replay", str(out), "--policy", spec]) == 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 import signal
 import statistics
 import struct
@@ -31,9 +32,9 @@ from replaykit.errors import ReplaykitError
 from replaykit.record import RecordingWrapper
 from replaykit.store import Recording
 
-STEPS = 2500
+STEPS = 1200
 COMMIT_EVERY = 64
-SNAPSHOT_EVERY = 400
+SNAPSHOT_EVERY = 300
 _MSG = struct.Struct("<ci")
 
 
@@ -76,8 +77,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     duration = time.perf_counter() - t0
     with Recording(path) as rec:
         cols = {
-            s: {c: rec.stream(s).read(c) for c in rec.stream(s).columns}
-            for s in rec.stream_names
+            s: {c: rec.stream(s).read(c) for c in rec.stream(s).columns} for s in rec.stream_names
         }
         snaps = {s.name: rec.load_snapshot(s.name)[1] for s in rec.snapshots}
     return {"cols": cols, "snaps": snaps, "duration": duration}
@@ -96,12 +96,12 @@ def _kill_one(
     proc.start()
     w.close()
     last_step, in_snapshot = 0, False
+    delay = rng.uniform(0.0, duration)
+    deadline: float | None = None
     if mode == "time":
-        deadline: float | None = time.monotonic() + rng.uniform(0.0, duration)
         target_snap = None
     else:
         target_snap = int(rng.integers(1, STEPS // SNAPSHOT_EVERY)) * SNAPSHOT_EVERY
-        deadline = None
     killed = False
     give_up = time.monotonic() + 60.0
     while time.monotonic() < give_up:
@@ -114,6 +114,9 @@ def _kill_one(
             kind, val = _MSG.unpack(msg)
             if kind == b"T":
                 last_step = val
+                if mode == "time" and deadline is None:
+                    # Measured from the first step, so no kill lands before the file exists.
+                    deadline = time.monotonic() + delay
             elif kind == b"S":
                 in_snapshot = True
                 if val == target_snap and deadline is None:
@@ -164,8 +167,8 @@ def _check_file(path: Path, ref: dict[str, Any], reported: int) -> dict[str, Any
 
 def _tree_equal(a: Any, b: Any) -> bool:
     if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(
-            _tree_equal(a[k], b[k]) for k in a
+        return (
+            isinstance(b, dict) and a.keys() == b.keys() and all(_tree_equal(a[k], b[k]) for k in a)
         )
     if isinstance(a, (list, tuple)):
         return type(a) is type(b) and len(a) == len(b) and all(map(_tree_equal, a, b))
@@ -176,9 +179,7 @@ def _tree_equal(a: Any, b: Any) -> bool:
     return bool(a == b) and type(a) is type(b)
 
 
-def _campaign(
-    ctx: Any, tmp_path: Path, ref: dict[str, Any], n: int, seed: int
-) -> dict[str, Any]:
+def _campaign(ctx: Any, tmp_path: Path, ref: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     errors: collections.Counter[str] = collections.Counter()
     lost: list[int] = []
@@ -236,8 +237,9 @@ def _report(stats: dict[str, Any], record_property: Any, label: str) -> None:
 def _assert_campaign(stats: dict[str, Any]) -> None:
     assert not stats["failures"], stats["failures"]
     assert stats["steps_lost_max"] <= COMMIT_EVERY
-    assert stats["opened"] + stats["errors_by_class"].get("no file (killed before create)", 0) == (
-        stats["files_tried"]
+    assert (
+        stats["opened"] + stats["errors_by_class"].get("no file (killed before create)", 0)
+        == (stats["files_tried"])
     )
 
 
@@ -262,20 +264,41 @@ def test_kills_leave_clean_prefix_many(
     assert stats["killed_inside_snapshot_write"] >= 30
 
 
-def test_time_based_commit_for_slow_env(tmp_path: Path) -> None:
+def _committed_steps(path: Path, tmp_path: Path) -> int:
+    """Rows a reader sees in the file as it is on disk now (as if the writer were killed)."""
+    image = tmp_path / "image.h5"
+    shutil.copyfile(path, image)
+    with Recording(image) as rec:
+        return rec.stream(F.STEPS).rows
+
+
+def _steps(env: Any, n: int) -> None:
+    for i in range(n):
+        _, _, te, tr, _ = env.step(i % 2)
+        if te or tr:
+            env.reset()
+
+
+@pytest.mark.parametrize("seconds, committed", [(0.05, 128), (1e9, 0)])
+def test_time_based_commit_for_slow_env(tmp_path: Path, seconds: float, committed: int) -> None:
     """A slow env (few steps per second) still commits on time, without a clock read per step."""
     path = tmp_path / "slow.h5"
     env = RecordingWrapper(
-        gym.make("CartPole-v1"), path, seed=0, commit_every_steps=100_000, commit_every_seconds=0.05
+        gym.make("CartPole-v1"),
+        path,
+        seed=0,
+        commit_every_steps=100_000,
+        commit_every_seconds=seconds,
     )
     env.reset()
-    for i in range(CLOCK := 64):
-        env.step(i % 2)
+    _steps(env, 64)
     time.sleep(0.06)
-    for i in range(CLOCK):
-        env.step(i % 2)  # the 128th row checks the clock: the deadline passed, so it commits
-    with Recording(path) as rec:
-        assert rec.stream(F.STEPS).rows == 2 * CLOCK
+    _steps(env, 64)  # the 128th row checks the clock: past the deadline, so it commits
+    if committed:
+        assert _committed_steps(path, tmp_path) == committed
+    else:
+        with pytest.raises(ReplaykitError, match="commit"):
+            _committed_steps(path, tmp_path)  # no stream committed yet
     env.close()
 
 
@@ -286,12 +309,8 @@ def test_step_based_commit(tmp_path: Path) -> None:
         gym.make("CartPole-v1"), path, seed=0, commit_every_steps=50, commit_every_seconds=1e9
     )
     env.reset()
-    for i in range(120):
-        _, _, te, tr, _ = env.step(i % 2)
-        if te or tr:
-            env.reset()
-    with Recording(path) as rec:
-        assert rec.stream(F.STEPS).rows == 100
+    _steps(env, 120)
+    assert _committed_steps(path, tmp_path) == 100
     env.close()
 
 
@@ -314,14 +333,9 @@ def test_fsync_commits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
     path = tmp_path / "fsync.h5"
-    env = RecordingWrapper(
-        gym.make("CartPole-v1"), path, seed=0, commit_every_steps=10, fsync=True
-    )
+    env = RecordingWrapper(gym.make("CartPole-v1"), path, seed=0, commit_every_steps=10, fsync=True)
     env.reset()
-    for i in range(30):
-        _, _, te, tr, _ = env.step(i % 2)
-        if te or tr:
-            env.reset()
+    _steps(env, 30)
     n = len(calls)
     assert n >= 3
     env.close()

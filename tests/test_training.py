@@ -180,8 +180,8 @@ def test_training_recorder_restores_in_fresh_objects_and_verifies(tmp_path: Path
     assert name == "update-000004"
     with replaykit.Recording(path) as r:
         assert r.meta["user"] == {"run": 1} and r.meta["update_probe_order"] == ["loss", "params"]
-    net2, torch_seed = _net(), torch.manual_seed(99)
-    del torch_seed
+    torch.manual_seed(99)  # fresh objects, disturbed RNGs: only the snapshot lines them up
+    net2 = _net()
     opt2 = torch.optim.Adam(net2.parameters(), lr=0.01)
     with restore_training(path, name, track={"net": net2, "opt": opt2}) as rep:
         assert rep.extra == {"note": "mid"} and rep.updates_left == 6

@@ -1,0 +1,187 @@
+"""The pytest plugin end to end with pytester: golden workflow, fixtures, xdist safety."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+
+from replaykit import RecordingWrapper
+from replaykit.inspection import validate_file
+
+pytest_plugins = ["pytester"]
+
+GOLDEN_TEST = """
+import gymnasium as gym
+from replaykit import RecordingWrapper
+
+
+def record(path):
+    env = RecordingWrapper(gym.make("CartPole-v1"), path, seed=0, snapshot_at=[20])
+    obs, _ = env.reset()
+    for _ in range(60):
+        action = POLICY
+        obs, reward, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            obs, _ = env.reset()
+    env.close()
+
+
+def test_cartpole(replaykit_golden):
+    replaykit_golden.check("golden/cartpole.h5", record)
+"""
+
+POLICY_A = "int(obs[2] > 0)"
+POLICY_B = "int(obs[2] + 0.5 * obs[3] > 0)  # changed"
+
+
+def _write_golden_test(pytester: pytest.Pytester, policy: str) -> None:
+    pytester.makepyfile(test_golden=GOLDEN_TEST.replace("POLICY", policy))
+
+
+def test_golden_workflow(pytester: pytest.Pytester) -> None:
+    _write_golden_test(pytester, POLICY_A)
+    golden = pytester.path / "golden" / "cartpole.h5"
+
+    res = pytester.runpytest()
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["*golden recording*cartpole.h5 does not exist*"])
+    res.stdout.fnmatch_lines(["*pytest --replaykit-update=missing*"])
+    assert not golden.exists()
+
+    res = pytester.runpytest("--replaykit-update=missing")
+    res.assert_outcomes(passed=1)
+    res.stdout.fnmatch_lines(["*replaykit golden recordings written*", "*cartpole.h5"])
+    assert validate_file(golden).ok
+    first_bytes = golden.read_bytes()
+
+    res = pytester.runpytest()
+    res.assert_outcomes(passed=1)
+    assert golden.read_bytes() == first_bytes  # verification never rewrites
+
+    _write_golden_test(pytester, POLICY_B)
+    res = pytester.runpytest()
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(
+        [
+            "*recordings differ: golden=*",
+            "*first divergence at step *, episode 0, step * of the episode, key 'action'*",
+            "*golden: *int64*",
+            "*fresh: *int64*",
+            "*--replaykit-update=failing*",
+        ]
+    )
+    assert "replaykit/testing.py" not in res.stdout.str()  # frames hidden
+    assert golden.read_bytes() == first_bytes
+
+    # "missing" does not touch an existing file that fails.
+    pytester.runpytest("--replaykit-update=missing").assert_outcomes(failed=1)
+    pytester.runpytest("--replaykit-update=failing").assert_outcomes(passed=1)
+    assert golden.read_bytes() != first_bytes
+    pytester.runpytest().assert_outcomes(passed=1)
+    assert not list(golden.parent.glob(".*.tmp"))
+
+
+def test_update_mode_is_validated(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x():\n    pass\n")
+    res = pytester.runpytest("--replaykit-update=sometimes")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines(["*--replaykit-update*invalid choice*"])
+
+
+XDIST_TEST = GOLDEN_TEST.replace("POLICY", POLICY_A)
+XDIST_TEST = XDIST_TEST.replace(
+    XDIST_TEST[XDIST_TEST.index("def test_cartpole") :],
+    """import pytest
+
+
+@pytest.mark.parametrize("i", range(8))
+def test_same_file(replaykit_golden, i):
+    replaykit_golden.check("golden/shared.h5", record)
+
+
+@pytest.mark.parametrize("i", range(4))
+def test_own_file(replaykit_golden, i):
+    replaykit_golden.check(f"golden/own-{i}.h5", record)""",
+)
+
+
+def test_golden_updates_are_safe_under_xdist(pytester: pytest.Pytester) -> None:
+    # Eight tests race to create the same missing golden file on two workers: the lock and
+    # the re-check under it mean one writes it; os.replace means nobody sees half a file.
+    pytester.makepyfile(test_many=XDIST_TEST)
+    res = pytester.runpytest_subprocess(
+        "-n", "2", "--replaykit-update=missing", "-p", "no:cacheprovider"
+    )
+    res.assert_outcomes(passed=12)
+    gdir = pytester.path / "golden"
+    expected = ["own-0.h5", "own-1.h5", "own-2.h5", "own-3.h5", "shared.h5"]
+    assert sorted(p.name for p in gdir.iterdir()) == expected  # no temp files left behind
+    for p in gdir.iterdir():
+        assert validate_file(p).ok, p
+    pytester.runpytest("--replaykit-update=all").assert_outcomes(passed=12)
+    assert sorted(p.name for p in gdir.iterdir()) == expected
+    pytester.runpytest().assert_outcomes(passed=12)
+
+
+def _record_hand_loop(path: Path) -> None:
+    env = RecordingWrapper(gym.make("CartPole-v1"), path, seed=3, snapshot_at=[30])
+    obs, _ = env.reset()
+    for _ in range(120):
+        obs, _, terminated, truncated, _ = env.step(int(obs[2] > 0))
+        if terminated or truncated:
+            obs, _ = env.reset()
+    env.close()
+
+
+def test_restore_fixture_and_assert_replay(pytester: pytest.Pytester) -> None:
+    _record_hand_loop(pytester.path / "run.h5")
+    pytester.makepyfile(
+        """
+        import gymnasium as gym
+        import pytest
+        from replaykit.testing import assert_replay
+
+
+        def test_recording_fixture(replaykit_recording):
+            rec = replaykit_recording("run.h5")
+            assert [s.step for s in rec.snapshots] == [30]
+            assert rec.meta["env_id"] == "CartPole-v1"
+
+
+        def test_same_policy_replays(replaykit_restore):
+            rep = replaykit_restore("run.h5", env=gym.make("CartPole-v1"))
+            assert rep.step == 30
+            assert assert_replay(rep, lambda obs: int(obs[2] > 0)) == 90
+            assert rep.verified_steps == 90
+
+
+        def test_changed_policy_fails(replaykit_restore):
+            rep = replaykit_restore("run.h5", 0, env=gym.make("CartPole-v1"))
+            assert_replay(rep, lambda obs: int(obs[2] >= 0.01), steps=90)
+        """
+    )
+    res = pytester.runpytest()
+    res.assert_outcomes(passed=2, failed=1)
+    res.stdout.fnmatch_lines(
+        [
+            "*DivergenceError: diverged from*run.h5 at snapshot *step-000030*, key *action*",
+            "*expected: *int64*",
+            "*rule: bit-exact*",
+        ]
+    )
+    out = res.stdout.str()
+    assert "replaykit/replay.py" not in out and "replaykit/testing.py" not in out
+
+
+def test_missing_recording_is_a_clear_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        def test_open(replaykit_recording):
+            replaykit_recording("nothere.h5")
+        """
+    )
+    res = pytester.runpytest()
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["*nothere.h5*no such file*"])
