@@ -60,7 +60,10 @@ from replaykit.store import Recording, SnapshotInfo
 __version__ = "0.1.0.dev0"
 
 # torch loads lazily: `replaykit diff/inspect/check` and file reading never need it.
-_LAZY = {"determinism_flags": "replaykit.determinism", "enable_determinism": "replaykit.determinism"}
+_LAZY = {
+    "determinism_flags": "replaykit.determinism",
+    "enable_determinism": "replaykit.determinism",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -70,6 +73,7 @@ def __getattr__(name: str) -> Any:
     import importlib
 
     return getattr(importlib.import_module(module), name)
+
 
 del _replaykit_envs
 

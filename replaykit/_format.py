@@ -84,7 +84,7 @@ FINAL_OBS: Final = "final_obs"
 # Dataset attribute naming a dtype numpy lacks (the stored integer view holds its bits).
 LOGICAL_DTYPE_ATTR: Final = "logical_dtype"
 # Logical dtypes stored as same-width unsigned integers.
-LOGICAL_DTYPES: Final = {
+LOGICAL_DTYPES: Final[dict[str, np.dtype[Any]]] = {
     "bfloat16": np.dtype("<u2"),
     "float8_e4m3fn": np.dtype("u1"),
     "float8_e5m2": np.dtype("u1"),
@@ -113,7 +113,7 @@ def snapshot_path(name: str) -> str:
 
 
 def is_valid_name(name: str) -> bool:
-    """A snapshot or key name: non-empty, no '/', no leading '.', printable."""
+    """Tell whether ``name`` is a valid snapshot or key name (non-empty, printable, no "/")."""
     return bool(name) and "/" not in name and not name.startswith(".") and name.isprintable()
 
 

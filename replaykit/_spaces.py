@@ -85,7 +85,7 @@ def unflatten(space: gym.Space[Any], values: dict[str, Any], prefix: Path = ()) 
 
 
 def space_to_json(space: gym.Space[Any]) -> Any:
-    """A JSON description of a space (for metadata and mismatch messages)."""
+    """Describe a space as JSON (for metadata and mismatch messages)."""
     if isinstance(space, gym.spaces.Dict):
         return {"type": "Dict", "spaces": {k: space_to_json(s) for k, s in space.spaces.items()}}
     if isinstance(space, gym.spaces.Tuple):

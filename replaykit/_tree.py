@@ -72,10 +72,12 @@ def numpy_to_tensor(arr: np.ndarray, dtype_name: str) -> Any:
     if dtype_name in _TORCH_LOGICAL:
         width = LOGICAL_DTYPES[dtype_name].itemsize
         view = {2: torch.int16, 1: torch.uint8}[width]
-        base = torch.from_numpy(np.require(arr, requirements="CW").view({2: np.int16, 1: np.uint8}[width]))
+        base = torch.from_numpy(
+            np.require(arr, requirements=["C", "W"]).view({2: np.int16, 1: np.uint8}[width])
+        )
         return base.view(view).view(getattr(torch, dtype_name))
     # The array was just read from the file and belongs to nobody else: no copy needed.
-    t = torch.from_numpy(np.require(arr, requirements="CW"))
+    t = torch.from_numpy(np.require(arr, requirements=["C", "W"]))
     expected = getattr(torch, dtype_name, None)
     if expected is None or t.dtype != expected:
         raise FileFormatError(f"tensor dtype {dtype_name} does not match stored {arr.dtype}")
@@ -124,8 +126,10 @@ class _Encoder:
             return {"L": [self.node(v, f"{path}/{i}") for i, v in enumerate(obj)]}
         if isinstance(obj, tuple):
             return {"T": [self.node(v, f"{path}/{i}") for i, v in enumerate(obj)]}
-        if type(obj).__module__.startswith("torch") and hasattr(obj, "dtype") and hasattr(
-            obj, "device"
+        if (
+            type(obj).__module__.startswith("torch")
+            and hasattr(obj, "dtype")
+            and hasattr(obj, "device")
         ):
             arr, name = tensor_to_numpy(obj)
             idx = self.array(arr, path)

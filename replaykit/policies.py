@@ -34,7 +34,9 @@ class Policy(Protocol):
 
     def probes(self) -> dict[str, Any]: ...
 
-    def observe(self, obs: Any, reward: Any, terminated: bool, truncated: bool) -> dict[str, Any] | None: ...
+    def observe(
+        self, obs: Any, reward: Any, terminated: bool, truncated: bool
+    ) -> dict[str, Any] | None: ...
 
     def state_objects(self) -> dict[str, Any]: ...
 
@@ -51,7 +53,9 @@ class RandomPolicy:
     def probes(self) -> dict[str, Any]:
         return {}
 
-    def observe(self, obs: Any, reward: Any, terminated: bool, truncated: bool) -> dict[str, Any] | None:
+    def observe(
+        self, obs: Any, reward: Any, terminated: bool, truncated: bool
+    ) -> dict[str, Any] | None:
         return None
 
     def state_objects(self) -> dict[str, Any]:
@@ -105,19 +109,29 @@ class MLPPolicy:
     """
 
     def __init__(
-        self, env: gym.Env[Any, Any], seed: int, *, hidden: int = 32, update_every: int = 32,
+        self,
+        env: gym.Env[Any, Any],
+        seed: int,
+        *,
+        hidden: int = 32,
+        update_every: int = 32,
         lr: float = 1e-2,
     ) -> None:
         obs_space, act_space = env.observation_space, env.action_space
         if not isinstance(act_space, (gym.spaces.Discrete, gym.spaces.Box)):
             raise UsageError(
-                f"the mlp policy handles Discrete and Box action spaces, not {type(act_space).__name__}"
+                "the mlp policy handles Discrete and Box action spaces, not "
+                f"{type(act_space).__name__}"
             )
         self.obs_space = obs_space
         self.act_space = act_space
         n_in = int(gym.spaces.flatdim(obs_space))
         self.discrete = isinstance(act_space, gym.spaces.Discrete)
-        n_out = int(act_space.n) if isinstance(act_space, gym.spaces.Discrete) else int(np.prod(act_space.shape))
+        n_out = (
+            int(act_space.n)
+            if isinstance(act_space, gym.spaces.Discrete)
+            else int(np.prod(act_space.shape))
+        )
         gen = torch.Generator().manual_seed(seed)
         self.model = _MLP(n_in, hidden, n_out)
         with torch.no_grad():
@@ -161,7 +175,9 @@ class MLPPolicy:
     def probes(self) -> dict[str, Any]:
         return self._probes
 
-    def observe(self, obs: Any, reward: Any, terminated: bool, truncated: bool) -> dict[str, Any] | None:
+    def observe(
+        self, obs: Any, reward: Any, terminated: bool, truncated: bool
+    ) -> dict[str, Any] | None:
         assert self._last_obs is not None and self._last_action is not None
         self.pending.obs.append(self._last_obs)
         self.pending.actions.append(self._last_action)
@@ -228,7 +244,7 @@ def resolve_policy(spec: str, env: gym.Env[Any, Any], seed: int) -> Any:
         module = importlib.import_module(mod_name)
     except ImportError as exc:
         raise UsageError(f"cannot import policy module {mod_name!r}: {exc}") from None
-    factory = module
+    factory: Any = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)
         if factory is None:
@@ -265,7 +281,9 @@ class _Adapted:
         f = getattr(self.p, "probes", None)
         return dict(f()) if f else {}
 
-    def observe(self, obs: Any, reward: Any, terminated: bool, truncated: bool) -> dict[str, Any] | None:
+    def observe(
+        self, obs: Any, reward: Any, terminated: bool, truncated: bool
+    ) -> dict[str, Any] | None:
         f = getattr(self.p, "observe", None)
         return f(obs, reward, terminated, truncated) if f else None
 

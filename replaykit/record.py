@@ -94,12 +94,14 @@ def to_array(value: Any, what: str) -> tuple[np.ndarray, str | None]:
             f"{what} is a {type(value).__name__}; replaykit records numbers, arrays and tensors"
         )
     if arr.dtype.kind not in F.ALLOWED_KINDS:
-        raise CaptureError(f"{what} has dtype {arr.dtype}; only numeric and bool values are recorded")
+        raise CaptureError(
+            f"{what} has dtype {arr.dtype}; only numeric and bool values are recorded"
+        )
     return arr, None
 
 
 def env_spec_json(env: gym.Env[Any, Any]) -> dict[str, Any] | None:
-    """The env's spec as JSON data (callables and other non-data values as their repr)."""
+    """Return the env's spec as JSON data (callables and other non-data values as their repr)."""
     spec = env.spec
     if spec is None:
         return None
@@ -119,10 +121,14 @@ def env_spec_json(env: gym.Env[Any, Any]) -> dict[str, Any] | None:
 
     wrappers = []
     for w in spec.additional_wrappers or ():
-        wrappers.append({"name": w.name, "entry_point": str(w.entry_point), "kwargs": data(w.kwargs)})
+        wrappers.append(
+            {"name": w.name, "entry_point": str(w.entry_point), "kwargs": data(w.kwargs)}
+        )
     return {
         "id": spec.id,
-        "entry_point": spec.entry_point if isinstance(spec.entry_point, str) else data(spec.entry_point),
+        "entry_point": spec.entry_point
+        if isinstance(spec.entry_point, str)
+        else data(spec.entry_point),
         "kwargs": data(dict(spec.kwargs)),
         "max_episode_steps": spec.max_episode_steps,
         "reward_threshold": data(spec.reward_threshold),
@@ -147,8 +153,10 @@ class _LeafWriter:
         self.what = what
         # A scalar class whose every value converts to exactly this column's dtype.
         self.fast_type: type | None = None
-        if col.logical is None and self.shape == () and isinstance(
-            first, (bool, int, float, np.generic)
+        if (
+            col.logical is None
+            and self.shape == ()
+            and isinstance(first, (bool, int, float, np.generic))
         ):
             self.fast_type = type(first)
 
@@ -162,9 +170,12 @@ class _LeafWriter:
             self.buf[p] = v
             return
         arr, logical = to_array(v, self.what)
-        if (logical or arr.dtype) != (self.col.logical or self.col.dtype) or arr.shape != self.shape:
+        if (logical or arr.dtype) != (
+            self.col.logical or self.col.dtype
+        ) or arr.shape != self.shape:
             raise CaptureError(
-                f"{self.what} changed from {self.col.logical or self.col.dtype}{list(self.shape)} to "
+                f"{self.what} changed from {self.col.logical or self.col.dtype}"
+                f"{list(self.shape)} to "
                 f"{logical or arr.dtype}{list(arr.shape)} at row {self.stream.rows}; replaykit "
                 "records each key with one dtype and shape (exclude ragged info keys with "
                 "ignore_info=...)"
@@ -481,9 +492,7 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
                     self._recording_start_state if self._replay_scope == "recording" else None
                 ),
             }
-        tree = snapshot.capture(
-            self.env, self._tracked, recorder, fallback=fallback, extra=extra
-        )
+        tree = snapshot.capture(self.env, self._tracked, recorder, fallback=fallback, extra=extra)
         meta: dict[str, Any] = dict(recorder)
         meta["env_state"] = "adapter" if tree["env"].get("env") is not None else "replay-from-reset"
         if meta["env_state"] != "adapter":
@@ -505,7 +514,9 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         if seed is not None and not 0 <= int(seed) <= _INT64_MAX:
             raise UsageError(f"reset seed {seed} does not fit in int64")
         if self._probes:
-            raise UsageError(f"probes {sorted(self._probes)} logged before reset(); log them before step()")
+            raise UsageError(
+                f"probes {sorted(self._probes)} logged before reset(); log them before step()"
+            )
         if not self._has_adapter:
             from replaykit import envstate
 
@@ -520,7 +531,7 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         p = s.pos
         if self._reset_obs_w is None:
             self._reset_obs_w = self._make_writers(s, F.OBS, self._obs_leaves, self._obs_get, obs)
-        for w, get in zip(self._reset_obs_w, self._obs_get):
+        for w, get in zip(self._reset_obs_w, self._obs_get, strict=True):
             w.write(get(obs), p)
         s.column(F.RESET_STEP, np.dtype(np.int64), ()).buf[p] = self._t
         s.column(F.RESET_SEED, np.dtype(np.int64), ()).buf[p] = -1 if seed is None else int(seed)
@@ -609,8 +620,11 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
                 if self._probes:
                     self._probes.clear()
                 self._writer.update_meta(
-                    closed=True, skipped_info=sorted(self._skipped_info), steps=self._t,
-                    episodes=self._episode + 1, updates=self._update_log.count,
+                    closed=True,
+                    skipped_info=sorted(self._skipped_info),
+                    steps=self._t,
+                    episodes=self._episode + 1,
+                    updates=self._update_log.count,
                 )
                 self._writer.close()
             finally:
@@ -633,7 +647,7 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         value: Any,
     ) -> list[_LeafWriter]:
         out = []
-        for leaf, get in zip(leaves, getters):
+        for leaf, get in zip(leaves, getters, strict=True):
             arr, logical = to_array(get(value), f"{prefix} {leaf.name or ''}".strip())
             key = F.column_path(prefix, leaf.name)
             col = s.column(key, arr.dtype, arr.shape, logical=logical)
@@ -715,7 +729,11 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         self._next_snapshot = min(later, default=_NEVER)
 
     def _write_info(
-        self, s: StreamWriter, writers: dict[str, _LeafWriter | None], info: Mapping[str, Any], p: int
+        self,
+        s: StreamWriter,
+        writers: dict[str, _LeafWriter | None],
+        info: Mapping[str, Any],
+        p: int,
     ) -> None:
         for key, value in _flat_info(info):
             w = writers.get(key, _MISSING)
@@ -729,7 +747,9 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
                     writers[key] = None
                     self._skipped_info.add(key)
                     continue
-                col = s.column(F.column_path(F.INFO, key), arr.dtype, arr.shape, logical=logical, optional=True)
+                col = s.column(
+                    F.column_path(F.INFO, key), arr.dtype, arr.shape, logical=logical, optional=True
+                )
                 w = writers[key] = _LeafWriter(s, col, f"info {key!r}", value)
             if w is None:
                 continue
@@ -744,7 +764,13 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
             w = self._probe_w.get(name)
             if w is None:
                 arr, logical = to_array(value, f"probe {name!r}")
-                col = s.column(F.column_path(F.PROBE, name), arr.dtype, arr.shape, logical=logical, optional=True)
+                col = s.column(
+                    F.column_path(F.PROBE, name),
+                    arr.dtype,
+                    arr.shape,
+                    logical=logical,
+                    optional=True,
+                )
                 w = self._probe_w[name] = _LeafWriter(s, col, f"probe {name!r}", value)
             w.write(value, p)
             assert w.col.present is not None

@@ -116,8 +116,10 @@ def make_env(recording: Recording | str | os.PathLike[str], **overrides: Any) ->
                 f"env id {env_id!r} is not registered with gymnasium; import the package that "
                 "registers it (e.g. ale_py, replaykit_envs) or install its extra"
             )
-        kwargs = {
-            k: v for k, v in (spec.get("kwargs") or {}).items() if not isinstance(v, dict) or "$repr" not in v
+        kwargs: dict[str, Any] = {
+            k: v
+            for k, v in (spec.get("kwargs") or {}).items()
+            if not isinstance(v, dict) or "$repr" not in v
         }
         kwargs.update(overrides)
         max_steps = spec.get("max_episode_steps")
@@ -168,7 +170,13 @@ class _Verifier:
             return
         arr, alog = to_array(actual, key) if not isinstance(actual, np.ndarray) else (actual, None)
         rule = self.rules.for_key(key)
-        m = compare_arrays(expected, arr, rule, logical=logical, actual_logical=alog or logical if alog else logical)
+        m = compare_arrays(
+            expected,
+            arr,
+            rule,
+            logical=logical,
+            actual_logical=alog or logical if alog else logical,
+        )
         self.compared += 1
         if m is not None:
             self.fail(key, m, rule, stream=stream, row=row, episode=episode, k=k)
@@ -364,7 +372,10 @@ class Replay:
         return self._recorded_obs(self._steps_rows(), self.step - 1), {}
 
     def _recorded_obs(self, rows: _Rows, i: int) -> Any:
-        values = {leaf.name: self._value(rows, F.column_path(F.OBS, leaf.name), i) for leaf in self._obs_leaves}
+        values = {
+            leaf.name: self._value(rows, F.column_path(F.OBS, leaf.name), i)
+            for leaf in self._obs_leaves
+        }
         return _spaces.unflatten(self._obs_space, values)
 
     def recorded_action(self, i: int) -> Any:
@@ -417,9 +428,16 @@ class Replay:
 
     # -------------------------------------------------------------- stepping
     def _where(self) -> dict[str, Any]:
-        return {"stream": F.STEPS, "row": self.step, "episode": self.episode, "k": self.step_in_episode}
+        return {
+            "stream": F.STEPS,
+            "row": self.step,
+            "episode": self.episode,
+            "k": self.step_in_episode,
+        }
 
-    def _step(self, env: gym.Env[Any, Any], action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+    def _step(
+        self, env: gym.Env[Any, Any], action: Any
+    ) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
         __tracebackhide__ = True
         rows = self._steps_rows()
         t = self.step
@@ -429,8 +447,13 @@ class Replay:
                 "verified after the snapshot — step fewer times or record longer"
             )
         if self.needs_reset:
-            self._v.fail("reset", Mismatch("missing"), EXACT, **self._where(),
-                         note="the recorded episode ended here and the next call was reset()")
+            self._v.fail(
+                "reset",
+                Mismatch("missing"),
+                EXACT,
+                **self._where(),
+                note="the recorded episode ended here and the next call was reset()",
+            )
         ep, _ = rows.get(F.EPISODE, t)
         st = rows.stream
         # Probes come before the action in the user's loop, so they are compared first.
@@ -442,11 +465,21 @@ class Replay:
                 if name in self._probes:
                     if not present:
                         self._v.fail(f"probe/{name}", Mismatch("extra"), EXACT, **self._where())
-                    self._v.check(f"probe/{name}", expected, self._probes[name],
-                                  logical=st.logical_dtype(col), **self._where())
+                    self._v.check(
+                        f"probe/{name}",
+                        expected,
+                        self._probes[name],
+                        logical=st.logical_dtype(col),
+                        **self._where(),
+                    )
                 elif present and not self._v.ignored(f"probe/{name}"):
-                    self._v.fail(f"probe/{name}", Mismatch("missing"), EXACT, **self._where(),
-                                 note="the recording logged this probe before this step")
+                    self._v.fail(
+                        f"probe/{name}",
+                        Mismatch("missing"),
+                        EXACT,
+                        **self._where(),
+                        note="the recording logged this probe before this step",
+                    )
         for name in self._probes:
             if F.column_path(F.PROBE, name) not in st.columns:
                 self._v.fail(f"probe/{name}", Mismatch("extra"), EXACT, **self._where())
@@ -477,8 +510,12 @@ class Replay:
         rexp, _ = rows.get(F.REWARD, t)
         ract = _python_reward(reward, rexp.dtype)
         self._v.check(F.REWARD, rexp, ract, **self._where())
-        self._v.check(F.TERMINATED, rows.get(F.TERMINATED, t)[0], np.bool_(terminated), **self._where())
-        self._v.check(F.TRUNCATED, rows.get(F.TRUNCATED, t)[0], np.bool_(truncated), **self._where())
+        self._v.check(
+            F.TERMINATED, rows.get(F.TERMINATED, t)[0], np.bool_(terminated), **self._where()
+        )
+        self._v.check(
+            F.TRUNCATED, rows.get(F.TRUNCATED, t)[0], np.bool_(truncated), **self._where()
+        )
         self._check_info(rows, t, info, "info")
 
     def _check_info(self, rows: _Rows, i: int, info: Mapping[str, Any], prefix: str) -> None:
@@ -487,8 +524,11 @@ class Replay:
         st = rows.stream
         skipped = set(self.recording.meta.get("skipped_info") or ())
         live = dict(_flat_info(info))
-        where = self._where() if prefix == "info" else {
-            "stream": F.RESETS, "row": i, "episode": i, "k": 0}
+        where = (
+            self._where()
+            if prefix == "info"
+            else {"stream": F.RESETS, "row": i, "episode": i, "k": 0}
+        )
         key_prefix = prefix
         for col in st.columns:
             if not col.startswith(F.INFO + "/"):
@@ -506,7 +546,11 @@ class Replay:
                 self._v.check(key, expected, live[name], logical=st.logical_dtype(col), **where)
         for name, value in live.items():
             key = f"{key_prefix}/{name}"
-            if F.column_path(F.INFO, name) not in st.columns and name not in skipped and not self._v.ignored(key):
+            if (
+                F.column_path(F.INFO, name) not in st.columns
+                and name not in skipped
+                and not self._v.ignored(key)
+            ):
                 try:
                     to_array(value, key)
                 except Exception:
@@ -519,15 +563,20 @@ class Replay:
         __tracebackhide__ = True
         e = self.episode + 1
         resets = self._resets
-        where = {"stream": F.RESETS, "row": e, "episode": e, "k": 0}
+        where: dict[str, Any] = {"stream": F.RESETS, "row": e, "episode": e, "k": 0}
         if e >= resets.rows:
             raise UsageError(
                 f"the recording holds {resets.rows} episodes; reset {e} was not recorded"
             )
         start, _ = resets.get(F.RESET_STEP, e)
         if int(start) != self.step:
-            self._v.fail("reset", Mismatch("extra"), EXACT, **self._where(),
-                         note=f"the recording reset at step {int(start)}, not here")
+            self._v.fail(
+                "reset",
+                Mismatch("extra"),
+                EXACT,
+                **self._where(),
+                note=f"the recording reset at step {int(start)}, not here",
+            )
         rseed, _ = resets.get(F.RESET_SEED, e)
         seeded, _ = resets.get(F.RESET_SEEDED, e)
         got = np.int64(-1 if seed is None else seed)
@@ -611,12 +660,12 @@ def restore(
     if on_drift not in ("report", "warn", "error"):
         raise UsageError(f"on_drift must be 'report', 'warn' or 'error', got {on_drift!r}")
     owns = not isinstance(recording, Recording)
-    rec = Recording(recording, verify=verify) if owns else recording
-    assert isinstance(rec, Recording)
+    rec = recording if isinstance(recording, Recording) else Recording(recording, verify=verify)
     try:
         if on_drift != "report":
             diffs = [
-                d for d in provenance.differences(rec.provenance, provenance.collect(git=False))
+                d
+                for d in provenance.differences(rec.provenance, provenance.collect(git=False))
                 if not d[0].startswith(("git.", "platform.processor"))
             ]
             if diffs:
@@ -630,7 +679,9 @@ def restore(
 
                 from replaykit.errors import ReplaykitWarning
 
-                warnings.warn(f"setup differs from the recording's: {text}", ReplaykitWarning, stacklevel=2)
+                warnings.warn(
+                    f"setup differs from the recording's: {text}", ReplaykitWarning, stacklevel=2
+                )
         if env is None:
             env = make_env(rec)
         rules_obj = rules if isinstance(rules, Rules) else Rules(rules)
@@ -691,8 +742,12 @@ def _fast_forward(
         rec,
         info,
         env,
-        {"step": int(reset_steps[0]), "episode": first - 1, "step_in_episode": 0,
-         "needs_reset": True},
+        {
+            "step": int(reset_steps[0]),
+            "episode": first - 1,
+            "step_in_episode": 0,
+            "needs_reset": True,
+        },
         rules,
         ignore,
         owns=False,
@@ -720,7 +775,12 @@ def _fast_forward(
     if live is not None and tree["env"].get("env_rng") is not None:
         if _rng_repr(live) != _rng_repr(tree["env"]["env_rng"]):
             probe._v.fail(
-                "env_rng", Mismatch("value"), EXACT, stream=F.STEPS, row=t, episode=e,
+                "env_rng",
+                Mismatch("value"),
+                EXACT,
+                stream=F.STEPS,
+                row=t,
+                episode=e,
                 k=probe.step_in_episode,
                 note="after replaying the episode's actions the env's RNG state differs from the "
                 "snapshot's: the env draws random numbers outside its own np_random",

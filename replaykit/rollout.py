@@ -95,9 +95,7 @@ def record_rollout(
     seed_everything(seed)
     register_env_namespace(env_id)
     env = gym.make(env_id, **(env_kwargs or {}))
-    rec = RecordingWrapper(
-        env, out, seed=seed, metadata={"policy": policy_spec, "cli_seed": seed}
-    )
+    rec = RecordingWrapper(env, out, seed=seed, metadata={"policy": policy_spec, "cli_seed": seed})
     try:
         policy = resolve_policy(policy_spec, rec, seed)
         for name, obj in policy.state_objects().items():
@@ -120,8 +118,17 @@ def record_rollout(
             obs, _ = rec.reset()
             needs_reset = False
             while rec.episode < episodes:
-                obs = drive(rec, policy, 1, obs=obs, needs_reset=needs_reset, on_probe=rec.probe,
-                            on_update=rec.log_update, at_top=at_top, on_step=count)
+                obs = drive(
+                    rec,
+                    policy,
+                    1,
+                    obs=obs,
+                    needs_reset=needs_reset,
+                    on_probe=rec.probe,
+                    on_update=rec.log_update,
+                    at_top=at_top,
+                    on_step=count,
+                )
                 rec_steps = rec.step_count
                 needs_reset = rec._needs_reset
                 if needs_reset and rec.episode + 1 >= episodes:
@@ -130,11 +137,24 @@ def record_rollout(
                     break
         else:
             obs, _ = rec.reset()
-            drive(rec, policy, steps, obs=obs, needs_reset=False, on_probe=rec.probe,
-                  on_update=rec.log_update, at_top=at_top, on_step=count)
+            drive(
+                rec,
+                policy,
+                steps,
+                obs=obs,
+                needs_reset=False,
+                on_probe=rec.probe,
+                on_update=rec.log_update,
+                at_top=at_top,
+                on_step=count,
+            )
         summary = RecordSummary(
-            path=str(out), env_id=env_id, steps=rec.step_count, episodes=rec.episode + 1,
-            updates=rec._update_log.count, snapshots=list(rec._writer.snapshots),
+            path=str(out),
+            env_id=env_id,
+            steps=rec.step_count,
+            episodes=rec.episode + 1,
+            updates=rec._update_log.count,
+            snapshots=list(rec._writer.snapshots),
         )
     finally:
         rec.close()
@@ -179,6 +199,15 @@ def replay_snapshot(
         rep: Replay = restore(rec, snapshot_id, env=env, track=policy.state_objects(), rules=rules)
         n = rep.steps_left if steps is None else steps
         n = min(n, rep.steps_left)
-        drive(rep.env, policy, n, obs=rep.obs, needs_reset=rep.needs_reset,
-              on_probe=rep.probe, on_update=rep.log_update)
-        return ReplaySummary(rep.snapshot.name, rep.snapshot.step, rep.verified_steps, rep.verified_updates)
+        drive(
+            rep.env,
+            policy,
+            n,
+            obs=rep.obs,
+            needs_reset=rep.needs_reset,
+            on_probe=rep.probe,
+            on_update=rep.log_update,
+        )
+        return ReplaySummary(
+            rep.snapshot.name, rep.snapshot.step, rep.verified_steps, rep.verified_updates
+        )

@@ -34,8 +34,13 @@ def _is_generator(obj: Any) -> bool:
 
     return isinstance(
         obj,
-        (np.random.Generator, np.random.BitGenerator, np.random.RandomState, random.Random,
-         torch.Generator),
+        (
+            np.random.Generator,
+            np.random.BitGenerator,
+            np.random.RandomState,
+            random.Random,
+            torch.Generator,
+        ),
     )
 
 
@@ -83,11 +88,15 @@ def capture(
     }
 
 
-def check_tracked_names(saved: Mapping[str, Any], kinds: Mapping[str, str], given: Mapping[str, Any]) -> None:
+def check_tracked_names(
+    saved: Mapping[str, Any], kinds: Mapping[str, str], given: Mapping[str, Any]
+) -> None:
     problems = []
     for name in saved:
         if name not in given:
-            problems.append(f"snapshot tracks {name!r} ({kinds.get(name, '?')}) but restore got none")
+            problems.append(
+                f"snapshot tracks {name!r} ({kinds.get(name, '?')}) but restore got none"
+            )
     for name in given:
         if name not in saved:
             problems.append(f"restore got {name!r} but the snapshot does not track it")

@@ -1,4 +1,6 @@
-"""A user's own training loop, used by tests/test_core.py to record and to replay in a fresh process.
+"""A user's own training loop, used by tests/test_core.py to record and to replay.
+
+The replay runs in a fresh process.
 
 Run as ``python tests/core_child.py replay FILE ENV_ID STEPS [--variant NAME]``; exit 0 when the
 replay matched, 1 with the divergence report on stderr when it did not.
@@ -32,7 +34,10 @@ class Policy(torch.nn.Module):
         self.discrete = isinstance(env.action_space, gym.spaces.Discrete)
         n_out = int(env.action_space.n) if self.discrete else int(np.prod(env.action_space.shape))
         self.net = torch.nn.Sequential(
-            torch.nn.Linear(n_in, 16), torch.nn.Tanh(), torch.nn.Dropout(0.1), torch.nn.Linear(16, n_out)
+            torch.nn.Linear(n_in, 16),
+            torch.nn.Tanh(),
+            torch.nn.Dropout(0.1),
+            torch.nn.Linear(16, n_out),
         )
         self.log_std = torch.nn.Parameter(torch.zeros(n_out))
         self.variant = variant
@@ -55,7 +60,9 @@ class Policy(torch.nn.Module):
         return np.clip(a.detach().cpu().numpy(), lo, hi).astype(self.space.dtype), out
 
 
-def build(env_id: str, variant: str = "base") -> tuple[gym.Env[Any, Any], Policy, torch.optim.Optimizer]:
+def build(
+    env_id: str, variant: str = "base"
+) -> tuple[gym.Env[Any, Any], Policy, torch.optim.Optimizer]:
     env = gym.make(env_id)
     policy = Policy(env, variant).to(DEVICE)
     opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
@@ -66,7 +73,9 @@ def record(path: str, env_id: str, steps: int, snapshot_at: int, seed: int = 0) 
     """Record ``steps`` steps, snapshotting at the top of iteration ``snapshot_at``."""
     torch.manual_seed(seed)
     env, policy, opt = build(env_id)
-    rec = replaykit.RecordingWrapper(env, path, seed=seed, track={"policy": policy, "optimizer": opt})
+    rec = replaykit.RecordingWrapper(
+        env, path, seed=seed, track={"policy": policy, "optimizer": opt}
+    )
     obs, _ = rec.reset()
     needs_reset = False
     for t in range(steps):
@@ -80,7 +89,12 @@ def record(path: str, env_id: str, steps: int, snapshot_at: int, seed: int = 0) 
         rec.probe("zero", torch.tensor([0.0], device=DEVICE))
         obs, reward, term, trunc, _ = rec.step(action)
         if (t + 1) % 8 == 0:
-            loss = -(policy(torch.as_tensor(np.asarray(obs, np.float32), device=DEVICE).reshape(-1)).sum() * float(reward))
+            loss = -(
+                policy(
+                    torch.as_tensor(np.asarray(obs, np.float32), device=DEVICE).reshape(-1)
+                ).sum()
+                * float(reward)
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -108,7 +122,12 @@ def replay(path: str, env_id: str, steps: int, variant: str = "base", zero: floa
             obs, reward, term, trunc, _ = rep.env.step(action)
             t += 1
             if t % 8 == 0:
-                loss = -(policy(torch.as_tensor(np.asarray(obs, np.float32), device=DEVICE).reshape(-1)).sum() * float(reward))
+                loss = -(
+                    policy(
+                        torch.as_tensor(np.asarray(obs, np.float32), device=DEVICE).reshape(-1)
+                    ).sum()
+                    * float(reward)
+                )
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -119,7 +138,10 @@ def replay(path: str, env_id: str, steps: int, variant: str = "base", zero: floa
     except DivergenceError as exc:
         print(exc, file=sys.stderr)
         return 1
-    print(f"verified {rep.verified_steps} steps from snapshot {rep.snapshot.name} at step {rep.snapshot.step}")
+    print(
+        f"verified {rep.verified_steps} steps from snapshot {rep.snapshot.name} "
+        f"at step {rep.snapshot.step}"
+    )
     return 0
 
 

@@ -17,7 +17,9 @@ class NoAdapterEnv(gym.Env[np.ndarray, np.ndarray]):
         self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
         self._x = np.zeros(3)
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         self._x = self.np_random.normal(size=3)
         return self._x.copy(), {}
@@ -41,6 +43,9 @@ class FlakyEnv(NoAdapterEnv):
         return obs, r, term, trunc, info
 
 
-for _id, _cls in (("replaykit-test/NoAdapter-v0", NoAdapterEnv), ("replaykit-test/Flaky-v0", FlakyEnv)):
+for _id, _cls in (
+    ("replaykit-test/NoAdapter-v0", NoAdapterEnv),
+    ("replaykit-test/Flaky-v0", FlakyEnv),
+):
     if _id not in gym.registry:
         gym.register(id=_id, entry_point=_cls, max_episode_steps=200)

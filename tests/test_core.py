@@ -1,4 +1,7 @@
-"""The snapshot contract end to end: record, snapshot mid-episode, restore in a fresh process, verify."""
+"""The snapshot contract end to end.
+
+Record, snapshot mid-episode, restore in a fresh process, verify.
+"""
 
 from __future__ import annotations
 
@@ -82,7 +85,9 @@ def test_signed_zero_counts(tmp_path: Path) -> None:
     assert "bits 0x80000000" in res.stderr and "bits 0x00000000" in res.stderr
 
 
-def _rewrite_value(path: Path, stream: str, column: str, row: int, index: tuple[int, ...], new: float) -> float:
+def _rewrite_value(
+    path: Path, stream: str, column: str, row: int, index: tuple[int, ...], new: float
+) -> float:
     """Change one stored value and re-seal the stream's checksums, as if another run wrote it."""
     import xxhash
 
@@ -124,7 +129,9 @@ def test_replay_from_reset_fallback_fresh_process(tmp_path: Path) -> None:
         snap = rec.snapshots[0]
         assert snap.meta["env_state"] == "replay-from-reset"
         assert snap.meta["step_in_episode"] > 0
-    res = run_child("--register-noadapter", "replay", str(path), "replaykit-test/NoAdapter-v0", "120")
+    res = run_child(
+        "--register-noadapter", "replay", str(path), "replaykit-test/NoAdapter-v0", "120"
+    )
     assert res.returncode == 0, res.stderr
     assert "verified 120 steps" in res.stdout
 
@@ -157,7 +164,9 @@ def test_model_shape_mismatch_is_one_line_error(tmp_path: Path) -> None:
     path = tmp_path / "r.h5"
     _small_recording(path)
     with pytest.raises(StateMismatchError) as info:
-        replaykit.restore(path, "s", env=gym.make("CartPole-v1"), track={"model": torch.nn.Linear(4, 3)})
+        replaykit.restore(
+            path, "s", env=gym.make("CartPole-v1"), track={"model": torch.nn.Linear(4, 3)}
+        )
     msg = str(info.value)
     assert "\n" not in msg
     assert "weight" in msg and "(2, 4)" in msg.replace("[2, 4]", "(2, 4)")
@@ -175,7 +184,12 @@ def test_optimizer_mismatch_is_error(tmp_path: Path) -> None:
     env.close()
     other = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.Linear(2, 2))
     with pytest.raises(StateMismatchError) as info:
-        replaykit.restore(path, "s", env=gym.make("CartPole-v1"), track={"opt": torch.optim.Adam(other.parameters())})
+        replaykit.restore(
+            path,
+            "s",
+            env=gym.make("CartPole-v1"),
+            track={"opt": torch.optim.Adam(other.parameters())},
+        )
     assert "\n" not in str(info.value)
 
 
@@ -216,4 +230,6 @@ def test_spaces_and_env_id_checked(tmp_path: Path) -> None:
     path = tmp_path / "r.h5"
     _small_recording(path)
     with pytest.raises(StateMismatchError, match="env id"):
-        replaykit.restore(path, "s", env=gym.make("Acrobot-v1"), track={"model": torch.nn.Linear(4, 2)})
+        replaykit.restore(
+            path, "s", env=gym.make("Acrobot-v1"), track={"model": torch.nn.Linear(4, 2)}
+        )

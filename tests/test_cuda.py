@@ -1,4 +1,7 @@
-"""CUDA checks: run on a GPU machine with `bash .ci/gpu-check` (skipped where no CUDA device is present)."""
+"""CUDA checks.
+
+Run them on a GPU machine with `bash .ci/gpu-check`; they skip where no CUDA device is present.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +25,10 @@ HERE = Path(__file__).resolve().parent
 def child(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(HERE / "core_child.py"), *args],
-        capture_output=True, text=True, timeout=300, cwd=HERE,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=HERE,
         env={**__import__("os").environ, "CUBLAS_WORKSPACE_CONFIG": ":4096:8"},
     )
 

@@ -1,4 +1,6 @@
-"""Pin format v1: the golden file reads back its known inputs, and its layout matches docs/FORMAT.md.
+"""Pin format v1.
+
+The golden file reads back its known inputs, and its layout matches docs/FORMAT.md.
 
 The names below are spelled from docs/FORMAT.md on purpose (not imported from
 replaykit._format), so a renamed attribute or group fails here.
@@ -33,7 +35,12 @@ def layout(path: Path) -> dict[str, Any]:
 
         def visit(name: str, obj: Any) -> None:
             if isinstance(obj, h5py.Dataset):
-                out[name] = ("dataset", obj.dtype.str, obj.shape[1:] if "streams" in name else obj.shape, sorted(obj.attrs))
+                out[name] = (
+                    "dataset",
+                    obj.dtype.str,
+                    obj.shape[1:] if "streams" in name else obj.shape,
+                    sorted(obj.attrs),
+                )
             else:
                 out[name] = ("group", sorted(obj.attrs))
 
@@ -67,7 +74,11 @@ def test_golden_file_reads_back_its_inputs() -> None:
 def test_golden_layout_matches_the_spec() -> None:
     with h5py.File(GOLDEN, "r") as f:
         assert set(f.attrs) == {
-            "replaykit_format", "replaykit_format_version", "created", "provenance", "meta",
+            "replaykit_format",
+            "replaykit_format_version",
+            "created",
+            "provenance",
+            "meta",
             "root_checksum",
         }
         assert f.attrs["replaykit_format"] == "replaykit.recording"

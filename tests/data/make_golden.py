@@ -1,6 +1,6 @@
 """Write the golden format-v1 file the format tests pin (run once per format version).
 
-    python tests/data/make_golden.py tests/data/golden_v1.h5
+python tests/data/make_golden.py tests/data/golden_v1.h5
 """
 
 from __future__ import annotations
