@@ -449,25 +449,29 @@ def _flatten(doc: Any, prefix: str = "") -> list[tuple[str, Any]]:
 def check(
     file: Annotated[Path, typer.Argument(help="The file to validate.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    sandbox: Annotated[
+        bool,
+        typer.Option(
+            "--sandbox/--no-sandbox",
+            help="Validate in a child process with time and memory limits (default), so a "
+            "crafted file that hangs or crashes the HDF5 library cannot take this process down.",
+        ),
+    ] = True,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds the sandboxed check may take.", min=1.0)
+    ] = 120.0,
+    memory_mb: Annotated[
+        int, typer.Option("--memory-mb", help="Address-space limit of the sandbox.", min=256)
+    ] = 4096,
 ) -> None:
     """Validate a file: structure, every stream column and snapshot, checksums (exit 2 if bad)."""
-    from replaykit.inspection import validate_file
+    from replaykit.check import validate_file
 
-    report = validate_file(file)
+    report = validate_file(file, sandbox=sandbox, timeout=timeout, memory_mb=memory_mb)
     if as_json:
         _dump_json(report.to_json())
-    elif report.ok:
-        out.print(
-            f"ok: {file}: {report.streams} streams, {report.columns} columns, {report.rows} rows, "
-            f"{report.snapshots} snapshots; all checksums verified"
-        )
     else:
-        n = len(report.problems)
-        out.print(f"bad: {file}: {n} problem{'s' if n != 1 else ''}")
-        for p in report.problems:
-            out.print(f"  {p}")
-    if not report.ok:
-        raise typer.Exit(EXIT_ERROR)
+        out.print(report.format())
 
 
 @app.command(epilog=EXIT_CODES_HELP)

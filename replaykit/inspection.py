@@ -15,15 +15,13 @@ Example:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from replaykit import _format as F
-from replaykit.errors import ReplaykitError
 
-__all__ = ["ValidationReport", "summarize", "validate_file"]
+__all__ = ["summarize"]
 
 # Rows per block when streaming a column; bounds memory per column.
 BLOCK_ROWS = 65536
@@ -183,93 +181,3 @@ def summarize(path: str | os.PathLike[str], *, block_rows: int = BLOCK_ROWS) -> 
             "snapshots": snapshots,
             "layout": _layout(rec),
         }
-
-
-@dataclass
-class ValidationReport:
-    """Result of :func:`validate_file`: ``ok`` plus one line per problem found."""
-
-    path: str
-    ok: bool = True
-    problems: list[str] = field(default_factory=list)
-    streams: int = 0
-    columns: int = 0
-    rows: int = 0
-    snapshots: int = 0
-
-    def add(self, where: str, exc: BaseException) -> None:
-        self.ok = False
-        text = str(exc) if isinstance(exc, ReplaykitError) else f"{type(exc).__name__}: {exc}"
-        self.problems.append(f"{where}: {text}" if where else text)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "ok": self.ok,
-            "problems": list(self.problems),
-            "streams": self.streams,
-            "columns": self.columns,
-            "rows": self.rows,
-            "snapshots": self.snapshots,
-        }
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> ValidationReport:
-        return cls(**{k: doc[k] for k in cls.__dataclass_fields__})
-
-
-def validate_file(
-    path: str | os.PathLike[str], *, block_rows: int = BLOCK_ROWS
-) -> ValidationReport:
-    """Open a recording and read every stream column and snapshot, verifying checksums.
-
-    Never raises for a bad file: every problem becomes a line in the report, and
-    checking goes on with the next column or snapshot so one report lists them all.
-
-    Args:
-        path: the file to check.
-        block_rows: rows read per block.
-    """
-    from replaykit.store import Recording
-
-    report = ValidationReport(path=str(path))
-    try:
-        rec = Recording(path)
-    except Exception as exc:  # any failure to open is a finding, not a crash
-        report.add("", exc)
-        return report
-    with rec:
-        try:
-            names = rec.stream_names
-        except Exception as exc:
-            report.add(f"/{F.STREAMS_GROUP}", exc)
-            names = []
-        for sname in names:
-            try:
-                st = rec.stream(sname)
-            except Exception as exc:
-                report.add(f"stream {sname!r}", exc)
-                continue
-            report.streams += 1
-            report.rows += st.rows
-            for col in st.columns:
-                report.columns += 1
-                try:
-                    for _ in st.blocks(col, block_rows):
-                        pass
-                    if st.optional(col):
-                        st.present(col)
-                except Exception as exc:
-                    report.add(f"stream {sname!r} column {col!r}", exc)
-        try:
-            snaps = rec.snapshots
-        except Exception as exc:
-            report.add(f"/{F.SNAPSHOTS_GROUP}", exc)
-            snaps = []
-        for s in snaps:
-            try:
-                rec.load_snapshot(s.name)
-                report.snapshots += 1
-            except Exception as exc:
-                report.add(f"snapshot {s.name!r}", exc)
-    return report

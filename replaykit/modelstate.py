@@ -35,8 +35,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import numpy as np
@@ -82,18 +84,36 @@ def _describe(x: Any) -> str:
     return type(x).__name__
 
 
+_SHARING: contextvars.ContextVar[bool] = contextvars.ContextVar("replaykit_sharing", default=False)
+
+
+@contextlib.contextmanager
+def sharing() -> Iterator[None]:
+    """Let captures and restores inside share memory with live objects instead of copying.
+
+    For a capture that is written to disk before anything can change (a snapshot), and for
+    a restore from a tree that nothing else holds (one just read from a file): it saves a
+    full copy of every tensor, which for large models is most of the time.
+    """
+    token = _SHARING.set(True)
+    try:
+        yield
+    finally:
+        _SHARING.reset(token)
+
+
 def _clone_tree(x: Any, path: str = "") -> Any:
     """Copy a state tree so it shares no memory with live objects, refusing non-tree leaves."""
     if isinstance(x, torch.Tensor):
         # detach: the snapshot must not keep an autograd graph (or its memory) alive.
-        return x.detach().clone()
+        return x.detach() if _SHARING.get() else x.detach().clone()
     if isinstance(x, np.ndarray):
         if x.dtype == object:
             raise CaptureError(
                 f"cannot capture {path or 'value'}: object-dtype arrays hold Python objects that "
                 "cannot be stored exactly; use a numeric dtype"
             )
-        return x.copy()
+        return x if _SHARING.get() else x.copy()
     if x is None or isinstance(x, (bool, int, float, str, np.generic)):
         if isinstance(x, np.generic) and x.dtype == object:
             raise CaptureError(f"cannot capture {path or 'value'}: numpy object scalar")

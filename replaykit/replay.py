@@ -695,8 +695,13 @@ def restore(
         else:
             _fast_forward(rec, info, env, tree, rules_obj, ignore)
             envstate.restore_wrappers_and_rngs(env, chain)
-        for name, obj in tracked.items():
-            snapshot.restore_tracked(obj, tree["tracked"][name], name)
+        from replaykit.modelstate import sharing
+
+        # The tree was just read from the file and is dropped after this: the live objects
+        # may take its tensors without a copy.
+        with sharing():
+            for name, obj in tracked.items():
+                snapshot.restore_tracked(obj, tree["tracked"][name], name)
         if global_rngs and tree.get("rngs") is not None:
             rng.restore_global_rngs(tree["rngs"])
         return Replay(

@@ -52,8 +52,7 @@ from replaykit.errors import (
 
 __all__ = ["Recording", "RecordingWriter", "SnapshotInfo", "StreamReader", "StreamWriter"]
 
-# Entry of a snapshot's checksums attribute: {array name: dtype+shape} (absent in files
-# written before it existed, which then get bytes-only checks).
+# Entry of a snapshot's checksums attribute: {array name: dtype+shape}.
 LAYOUT_KEY = "@layout"
 
 # A stream looks at the clock (for time-based commits) once every this many rows.
@@ -1039,6 +1038,12 @@ class Recording:
         names = [k for k in checksums if not k.startswith("@")]
         layouts = checksums.get(LAYOUT_KEY)
         if not isinstance(layouts, dict):
+            if self.verify:
+                raise ChecksumError(
+                    "snapshot checksums lack the array layouts; the file is damaged or edited",
+                    path=self.path,
+                    obj=where,
+                )
             layouts = None
         if self.verify:
             stored = sorted(g.keys())

@@ -30,7 +30,7 @@ CHILD = HERE / "core_child.py"
 
 def run_child(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(CHILD), *args], capture_output=True, text=True, timeout=120, cwd=HERE
+        [sys.executable, str(CHILD), *args], capture_output=True, text=True, timeout=600, cwd=HERE
     )
 
 

@@ -84,7 +84,8 @@ def test_golden_layout_matches_the_spec() -> None:
         assert f.attrs["replaykit_format"] == "replaykit.recording"
         assert int(f.attrs["replaykit_format_version"]) == 1
         steps = f["streams/steps"]
-        commit = json.loads(steps.attrs["commit"])
+        raw = steps.attrs["commit"]
+        commit = json.loads(raw.decode().rstrip(" ") if isinstance(raw, bytes) else raw)
         assert set(commit) == {"rows", "columns", "checksums", "crc"}
         assert commit["rows"] == 3
         assert commit["columns"]["probe/x"] == {"dtype": "bfloat16", "shape": [2], "optional": True}
@@ -99,6 +100,8 @@ def test_golden_layout_matches_the_spec() -> None:
         assert steps["probe/x@present"].dtype == np.bool_
         snap = f["snapshots/s0"]
         assert set(snap.attrs) == {"snapshot", "tree", "checksums"}
+        checks = json.loads(snap.attrs["checksums"])
+        assert checks["@layout"] == {"a0": "<u2[1, 2]", "a1": "<f4[]", "a2": "<f8[0, 2]"}
         assert sorted(snap) == ["a0", "a1", "a2"]
         assert snap["a0"].attrs["logical_dtype"] == "bfloat16" and snap["a0"].dtype == np.uint16
         tree = json.loads(snap.attrs["tree"])
