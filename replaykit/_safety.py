@@ -71,11 +71,36 @@ def open_validated(path: Path) -> h5py.File:
             path=path,
         ) from None
     try:
-        validate_structure(f, path, size)
+        key = _identity(f)
+        if key is None or key not in _VALIDATED:
+            validate_structure(f, path, size)
+            if key is not None:
+                _remember(key)
     except BaseException:
         f.close()
         raise
     return f
+
+
+# Files this process already validated, by device, inode, size and modification and change
+# times (ctime moves on every write, rename or chmod): a test suite restoring one golden file
+# many times walks its structure once. Any change to the file makes a new key.
+_VALIDATED: dict[tuple[int, ...], None] = {}
+_VALIDATED_MAX = 256
+
+
+def _identity(f: h5py.File) -> tuple[int, ...] | None:
+    try:
+        st = os.fstat(f.id.get_vfd_handle())
+    except (OSError, RuntimeError, ValueError, TypeError):
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _remember(key: tuple[int, ...]) -> None:
+    if len(_VALIDATED) >= _VALIDATED_MAX:
+        _VALIDATED.pop(next(iter(_VALIDATED)))
+    _VALIDATED[key] = None
 
 
 # What h5py and numpy raise on damaged headers; turned into FileFormatError subclasses.

@@ -142,7 +142,17 @@ def env_spec_json(env: gym.Env[Any, Any]) -> dict[str, Any] | None:
 class _LeafWriter:
     """Writes one leaf value per row into a column, refusing silent dtype or shape changes."""
 
-    __slots__ = ("col", "buf", "dt", "shape", "what", "stream", "fast_type")
+    __slots__ = (
+        "col",
+        "buf",
+        "dt",
+        "shape",
+        "what",
+        "stream",
+        "fast_type",
+        "tensor_type",
+        "tdtype",
+    )
 
     def __init__(self, stream: StreamWriter, col: Column, what: str, first: Any = None) -> None:
         self.stream = stream
@@ -159,6 +169,13 @@ class _LeafWriter:
             and isinstance(first, (bool, int, float, np.generic))
         ):
             self.fast_type = type(first)
+        # CPU tensors of a dtype numpy shares (probes such as logits) copy straight in.
+        self.tensor_type: type | None = None
+        self.tdtype: Any = None
+        if col.logical is None and type(first).__module__.startswith("torch"):
+            if getattr(first, "device", None) is not None and first.device.type == "cpu":
+                self.tensor_type = type(first)
+                self.tdtype = first.dtype
 
     def write(self, v: Any, p: int) -> None:
         c = v.__class__
@@ -168,6 +185,14 @@ class _LeafWriter:
                 return
         elif c is self.fast_type:
             self.buf[p] = v
+            return
+        elif (
+            c is self.tensor_type
+            and v.dtype is self.tdtype
+            and v.shape == self.shape
+            and v.device.type == "cpu"
+        ):
+            self.buf[p] = v.detach().numpy()
             return
         arr, logical = to_array(v, self.what)
         if (logical or arr.dtype) != (

@@ -954,7 +954,17 @@ class Recording:
         return out
 
     def _snapshot_attrs(self, g: h5py.Group) -> tuple[dict[str, Any], Any, dict[str, Any]]:
-        """Return (meta, tree document, checksums) of a snapshot, attributes verified."""
+        """Return (meta, tree document, checksums) of a snapshot, attributes verified.
+
+        Listing snapshots reads them all; loading one reuses what the listing verified.
+        """
+        cache: dict[str, Any] = self.__dict__.setdefault("_attrs_cache", {})
+        hit = cache.get(g.name)
+        if hit is None:
+            hit = cache[g.name] = self._read_snapshot_attrs(g)
+        return hit
+
+    def _read_snapshot_attrs(self, g: h5py.Group) -> tuple[dict[str, Any], Any, dict[str, Any]]:
         where = g.name
         try:
             checksums = F.loads(_text(g.attrs[F.CHECKSUMS_ATTR]))
