@@ -298,12 +298,27 @@ def diff(
 
     rules = Rules(default=Rule(atol=atol, rtol=rtol, max_ulp=max_ulp))
     result = diff_recordings(a, b, rules=rules, keys=key or None)
+    module = _first_module(result)
     if as_json:
-        _dump_json(_finite(result.to_json()))
+        doc = result.to_json()
+        doc["first_module"] = module
+        _dump_json(_finite(doc))
     else:
         _print_diff(result)
+        if module:
+            out.print(f"first divergent module: {module}")
     if not result.match:
         raise typer.Exit(EXIT_DIVERGED)
+
+
+def _first_module(result: Any) -> str | None:
+    """Name the first module that diverged when the runs recorded layer digests (LayerTracer)."""
+    if not any(d.key.startswith("updates/probe/layer/") for d in result.divergences):
+        return None
+    from replaykit.training import first_divergent_module  # imports torch: only when needed
+
+    found = first_divergent_module(result)
+    return None if found is None else found.describe()
 
 
 def _print_diff(result: Any) -> None:

@@ -136,6 +136,12 @@ def test_one_line_loss_change_is_named_by_diff_and_layer_localisation(
     assert layer is not None
     assert layer.update == 0 and layer.kind == "grad"
     assert layer.module.startswith("critic.q2"), layer.describe()
+    # The CLI names the same module.
+    from replaykit.cli import main as cli_main
+
+    capsys.readouterr()
+    assert cli_main(["diff", str(tmp_path / "al.h5"), str(tmp_path / "bl.h5")]) == 1
+    assert f"first divergent module: {layer.describe()}" in capsys.readouterr().out
     # Replaying the original recording with the changed code fails at the first update after
     # the snapshot, naming the probe.
     capsys.readouterr()
