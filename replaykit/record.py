@@ -446,6 +446,21 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         return self._t
 
     @property
+    def needs_reset(self) -> bool:
+        """Whether the last step ended the episode (the next call should be ``reset``)."""
+        return self._needs_reset
+
+    @property
+    def update_count(self) -> int:
+        """Training updates logged so far."""
+        return self._update_log.count
+
+    @property
+    def snapshot_names(self) -> list[str]:
+        """Names of the snapshots written so far, oldest first."""
+        return list(self._writer.snapshots)
+
+    @property
     def episode(self) -> int:
         return self._episode
 
@@ -768,28 +783,43 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         info: Mapping[str, Any],
         p: int,
     ) -> None:
-        for key, value in _flat_info(info):
-            w = writers.get(key, _MISSING)
-            if w is _MISSING:
-                if key in self._ignore_info:
-                    writers[key] = None
-                    continue
-                try:
-                    arr, logical = to_array(value, f"info {key!r}")
-                except CaptureError:
-                    writers[key] = None
-                    self._skipped_info.add(key)
-                    continue
-                col = s.column(
-                    F.column_path(F.INFO, key), arr.dtype, arr.shape, logical=logical, optional=True
-                )
-                w = writers[key] = _LeafWriter(s, col, f"info {key!r}", value)
-            if w is None:
-                continue
-            assert isinstance(w, _LeafWriter)
-            w.write(value, p)
-            assert w.col.present is not None
-            w.col.present[p] = True
+        # Hot path (an env's info every step): a flat key seen before goes straight to its
+        # writer; new, skipped and nested keys take the general path.
+        for k, value in info.items():
+            w = writers.get(k, _MISSING)
+            if w.__class__ is _LeafWriter:
+                w.write(value, p)
+                w.col.present[p] = True  # type: ignore[index]  # info columns are optional
+            elif w is not None:
+                if isinstance(value, Mapping):
+                    for key, v in _flat_info(value, str(k)):
+                        self._write_info_key(s, writers, key, v, p)
+                else:
+                    self._write_info_key(s, writers, str(k), value, p)
+
+    def _write_info_key(
+        self, s: StreamWriter, writers: dict[str, _LeafWriter | None], key: str, value: Any, p: int
+    ) -> None:
+        w = writers.get(key, _MISSING)
+        if w is _MISSING:
+            if key in self._ignore_info:
+                writers[key] = None
+                return
+            try:
+                arr, logical = to_array(value, f"info {key!r}")
+            except CaptureError:
+                writers[key] = None
+                self._skipped_info.add(key)
+                return
+            col = s.column(
+                F.column_path(F.INFO, key), arr.dtype, arr.shape, logical=logical, optional=True
+            )
+            w = writers[key] = _LeafWriter(s, col, f"info {key!r}", value)
+        if w is None:
+            return
+        w.write(value, p)
+        assert w.col.present is not None
+        w.col.present[p] = True
 
     def _write_probes(self, p: int) -> None:
         s = self._steps

@@ -107,54 +107,34 @@ def record_rollout(
             if t in due or (snapshot_every and t > 0 and t % snapshot_every == 0):
                 rec.snapshot()
 
-        done_episodes = 0
-
-        def count() -> None:
-            nonlocal done_episodes
-            if on_step is not None:
-                on_step()
-
-        if episodes is not None:
-            obs, _ = rec.reset()
-            needs_reset = False
-            while rec.episode < episodes:
-                obs = drive(
-                    rec,
-                    policy,
-                    1,
-                    obs=obs,
-                    needs_reset=needs_reset,
-                    on_probe=rec.probe,
-                    on_update=rec.log_update,
-                    at_top=at_top,
-                    on_step=count,
-                )
-                rec_steps = rec.step_count
-                needs_reset = rec._needs_reset
-                if needs_reset and rec.episode + 1 >= episodes:
-                    break
-                if steps and rec_steps >= steps:
-                    break
-        else:
-            obs, _ = rec.reset()
-            drive(
+        obs, _ = rec.reset()
+        needs_reset = False
+        while True:
+            # --steps N alone: N steps; with --episodes, a cap (0 = none).
+            if (episodes is None or steps) and rec.step_count >= steps:
+                break
+            # --episodes N: stop when the N-th episode ends, before resetting into another.
+            if episodes is not None and needs_reset and rec.episode + 1 >= episodes:
+                break
+            obs = drive(
                 rec,
                 policy,
-                steps,
+                1,
                 obs=obs,
-                needs_reset=False,
+                needs_reset=needs_reset,
                 on_probe=rec.probe,
                 on_update=rec.log_update,
                 at_top=at_top,
-                on_step=count,
+                on_step=on_step,
             )
+            needs_reset = rec.needs_reset
         summary = RecordSummary(
             path=str(out),
             env_id=env_id,
             steps=rec.step_count,
             episodes=rec.episode + 1,
-            updates=rec._update_log.count,
-            snapshots=list(rec._writer.snapshots),
+            updates=rec.update_count,
+            snapshots=rec.snapshot_names,
         )
     finally:
         rec.close()

@@ -233,3 +233,43 @@ def test_spaces_and_env_id_checked(tmp_path: Path) -> None:
         replaykit.restore(
             path, "s", env=gym.make("Acrobot-v1"), track={"model": torch.nn.Linear(4, 2)}
         )
+
+
+def test_nested_obs_and_ragged_infos_record_and_verify(tmp_path: Path) -> None:
+    from replaykit.rollout import record_rollout, replay_snapshot
+
+    path = tmp_path / "nested.h5"
+    record_rollout(
+        "replaykit/NestedObs-v0", "random", seed=3, steps=300, out=path, snapshot_at=[120]
+    )
+    with replaykit.Recording(path) as rec:
+        steps = rec.stream("steps")
+        assert {"obs/image", "info/collisions"} <= set(steps.columns)
+        present = steps.present("info/contact")
+        # A key present on some steps only: recorded with a presence mask.
+        assert present is not None and 0 < int(present.sum()) < steps.rows
+    summary = replay_snapshot(path, 0, steps=150)
+    assert summary.verified_steps == 150
+
+
+def test_nested_info_dicts_are_verified(tmp_path: Path) -> None:
+    path = tmp_path / "stats.h5"
+    env = gym.wrappers.RecordEpisodeStatistics(gym.make("CartPole-v1"))
+    rec = replaykit.RecordingWrapper(env, path, seed=0)
+    rec.reset()
+    for t in range(200):
+        if t == 60:
+            rec.snapshot("s")
+        _, _, term, trunc, _ = rec.step(rec.action_space.sample())
+        if term or trunc:
+            rec.reset()
+    rec.close()
+    with replaykit.Recording(path) as r:
+        assert "info/episode/r" in r.stream("steps").columns
+    fresh = gym.wrappers.RecordEpisodeStatistics(gym.make("CartPole-v1"))
+    rep = replaykit.restore(path, "s", env=fresh)
+    for _ in range(100):
+        if rep.needs_reset:
+            rep.env.reset()
+        rep.env.step(rep.recorded_action(rep.step))
+    assert rep.verified_steps == 100
