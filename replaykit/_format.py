@@ -145,7 +145,7 @@ def dumps(obj: Any, *, sort_keys: bool = True) -> str:
 def loads(text: str | bytes) -> Any:
     if isinstance(text, bytes):
         text = text.decode("utf-8")
-    return _unfinite(json.loads(text, parse_constant=_refuse_constant))
+    return json.loads(text, parse_constant=_refuse_constant, object_hook=_unfinite_hook)
 
 
 def _refuse_constant(name: str) -> Any:
@@ -162,11 +162,8 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def _unfinite(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        if len(obj) == 1 and "$float" in obj and obj["$float"] in ("nan", "inf", "-inf"):
-            return float(obj["$float"])
-        return {k: _unfinite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_unfinite(v) for v in obj]
+def _unfinite_hook(obj: dict[str, Any]) -> Any:
+    # Called by the JSON parser for every object, innermost first: no second walk of the tree.
+    if len(obj) == 1 and obj.get("$float") in ("nan", "inf", "-inf"):
+        return float(obj["$float"])
     return obj
