@@ -272,7 +272,8 @@ def compare_arrays(
             actual_shape=actual.shape,
         )
     eb, ab = _bits(expected), _bits(actual)
-    if eb.tobytes() == ab.tobytes():
+    # Integer views compare bits (so -0.0 != 0.0, NaN payloads count) without copying.
+    if np.array_equal(eb, ab):
         return None
     neq = eb != ab
     if neq.ndim > expected.ndim:
@@ -652,7 +653,7 @@ def _diff_column(
             m = compare_arrays(xa[:1], xb[:1], rule, logical=la, actual_logical=lb)
             if m is not None:
                 return KeyDivergence(sa.name, key, lo, m, rule.describe(), *_episode_of(sa, lo))
-        if rule.exact and xa.tobytes() == xb.tobytes():
+        if rule.exact and np.array_equal(_bits(xa), _bits(xb)):
             continue
         m = compare_arrays(xa, xb, rule, logical=la)
         if m is None:

@@ -17,7 +17,6 @@ import os
 import platform
 import subprocess
 import sys
-from importlib import metadata
 from typing import Any
 
 __all__ = ["collect", "differences", "DRIFT_KEYS"]
@@ -48,6 +47,8 @@ _PACKAGES = ("replaykit", "numpy", "torch", "gymnasium", "h5py", "mujoco", "ale-
 
 
 def _version(dist: str) -> str | None:
+    from importlib import metadata  # slow to import; only collect() needs it
+
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
