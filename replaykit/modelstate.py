@@ -436,7 +436,7 @@ def _(obj: torch.nn.Module, tree: Any) -> None:
     obj.load_state_dict(saved, strict=True)
     if training is not None:
         for (_, sub), flag in zip(modules, training["flags"], strict=True):
-            # Set the attribute directly: .train()/.eval() would recurse and override children.
+            # Set the attribute directly: the train/eval mode methods recurse and override children.
             sub.training = bool(flag)
 
 
