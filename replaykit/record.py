@@ -139,6 +139,43 @@ def env_spec_json(env: gym.Env[Any, Any]) -> dict[str, Any] | None:
     }
 
 
+def open_writer(
+    path: str | os.PathLike[str],
+    fields: Mapping[str, Any],
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    **writer_options: Any,
+) -> RecordingWriter:
+    """Open a recording file with the metadata every recorder writes, plus ``fields``.
+
+    The single-env, vector and env-less training recorders all start here, so the keys
+    a reader relies on (``user``, ``skipped_info``, ``reset_options``, ``closed``) are
+    spelled once.
+    """
+    from replaykit import provenance
+
+    meta: dict[str, Any] = {
+        **fields,
+        "user": dict(metadata or {}),
+        "skipped_info": [],
+        "reset_options": {},
+        "closed": False,
+    }
+    return RecordingWriter(path, meta=meta, provenance=provenance.collect(), **writer_options)
+
+
+def env_fields(env: Any, spec: dict[str, Any] | None, seed: int | None) -> dict[str, Any]:
+    """Metadata describing the recorded env: id, spec, class, seed and spaces."""
+    return {
+        "env_id": spec["id"] if spec else None,
+        "env_spec": spec,
+        "env_class": snapshot.kind_of(env.unwrapped),
+        "seed": seed,
+        "observation_space": _spaces.space_to_json(env.observation_space),
+        "action_space": _spaces.space_to_json(env.action_space),
+    }
+
+
 class _LeafWriter:
     """Writes one leaf value per row into a column, refusing silent dtype or shape changes."""
 
@@ -369,7 +406,7 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         compression: str | None = None,
     ) -> None:
         super().__init__(env)
-        from replaykit import envstate, provenance
+        from replaykit import envstate
 
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
             raise UsageError(f"seed must be a non-negative int, got {seed!r}")
@@ -389,24 +426,12 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         if seed is not None:
             env.action_space.seed(seed)
             env.observation_space.seed(seed)
-        spec = env_spec_json(env)
-        meta = {
-            "env_id": spec["id"] if spec else None,
-            "env_spec": spec,
-            "env_class": snapshot.kind_of(env.unwrapped),
-            "seed": seed,
-            "observation_space": _spaces.space_to_json(env.observation_space),
-            "action_space": _spaces.space_to_json(env.action_space),
-            "env_adapter": getattr(envstate.find_env_adapter(env.unwrapped), "name", None),
-            "user": dict(metadata or {}),
-            "skipped_info": [],
-            "reset_options": {},
-            "closed": False,
-        }
-        self._writer = RecordingWriter(
+        fields = env_fields(env, env_spec_json(env), seed)
+        fields["env_adapter"] = getattr(envstate.find_env_adapter(env.unwrapped), "name", None)
+        self._writer = open_writer(
             path,
-            meta=meta,
-            provenance=provenance.collect(),
+            fields,
+            metadata=metadata,
             commit_every_steps=commit_every_steps,
             commit_every_seconds=commit_every_seconds,
             fsync=fsync,

@@ -47,8 +47,8 @@ from replaykit import _format as F
 from replaykit import rng, snapshot
 from replaykit.compare import DiffResult, KeyDivergence, Rule, Rules
 from replaykit.errors import StateMismatchError, UsageError
-from replaykit.record import UpdateLog, nonfinite_meta
-from replaykit.store import Recording, RecordingWriter, SnapshotInfo
+from replaykit.record import UpdateLog, nonfinite_meta, open_writer
+from replaykit.store import Recording, SnapshotInfo
 
 __all__ = [
     "Counters",
@@ -375,21 +375,11 @@ class TrainingRecorder:
         commit_every_seconds: float = 5.0,
         fsync: bool = False,
     ) -> None:
-        from replaykit import provenance
 
-        meta: dict[str, Any] = {
-            "kind": "training",
-            "env_id": None,
-            "env_spec": None,
-            "user": dict(metadata or {}),
-            "skipped_info": [],
-            "reset_options": {},
-            "closed": False,
-        }
-        self._writer = RecordingWriter(
+        self._writer = open_writer(
             path,
-            meta=meta,
-            provenance=provenance.collect(),
+            {"kind": "training", "env_id": None, "env_spec": None},
+            metadata=metadata,
             commit_every_seconds=commit_every_seconds,
             fsync=fsync,
         )

@@ -50,9 +50,9 @@ from replaykit import _format as F
 from replaykit import _spaces, snapshot
 from replaykit.compare import EXACT, Mismatch, Rule, Rules
 from replaykit.errors import CaptureError, StateMismatchError, UsageError
-from replaykit.record import _LeafWriter, env_spec_json, to_array
+from replaykit.record import _LeafWriter, env_fields, env_spec_json, open_writer, to_array
 from replaykit.replay import DEFAULT_IGNORE, _Rows, _Verifier
-from replaykit.store import Recording, RecordingWriter, SnapshotInfo, StreamWriter
+from replaykit.store import Recording, SnapshotInfo, StreamWriter
 
 __all__ = ["SubEnv", "VectorRecordingWrapper", "VectorReplay", "capturable", "restore_vector"]
 
@@ -291,7 +291,6 @@ class VectorRecordingWrapper(gym.vector.VectorWrapper):
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(env)
-        from replaykit import provenance
 
         kind = _kind(env)
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
@@ -318,25 +317,13 @@ class VectorRecordingWrapper(gym.vector.VectorWrapper):
         if seed is not None:
             env.action_space.seed(seed)
             env.observation_space.seed(seed)
-        spec = _spec_of(env)
-        meta = {
-            "env_id": spec["id"] if spec else None,
-            "env_spec": spec,
-            "env_class": snapshot.kind_of(env),
-            "seed": seed,
-            "observation_space": _spaces.space_to_json(env.observation_space),
-            "action_space": _spaces.space_to_json(env.action_space),
-            "vector": {"kind": kind, "num_envs": self._n, "autoreset_mode": self._mode.value},
-            "env_adapter": None,
-            "user": dict(metadata or {}),
-            "skipped_info": [],
-            "reset_options": {},
-            "closed": False,
-        }
-        self._writer = RecordingWriter(
+        fields = env_fields(env, _spec_of(env), seed)
+        fields["vector"] = {"kind": kind, "num_envs": self._n, "autoreset_mode": self._mode.value}
+        fields["env_adapter"] = None
+        self._writer = open_writer(
             path,
-            meta=meta,
-            provenance=provenance.collect(),
+            fields,
+            metadata=metadata,
             commit_every_steps=commit_every_steps,
             commit_every_seconds=commit_every_seconds,
         )
