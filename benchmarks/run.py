@@ -198,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke sizes (seconds)")
     ap.add_argument("--markdown", type=Path, help="also write the table to this markdown file")
     ap.add_argument("--json", type=Path, help="also write every row's raw numbers as JSON")
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=("throughput", "snapshot", "small_restore", "diff"),
+        help="run only this group of rows (repeatable); default: all",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--tmp", help=argparse.SUPPRESS)
     ap.add_argument("--arg", type=int, help=argparse.SUPPRESS)
@@ -214,15 +220,20 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="replaykit-bench-") as d:
         tmp = Path(d)
-        rows += _child("throughput", args.quick, tmp)
-        rows += _child("snapshot", args.quick, tmp)
-        for p in tmp.iterdir():  # free ~3 GB of page cache / tmpfs before the next cases
-            p.unlink()
-        rows += _child("snapshot_gpu", args.quick, tmp)
-        rows += _child("small_restore", args.quick, tmp)
-        sizes = _child("make_recordings", args.quick, tmp)
-        rows += _diff_rows(args.quick, tmp)
-        rows += sizes
+        only = set(args.only or ("throughput", "snapshot", "small_restore", "diff"))
+        if "throughput" in only:
+            rows += _child("throughput", args.quick, tmp)
+        if "snapshot" in only:
+            rows += _child("snapshot", args.quick, tmp)
+            for p in tmp.iterdir():  # free ~3 GB of page cache / tmpfs before the next cases
+                p.unlink()
+            rows += _child("snapshot_gpu", args.quick, tmp)
+        if "small_restore" in only:
+            rows += _child("small_restore", args.quick, tmp)
+        if "diff" in only:
+            sizes = _child("make_recordings", args.quick, tmp)
+            rows += _diff_rows(args.quick, tmp)
+            rows += sizes
     took = time.perf_counter() - t0
     info = machine()
     mode = "quick (smoke sizes)" if args.quick else "full"

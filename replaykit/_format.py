@@ -1,4 +1,4 @@
-"""The replaykit HDF5 layout, version 1: the only module that spells its names.
+"""The replaykit HDF5 layout, version 2: the only module that spells its names.
 
 ``docs/FORMAT.md`` is the normative description; this module mirrors it.
 Everything else in replaykit reaches into a file through these constants and
@@ -13,10 +13,14 @@ Layout::
         <column path>           dataset, first axis = row index of the stream
         attrs: COMMIT_ATTR      JSON {"rows": N, "checksums": {column: hex}, "columns": {...}}
     /snapshots/<name>/          one group per committed snapshot
-        a0, a1, ...             the snapshot's arrays (contiguous datasets)
+        PACK_DATASET            uint8: the bytes of every array of at most PACK_MAX_BYTES
+                                (version 2), at the offsets in CHECKSUMS_ATTR's PACK_KEY
+        a0, a1, ...             the snapshot's larger arrays (contiguous datasets; version 1:
+                                all of them)
         attrs: SNAPSHOT_ATTR    JSON {"step": ..., "episode": ..., ...}
                TREE_ATTR        JSON encoding of the state tree (see replaykit._tree)
-               CHECKSUMS_ATTR   JSON {dataset name: hex, "@attrs": hex}
+               CHECKSUMS_ATTR   JSON {dataset name: hex, LAYOUT_KEY: {...}, PACK_KEY: {...},
+                                LOGICAL_KEY: {...}, "@attrs": hex}
     /snapshots/.tmp-<name>      a snapshot being written; readers ignore and writers delete it
 """
 
@@ -29,7 +33,9 @@ from typing import Any, Final
 import numpy as np
 
 FORMAT_NAME: Final = "replaykit.recording"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
+# Oldest version readers accept (version 1 stores every snapshot array as a dataset).
+OLDEST_VERSION: Final = 1
 
 # Root attributes.
 FORMAT_ATTR: Final = "replaykit_format"
@@ -57,6 +63,16 @@ SNAPSHOT_ATTR: Final = "snapshot"
 TREE_ATTR: Final = "tree"
 CHECKSUMS_ATTR: Final = "checksums"
 ARRAY_PREFIX: Final = "a"
+# Checksums-attribute entries (keys starting with "@" are not datasets).
+LAYOUT_KEY: Final = "@layout"  # {array name: dtype + shape}
+ATTRS_KEY: Final = "@attrs"  # digest of the snapshot's attributes
+PACK_KEY: Final = "@pack"  # version 2: {array name: byte offset in PACK_DATASET}
+LOGICAL_KEY: Final = "@logical"  # version 2: {array index: logical dtype}
+# Version 2: small arrays share one dataset, since opening a dataset costs more than
+# reading a few kilobytes (a small snapshot holds dozens of arrays).
+PACK_DATASET: Final = "pack"
+PACK_MAX_BYTES: Final = 64 << 10
+PACK_ALIGN: Final = 64
 
 # Column name prefixes inside the steps / resets streams.
 OBS: Final = "obs"

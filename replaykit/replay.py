@@ -41,11 +41,23 @@ _BLOCK = 512
 
 
 class _Rows:
-    """Reads rows of a recorded stream in cached blocks."""
+    """Reads rows of a recorded stream in cached blocks.
 
-    def __init__(self, stream: StreamReader) -> None:
-        self.stream = stream
+    The stream's commit record is read on first use: a restore that never resets or
+    logs an update does not pay for those streams.
+    """
+
+    def __init__(self, rec: Recording, name: str) -> None:
+        self._rec = rec
+        self._name = name
+        self._stream: StreamReader | None = None
         self._cache: dict[str, tuple[int, np.ndarray, np.ndarray | None]] = {}
+
+    @property
+    def stream(self) -> StreamReader:
+        if self._stream is None:
+            self._stream = self._rec.stream(self._name)
+        return self._stream
 
     @property
     def rows(self) -> int:
@@ -220,7 +232,7 @@ class UpdateChecker:
     """
 
     def __init__(self, rec: Recording, verifier: _Verifier) -> None:
-        self._rows = _Rows(rec.stream(F.UPDATES)) if rec.has_stream(F.UPDATES) else None
+        self._rows = _Rows(rec, F.UPDATES) if rec.has_stream(F.UPDATES) else None
         self._v = verifier
         self.first_nonfinite: dict[str, Any] | None = None
         self._base_note = verifier.note
@@ -343,8 +355,8 @@ class Replay:
         self.needs_reset = bool(position["needs_reset"])
         self.extra = extra
         self._v = _Verifier(rec, snap, rules, ignore, error=error, note=note)
-        self._steps = _Rows(rec.stream(F.STEPS)) if rec.has_stream(F.STEPS) else None
-        self._resets = _Rows(rec.stream(F.RESETS))
+        self._steps = _Rows(rec, F.STEPS) if rec.has_stream(F.STEPS) else None
+        self._resets = _Rows(rec, F.RESETS)
         self._update_check = UpdateChecker(rec, self._v)
         self._obs_space = env.observation_space
         self._act_space = env.action_space

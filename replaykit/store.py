@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ from typing import Any, Literal, cast
 import h5py
 import numpy as np
 import xxhash
-from h5py import h5s
+from h5py import h5a, h5s, h5t
 
 from replaykit import _format as F
 from replaykit import _tree
@@ -51,9 +52,6 @@ from replaykit.errors import (
 )
 
 __all__ = ["Recording", "RecordingWriter", "SnapshotInfo", "StreamReader", "StreamWriter"]
-
-# Entry of a snapshot's checksums attribute: {array name: dtype+shape}.
-LAYOUT_KEY = "@layout"
 
 # A stream looks at the clock (for time-based commits) once every this many rows.
 CLOCK_CHECK_ROWS = 64
@@ -74,6 +72,45 @@ def _layout(arr: np.ndarray) -> str:
     bytes into int64 ones without changing a byte, so the layout is checked too.
     """
     return f"{arr.dtype.str}{list(arr.shape)}"
+
+
+def _attrs_digest(attrs: dict[str, str], logical: Any, layouts: Any, offsets: Any) -> str:
+    """Digest of a snapshot's attributes and of how its bytes are to be read.
+
+    Version 1 covers the snapshot and tree attributes and the logical dtypes; version 2
+    also covers the layouts and pack offsets, since packed arrays have no dataset whose
+    own datatype could be checked against them.
+    """
+    text = F.dumps({k: attrs[k] for k in sorted(attrs)}) + F.dumps(logical)
+    if offsets is not None:  # version 2
+        text += F.dumps(layouts) + F.dumps(offsets)
+    return _digest(text.encode())
+
+
+def _parse_layout(layout: Any) -> tuple[np.dtype, tuple[int, ...], int]:
+    """Invert :func:`_layout`, adding the byte size; ValueError unless numeric dtype and shape."""
+    if not isinstance(layout, str):
+        raise ValueError(f"bad layout {layout!r}")
+    hit = _LAYOUTS.get(layout)
+    if hit is not None:
+        return hit
+    if "[" not in layout:
+        raise ValueError(f"bad layout {layout!r}")
+    dstr, _, rest = layout.partition("[")
+    dtype = np.dtype(dstr)
+    if dtype.kind not in F.ALLOWED_KINDS or dtype.fields is not None or dtype.subdtype:
+        raise ValueError(f"bad dtype {dstr!r}")
+    dims = rest.rstrip("]").split(",") if rest.rstrip("]").strip() else []
+    shape = tuple(int(x) for x in dims)
+    if any(x < 0 for x in shape):
+        raise ValueError(f"bad shape {shape}")
+    hit = dtype, shape, dtype.itemsize * math.prod(shape)
+    if len(_LAYOUTS) < 4096:  # the few layouts a process meets, parsed once
+        _LAYOUTS[layout] = hit
+    return hit
+
+
+_LAYOUTS: dict[str, tuple[np.dtype, tuple[int, ...], int]] = {}
 
 
 def _now() -> str:
@@ -440,26 +477,39 @@ class RecordingWriter:
         g = h5py.Group(h5py.h5g.create(self._file.id, None))
         checksums: dict[str, Any] = {}
         layouts: dict[str, str] = {}
+        offsets: dict[str, int] = {}
+        small: list[tuple[str, np.ndarray]] = []
         nbytes = 0
+        pack_size = 0
         for i, arr in enumerate(arrays):
             key = f"{F.ARRAY_PREFIX}{i}"
             data = np.require(arr, requirements="C")
-            ds = g.create_dataset(key, data=data)
-            if i in logical:
-                ds.attrs[F.LOGICAL_DTYPE_ATTR] = logical[i]
-            checksums[key] = _array_digest(data)
             layouts[key] = _layout(data)
             nbytes += data.nbytes
+            if data.nbytes <= F.PACK_MAX_BYTES:
+                offsets[key] = pack_size
+                small.append((key, data))
+                pack_size += -(-data.nbytes // F.PACK_ALIGN) * F.PACK_ALIGN
+                continue
+            g.create_dataset(key, data=data)
+            checksums[key] = _array_digest(data)
+        if small:
+            pack = np.zeros(pack_size, np.uint8)
+            for key, data in small:
+                off = offsets[key]
+                pack[off : off + data.nbytes] = data.reshape(-1).view(np.uint8)
+            g.create_dataset(F.PACK_DATASET, data=pack)
+            checksums[F.PACK_DATASET] = _array_digest(pack)
         meta = {**meta, "bytes": nbytes}
         # The tree keeps its key order (a dict comes back in the order it was captured).
         attrs = {F.SNAPSHOT_ATTR: F.dumps(meta), F.TREE_ATTR: F.dumps(doc, sort_keys=False)}
         for k, v in attrs.items():
             g.attrs[k] = v
-        checksums["@attrs"] = _digest(
-            F.dumps({k: attrs[k] for k in sorted(attrs)}).encode()
-            + F.dumps({str(i): n for i, n in sorted(logical.items())}).encode()
-        )
-        checksums[LAYOUT_KEY] = layouts
+        logical_map = {str(i): n for i, n in sorted(logical.items())}
+        checksums[F.LAYOUT_KEY] = layouts
+        checksums[F.PACK_KEY] = offsets
+        checksums[F.LOGICAL_KEY] = logical_map
+        checksums[F.ATTRS_KEY] = _attrs_digest(attrs, logical_map, layouts, offsets)
         g.attrs[F.CHECKSUMS_ATTR] = F.dumps(checksums)
         # Everything the link will point to reaches the file before the link does.
         self._file.flush()
@@ -578,6 +628,50 @@ class _guard:  # noqa: N801 - used as a context manager, reads like a keyword
         return False
 
 
+def _get_attr(obj_id: Any, name: str) -> Any:
+    """Attribute ``name`` of an HDF5 object (``None`` when absent), via h5py's low-level API.
+
+    The object layer (``obj.attrs[name]``) costs several times more per attribute, and a
+    small restore reads a dozen of them. Scalar strings, what replaykit writes, are read
+    with the file's own type (fixed-size) or one cached string type (variable-length).
+    """
+    try:
+        aid = h5a.open(obj_id, name.encode())
+    except KeyError:
+        return None
+    # The element count is checked before every read: HDF5 fills the whole buffer
+    # the dataspace describes, whatever size the array passed in has.
+    if aid.get_space().get_simple_extent_npoints() == 1:
+        tid = aid.get_type()
+        if tid.get_class() == h5t.STRING:
+            if tid.is_variable_str():
+                obj = np.empty((), object)
+                aid.read(obj, mtype=_vlen_str_type())
+                return obj[()]
+            fixed = np.empty((), f"S{tid.get_size()}")
+            aid.read(fixed, mtype=tid)
+            return fixed[()]
+    shape = aid.shape
+    if shape is None:  # an empty dataspace holds no value
+        return None
+    dt = aid.dtype
+    arr = np.empty(shape, dt)
+    if dt.kind == "O":
+        aid.read(arr, mtype=h5t.py_create(dt))
+    else:
+        aid.read(arr)
+    return arr[()] if shape == () else arr
+
+
+_VLEN_STR: list[Any] = []
+
+
+def _vlen_str_type() -> Any:
+    if not _VLEN_STR:
+        _VLEN_STR.append(h5t.py_create(h5py.string_dtype()))
+    return _VLEN_STR[0]
+
+
 def _text(v: Any) -> str:
     if isinstance(v, bytes):
         return v.decode("utf-8")
@@ -612,7 +706,7 @@ class StreamReader:
         where = f"/{F.STREAMS_GROUP}/{name}"
         self._where = where
         with _guard(rec.path, where, "read the stream's commit record"):
-            raw = group.attrs.get(F.COMMIT_ATTR)
+            raw = _get_attr(group.id, F.COMMIT_ATTR)
         if raw is None:
             raise TruncatedFileError(
                 "stream has no commit record (the recording was killed before its first "
@@ -821,8 +915,8 @@ class Recording:
             raise
 
     def _read_root(self) -> None:
-        a = self._file.attrs
-        fmt = a.get(F.FORMAT_ATTR)
+        fid = self._file.id
+        fmt = _get_attr(fid, F.FORMAT_ATTR)
         if isinstance(fmt, bytes):
             fmt = fmt.decode("utf-8", "replace")
         if fmt != F.FORMAT_NAME:
@@ -833,7 +927,7 @@ class Recording:
                 path=self.path,
                 obj="/",
             )
-        version = a.get(F.VERSION_ATTR)
+        version = _get_attr(fid, F.VERSION_ATTR)
         if not isinstance(version, (int, np.integer)) or isinstance(version, (bool, np.bool_)):
             raise FileFormatError(
                 f"format version {version!r} is not an integer; the file is damaged",
@@ -848,22 +942,23 @@ class Recording:
                 path=self.path,
                 obj="/",
             )
-        if self.format_version < 1:
+        if self.format_version < F.OLDEST_VERSION:
             raise UnsupportedVersionError(
-                f"file has format version {self.format_version}; replaykit formats start at 1 "
+                f"file has format version {self.format_version}; replaykit formats start at "
+                f"{F.OLDEST_VERSION} "
                 "(the file is damaged or from a pre-release); record it again",
                 path=self.path,
                 obj="/",
             )
         raw = {}
         for k in (F.FORMAT_ATTR, F.VERSION_ATTR, F.CREATED_ATTR, F.PROVENANCE_ATTR, F.META_ATTR):
-            v = a.get(k)
+            v = version if k == F.VERSION_ATTR else _get_attr(fid, k)
             if v is None:
                 raise TruncatedFileError(
                     f"root attribute {k!r} is missing; the file is damaged", path=self.path, obj="/"
                 )
             raw[k] = int(v) if isinstance(v, np.integer) else _text(v)
-        stored_sum = a.get(F.ROOT_CHECKSUM_ATTR)
+        stored_sum = _get_attr(fid, F.ROOT_CHECKSUM_ATTR)
         if self.verify and (stored_sum is None or _text(stored_sum).strip() != _root_checksum(raw)):
             raise ChecksumError(
                 "root attributes do not match their checksum (file damaged or edited); "
@@ -890,11 +985,21 @@ class Recording:
     @property
     def stream_names(self) -> list[str]:
         """Streams holding a commit record (a stream created after the last commit is absent)."""
-        with _guard(self.path, f"/{F.STREAMS_GROUP}", "list the streams"):
-            g = self._file.get(F.STREAMS_GROUP)
-            if not isinstance(g, h5py.Group):
-                return []
-            return [n for n in g.keys() if F.COMMIT_ATTR in g[n].attrs]
+        names = self.__dict__.get("_stream_names")
+        if names is None:
+            with _guard(self.path, f"/{F.STREAMS_GROUP}", "list the streams"):
+                names = self._stream_names = self._list_streams()
+        return list(names)
+
+    def _list_streams(self) -> list[str]:
+        g = self._file.get(F.STREAMS_GROUP)
+        if not isinstance(g, h5py.Group):
+            return []
+        gid = g.id
+        commit = F.COMMIT_ATTR.encode()
+        return [
+            n.decode("utf-8", "replace") for n in gid if h5a.exists(h5py.h5o.open(gid, n), commit)
+        ]
 
     def has_stream(self, name: str) -> bool:
         return name in self.stream_names
@@ -934,42 +1039,46 @@ class Recording:
         out: list[SnapshotInfo] = []
         if not isinstance(g, h5py.Group):
             return out
-        for name in g.keys():
+        gid = g.id
+        for bname in gid:  # low-level: names as bytes, no object-layer wrappers
+            name = bname.decode("utf-8", "replace")
             if name.startswith(F.TMP_PREFIX):
                 continue
-            sg = g[name]
-            if not isinstance(sg, h5py.Group):
+            where = F.snapshot_path(name)
+            sid = h5py.h5o.open(gid, bname)
+            if not isinstance(sid, h5py.h5g.GroupID):
                 raise FileFormatError(
-                    "snapshot is not a group; the file is damaged", path=self.path, obj=sg.name
+                    "snapshot is not a group; the file is damaged", path=self.path, obj=where
                 )
-            meta, _, _ = self._snapshot_attrs(sg)
+            meta, _, _ = self._snapshot_attrs(sid, where)
             if not isinstance(meta.get("step", 0), int) or not isinstance(meta.get("seq", 0), int):
                 raise FileFormatError(
                     "snapshot metadata has a non-integer step; the file is damaged",
                     path=self.path,
-                    obj=sg.name,
+                    obj=where,
                 )
             out.append(SnapshotInfo(name, meta))
         out.sort(key=lambda s: (int(s.meta.get("step", 0)), int(s.meta.get("seq", 0))))
         return out
 
-    def _snapshot_attrs(self, g: h5py.Group) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    def _snapshot_attrs(self, gid: Any, where: str) -> tuple[dict[str, Any], Any, dict[str, Any]]:
         """Return (meta, tree document, checksums) of a snapshot, attributes verified.
 
         Listing snapshots reads them all; loading one reuses what the listing verified.
         """
         cache: dict[str, Any] = self.__dict__.setdefault("_attrs_cache", {})
-        hit = cache.get(g.name)
+        hit = cache.get(where)
         if hit is None:
-            hit = cache[g.name] = self._read_snapshot_attrs(g)
+            hit = cache[where] = self._read_snapshot_attrs(gid, where)
         return hit
 
-    def _read_snapshot_attrs(self, g: h5py.Group) -> tuple[dict[str, Any], Any, dict[str, Any]]:
-        where = g.name
+    def _read_snapshot_attrs(
+        self, gid: Any, where: str
+    ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
         try:
-            checksums = F.loads(_text(g.attrs[F.CHECKSUMS_ATTR]))
-            tree_json = _text(g.attrs[F.TREE_ATTR])
-            meta_json = _text(g.attrs[F.SNAPSHOT_ATTR])
+            checksums = F.loads(_text(_get_attr(gid, F.CHECKSUMS_ATTR)))
+            tree_json = _text(_get_attr(gid, F.TREE_ATTR))
+            meta_json = _text(_get_attr(gid, F.SNAPSHOT_ATTR))
             if not isinstance(checksums, dict):
                 raise TypeError("checksums are not a JSON object")
         except (KeyError, ValueError, TypeError, RecursionError) as exc:
@@ -980,25 +1089,18 @@ class Recording:
                 obj=where,
             ) from None
         if self.verify:
-            logical: dict[int, str] = {}
-            attr = F.LOGICAL_DTYPE_ATTR.encode()
-            for key in checksums:
-                if isinstance(key, str) and key.startswith(F.ARRAY_PREFIX) and key[1:].isdigit():
-                    # Low-level existence check first: most arrays have no logical dtype, and
-                    # opening each through h5py's object layer dominates a small restore.
-                    try:
-                        has = h5py.h5a.exists(h5py.h5o.open(g.id, key.encode()), attr)
-                    except (KeyError, ValueError, RuntimeError, OSError):
-                        continue
-                    if has:
-                        lg = g[key].attrs.get(F.LOGICAL_DTYPE_ATTR)
-                        if lg is not None:
-                            logical[int(key[1:])] = _text(lg)
-            expected = _digest(
-                F.dumps({F.SNAPSHOT_ATTR: meta_json, F.TREE_ATTR: tree_json}).encode()
-                + F.dumps({str(k): v for k, v in sorted(logical.items())}).encode()
-            )
-            if checksums.get("@attrs") != expected:
+            attrs = {F.SNAPSHOT_ATTR: meta_json, F.TREE_ATTR: tree_json}
+            if self.format_version >= 2:
+                expected = _attrs_digest(
+                    attrs,
+                    checksums.get(F.LOGICAL_KEY),
+                    checksums.get(F.LAYOUT_KEY),
+                    checksums.get(F.PACK_KEY, {}),
+                )
+            else:
+                logical_v1 = self._v1_logical(h5py.Group(gid), checksums)
+                expected = _attrs_digest(attrs, logical_v1, None, None)
+            if checksums.get(F.ATTRS_KEY) != expected:
                 raise ChecksumError(
                     "snapshot attributes do not match their checksum (file damaged or edited); "
                     "re-record it or use a good copy",
@@ -1021,6 +1123,23 @@ class Recording:
                 obj=where,
             )
         return meta, doc, checksums
+
+    @staticmethod
+    def _v1_logical(g: h5py.Group, checksums: dict[str, Any]) -> dict[str, str]:
+        """Version 1 keeps each array's logical dtype on its dataset."""
+        logical: dict[int, str] = {}
+        attr = F.LOGICAL_DTYPE_ATTR.encode()
+        for key in checksums:
+            if isinstance(key, str) and key.startswith(F.ARRAY_PREFIX) and key[1:].isdigit():
+                try:
+                    has = h5a.exists(h5py.h5o.open(g.id, key.encode()), attr)
+                except (KeyError, ValueError, RuntimeError, OSError):
+                    continue
+                if has:
+                    lg = g[key].attrs.get(F.LOGICAL_DTYPE_ATTR)
+                    if lg is not None:
+                        logical[int(key[1:])] = _text(lg)
+        return {str(k): v for k, v in sorted(logical.items())}
 
     def snapshot_info(self, name: str | int | None = None) -> SnapshotInfo:
         """Look a snapshot up by name, index (``0`` first, ``-1`` last) or ``None`` (the first)."""
@@ -1047,13 +1166,12 @@ class Recording:
         info = self.snapshot_info(name)
         where = F.snapshot_path(info.name)
         with _guard(self.path, where, "read the snapshot"):
-            return info, self._load_tree(self._file[where])
+            return info, self._load_tree(h5py.h5o.open(self._file.id, where.encode()), where)
 
-    def _load_tree(self, g: h5py.Group) -> Any:
-        where = g.name
-        _, doc, checksums = self._snapshot_attrs(g)
+    def _load_tree(self, gid: Any, where: str) -> Any:
+        _, doc, checksums = self._snapshot_attrs(gid, where)
         names = [k for k in checksums if not k.startswith("@")]
-        layouts = checksums.get(LAYOUT_KEY)
+        layouts = checksums.get(F.LAYOUT_KEY)
         if not isinstance(layouts, dict):
             if self.verify:
                 raise ChecksumError(
@@ -1062,32 +1180,36 @@ class Recording:
                     obj=where,
                 )
             layouts = None
-        if self.verify:
-            stored = sorted(g.keys())
-            if sorted(names) != stored:
-                raise ChecksumError(
-                    f"snapshot holds arrays {stored[:5]}..., its checksums list {sorted(names)[:5]}"
-                    "...; the file is damaged or edited",
-                    path=self.path,
-                    obj=where,
-                )
+        offsets = checksums.get(F.PACK_KEY) if self.format_version >= 2 else {}
+        if not isinstance(offsets, dict):
+            raise FileFormatError(
+                "snapshot checksums lack the pack offsets; the file is damaged or edited",
+                path=self.path,
+                obj=where,
+            )
+        if self.verify and gid.get_num_objs() != len(names):
+            # With the count equal, opening each listed name below proves the sets equal.
+            raise ChecksumError(
+                f"snapshot holds {gid.get_num_objs()} datasets, its checksums list "
+                f"{len(names)}; the file is damaged or edited",
+                path=self.path,
+                obj=where,
+            )
+        pack = self._read_array(gid, F.PACK_DATASET, checksums, where) if offsets else None
         arrays: list[np.ndarray] = []
         i = 0
-        # h5py's low-level API: a snapshot holds many small arrays, and the object layer
-        # costs more per array than reading it.
-        gid = g.id
-        while gid.links.exists(f"{F.ARRAY_PREFIX}{i}".encode()):
+        # h5py's low-level API: a snapshot holds many arrays, and the object layer costs
+        # more per array than reading a small one.
+        while True:
             key = f"{F.ARRAY_PREFIX}{i}"
-            dsid = h5py.h5o.open(gid, key.encode())
-            if not isinstance(dsid, h5py.h5d.DatasetID):
-                raise FileFormatError(
-                    "snapshot array is not a dataset; the file is damaged",
-                    path=self.path,
-                    obj=where,
-                )
-            arr = np.empty(dsid.shape, dtype=dsid.dtype)
-            if arr.size:
-                dsid.read(h5s.ALL, h5s.ALL, arr)
+            off = offsets.get(key)
+            if off is not None:
+                assert pack is not None
+                arr = self._unpack(pack, key, off, layouts, where)
+            elif gid.links.exists(key.encode()):
+                arr = self._read_array(gid, key, checksums, where)
+            else:
+                break
             if self.verify and layouts is not None and layouts.get(key) != _layout(arr):
                 raise ChecksumError(
                     f"snapshot array has layout {_layout(arr)}, its checksums record "
@@ -1095,19 +1217,67 @@ class Recording:
                     path=self.path,
                     obj=f"{where}/{key}",
                 )
-            if self.verify and checksums.get(key) != _array_digest(arr):
-                raise ChecksumError(
-                    "snapshot array does not match its checksum (file damaged or edited); "
-                    "re-record it or use a good copy",
-                    path=self.path,
-                    obj=f"{where}/{key}",
-                )
             arrays.append(arr)
             i += 1
+        if self.verify and layouts is not None and len(layouts) != i:
+            raise ChecksumError(
+                f"snapshot has {i} arrays, its checksums record {len(layouts)} layouts; "
+                "the file is damaged or edited",
+                path=self.path,
+                obj=where,
+            )
         try:
             return _tree.decode(doc, arrays)
         except FileFormatError as exc:
             raise FileFormatError(str(exc), path=self.path, obj=where) from None
+
+    def _read_array(self, gid: Any, key: str, checksums: dict[str, Any], where: str) -> np.ndarray:
+        """Read dataset ``key`` of a snapshot group whole, checksum verified."""
+        try:
+            dsid = h5py.h5o.open(gid, key.encode())
+        except KeyError:
+            raise ChecksumError(
+                f"snapshot lacks dataset {key!r} its checksums list; the file is damaged or edited",
+                path=self.path,
+                obj=where,
+            ) from None
+        if not isinstance(dsid, h5py.h5d.DatasetID):
+            raise FileFormatError(
+                "snapshot array is not a dataset; the file is damaged",
+                path=self.path,
+                obj=f"{where}/{key}",
+            )
+        arr = np.empty(dsid.shape, dtype=dsid.dtype)
+        if arr.size:
+            dsid.read(h5s.ALL, h5s.ALL, arr)
+        if self.verify and checksums.get(key) != _array_digest(arr):
+            raise ChecksumError(
+                "snapshot array does not match its checksum (file damaged or edited); "
+                "re-record it or use a good copy",
+                path=self.path,
+                obj=f"{where}/{key}",
+            )
+        return arr
+
+    def _unpack(
+        self, pack: np.ndarray, key: str, off: Any, layouts: dict[str, Any] | None, where: str
+    ) -> np.ndarray:
+        """Copy array ``key`` out of a snapshot's pack (its own memory, aligned, writable)."""
+        try:
+            if layouts is None:
+                raise ValueError("no layouts")
+            dtype, shape, n = _parse_layout(layouts.get(key))
+            if not isinstance(off, int) or isinstance(off, bool) or off < 0:
+                raise ValueError(f"bad offset {off!r}")
+            if off + n > pack.size:
+                raise ValueError(f"{n} bytes at offset {off} overrun the {pack.size}-byte pack")
+        except (ValueError, TypeError) as exc:
+            raise FileFormatError(
+                f"packed snapshot array {key!r} is malformed ({exc}); the file is damaged",
+                path=self.path,
+                obj=f"{where}/{F.PACK_DATASET}",
+            ) from None
+        return pack[off : off + n].view(dtype).reshape(shape).copy()
 
     def close(self) -> None:
         self._file.close()

@@ -579,8 +579,8 @@ class VectorReplay:
         self.autoreset = np.array(tree["env"]["vector"]["autoreset"], dtype=np.bool_)
         self.verified_steps = 0
         self._v = _Verifier(rec, snap, rules, ignore, note=_VECTOR_NOTE)
-        self._steps = _Rows(rec.stream(F.STEPS)) if rec.has_stream(F.STEPS) else None
-        self._resets = _Rows(rec.stream(F.RESETS))
+        self._steps = _Rows(rec, F.STEPS) if rec.has_stream(F.STEPS) else None
+        self._resets = _Rows(rec, F.RESETS)
         self._obs_leaves = _spaces.leaves_of(vec.observation_space, "observation")
         self._act_leaves = _spaces.leaves_of(vec.action_space, "action")
         self._single_obs_leaves = _spaces.leaves_of(vec.single_observation_space, "observation")

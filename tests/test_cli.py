@@ -176,7 +176,7 @@ def test_inspect_json_and_text(recorded: Path) -> None:
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
     assert list(doc) == sorted(doc)
-    assert doc["env_id"] == "CartPole-v1" and doc["format_version"] == 1
+    assert doc["env_id"] == "CartPole-v1" and doc["format_version"] == 2
     (snap,) = doc["snapshots"]
     assert snap["name"] == "step-000200" and snap["step"] == 200 and snap["bytes"] > 0
     assert snap["env_state"] == "adapter"

@@ -304,7 +304,13 @@ def test_newer_format_version(tiny_recording: Path, tmp_path: Path) -> None:
         f.attrs[F.VERSION_ATTR] = F.FORMAT_VERSION + 1
     with pytest.raises(E.UnsupportedVersionError) as ei:
         Recording(p)
-    one_line(ei.value, re.escape(str(p)), r"version 2", r"reads up to 1", r"upgrade replaykit")
+    one_line(
+        ei.value,
+        re.escape(str(p)),
+        rf"version {F.FORMAT_VERSION + 1}",
+        rf"reads up to {F.FORMAT_VERSION}",
+        r"upgrade replaykit",
+    )
 
 
 def test_older_format_version(tiny_recording: Path, tmp_path: Path) -> None:
@@ -416,3 +422,69 @@ def test_unknown_snapshot_name(tiny_recording: Path) -> None:
     with Recording(tiny_recording) as rec, pytest.raises(E.UsageError) as ei:
         rec.load_snapshot("nope")
     one_line(ei.value, r"no snapshot 'nope'", r"it has: step-")
+
+
+def _snapshot_group(f: h5py.File) -> h5py.Group:
+    g = f[F.SNAPSHOTS_GROUP]
+    return g[next(iter(g))]
+
+
+def test_damaged_pack_byte(tiny_recording: Path, tmp_path: Path) -> None:
+    p = _copy(tiny_recording, tmp_path)
+    with h5py.File(p, "a") as f:
+        ds = _snapshot_group(f)[F.PACK_DATASET]
+        ds[0] = ds[0] ^ 1
+    with Recording(p) as rec, pytest.raises(E.ChecksumError) as ei:
+        rec.load_snapshot(0)
+    one_line(ei.value, re.escape(str(p)), r"/pack\]", r"checksum", r"re-record")
+
+
+def _edit_checksums(p: Path, edit: Any) -> None:
+    with h5py.File(p, "a") as f:
+        g = _snapshot_group(f)
+        checks = F.loads(g.attrs[F.CHECKSUMS_ATTR])
+        edit(checks)
+        g.attrs[F.CHECKSUMS_ATTR] = F.dumps(checks)
+
+
+def test_edited_pack_offset_or_layout(tiny_recording: Path, tmp_path: Path) -> None:
+    """How packed bytes are read is covered by the attributes' digest."""
+
+    def shift(checks: dict[str, Any]) -> None:
+        key = next(iter(checks[F.PACK_KEY]))
+        checks[F.PACK_KEY][key] += 64
+
+    def retype(checks: dict[str, Any]) -> None:
+        key = next(k for k, v in checks[F.LAYOUT_KEY].items() if v.startswith("<f8"))
+        checks[F.LAYOUT_KEY][key] = "<i8" + checks[F.LAYOUT_KEY][key][3:]
+
+    for i, edit in enumerate((shift, retype)):
+        p = _copy(tiny_recording, tmp_path, f"e{i}.h5")
+        _edit_checksums(p, edit)
+        with Recording(p) as rec, pytest.raises(E.ChecksumError) as ei:
+            rec.load_snapshot(0)
+        one_line(ei.value, re.escape(str(p)), r"\[/snapshots/", r"attributes", r"checksum")
+
+
+def test_pack_offset_past_the_end_unverified(tiny_recording: Path, tmp_path: Path) -> None:
+    p = _copy(tiny_recording, tmp_path)
+
+    def overrun(checks: dict[str, Any]) -> None:
+        key = next(iter(checks[F.PACK_KEY]))
+        checks[F.PACK_KEY][key] = 1 << 40
+
+    _edit_checksums(p, overrun)
+    with Recording(p, verify=False) as rec, pytest.raises(E.FileFormatError) as ei:
+        rec.load_snapshot(0)
+    one_line(ei.value, re.escape(str(p)), r"/pack\]", r"overrun", r"damaged")
+
+
+def test_snapshot_dataset_missing(tiny_recording: Path, tmp_path: Path) -> None:
+    p = _copy(tiny_recording, tmp_path)
+    with h5py.File(p, "a") as f:
+        g = _snapshot_group(f)
+        g["extra"] = np.zeros(3)
+        del g[F.PACK_DATASET]
+    with Recording(p) as rec, pytest.raises(E.ChecksumError) as ei:
+        rec.load_snapshot(0)
+    one_line(ei.value, re.escape(str(p)), r"\[/snapshots/", r"lacks dataset 'pack'", r"damaged")

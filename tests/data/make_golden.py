@@ -1,6 +1,9 @@
-"""Write the golden format-v1 file the format tests pin (run once per format version).
+"""Write the golden file of the current format version, which the format tests pin.
 
-python tests/data/make_golden.py tests/data/golden_v1.h5
+Run once per format version; older versions' files stay as they are, so readers keep
+reading them::
+
+    python tests/data/make_golden.py tests/data/golden_v2.h5
 """
 
 from __future__ import annotations
