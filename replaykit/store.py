@@ -192,7 +192,7 @@ class StreamWriter:
         # end_row compares pos with this one value: the end of the block, or an earlier row
         # where the writer looks at the clock or a commit falls due (so slow envs still
         # commit on time, and no commit is late by a row, without a per-step clock read).
-        self._check_at = self._next_check()
+        self.check_at = self._next_check()
 
     def column(
         self,
@@ -260,19 +260,22 @@ class StreamWriter:
                 col._ph.update(np.zeros(self.rows_on_disk, bool).tobytes())
 
     def end_row(self) -> None:
-        """Finish the current row; writes a block to disk when the buffers are full."""
+        """Finish the current row; writes a block to disk when the buffers are full.
+
+        Hot loops may inline it: ``pos += 1; rows += 1; if pos == check_at: checkpoint()``.
+        """
         self.pos += 1
         self.rows += 1
-        if self.pos == self._check_at:
-            self._checkpoint()
+        if self.pos == self.check_at:
+            self.checkpoint()
 
-    def _checkpoint(self) -> None:
+    def checkpoint(self) -> None:
         # Every CLOCK_CHECK_ROWS rows and at each full block: write a full block, and commit
         # when the writer's step or time budget since its last commit is spent.
         if self.pos == self.block:
             self.write_pending()  # resets pos to 0 and calls on_block_full
         self._writer.maybe_commit()
-        self._check_at = self._next_check()
+        self.check_at = self._next_check()
 
     def _next_check(self) -> int:
         due = self._writer._commit_rows - (self.rows - self.committed_rows)
@@ -451,7 +454,7 @@ class RecordingWriter:
             text = F.dumps({**body, "crc": _digest(F.dumps(body).encode())})
             _set_fixed(s.group.attrs, F.COMMIT_ATTR, text)
             s.committed_rows = s.rows_on_disk
-            s._check_at = s._next_check()
+            s.check_at = s._next_check()
         self._file.flush()
         if self.fsync:
             # flush() hands the bytes to the OS; only fsync makes them survive power loss.
