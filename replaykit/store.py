@@ -39,7 +39,7 @@ import xxhash
 from h5py import h5a, h5s, h5t
 
 from replaykit import _format as F
-from replaykit import _tree
+from replaykit import _rawio, _tree
 from replaykit.errors import (
     ChecksumError,
     FileFormatError,
@@ -343,6 +343,11 @@ class RecordingWriter:
         block_rows: rows buffered in memory per column before a block write.
         compression: ``None`` (default), ``"gzip"`` or ``"lzf"``: lossless compression
             (with the byte-shuffle filter) of stream columns; snapshots stay uncompressed.
+        direct_io: write snapshot arrays of 1 MiB and more with direct I/O (Linux
+            ``O_DIRECT``), bypassing the page cache: ``True`` always, ``False`` never,
+            ``None`` (default) when a buffered write would be throttled by the kernel's
+            dirty-page limits (a large snapshot, or much unwritten data queued already).
+            Falls back to ordinary writes where the platform or file system has none.
     """
 
     def __init__(
@@ -356,6 +361,7 @@ class RecordingWriter:
         fsync: bool = False,
         block_rows: int = F.STREAM_CHUNK_ROWS,
         compression: str | None = None,
+        direct_io: bool | None = None,
     ) -> None:
         if commit_every_steps < 1 or block_rows < 1:
             raise UsageError("commit_every_steps and block_rows must be >= 1")
@@ -365,6 +371,7 @@ class RecordingWriter:
                 "lossless filters every HDF5 reader has"
             )
         self.compression = compression
+        self.direct_io = direct_io
         self.path = Path(path)
         self.fsync = fsync
         self.commit_every_seconds = float(commit_every_seconds)
@@ -375,7 +382,16 @@ class RecordingWriter:
         # last flushed state still points to. With evictions off, libhdf5 writes metadata
         # only when we flush, so between commits the file on disk is the last commit plus
         # raw data in fresh space: what a SIGKILL leaves is always the last commit.
-        self._file = h5py.File(self.path, "w", track_order=True, fs_strategy="none")
+        # Objects of 1 MiB and more (large snapshot arrays) start on a 4096-byte boundary,
+        # where direct I/O can write them (replaykit._rawio).
+        self._file = h5py.File(
+            self.path,
+            "w",
+            track_order=True,
+            fs_strategy="none",
+            alignment_threshold=_rawio.MIN_BYTES,
+            alignment_interval=_rawio.ALIGN,
+        )
         _hold_metadata_until_flush(self._file)
         self._streams: dict[str, StreamWriter] = {}
         self._meta = dict(meta)
@@ -482,6 +498,7 @@ class RecordingWriter:
         layouts: dict[str, str] = {}
         offsets: dict[str, int] = {}
         small: list[tuple[str, np.ndarray]] = []
+        large: list[tuple[str, np.ndarray]] = []
         nbytes = 0
         pack_size = 0
         for i, arr in enumerate(arrays):
@@ -494,8 +511,9 @@ class RecordingWriter:
                 small.append((key, data))
                 pack_size += -(-data.nbytes // F.PACK_ALIGN) * F.PACK_ALIGN
                 continue
-            g.create_dataset(key, data=data)
-            checksums[key] = _array_digest(data)
+            large.append((key, data))
+        if large:
+            checksums.update(self._write_large(g, large))
         if small:
             pack = np.zeros(pack_size, np.uint8)
             for key, data in small:
@@ -520,6 +538,48 @@ class RecordingWriter:
         self.snapshots.append(name)
         self.commit()
         return nbytes
+
+    def _write_large(self, g: h5py.Group, arrays: list[tuple[str, np.ndarray]]) -> dict[str, str]:
+        """Write a snapshot's large arrays as contiguous datasets; return their digests.
+
+        Arrays of 1 MiB and more go to disk with direct I/O when available: the dataset's
+        space is allocated (aligned, never filled, so HDF5 writes none of its bytes) and
+        the bytes are written at its file offset, hashed on the way.
+        """
+        digests: dict[str, str] = {}
+        direct = self.direct_io
+        if direct is None:
+            big = sum(a.nbytes for _, a in arrays if a.nbytes >= _rawio.MIN_BYTES)
+            direct = big > 0 and not _rawio.page_cache_has_room(big)
+        dw = _rawio.DirectWriter(self.path) if direct else None
+        try:
+            for key, data in arrays:
+                if dw is None or not dw.available or data.nbytes < _rawio.MIN_BYTES:
+                    g.create_dataset(key, data=data)
+                    digests[key] = _array_digest(data)
+                    continue
+                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+                dcpl.set_layout(h5py.h5d.CONTIGUOUS)
+                dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+                dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+                dsid = h5py.h5d.create(
+                    g.id,
+                    key.encode(),
+                    h5t.py_create(data.dtype, logical=True),
+                    h5s.create_simple(data.shape),
+                    dcpl=dcpl,
+                )
+                offset = dsid.get_offset()
+                h = xxhash.xxh3_64()
+                if offset is not None and dw.write(offset, data, h):
+                    digests[key] = h.hexdigest()
+                else:
+                    dsid.write(h5s.ALL, h5s.ALL, data)
+                    digests[key] = _array_digest(data)
+        finally:
+            if dw is not None:
+                dw.close()
+        return digests
 
     def close(self) -> None:
         if self._closed:
