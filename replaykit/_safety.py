@@ -62,7 +62,10 @@ def open_validated(path: Path) -> h5py.File:
             path=path,
         )
     try:
-        f = h5py.File(path, "r", locking=False)
+        # No chunk cache: every reader streams whole chunks in blocks, so a per-dataset
+        # cache (1 MiB each by default) would only add a copy per chunk and memory that
+        # grows with the number of open columns.
+        f = h5py.File(path, "r", locking=False, rdcc_nbytes=0)
     except ReplaykitError:
         raise
     except _RAW as exc:

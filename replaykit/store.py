@@ -55,6 +55,10 @@ __all__ = ["Recording", "RecordingWriter", "SnapshotInfo", "StreamReader", "Stre
 # Entry of a snapshot's checksums attribute: {array name: dtype+shape}.
 LAYOUT_KEY = "@layout"
 
+# Bytes per column a streaming read (diff, verification, statistics) holds at once: large
+# enough that per-call costs in h5py and libhdf5 vanish, small enough that memory stays flat.
+BLOCK_BYTES = 1 << 20
+
 # A stream looks at the clock (for time-based commits) once every this many rows.
 CLOCK_CHECK_ROWS = 64
 
@@ -74,6 +78,20 @@ def _layout(arr: np.ndarray) -> str:
     bytes into int64 ones without changing a byte, so the layout is checked too.
     """
     return f"{arr.dtype.str}{list(arr.shape)}"
+
+
+def _read_rows(ds: h5py.Dataset, start: int, out: np.ndarray) -> None:
+    """Read rows ``[start, start + len(out))`` of ``ds`` into the C-contiguous ``out``.
+
+    h5py's low-level API into a caller's buffer: slicing the high-level dataset allocates
+    a fresh array per call and spends more Python per call on selection objects.
+    """
+    if out.size == 0:
+        return
+    dsid = ds.id
+    fspace = dsid.get_space()
+    fspace.select_hyperslab((start,) + (0,) * (out.ndim - 1), out.shape)
+    dsid.read(h5s.create_simple(out.shape), fspace, out)
 
 
 def _now() -> str:
@@ -715,28 +733,18 @@ class StreamReader:
     def _verify(self, name: str) -> None:
         if name in self._verified or not self._rec.verify:
             return
-        ds = self._dataset(name)
-        where = f"{self._where}/{name}"
-        with _guard(self._rec.path, where, "read the column"):
-            h = xxhash.xxh3_64()
-            step = max(1, (8 << 20) // max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:]))))
-            for lo in range(0, self.rows, step):
-                h.update(np.ascontiguousarray(ds[lo : min(self.rows, lo + step)]).data)
-        if self._checksums.get(name) != h.hexdigest():
-            raise ChecksumError(
-                "stored data does not match its checksum (file damaged or edited); "
-                "re-record it or restore it from a good copy",
-                path=self._rec.path,
-                obj=where,
-            )
-        self._verified.add(name)
+        # One pass in bounded blocks into one reused buffer; the digest is checked at the end.
+        for _ in self._iter_rows(name, self.block_rows_for(name), reuse=True):
+            pass
 
     def _slice(self, name: str, start: int, stop: int | None) -> np.ndarray:
         stop = self.rows if stop is None else min(stop, self.rows)
         start = max(0, min(start, stop))
         ds = self._dataset(name)
+        out = np.empty((stop - start, *ds.shape[1:]), dtype=ds.dtype)
         with _guard(self._rec.path, f"{self._where}/{name}", "read the column"):
-            return ds[start:stop]
+            _read_rows(ds, start, out)
+        return out
 
     def read(self, column: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``[start, stop)`` of ``column`` (clamped to the committed rows)."""
@@ -752,28 +760,70 @@ class StreamReader:
         self._verify(name)
         return self._slice(name, start, stop)
 
-    def blocks(self, column: str, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    def block_rows_for(self, name: str) -> int:
+        """Rows of dataset ``name`` (a column or ``<column>@present``) in one streaming block.
+
+        About :data:`BLOCK_BYTES` per block, rounded to whole chunks when a chunk is smaller,
+        so no chunk is read twice and memory does not grow with the stream's length.
+        """
+        dtype, shape = self._expected(name)
+        row_bytes = max(1, dtype.itemsize * int(np.prod(shape, dtype=np.int64)))
+        rows = max(1, BLOCK_BYTES // row_bytes)
+        chunks = self._dataset(name).chunks
+        if chunks and chunks[0] < rows:
+            rows -= rows % chunks[0]
+        return rows
+
+    def blocks(
+        self, column: str, block_rows: int | None = None, *, reuse: bool = False
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, rows)`` blocks of a column, verifying its checksum as it streams.
 
         With verification on, the last block is yielded only after the whole column
         matched its checksum, so a consumer never acts on the tail of a damaged column
         without an error following.
+
+        Args:
+            column: the column.
+            block_rows: rows per block; ``None`` picks about 1 MiB per block.
+            reuse: yield views of one buffer that the next block overwrites, so a pass
+                allocates nothing per block; the consumer must copy what it keeps.
         """
         if column not in self.columns:
             raise UsageError(f"stream {self.name!r} has no column {column!r}")
-        ds = self._dataset(column)
-        where = f"{self._where}/{column}"
-        h = xxhash.xxh3_64() if self._rec.verify and column not in self._verified else None
+        return self._iter_rows(column, block_rows or self.block_rows_for(column), reuse)
+
+    def present_blocks(
+        self, column: str, block_rows: int | None = None, *, reuse: bool = False
+    ) -> Iterator[tuple[int, np.ndarray]] | None:
+        """Like :meth:`blocks` for an optional column's presence mask; ``None`` if not optional."""
+        if not self.optional(column):
+            return None
+        name = column + F.PRESENT_SUFFIX
+        return self._iter_rows(name, block_rows or self.block_rows_for(name), reuse)
+
+    def _iter_rows(
+        self, name: str, block_rows: int, reuse: bool
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        if block_rows < 1:
+            raise UsageError(f"block_rows must be >= 1, got {block_rows}")
+        ds = self._dataset(name)
+        where = f"{self._where}/{name}"
+        h = xxhash.xxh3_64() if self._rec.verify and name not in self._verified else None
+        row_shape = tuple(ds.shape[1:])
+        buf = np.empty((min(block_rows, self.rows), *row_shape), ds.dtype) if reuse else None
         for lo in range(0, self.rows, block_rows):
+            hi = min(self.rows, lo + block_rows)
+            data = buf[: hi - lo] if buf is not None else np.empty((hi - lo, *row_shape), ds.dtype)
             with _guard(self._rec.path, where, "read the column"):
-                data = ds[lo : min(self.rows, lo + block_rows)]
+                _read_rows(ds, lo, data)
             if h is not None:
-                h.update(np.ascontiguousarray(data).data)
-                if lo + block_rows >= self.rows:
-                    self._check_digest(column, h)
+                h.update(data.data)
+                if hi >= self.rows:
+                    self._check_digest(name, h)
             yield lo, data
         if h is not None and self.rows == 0:
-            self._check_digest(column, h)
+            self._check_digest(name, h)
 
     def _check_digest(self, column: str, h: Any) -> None:
         if h.hexdigest() != self._checksums.get(column):
