@@ -279,8 +279,9 @@ def compare_arrays(
     neq = eb != ab
     if neq.ndim > expected.ndim:
         neq = neq.any(axis=-1)
-    ef = _as_float(expected, logical)
-    af = _as_float(actual, logical)
+    # Float views of whole arrays only for a tolerance rule; a report needs one element.
+    ef = _as_float(expected, logical) if not rule.exact else None
+    af = _as_float(actual, logical) if not rule.exact else None
     if not rule.exact and ef is not None and af is not None:
         with np.errstate(invalid="ignore", over="ignore"):
             d = np.abs(af.astype(np.float64) - ef.astype(np.float64))
@@ -313,9 +314,11 @@ def compare_arrays(
         expected_shape=expected.shape,
         actual_shape=actual.shape,
     )
+    e_one = expected.reshape(-1)[first : first + 1]
+    a_one = actual.reshape(-1)[first : first + 1]
+    ef, af = _as_float(e_one, logical), _as_float(a_one, logical)
     if ef is not None and af is not None:
-        e_f = ef.reshape(-1)[first] if expected.ndim else ef[()]
-        a_f = af.reshape(-1)[first] if actual.ndim else af[()]
+        e_f, a_f = ef[0], af[0]
         m.expected, m.actual = float(e_f), float(a_f)
         if expected.dtype.kind in "iub" and logical is None:
             m.expected, m.actual = e_val.item(), a_val.item()
@@ -544,7 +547,7 @@ def diff_recordings(
         >>> # res.match, res.first.key, res.first.row
     """
     from replaykit import provenance as prov
-    from replaykit.store import Recording
+    from replaykit.store import BLOCK_BYTES, Recording
 
     if block_rows is not None and block_rows < 1:
         raise UsageError(f"block_rows must be >= 1, got {block_rows}")
@@ -555,6 +558,9 @@ def diff_recordings(
     only_a: list[str] = []
     only_b: list[str] = []
     compared = 0
+    # Values and presence blocks of both files, shared by every column: allocated (and
+    # their pages faulted in) once per diff rather than once per column.
+    scratch = [np.empty(BLOCK_BYTES, np.uint8) for _ in range(4)]
     with Recording(a, verify=verify) as ra, Recording(b, verify=verify) as rb:
         names_a, names_b = ra.stream_names, rb.stream_names
         for sname in dict.fromkeys(names_a + names_b):
@@ -579,7 +585,8 @@ def diff_recordings(
                     only_a.append(key)
                     continue
                 compared += 1
-                d = _diff_column(sa, sb, col, key, rules.for_key(key), block_rows, verify)
+                rule = rules.for_key(key)
+                d = _diff_column(sa, sb, col, key, rule, block_rows, verify, scratch)
                 if d is not None:
                     found.append(d)
             # Episode and step context is read once the stream's columns are streamed: the
@@ -642,11 +649,11 @@ def _step_of(sa: Any, sb: Any, row: int | None) -> int | None:
 
 
 def _column_rows(
-    s: Any, col: str, block_rows: int
+    s: Any, col: str, block_rows: int, scratch: tuple[np.ndarray, np.ndarray]
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
     """Yield ``(start, values, present or None)`` blocks, both verified as they stream."""
-    values = s.blocks(col, block_rows, reuse=True)
-    present = s.present_blocks(col, block_rows, reuse=True)
+    values = s.blocks(col, block_rows, buffer=scratch[0])
+    present = s.present_blocks(col, block_rows, buffer=scratch[1])
     if present is None:
         for lo, x in values:
             yield lo, x, None
@@ -656,7 +663,14 @@ def _column_rows(
 
 
 def _diff_column(
-    sa: Any, sb: Any, col: str, key: str, rule: Rule, block_rows: int | None, verify: bool
+    sa: Any,
+    sb: Any,
+    col: str,
+    key: str,
+    rule: Rule,
+    block_rows: int | None,
+    verify: bool,
+    scratch: list[np.ndarray],
 ) -> KeyDivergence | None:
     """First divergence of one column, streaming both files' blocks once.
 
@@ -668,7 +682,10 @@ def _diff_column(
     if block_rows is None:
         block_rows = min(sa.block_rows_for(col), sb.block_rows_for(col))
     found: KeyDivergence | None = None
-    pairs = zip_longest(_column_rows(sa, col, block_rows), _column_rows(sb, col, block_rows))
+    pairs = zip_longest(
+        _column_rows(sa, col, block_rows, (scratch[0], scratch[1])),
+        _column_rows(sb, col, block_rows, (scratch[2], scratch[3])),
+    )
     for ba, bb in pairs:
         if found is not None or ba is None or bb is None or ba[0] >= n:
             if not verify:

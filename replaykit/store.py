@@ -80,15 +80,14 @@ def _layout(arr: np.ndarray) -> str:
     return f"{arr.dtype.str}{list(arr.shape)}"
 
 
-def _read_rows(ds: h5py.Dataset, start: int, out: np.ndarray) -> None:
-    """Read rows ``[start, start + len(out))`` of ``ds`` into the C-contiguous ``out``.
+def _read_rows(dsid: h5py.h5d.DatasetID, start: int, out: np.ndarray) -> None:
+    """Read rows ``[start, start + len(out))`` of a dataset into the C-contiguous ``out``.
 
     h5py's low-level API into a caller's buffer: slicing the high-level dataset allocates
     a fresh array per call and spends more Python per call on selection objects.
     """
     if out.size == 0:
         return
-    dsid = ds.id
     fspace = dsid.get_space()
     fspace.select_hyperslab((start,) + (0,) * (out.ndim - 1), out.shape)
     dsid.read(h5s.create_simple(out.shape), fspace, out)
@@ -664,7 +663,8 @@ class StreamReader:
         self.columns: dict[str, dict[str, Any]] = columns
         self._checksums = checksums
         self._verified: set[str] = set()
-        self._checked: dict[str, h5py.Dataset] = {}
+        self._checked: dict[str, h5py.h5d.DatasetID] = {}
+        self._chunk_rows: dict[str, int] = {}
 
     def __contains__(self, column: str) -> bool:
         return column in self.columns
@@ -685,29 +685,37 @@ class StreamReader:
         dtype = cast(np.dtype, F.LOGICAL_DTYPES[d]) if d in F.LOGICAL_DTYPES else np.dtype(d)
         return dtype, tuple(int(x) for x in spec["shape"])
 
-    def _dataset(self, name: str) -> h5py.Dataset:
-        ds = self._checked.get(name)
-        if ds is not None:
-            return ds
+    def _dataset(self, name: str) -> h5py.h5d.DatasetID:
+        """Return the checked low-level dataset of column ``name`` (or ``<column>@present``).
+
+        h5py's low-level API: the object layer's per-dataset setup cost more than the
+        checks, and a diff opens every column of two files.
+        """
+        dsid = self._checked.get(name)
+        if dsid is not None:
+            return dsid
         where = f"{self._where}/{name}"
         path = self._rec.path
         with _guard(path, where, "open the column"):
-            obj = self._group.get(name)
-            if not isinstance(obj, h5py.Dataset):
+            gid = self._group.id
+            key = name.encode()
+            obj = h5py.h5o.open(gid, key) if gid.links.exists(key) else None
+            if not isinstance(obj, h5py.h5d.DatasetID):
                 raise TruncatedFileError(
                     "column dataset is missing (file damaged or edited)", path=path, obj=where
                 )
             dtype, shape = self._expected(name)
-            if obj.dtype != dtype or tuple(obj.shape[1:]) != shape:
+            stored_shape = obj.shape
+            if obj.dtype != dtype or tuple(stored_shape[1:]) != shape:
                 raise FileFormatError(
-                    f"column has dtype {obj.dtype}{list(obj.shape[1:])}, its commit record says "
-                    f"{dtype}{list(shape)}; the file is damaged or edited",
+                    f"column has dtype {obj.dtype}{list(stored_shape[1:])}, its commit record "
+                    f"says {dtype}{list(shape)}; the file is damaged or edited",
                     path=path,
                     obj=where,
                 )
-            if obj.shape[0] < self.rows:
+            if stored_shape[0] < self.rows:
                 raise TruncatedFileError(
-                    f"column holds {obj.shape[0]} rows, commit record says {self.rows}; "
+                    f"column holds {stored_shape[0]} rows, commit record says {self.rows}; "
                     "the file is damaged or edited",
                     path=path,
                     obj=where,
@@ -715,11 +723,11 @@ class StreamReader:
             # Unallocated chunks read back as zeros, so a commit record claiming rows that
             # were never stored would pass shape checks; compare with bytes actually stored.
             need = self.rows * dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-            dcpl = obj.id.get_create_plist()
+            dcpl = obj.get_create_plist()
             compressed = any(
                 dcpl.get_filter(i)[0] in (1, 32000) for i in range(dcpl.get_nfilters())
             )
-            stored = int(obj.id.get_storage_size())
+            stored = int(obj.get_storage_size())
             if need > (stored * 1100 if compressed else stored):
                 raise TruncatedFileError(
                     f"commit record claims {self.rows} rows ({need} bytes) but the column "
@@ -727,6 +735,8 @@ class StreamReader:
                     path=path,
                     obj=where,
                 )
+            chunked = dcpl.get_layout() == h5py.h5d.CHUNKED
+            self._chunk_rows[name] = int(dcpl.get_chunk()[0]) if chunked else 0
         self._checked[name] = obj
         return obj
 
@@ -769,13 +779,19 @@ class StreamReader:
         dtype, shape = self._expected(name)
         row_bytes = max(1, dtype.itemsize * int(np.prod(shape, dtype=np.int64)))
         rows = max(1, BLOCK_BYTES // row_bytes)
-        chunks = self._dataset(name).chunks
-        if chunks and chunks[0] < rows:
-            rows -= rows % chunks[0]
+        self._dataset(name)
+        chunk = self._chunk_rows[name]
+        if 0 < chunk < rows:
+            rows -= rows % chunk
         return rows
 
     def blocks(
-        self, column: str, block_rows: int | None = None, *, reuse: bool = False
+        self,
+        column: str,
+        block_rows: int | None = None,
+        *,
+        reuse: bool = False,
+        buffer: np.ndarray | None = None,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, rows)`` blocks of a column, verifying its checksum as it streams.
 
@@ -788,33 +804,56 @@ class StreamReader:
             block_rows: rows per block; ``None`` picks about 1 MiB per block.
             reuse: yield views of one buffer that the next block overwrites, so a pass
                 allocates nothing per block; the consumer must copy what it keeps.
+            buffer: a C-contiguous ``uint8`` array to serve as that buffer (implies
+                ``reuse``), so one allocation serves column after column; ignored when
+                smaller than a block.
         """
         if column not in self.columns:
             raise UsageError(f"stream {self.name!r} has no column {column!r}")
-        return self._iter_rows(column, block_rows or self.block_rows_for(column), reuse)
+        rows = block_rows or self.block_rows_for(column)
+        return self._iter_rows(column, rows, reuse or buffer is not None, buffer)
 
     def present_blocks(
-        self, column: str, block_rows: int | None = None, *, reuse: bool = False
+        self,
+        column: str,
+        block_rows: int | None = None,
+        *,
+        reuse: bool = False,
+        buffer: np.ndarray | None = None,
     ) -> Iterator[tuple[int, np.ndarray]] | None:
         """Like :meth:`blocks` for an optional column's presence mask; ``None`` if not optional."""
         if not self.optional(column):
             return None
         name = column + F.PRESENT_SUFFIX
-        return self._iter_rows(name, block_rows or self.block_rows_for(name), reuse)
+        rows = block_rows or self.block_rows_for(name)
+        return self._iter_rows(name, rows, reuse or buffer is not None, buffer)
 
     def _iter_rows(
-        self, name: str, block_rows: int, reuse: bool
+        self, name: str, block_rows: int, reuse: bool, buffer: np.ndarray | None = None
     ) -> Iterator[tuple[int, np.ndarray]]:
         if block_rows < 1:
             raise UsageError(f"block_rows must be >= 1, got {block_rows}")
         ds = self._dataset(name)
         where = f"{self._where}/{name}"
         h = xxhash.xxh3_64() if self._rec.verify and name not in self._verified else None
-        row_shape = tuple(ds.shape[1:])
-        buf = np.empty((min(block_rows, self.rows), *row_shape), ds.dtype) if reuse else None
+        row_shape, dtype = tuple(ds.shape[1:]), ds.dtype
+        buf = None
+        if reuse:
+            shape = (min(block_rows, self.rows), *row_shape)
+            nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+            if (
+                buffer is not None
+                and 0 < nbytes <= buffer.nbytes
+                and buffer.dtype == np.uint8
+                and buffer.flags.c_contiguous
+            ):
+                # A buffer already written to is already backed by pages: no page faults.
+                buf = buffer.reshape(-1)[:nbytes].view(dtype).reshape(shape)
+            else:
+                buf = np.empty(shape, dtype)
         for lo in range(0, self.rows, block_rows):
             hi = min(self.rows, lo + block_rows)
-            data = buf[: hi - lo] if buf is not None else np.empty((hi - lo, *row_shape), ds.dtype)
+            data = buf[: hi - lo] if buf is not None else np.empty((hi - lo, *row_shape), dtype)
             with _guard(self._rec.path, where, "read the column"):
                 _read_rows(ds, lo, data)
             if h is not None:
