@@ -275,8 +275,10 @@ def _check_dataset(dsid: h5py.h5d.DatasetID, path: Path, file_size: int, where: 
         if shape is None:
             raise UnsafeFileError("dataset has a null dataspace", path=path, obj=where)
         declared = int(np.prod(shape, dtype=np.float64) * dt.itemsize)
-        stored = int(dsid.get_storage_size())
         compressed = any(fid in (1, 32000) for fid in filters)
+        # Only the expansion check needs the stored size, and summing it walks the whole
+        # chunk index; stream readers check committed rows against it when they open a column.
+        stored = int(dsid.get_storage_size()) if compressed else 0
         if layout == h5py.h5d.CHUNKED:
             chunk = int(np.prod(dcpl.get_chunk(), dtype=np.float64) * dt.itemsize)
             if chunk > MAX_CHUNK_BYTES:
