@@ -727,7 +727,7 @@ def _diff_block(
         m = compare_arrays(xa[:1], xb[:1], rule, logical=la, actual_logical=lb)
         if m is not None:
             return KeyDivergence(sa.name, key, lo, m, rule.describe())
-    if rule.exact and np.array_equal(_bits(xa), _bits(xb)):
+    if rule.exact and _same_bytes(xa, xb):
         return None
     m = compare_arrays(xa, xb, rule, logical=la)
     if m is None:
@@ -735,3 +735,12 @@ def _diff_block(
     row_m = compare_arrays(xa[m.index[0]], xb[m.index[0]], rule, logical=la)
     assert row_m is not None
     return KeyDivergence(sa.name, key, lo + m.index[0], row_m, rule.describe())
+
+
+def _same_bytes(xa: np.ndarray, xb: np.ndarray) -> bool:
+    """Bit equality of two C-contiguous blocks of one dtype and shape."""
+    a, b = xa.reshape(-1).view(np.uint8), xb.reshape(-1).view(np.uint8)
+    if a.size % 8 == 0:
+        # Eight bytes per element: bool and float32 blocks compare 8x and 2x fewer elements.
+        a, b = a.view(np.uint64), b.view(np.uint64)
+    return bool(np.array_equal(a, b))
