@@ -10,12 +10,12 @@ anything outside the recording format is refused.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 import h5py
-import numpy as np
 
 from replaykit import _format as F
 from replaykit.errors import (
@@ -229,7 +229,7 @@ def _check_attrs(oid: Any, path: Path, where: str) -> None:
             if aid.get_storage_size() > 64 << 20:
                 raise UnsafeFileError(f"attribute {name!r} exceeds 64 MiB", path=path, obj=where)
             shape = aid.shape
-            if shape is not None and int(np.prod(shape, dtype=np.float64)) > MAX_ATTR_ELEMENTS:
+            if shape is not None and math.prod(shape) > MAX_ATTR_ELEMENTS:
                 raise UnsafeFileError(
                     f"attribute {name!r} has shape {shape}; recording attributes are scalars",
                     path=path,
@@ -274,13 +274,13 @@ def _check_dataset(dsid: h5py.h5d.DatasetID, path: Path, file_size: int, where: 
         shape = dsid.shape
         if shape is None:
             raise UnsafeFileError("dataset has a null dataspace", path=path, obj=where)
-        declared = int(np.prod(shape, dtype=np.float64) * dt.itemsize)
+        declared = math.prod(shape) * dt.itemsize  # exact: Python ints do not overflow
         compressed = any(fid in (1, 32000) for fid in filters)
         # Only the expansion check needs the stored size, and summing it walks the whole
         # chunk index; stream readers check committed rows against it when they open a column.
         stored = int(dsid.get_storage_size()) if compressed else 0
         if layout == h5py.h5d.CHUNKED:
-            chunk = int(np.prod(dcpl.get_chunk(), dtype=np.float64) * dt.itemsize)
+            chunk = math.prod(dcpl.get_chunk()) * dt.itemsize
             if chunk > MAX_CHUNK_BYTES:
                 raise UnsafeFileError(
                     f"dataset chunks of {chunk} bytes exceed {MAX_CHUNK_BYTES} "

@@ -503,9 +503,11 @@ def _episode_of(stream: Any, row: int) -> tuple[int | None, int | None]:
     if ep.size == 0:
         return None, None
     episode = int(ep[0])
-    # Walk back to the episode's first row in blocks of the streaming budget.
+    # Walk back to the episode's first row in blocks that start small (most episodes are
+    # short) and double up to the streaming budget (memory stays bounded).
     start = row
-    block = stream.block_rows_for(F.EPISODE)
+    cap = stream.block_rows_for(F.EPISODE)
+    block = min(1024, cap)
     while start > 0:
         lo = max(0, start - block)
         eps = stream.read(F.EPISODE, lo, start)
@@ -514,6 +516,7 @@ def _episode_of(stream: Any, row: int) -> tuple[int | None, int | None]:
             start = lo + int(other[-1]) + 1
             break
         start = lo
+        block = min(2 * block, cap)
     return episode, row - start
 
 

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -722,7 +723,7 @@ class StreamReader:
                 )
             # Unallocated chunks read back as zeros, so a commit record claiming rows that
             # were never stored would pass shape checks; compare with bytes actually stored.
-            need = self.rows * dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+            need = self.rows * dtype.itemsize * math.prod(shape)
             dcpl = obj.get_create_plist()
             compressed = any(
                 dcpl.get_filter(i)[0] in (1, 32000) for i in range(dcpl.get_nfilters())
@@ -777,7 +778,7 @@ class StreamReader:
         so no chunk is read twice and memory does not grow with the stream's length.
         """
         dtype, shape = self._expected(name)
-        row_bytes = max(1, dtype.itemsize * int(np.prod(shape, dtype=np.int64)))
+        row_bytes = max(1, dtype.itemsize * math.prod(shape))
         rows = max(1, BLOCK_BYTES // row_bytes)
         self._dataset(name)
         chunk = self._chunk_rows[name]
@@ -840,7 +841,7 @@ class StreamReader:
         buf = None
         if reuse:
             shape = (min(block_rows, self.rows), *row_shape)
-            nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+            nbytes = dtype.itemsize * math.prod(shape)
             if (
                 buffer is not None
                 and 0 < nbytes <= buffer.nbytes

@@ -18,7 +18,7 @@ from replaykit.store import Recording, RecordingWriter
 N = 3000
 
 
-def _write(path: Path, n: int = N, *, change_at: int | None = None) -> Path:
+def _write(path: Path, n: int = N, *, change_at: int | None = None, episode_len: int = 100) -> Path:
     """Steps with a reward, an episode and an optional column (present every third row)."""
     with RecordingWriter(
         path, meta={"env_id": "X"}, provenance={}, block_rows=256, commit_every_steps=256
@@ -30,7 +30,7 @@ def _write(path: Path, n: int = N, *, change_at: int | None = None) -> Path:
         assert extra.present is not None
         for i in range(n):
             reward.buf[s.pos] = -1.0 if i == change_at else i / 4
-            episode.buf[s.pos] = i // 100
+            episode.buf[s.pos] = i // episode_len
             if i % 3 == 0:
                 extra.buf[s.pos] = (i, -i)
                 extra.present[s.pos] = True
@@ -54,6 +54,17 @@ def test_divergence_reported_with_episode(tmp_path: Path) -> None:
     assert (first.episode, first.step_in_episode) == (23, 45)
     assert [d.key for d in res.divergences] == [F.REWARD]
     assert diff_recordings(a, _write(tmp_path / "c.h5"), block_rows=64).match
+
+
+@pytest.mark.parametrize("budget", [4096, 1 << 20])
+def test_episode_start_found_across_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: int
+) -> None:
+    monkeypatch.setattr(store, "BLOCK_BYTES", budget)
+    a = _write(tmp_path / "a.h5", episode_len=2 * N)
+    b = _write(tmp_path / "b.h5", change_at=N - 7, episode_len=2 * N)
+    first = diff_recordings(a, b).first
+    assert first is not None and (first.episode, first.step_in_episode) == (0, N - 7)
 
 
 @pytest.mark.parametrize("block_rows", [64, None])
