@@ -10,12 +10,12 @@ anything outside the recording format is refused.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 import h5py
-import numpy as np
 
 from replaykit import _format as F
 from replaykit.errors import (
@@ -62,7 +62,10 @@ def open_validated(path: Path) -> h5py.File:
             path=path,
         )
     try:
-        f = h5py.File(path, "r", locking=False)
+        # No chunk cache: every reader streams whole chunks in blocks, so a per-dataset
+        # cache (1 MiB each by default) would only add a copy per chunk and memory that
+        # grows with the number of open columns.
+        f = h5py.File(path, "r", locking=False, rdcc_nbytes=0)
     except ReplaykitError:
         raise
     except _RAW as exc:
@@ -114,63 +117,63 @@ def _short(exc: BaseException) -> str:
 
 def validate_structure(f: h5py.File, path: Path, file_size: int) -> None:
     """Refuse links, storage, dtypes and sizes a recording never has."""
+    # h5py's low-level API throughout: the object layer costs more per object than the
+    # checks themselves, and every reader (a diff opens two files) pays this walk.
     count = 0
 
-    def walk(group: h5py.Group, depth: int) -> None:
+    def walk(gid: h5py.h5g.GroupID, name: str, depth: int) -> None:
         nonlocal count
         if depth > MAX_DEPTH:
-            raise UnsafeFileError(
-                "groups nest deeper than a recording's", path=path, obj=group.name
-            )
+            raise UnsafeFileError("groups nest deeper than a recording's", path=path, obj=name)
         try:
-            names = list(group.keys())
+            names = list(gid)
         except ReplaykitError:
             raise
         except _RAW as exc:
             raise TruncatedFileError(
-                f"cannot list group ({_short(exc)})", path=path, obj=group.name
+                f"cannot list group ({_short(exc)})", path=path, obj=name
             ) from None
-        for name in names:
+        for raw in names:
             count += 1
             if count > MAX_OBJECTS:
                 raise UnsafeFileError(
-                    f"file holds more than {MAX_OBJECTS} objects", path=path, obj=group.name
+                    f"file holds more than {MAX_OBJECTS} objects", path=path, obj=name
                 )
-            obj_path = f"{group.name.rstrip('/')}/{name}"
+            obj_path = f"{name.rstrip('/')}/{raw.decode('utf-8', 'replace')}"
             try:
-                link = group.get(name, getlink=True)
+                link_type = gid.links.get_info(raw).type
             except ReplaykitError:
                 raise
             except _RAW as exc:
                 raise TruncatedFileError(
                     f"cannot read link ({_short(exc)})", path=path, obj=obj_path
                 ) from None
-            if isinstance(link, h5py.ExternalLink):
+            if link_type == h5py.h5l.TYPE_EXTERNAL:
                 raise UnsafeFileError(
                     "external link to another file; recordings never hold them",
                     path=path,
                     obj=obj_path,
                 )
-            if isinstance(link, h5py.SoftLink):
+            if link_type == h5py.h5l.TYPE_SOFT:
                 raise UnsafeFileError(
                     "soft link; recordings never hold them", path=path, obj=obj_path
                 )
+            if link_type != h5py.h5l.TYPE_HARD:
+                raise UnsafeFileError(
+                    f"user-defined link (type {link_type}); recordings never hold them",
+                    path=path,
+                    obj=obj_path,
+                )
             try:
-                obj = group.get(name)
+                oid = h5py.h5o.open(gid, raw)
             except ReplaykitError:
                 raise
             except _RAW as exc:
                 raise TruncatedFileError(
                     f"cannot open object ({_short(exc)})", path=path, obj=obj_path
                 ) from None
-            if obj is None:
-                raise TruncatedFileError(
-                    "link points to an object that is not in the file (damaged or cut short)",
-                    path=path,
-                    obj=obj_path,
-                )
-            if isinstance(obj, h5py.Group):
-                key = _object_key(obj, path, obj_path)
+            if isinstance(oid, h5py.h5g.GroupID):
+                key = _object_key(oid, path, obj_path)
                 if key in seen:
                     raise UnsafeFileError(
                         "group is linked twice (a hard-link cycle?); recordings are trees",
@@ -178,27 +181,26 @@ def validate_structure(f: h5py.File, path: Path, file_size: int) -> None:
                         obj=obj_path,
                     )
                 seen.add(key)
-                _check_attrs(obj, path)
-                walk(obj, depth + 1)
-            elif isinstance(obj, h5py.Dataset):
-                _check_attrs(obj, path)
-                _check_dataset(obj, path, file_size)
+                _check_attrs(oid, path, obj_path)
+                walk(oid, obj_path, depth + 1)
+            elif isinstance(oid, h5py.h5d.DatasetID):
+                _check_attrs(oid, path, obj_path)
+                _check_dataset(oid, path, file_size, obj_path)
             else:
-                raise UnsafeFileError(
-                    f"unexpected object type {type(obj).__name__}", path=path, obj=obj_path
-                )
+                kind = "Datatype" if isinstance(oid, h5py.h5t.TypeID) else type(oid).__name__
+                raise UnsafeFileError(f"unexpected object type {kind}", path=path, obj=obj_path)
 
-    seen: set[Any] = {_object_key(f, path, "/")}
+    seen: set[Any] = {_object_key(f.id, path, "/")}
     try:
-        _check_attrs(f, path)
-        walk(f, 0)
+        _check_attrs(f.id, path, "/")
+        walk(f.id, "/", 0)
     except RecursionError:
         raise UnsafeFileError("structure nests too deeply", path=path) from None
 
 
-def _object_key(obj: Any, path: Path, where: str) -> Any:
+def _object_key(oid: Any, path: Path, where: str) -> Any:
     try:
-        info = h5py.h5o.get_info(obj.id)
+        info = h5py.h5o.get_info(oid)
         return (info.fileno, getattr(info, "token", None) or getattr(info, "addr", None))
     except ReplaykitError:
         raise
@@ -208,42 +210,42 @@ def _object_key(obj: Any, path: Path, where: str) -> Any:
         ) from None
 
 
-def _check_attrs(obj: Any, path: Path) -> None:
+def _check_attrs(oid: Any, path: Path, where: str) -> None:
     try:
-        for name in obj.attrs.keys():
-            aid = h5py.h5a.open(obj.id, name.encode())
+        for i in range(h5py.h5a.get_num_attrs(oid)):
+            aid = h5py.h5a.open(oid, index=i)
+            name = aid.name.decode("utf-8", "replace")
             dt = aid.dtype
             if dt.kind == "O":
                 # Only plain variable-length strings are allowed among object dtypes.
                 if h5py.check_string_dtype(dt) is None:
                     raise UnsafeFileError(
-                        f"attribute {name!r} has an object dtype", path=path, obj=obj.name
+                        f"attribute {name!r} has an object dtype", path=path, obj=where
                     )
             elif dt.kind not in F.ALLOWED_KINDS | {"S", "U"}:
                 raise UnsafeFileError(
-                    f"attribute {name!r} has dtype {dt} ({dt.kind})", path=path, obj=obj.name
+                    f"attribute {name!r} has dtype {dt} ({dt.kind})", path=path, obj=where
                 )
             if aid.get_storage_size() > 64 << 20:
-                raise UnsafeFileError(f"attribute {name!r} exceeds 64 MiB", path=path, obj=obj.name)
+                raise UnsafeFileError(f"attribute {name!r} exceeds 64 MiB", path=path, obj=where)
             shape = aid.shape
-            if shape is not None and int(np.prod(shape, dtype=np.float64)) > MAX_ATTR_ELEMENTS:
+            if shape is not None and math.prod(shape) > MAX_ATTR_ELEMENTS:
                 raise UnsafeFileError(
                     f"attribute {name!r} has shape {shape}; recording attributes are scalars",
                     path=path,
-                    obj=obj.name,
+                    obj=where,
                 )
     except ReplaykitError:
         raise
     except _RAW as exc:
         raise TruncatedFileError(
-            f"cannot read attributes ({_short(exc)})", path=path, obj=obj.name
+            f"cannot read attributes ({_short(exc)})", path=path, obj=where
         ) from None
 
 
-def _check_dataset(ds: h5py.Dataset, path: Path, file_size: int) -> None:
-    where = ds.name
+def _check_dataset(dsid: h5py.h5d.DatasetID, path: Path, file_size: int, where: str) -> None:
     try:
-        dt = ds.dtype
+        dt = dsid.dtype
         if dt.kind not in F.ALLOWED_KINDS or dt.fields is not None or dt.subdtype is not None:
             raise UnsafeFileError(
                 f"dataset dtype {dt} is not a plain bool/int/float/complex type "
@@ -251,13 +253,14 @@ def _check_dataset(ds: h5py.Dataset, path: Path, file_size: int) -> None:
                 path=path,
                 obj=where,
             )
-        if ds.is_virtual:
+        dcpl = dsid.get_create_plist()
+        layout = dcpl.get_layout()
+        if layout == h5py.h5d.VIRTUAL:
             raise UnsafeFileError(
                 "virtual dataset (reads other files); recordings never hold them",
                 path=path,
                 obj=where,
             )
-        dcpl = ds.id.get_create_plist()
         if dcpl.get_external_count() > 0:
             raise UnsafeFileError(
                 "dataset stores its data in external files; recordings never do",
@@ -268,13 +271,16 @@ def _check_dataset(ds: h5py.Dataset, path: Path, file_size: int) -> None:
         unknown = [fid for fid in filters if fid not in F.ALLOWED_FILTERS]
         if unknown:
             raise UnsafeFileError(f"dataset uses unknown filter(s) {unknown}", path=path, obj=where)
-        if ds.shape is None:
+        shape = dsid.shape
+        if shape is None:
             raise UnsafeFileError("dataset has a null dataspace", path=path, obj=where)
-        declared = int(np.prod(ds.shape, dtype=np.float64) * dt.itemsize)
-        stored = int(ds.id.get_storage_size())
+        declared = math.prod(shape) * dt.itemsize  # exact: Python ints do not overflow
         compressed = any(fid in (1, 32000) for fid in filters)
-        if ds.chunks is not None:
-            chunk = int(np.prod(ds.chunks, dtype=np.float64) * dt.itemsize)
+        # Only the expansion check needs the stored size, and summing it walks the whole
+        # chunk index; stream readers check committed rows against it when they open a column.
+        stored = int(dsid.get_storage_size()) if compressed else 0
+        if layout == h5py.h5d.CHUNKED:
+            chunk = math.prod(dcpl.get_chunk()) * dt.itemsize
             if chunk > MAX_CHUNK_BYTES:
                 raise UnsafeFileError(
                     f"dataset chunks of {chunk} bytes exceed {MAX_CHUNK_BYTES} "

@@ -19,8 +19,9 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from typing import Any
 
 import numpy as np
@@ -278,8 +279,9 @@ def compare_arrays(
     neq = eb != ab
     if neq.ndim > expected.ndim:
         neq = neq.any(axis=-1)
-    ef = _as_float(expected, logical)
-    af = _as_float(actual, logical)
+    # Float views of whole arrays only for a tolerance rule; a report needs one element.
+    ef = _as_float(expected, logical) if not rule.exact else None
+    af = _as_float(actual, logical) if not rule.exact else None
     if not rule.exact and ef is not None and af is not None:
         with np.errstate(invalid="ignore", over="ignore"):
             d = np.abs(af.astype(np.float64) - ef.astype(np.float64))
@@ -312,9 +314,11 @@ def compare_arrays(
         expected_shape=expected.shape,
         actual_shape=actual.shape,
     )
+    e_one = expected.reshape(-1)[first : first + 1]
+    a_one = actual.reshape(-1)[first : first + 1]
+    ef, af = _as_float(e_one, logical), _as_float(a_one, logical)
     if ef is not None and af is not None:
-        e_f = ef.reshape(-1)[first] if expected.ndim else ef[()]
-        a_f = af.reshape(-1)[first] if actual.ndim else af[()]
+        e_f, a_f = ef[0], af[0]
         m.expected, m.actual = float(e_f), float(a_f)
         if expected.dtype.kind in "iub" and logical is None:
             m.expected, m.actual = e_val.item(), a_val.item()
@@ -499,9 +503,11 @@ def _episode_of(stream: Any, row: int) -> tuple[int | None, int | None]:
     if ep.size == 0:
         return None, None
     episode = int(ep[0])
-    # Walk back to the episode's first row in bounded blocks.
+    # Walk back to the episode's first row in blocks that start small (most episodes are
+    # short) and double up to the streaming budget (memory stays bounded).
     start = row
-    block = 4096
+    cap = stream.block_rows_for(F.EPISODE)
+    block = min(1024, cap)
     while start > 0:
         lo = max(0, start - block)
         eps = stream.read(F.EPISODE, lo, start)
@@ -510,6 +516,7 @@ def _episode_of(stream: Any, row: int) -> tuple[int | None, int | None]:
             start = lo + int(other[-1]) + 1
             break
         start = lo
+        block = min(2 * block, cap)
     return episode, row - start
 
 
@@ -519,20 +526,23 @@ def diff_recordings(
     *,
     rules: Rules | None = None,
     keys: Iterable[str] | None = None,
-    block_rows: int = 65536,
+    block_rows: int | None = None,
     verify: bool = True,
 ) -> DiffResult:
     """Stream two recordings and report the first divergence of every key.
 
-    Memory stays bounded by ``block_rows`` rows per column whatever the files'
-    length.
+    Each column is read once, in blocks: the same blocks are hashed for verification
+    and compared, so memory stays bounded by one block per column and file whatever
+    the files' length. With ``verify`` on, every committed row of every compared column
+    is hashed even past a divergence, and a damaged file raises
+    :class:`~replaykit.errors.ChecksumError` instead of returning a result.
 
     Args:
         a: the reference recording.
         b: the recording to compare with it.
         rules: per-key comparison rules (bit-exact by default).
         keys: fnmatch patterns; only matching keys are compared.
-        block_rows: rows read per block.
+        block_rows: rows read per block; ``None`` picks about 1 MiB per column.
         verify: check stored checksums while streaming.
 
     Example:
@@ -540,8 +550,10 @@ def diff_recordings(
         >>> # res.match, res.first.key, res.first.row
     """
     from replaykit import provenance as prov
-    from replaykit.store import Recording
+    from replaykit.store import BLOCK_BYTES, Recording
 
+    if block_rows is not None and block_rows < 1:
+        raise UsageError(f"block_rows must be >= 1, got {block_rows}")
     rules = rules or Rules()
     patterns = list(keys) if keys else None
     divergences: list[KeyDivergence] = []
@@ -549,17 +561,21 @@ def diff_recordings(
     only_a: list[str] = []
     only_b: list[str] = []
     compared = 0
+    # Values and presence blocks of both files, shared by every column: allocated (and
+    # their pages faulted in) once per diff rather than once per column.
+    scratch = [np.empty(BLOCK_BYTES, np.uint8) for _ in range(4)]
     with Recording(a, verify=verify) as ra, Recording(b, verify=verify) as rb:
-        streams = list(dict.fromkeys(ra.stream_names + rb.stream_names))
-        for sname in streams:
-            if not ra.has_stream(sname):
+        names_a, names_b = ra.stream_names, rb.stream_names
+        for sname in dict.fromkeys(names_a + names_b):
+            if sname not in names_a:
                 only_b.append(sname)
                 continue
-            if not rb.has_stream(sname):
+            if sname not in names_b:
                 only_a.append(sname)
                 continue
             sa, sb = ra.stream(sname), rb.stream(sname)
             selected = 0
+            found: list[KeyDivergence] = []
             for col in list(dict.fromkeys(list(sa.columns) + list(sb.columns))):
                 key = f"{sname}/{col}" if sname != F.STEPS else col
                 if patterns and not any(fnmatch.fnmatchcase(key, p) for p in patterns):
@@ -573,10 +589,16 @@ def diff_recordings(
                     continue
                 compared += 1
                 rule = rules.for_key(key)
-                d = _diff_column(sa, sb, col, key, rule, block_rows)
+                d = _diff_column(sa, sb, col, key, rule, block_rows, verify, scratch)
                 if d is not None:
-                    d.at_step = _step_of(sa, sb, d.row)
-                    divergences.append(d)
+                    found.append(d)
+            # Episode and step context is read once the stream's columns are streamed: the
+            # episode column has been verified by its own pass by then, not read twice.
+            for d in found:
+                if d.row is not None and d.row < sa.rows:
+                    d.episode, d.step_in_episode = _episode_of(sa, d.row)
+                d.at_step = _step_of(sa, sb, d.row)
+            divergences += found
             # Row counts count only for streams with a selected key, so --key reward
             # is not failed by a resets stream nobody asked about.
             if selected or not patterns:
@@ -629,47 +651,99 @@ def _step_of(sa: Any, sb: Any, row: int | None) -> int | None:
     return None
 
 
+def _column_rows(
+    s: Any, col: str, block_rows: int, scratch: tuple[np.ndarray, np.ndarray]
+) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """Yield ``(start, values, present or None)`` blocks, both verified as they stream."""
+    values = s.blocks(col, block_rows, buffer=scratch[0])
+    present = s.present_blocks(col, block_rows, buffer=scratch[1])
+    if present is None:
+        for lo, x in values:
+            yield lo, x, None
+        return
+    for (lo, x), (_, p) in zip(values, present, strict=True):
+        yield lo, x, p
+
+
 def _diff_column(
-    sa: Any, sb: Any, col: str, key: str, rule: Rule, block_rows: int
+    sa: Any,
+    sb: Any,
+    col: str,
+    key: str,
+    rule: Rule,
+    block_rows: int | None,
+    verify: bool,
+    scratch: list[np.ndarray],
 ) -> KeyDivergence | None:
+    """First divergence of one column, streaming both files' blocks once.
+
+    With ``verify`` on, both columns are read to their last committed row even after a
+    divergence, so their checksums are checked before any result is returned.
+    """
     la, lb = sa.logical_dtype(col), sb.logical_dtype(col)
-    ia, ib = sa.blocks(col, block_rows), sb.blocks(col, block_rows)
-    pa_full = sa.optional(col)
     n = min(sa.rows, sb.rows)
-    # Both files hold at least n rows, read in equal blocks: the zip stops at the shorter.
-    for (lo, xa), (_, xb) in zip(ia, ib):  # noqa: B905
-        hi = min(lo + len(xa), lo + len(xb), n)
-        if hi <= lo:
-            break
+    if block_rows is None:
+        block_rows = min(sa.block_rows_for(col), sb.block_rows_for(col))
+    found: KeyDivergence | None = None
+    pairs = zip_longest(
+        _column_rows(sa, col, block_rows, (scratch[0], scratch[1])),
+        _column_rows(sb, col, block_rows, (scratch[2], scratch[3])),
+    )
+    for ba, bb in pairs:
+        if found is not None or ba is None or bb is None or ba[0] >= n:
+            if not verify:
+                break
+            continue  # still hashing the rest of the longer or diverged column
+        (lo, xa, pa), (_, xb, pb) = ba, bb
+        hi = min(lo + len(xa), n)
         xa, xb = xa[: hi - lo], xb[: hi - lo]
-        if pa_full and sb.optional(col):
-            pa, pb = sa.present(col, lo, hi), sb.present(col, lo, hi)
-            if pa is not None and pb is not None and not np.array_equal(pa, pb):
-                r = lo + int(np.flatnonzero(pa != pb)[0])
-                ep, sie = _episode_of(sa, r)
-                reason = "missing" if pa[r - lo] else "extra"
-                return KeyDivergence(sa.name, key, r, Mismatch(reason), rule.describe(), ep, sie)
-        if xa.dtype != xb.dtype or xa.shape[1:] != xb.shape[1:] or la != lb:
-            m = compare_arrays(xa[:1], xb[:1], rule, logical=la, actual_logical=lb)
-            if m is not None:
-                return KeyDivergence(sa.name, key, lo, m, rule.describe(), *_episode_of(sa, lo))
-        if rule.exact and np.array_equal(_bits(xa), _bits(xb)):
-            continue
-        m = compare_arrays(xa, xb, rule, logical=la)
-        if m is None:
-            continue
-        r = lo + m.index[0]
-        row_m = compare_arrays(xa[m.index[0]], xb[m.index[0]], rule, logical=la)
-        assert row_m is not None
-        ep, sie = _episode_of(sa, r)
-        return KeyDivergence(sa.name, key, r, row_m, rule.describe(), ep, sie)
-    if sa.rows != sb.rows:
-        return KeyDivergence(
-            sa.name,
-            key,
-            n,
-            Mismatch("missing" if sa.rows > sb.rows else "extra"),
-            rule.describe(),
-            *_episode_of(sa, n) if n < sa.rows else (None, None),
+        found = _diff_block(sa, key, rule, lo, xa, xb, pa, pb, la, lb)
+    if found is None and sa.rows != sb.rows:
+        found = KeyDivergence(
+            sa.name, key, n, Mismatch("missing" if sa.rows > sb.rows else "extra"), rule.describe()
         )
-    return None
+    return found
+
+
+def _diff_block(
+    sa: Any,
+    key: str,
+    rule: Rule,
+    lo: int,
+    xa: np.ndarray,
+    xb: np.ndarray,
+    pa: np.ndarray | None,
+    pb: np.ndarray | None,
+    la: str | None,
+    lb: str | None,
+) -> KeyDivergence | None:
+    """First divergence inside one block of rows starting at row ``lo``, or ``None``.
+
+    The blocks are views of reused buffers: everything kept in the result is copied out.
+    """
+    k = len(xa)
+    if pa is not None and pb is not None and not np.array_equal(pa[:k], pb[:k]):
+        i = int(np.flatnonzero(pa[:k] != pb[:k])[0])
+        reason = "missing" if pa[i] else "extra"
+        return KeyDivergence(sa.name, key, lo + i, Mismatch(reason), rule.describe())
+    if xa.dtype != xb.dtype or xa.shape[1:] != xb.shape[1:] or la != lb:
+        m = compare_arrays(xa[:1], xb[:1], rule, logical=la, actual_logical=lb)
+        if m is not None:
+            return KeyDivergence(sa.name, key, lo, m, rule.describe())
+    if rule.exact and _same_bytes(xa, xb):
+        return None
+    m = compare_arrays(xa, xb, rule, logical=la)
+    if m is None:
+        return None
+    row_m = compare_arrays(xa[m.index[0]], xb[m.index[0]], rule, logical=la)
+    assert row_m is not None
+    return KeyDivergence(sa.name, key, lo + m.index[0], row_m, rule.describe())
+
+
+def _same_bytes(xa: np.ndarray, xb: np.ndarray) -> bool:
+    """Bit equality of two C-contiguous blocks of one dtype and shape."""
+    a, b = xa.reshape(-1).view(np.uint8), xb.reshape(-1).view(np.uint8)
+    if a.size % 8 == 0:
+        # Eight bytes per element: bool and float32 blocks compare 8x and 2x fewer elements.
+        a, b = a.view(np.uint64), b.view(np.uint64)
+    return bool(np.array_equal(a, b))

@@ -53,6 +53,10 @@ from replaykit.errors import (
 
 __all__ = ["Recording", "RecordingWriter", "SnapshotInfo", "StreamReader", "StreamWriter"]
 
+# Bytes per column a streaming read (diff, verification, statistics) holds at once: large
+# enough that per-call costs in h5py and libhdf5 vanish, small enough that memory stays flat.
+BLOCK_BYTES = 1 << 20
+
 # A stream looks at the clock (for time-based commits) once every this many rows.
 CLOCK_CHECK_ROWS = 64
 
@@ -111,6 +115,19 @@ def _parse_layout(layout: Any) -> tuple[np.dtype, tuple[int, ...], int]:
 
 
 _LAYOUTS: dict[str, tuple[np.dtype, tuple[int, ...], int]] = {}
+
+
+def _read_rows(dsid: h5py.h5d.DatasetID, start: int, out: np.ndarray) -> None:
+    """Read rows ``[start, start + len(out))`` of a dataset into the C-contiguous ``out``.
+
+    h5py's low-level API into a caller's buffer: slicing the high-level dataset allocates
+    a fresh array per call and spends more Python per call on selection objects.
+    """
+    if out.size == 0:
+        return
+    fspace = dsid.get_space()
+    fspace.select_hyperslab((start,) + (0,) * (out.ndim - 1), out.shape)
+    dsid.read(h5s.create_simple(out.shape), fspace, out)
 
 
 def _now() -> str:
@@ -803,7 +820,8 @@ class StreamReader:
         self.columns: dict[str, dict[str, Any]] = columns
         self._checksums = checksums
         self._verified: set[str] = set()
-        self._checked: dict[str, h5py.Dataset] = {}
+        self._checked: dict[str, h5py.h5d.DatasetID] = {}
+        self._chunk_rows: dict[str, int] = {}
 
     def __contains__(self, column: str) -> bool:
         return column in self.columns
@@ -824,41 +842,49 @@ class StreamReader:
         dtype = cast(np.dtype, F.LOGICAL_DTYPES[d]) if d in F.LOGICAL_DTYPES else np.dtype(d)
         return dtype, tuple(int(x) for x in spec["shape"])
 
-    def _dataset(self, name: str) -> h5py.Dataset:
-        ds = self._checked.get(name)
-        if ds is not None:
-            return ds
+    def _dataset(self, name: str) -> h5py.h5d.DatasetID:
+        """Return the checked low-level dataset of column ``name`` (or ``<column>@present``).
+
+        h5py's low-level API: the object layer's per-dataset setup cost more than the
+        checks, and a diff opens every column of two files.
+        """
+        dsid = self._checked.get(name)
+        if dsid is not None:
+            return dsid
         where = f"{self._where}/{name}"
         path = self._rec.path
         with _guard(path, where, "open the column"):
-            obj = self._group.get(name)
-            if not isinstance(obj, h5py.Dataset):
+            gid = self._group.id
+            key = name.encode()
+            obj = h5py.h5o.open(gid, key) if gid.links.exists(key) else None
+            if not isinstance(obj, h5py.h5d.DatasetID):
                 raise TruncatedFileError(
                     "column dataset is missing (file damaged or edited)", path=path, obj=where
                 )
             dtype, shape = self._expected(name)
-            if obj.dtype != dtype or tuple(obj.shape[1:]) != shape:
+            stored_shape = obj.shape
+            if obj.dtype != dtype or tuple(stored_shape[1:]) != shape:
                 raise FileFormatError(
-                    f"column has dtype {obj.dtype}{list(obj.shape[1:])}, its commit record says "
-                    f"{dtype}{list(shape)}; the file is damaged or edited",
+                    f"column has dtype {obj.dtype}{list(stored_shape[1:])}, its commit record "
+                    f"says {dtype}{list(shape)}; the file is damaged or edited",
                     path=path,
                     obj=where,
                 )
-            if obj.shape[0] < self.rows:
+            if stored_shape[0] < self.rows:
                 raise TruncatedFileError(
-                    f"column holds {obj.shape[0]} rows, commit record says {self.rows}; "
+                    f"column holds {stored_shape[0]} rows, commit record says {self.rows}; "
                     "the file is damaged or edited",
                     path=path,
                     obj=where,
                 )
             # Unallocated chunks read back as zeros, so a commit record claiming rows that
             # were never stored would pass shape checks; compare with bytes actually stored.
-            need = self.rows * dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-            dcpl = obj.id.get_create_plist()
+            need = self.rows * dtype.itemsize * math.prod(shape)
+            dcpl = obj.get_create_plist()
             compressed = any(
                 dcpl.get_filter(i)[0] in (1, 32000) for i in range(dcpl.get_nfilters())
             )
-            stored = int(obj.id.get_storage_size())
+            stored = int(obj.get_storage_size())
             if need > (stored * 1100 if compressed else stored):
                 raise TruncatedFileError(
                     f"commit record claims {self.rows} rows ({need} bytes) but the column "
@@ -866,34 +892,26 @@ class StreamReader:
                     path=path,
                     obj=where,
                 )
+            chunked = dcpl.get_layout() == h5py.h5d.CHUNKED
+            self._chunk_rows[name] = int(dcpl.get_chunk()[0]) if chunked else 0
         self._checked[name] = obj
         return obj
 
     def _verify(self, name: str) -> None:
         if name in self._verified or not self._rec.verify:
             return
-        ds = self._dataset(name)
-        where = f"{self._where}/{name}"
-        with _guard(self._rec.path, where, "read the column"):
-            h = xxhash.xxh3_64()
-            step = max(1, (8 << 20) // max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:]))))
-            for lo in range(0, self.rows, step):
-                h.update(np.ascontiguousarray(ds[lo : min(self.rows, lo + step)]).data)
-        if self._checksums.get(name) != h.hexdigest():
-            raise ChecksumError(
-                "stored data does not match its checksum (file damaged or edited); "
-                "re-record it or restore it from a good copy",
-                path=self._rec.path,
-                obj=where,
-            )
-        self._verified.add(name)
+        # One pass in bounded blocks into one reused buffer; the digest is checked at the end.
+        for _ in self._iter_rows(name, self.block_rows_for(name), reuse=True):
+            pass
 
     def _slice(self, name: str, start: int, stop: int | None) -> np.ndarray:
         stop = self.rows if stop is None else min(stop, self.rows)
         start = max(0, min(start, stop))
         ds = self._dataset(name)
+        out = np.empty((stop - start, *ds.shape[1:]), dtype=ds.dtype)
         with _guard(self._rec.path, f"{self._where}/{name}", "read the column"):
-            return ds[start:stop]
+            _read_rows(ds, start, out)
+        return out
 
     def read(self, column: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``[start, stop)`` of ``column`` (clamped to the committed rows)."""
@@ -909,28 +927,99 @@ class StreamReader:
         self._verify(name)
         return self._slice(name, start, stop)
 
-    def blocks(self, column: str, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    def block_rows_for(self, name: str) -> int:
+        """Rows of dataset ``name`` (a column or ``<column>@present``) in one streaming block.
+
+        About :data:`BLOCK_BYTES` per block, rounded to whole chunks when a chunk is smaller,
+        so no chunk is read twice and memory does not grow with the stream's length.
+        """
+        dtype, shape = self._expected(name)
+        row_bytes = max(1, dtype.itemsize * math.prod(shape))
+        rows = max(1, BLOCK_BYTES // row_bytes)
+        self._dataset(name)
+        chunk = self._chunk_rows[name]
+        if 0 < chunk < rows:
+            rows -= rows % chunk
+        return rows
+
+    def blocks(
+        self,
+        column: str,
+        block_rows: int | None = None,
+        *,
+        reuse: bool = False,
+        buffer: np.ndarray | None = None,
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, rows)`` blocks of a column, verifying its checksum as it streams.
 
         With verification on, the last block is yielded only after the whole column
         matched its checksum, so a consumer never acts on the tail of a damaged column
         without an error following.
+
+        Args:
+            column: the column.
+            block_rows: rows per block; ``None`` picks about 1 MiB per block.
+            reuse: yield views of one buffer that the next block overwrites, so a pass
+                allocates nothing per block; the consumer must copy what it keeps.
+            buffer: a C-contiguous ``uint8`` array to serve as that buffer (implies
+                ``reuse``), so one allocation serves column after column; ignored when
+                smaller than a block.
         """
         if column not in self.columns:
             raise UsageError(f"stream {self.name!r} has no column {column!r}")
-        ds = self._dataset(column)
-        where = f"{self._where}/{column}"
-        h = xxhash.xxh3_64() if self._rec.verify and column not in self._verified else None
+        rows = block_rows or self.block_rows_for(column)
+        return self._iter_rows(column, rows, reuse or buffer is not None, buffer)
+
+    def present_blocks(
+        self,
+        column: str,
+        block_rows: int | None = None,
+        *,
+        reuse: bool = False,
+        buffer: np.ndarray | None = None,
+    ) -> Iterator[tuple[int, np.ndarray]] | None:
+        """Like :meth:`blocks` for an optional column's presence mask; ``None`` if not optional."""
+        if not self.optional(column):
+            return None
+        name = column + F.PRESENT_SUFFIX
+        rows = block_rows or self.block_rows_for(name)
+        return self._iter_rows(name, rows, reuse or buffer is not None, buffer)
+
+    def _iter_rows(
+        self, name: str, block_rows: int, reuse: bool, buffer: np.ndarray | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        if block_rows < 1:
+            raise UsageError(f"block_rows must be >= 1, got {block_rows}")
+        ds = self._dataset(name)
+        where = f"{self._where}/{name}"
+        h = xxhash.xxh3_64() if self._rec.verify and name not in self._verified else None
+        row_shape, dtype = tuple(ds.shape[1:]), ds.dtype
+        buf = None
+        if reuse:
+            shape = (min(block_rows, self.rows), *row_shape)
+            nbytes = dtype.itemsize * math.prod(shape)
+            if (
+                buffer is not None
+                and 0 < nbytes <= buffer.nbytes
+                and buffer.dtype == np.uint8
+                and buffer.flags.c_contiguous
+            ):
+                # A buffer already written to is already backed by pages: no page faults.
+                buf = buffer.reshape(-1)[:nbytes].view(dtype).reshape(shape)
+            else:
+                buf = np.empty(shape, dtype)
         for lo in range(0, self.rows, block_rows):
+            hi = min(self.rows, lo + block_rows)
+            data = buf[: hi - lo] if buf is not None else np.empty((hi - lo, *row_shape), dtype)
             with _guard(self._rec.path, where, "read the column"):
-                data = ds[lo : min(self.rows, lo + block_rows)]
+                _read_rows(ds, lo, data)
             if h is not None:
-                h.update(np.ascontiguousarray(data).data)
-                if lo + block_rows >= self.rows:
-                    self._check_digest(column, h)
+                h.update(data.data)
+                if hi >= self.rows:
+                    self._check_digest(name, h)
             yield lo, data
         if h is not None and self.rows == 0:
-            self._check_digest(column, h)
+            self._check_digest(name, h)
 
     def _check_digest(self, column: str, h: Any) -> None:
         if h.hexdigest() != self._checksums.get(column):
