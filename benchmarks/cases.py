@@ -214,7 +214,7 @@ def case_throughput(quick: bool, tmp: Path) -> list[Row]:
             "Recording throughput, CartPole-v1, random actions",
             "CartPole-v1",
             4_000 if quick else 200_000,
-            2 if quick else 20,
+            2 if quick else 100,
             0.90,
             tmp,
         ),
@@ -222,11 +222,11 @@ def case_throughput(quick: bool, tmp: Path) -> list[Row]:
             "Recording throughput, HalfCheetah-v5, random actions",
             "HalfCheetah-v5",
             200 if quick else 6_000,
-            2 if quick else 24,
+            2 if quick else 60,
             0.97,
             tmp,
         ),
-        _mlp_row(400 if quick else 8_000, 2 if quick else 16, tmp),
+        _mlp_row(400 if quick else 8_000, 2 if quick else 40, tmp),
     ]
     return rows
 

@@ -448,6 +448,10 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         self._reset_cols: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._scalar_cols: tuple[Column, Column, Column, Column] | None = None
         self._info_w: dict[str, _LeafWriter | None] = {}
+        # Batched info path of step(): the flat keys, value classes and writers it expects.
+        self._info_keys: tuple[str, ...] | None = None
+        self._info_types: tuple[type, ...] = ()
+        self._info_cols: list[_LeafWriter | None] = []
         self._reset_info_w: dict[str, _LeafWriter | None] = {}
         self._probes: dict[str, Any] = {}
         self._probe_w: dict[str, _LeafWriter] = {}
@@ -658,6 +662,18 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
                 ob = None
             else:
                 ob = obs.tobytes()
+            iv = None
+            if info:
+                # An info dict with the keys, order and value classes seen before (MuJoCo's
+                # four floats every step) is batched too: ~0.4 us instead of ~0.7 us a key.
+                if tuple(info) == self._info_keys:
+                    iv = tuple(info.values())
+                    if tuple(map(type, iv)) != self._info_types:
+                        iv = None
+                if iv is None:
+                    self._write_info(s, self._info_w, info, p)
+                    if self._info_keys is None:
+                        self._learn_info_keys(info)
             self._pending.append(
                 (
                     action if a_dt is None else action.tobytes(),
@@ -666,6 +682,7 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
                     terminated,
                     truncated,
                     self._episode,
+                    iv,
                 )
             )
         else:
@@ -683,8 +700,8 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
             term.buf[p] = terminated
             trunc.buf[p] = truncated
             ep.buf[p] = self._episode
-        if info:
-            self._write_info(s, self._info_w, info, p)
+            if info:
+                self._write_info(s, self._info_w, info, p)
         if self._probes:
             self._write_probes(p)
         # StreamWriter.end_row, inlined: one method call is ~5% of the per-step budget.
@@ -796,7 +813,10 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         terms = [r[3] for r in pend]
         truncs = [r[4] for r in pend]
         eps = [r[5] for r in pend]
+        infos = [(lo + i, r[6]) for i, r in enumerate(pend) if r[6] is not None]
         pend.clear()
+        if infos:
+            self._fill_info(infos, lo, hi)
         a, o = self._act_w[0], self._obs_w[0]
         if self._fast[1] is not None:
             a.buf[lo:hi] = np.frombuffer(b"".join(acts), a.dt).reshape(n, *a.shape)
@@ -809,6 +829,45 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         term.buf[lo:hi] = np.array(terms, dtype=np.bool_)
         trunc.buf[lo:hi] = np.array(truncs, dtype=np.bool_)
         ep.buf[lo:hi] = eps
+
+    def _learn_info_keys(self, info: Mapping[str, Any]) -> None:
+        """Remember a flat info dict's keys and value classes for the batched path of step().
+
+        Keys whose writer takes one scalar class (``float``, ``int``, ``bool``, a NumPy
+        scalar type) qualify: one batched ``np.array`` per block converts them exactly.
+        """
+        cols: list[_LeafWriter | None] = []
+        for k, v in info.items():
+            w = self._info_w.get(k, _MISSING)
+            if w is None:  # ignored or unrecordable key: its values are dropped
+                cols.append(None)
+            elif (
+                w.__class__ is _LeafWriter
+                and w.fast_type is not None
+                and v.__class__ is w.fast_type
+            ):
+                cols.append(w)
+            else:
+                return
+        self._info_cols = cols
+        self._info_types = tuple(map(type, info.values()))
+        self._info_keys = tuple(info)
+
+    def _fill_info(self, infos: list[tuple[int, tuple[Any, ...]]], lo: int, hi: int) -> None:
+        """Write batched info values (rows ``infos``, keys as learned) into their columns."""
+        rows: Any = slice(lo, hi) if len(infos) == hi - lo else [r for r, _ in infos]
+        for j, w in enumerate(self._info_cols):
+            if w is None:
+                continue
+            values = [v[j] for _, v in infos]
+            try:
+                w.buf[rows] = np.array(values, dtype=w.dt)
+            except OverflowError:
+                # A Python int beyond int64: store row by row, so the error is the one the
+                # per-step path raises (only later, at the block's end).
+                for (r, _), value in zip(infos, values, strict=True):
+                    w.write(value, r)
+            w.col.present[rows] = True  # type: ignore[index]  # info columns are optional
 
     def _snapshot_if_due(self, t: int) -> None:
         # step() compares the step count with one precomputed number; the set lookup and the
