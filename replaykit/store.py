@@ -1144,17 +1144,30 @@ class Recording:
         return list(names)
 
     def _list_streams(self) -> list[str]:
-        g = self._file.get(F.STREAMS_GROUP)
-        if not isinstance(g, h5py.Group):
+        try:
+            gid = h5py.h5o.open(self._file.id, F.STREAMS_GROUP.encode())
+        except KeyError:
             return []
-        gid = g.id
+        if not isinstance(gid, h5py.h5g.GroupID):
+            return []
         commit = F.COMMIT_ATTR.encode()
         return [
             n.decode("utf-8", "replace") for n in gid if h5a.exists(h5py.h5o.open(gid, n), commit)
         ]
 
     def has_stream(self, name: str) -> bool:
-        return name in self.stream_names
+        names = self.__dict__.get("_stream_names")
+        if names is not None:
+            return name in names
+        # One stream's group and commit record, without listing the others.
+        with _guard(self.path, F.stream_path(name), "look for the stream"):
+            try:
+                oid = h5py.h5o.open(self._file.id, F.stream_path(name).encode())
+            except KeyError:
+                return False
+            return isinstance(oid, h5py.h5g.GroupID) and bool(
+                h5a.exists(oid, F.COMMIT_ATTR.encode())
+            )
 
     def stream(self, name: str) -> StreamReader:
         with _guard(self.path, F.stream_path(name), "open the stream"):
