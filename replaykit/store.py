@@ -343,8 +343,14 @@ class StreamWriter:
             }
             if col.present is not None:
                 checksums[col.name + F.PRESENT_SUFFIX] = col._ph.hexdigest()
-        body = {"rows": self.rows_on_disk, "checksums": checksums, "columns": columns}
-        return body
+        # The stream's own name is in the record (version 2), under its checksum: a damaged
+        # group name must not pass one stream's rows off as another's.
+        return {
+            "rows": self.rows_on_disk,
+            "checksums": checksums,
+            "columns": columns,
+            "stream": self.name,
+        }
 
 
 class RecordingWriter:
@@ -538,7 +544,8 @@ class RecordingWriter:
                 pack[off : off + data.nbytes] = data.reshape(-1).view(np.uint8)
             g.create_dataset(F.PACK_DATASET, data=pack)
             checksums[F.PACK_DATASET] = _array_digest(pack)
-        meta = {**meta, "bytes": nbytes}
+        # The name inside the checksummed metadata (version 2): a damaged link name is caught.
+        meta = {**meta, "bytes": nbytes, "name": name}
         # The tree keeps its key order (a dict comes back in the order it was captured).
         attrs = {F.SNAPSHOT_ATTR: F.dumps(meta), F.TREE_ATTR: F.dumps(doc, sort_keys=False)}
         for k, v in attrs.items():
@@ -752,6 +759,15 @@ def _vlen_str_type() -> Any:
     return _VLEN_STR[0]
 
 
+def _missing_group(path: Path, group: str) -> FileFormatError:
+    # Writers create both top-level groups before their first commit.
+    return FileFormatError(
+        f"recording has no /{group} group (every writer creates it); the file is damaged",
+        path=path,
+        obj="/",
+    )
+
+
 def _text(v: Any) -> str:
     if isinstance(v, bytes):
         return v.decode("utf-8")
@@ -816,6 +832,13 @@ class StreamReader:
             )
         if rows < 0:
             raise FileFormatError(f"commit record claims {rows} rows", path=rec.path, obj=where)
+        if rec.verify and rec.format_version >= 2 and commit.get("stream") != name:
+            raise ChecksumError(
+                f"stream group {name!r} holds the commit record of stream "
+                f"{commit.get('stream')!r} (a damaged name); re-record it or use a good copy",
+                path=rec.path,
+                obj=where,
+            )
         self.rows = rows
         self.columns: dict[str, dict[str, Any]] = columns
         self._checksums = checksums
@@ -1147,9 +1170,9 @@ class Recording:
         try:
             gid = h5py.h5o.open(self._file.id, F.STREAMS_GROUP.encode())
         except KeyError:
-            return []
+            gid = None
         if not isinstance(gid, h5py.h5g.GroupID):
-            return []
+            raise _missing_group(self.path, F.STREAMS_GROUP)
         commit = F.COMMIT_ATTR.encode()
         return [
             n.decode("utf-8", "replace") for n in gid if h5a.exists(h5py.h5o.open(gid, n), commit)
@@ -1203,7 +1226,7 @@ class Recording:
         g = self._file.get(F.SNAPSHOTS_GROUP)
         out: list[SnapshotInfo] = []
         if not isinstance(g, h5py.Group):
-            return out
+            raise _missing_group(self.path, F.SNAPSHOTS_GROUP)
         gid = g.id
         for bname in gid:  # low-level: names as bytes, no object-layer wrappers
             name = bname.decode("utf-8", "replace")
@@ -1216,6 +1239,13 @@ class Recording:
                     "snapshot is not a group; the file is damaged", path=self.path, obj=where
                 )
             meta, _, _ = self._snapshot_attrs(sid, where)
+            if self.verify and self.format_version >= 2 and meta.get("name") != name:
+                raise ChecksumError(
+                    f"snapshot {name!r} holds the metadata of snapshot {meta.get('name')!r} "
+                    "(a damaged name); re-record it or use a good copy",
+                    path=self.path,
+                    obj=where,
+                )
             if not isinstance(meta.get("step", 0), int) or not isinstance(meta.get("seq", 0), int):
                 raise FileFormatError(
                     "snapshot metadata has a non-integer step; the file is damaged",

@@ -488,3 +488,32 @@ def test_snapshot_dataset_missing(tiny_recording: Path, tmp_path: Path) -> None:
     with Recording(p) as rec, pytest.raises(E.ChecksumError) as ei:
         rec.load_snapshot(0)
     one_line(ei.value, re.escape(str(p)), r"\[/snapshots/", r"lacks dataset 'pack'", r"damaged")
+
+
+def test_damaged_stream_or_snapshot_name(tiny_recording: Path, tmp_path: Path) -> None:
+    """A bit flip in a group's name is caught: the names sit under the checksums too."""
+    p = _copy(tiny_recording, tmp_path, "s.h5")
+    with h5py.File(p, "a") as f:
+        f.move(f"{F.STREAMS_GROUP}/{F.RESETS}", f"{F.STREAMS_GROUP}/reseus")
+    with Recording(p) as rec, pytest.raises(E.ChecksumError) as ei:
+        for name in rec.stream_names:
+            rec.stream(name)
+    one_line(ei.value, re.escape(str(p)), r"\[/streams/reseus\]", r"'resets'", r"damaged name")
+    p = _copy(tiny_recording, tmp_path, "n.h5")
+    with h5py.File(p, "a") as f:
+        g = f[F.SNAPSHOTS_GROUP]
+        name = next(iter(g))
+        g.move(name, name + "x")
+    with Recording(p) as rec, pytest.raises(E.ChecksumError) as ei:
+        _ = rec.snapshots
+    one_line(ei.value, re.escape(str(p)), r"\[/snapshots/", r"damaged name")
+
+
+def test_missing_top_level_group(tiny_recording: Path, tmp_path: Path) -> None:
+    for group in (F.STREAMS_GROUP, F.SNAPSHOTS_GROUP):
+        p = _copy(tiny_recording, tmp_path, f"{group}.h5")
+        with h5py.File(p, "a") as f:
+            f.move(group, "elsewhere")
+        with Recording(p) as rec, pytest.raises(E.FileFormatError) as ei:
+            _ = rec.stream_names if group == F.STREAMS_GROUP else rec.snapshots
+        one_line(ei.value, re.escape(str(p)), rf"no /{group} group", r"damaged")

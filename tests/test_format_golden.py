@@ -88,7 +88,11 @@ def _commit_and_root_match_the_spec(f: h5py.File, version: int) -> None:
     steps = f["streams/steps"]
     raw = steps.attrs["commit"]
     commit = json.loads(raw.decode().rstrip(" ") if isinstance(raw, bytes) else raw)
-    assert set(commit) == {"rows", "columns", "checksums", "crc"}
+    # Version 2 names the stream inside its checksummed commit record.
+    extra = {"stream"} if version >= 2 else set()
+    assert set(commit) == {"rows", "columns", "checksums", "crc"} | extra
+    if version >= 2:
+        assert commit["stream"] == "steps"
     assert commit["rows"] == 3
     assert commit["columns"]["probe/x"] == {"dtype": "bfloat16", "shape": [2], "optional": True}
     assert commit["columns"]["obs"] == {"dtype": "<f4", "shape": [4], "optional": False}
@@ -147,6 +151,7 @@ def test_golden_v2_layout_matches_the_spec() -> None:
         text += _canon(checks["@layout"]) + _canon(checks["@pack"])
         assert xxhash.xxh3_64_hexdigest(text) == checks["@attrs"]
         _tree_matches_the_spec(snap)
+        assert json.loads(snap.attrs["snapshot"])["name"] == "s0"
 
 
 def test_current_writer_produces_the_golden_layout(tmp_path: Path) -> None:
