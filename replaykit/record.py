@@ -368,6 +368,9 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         metadata: JSON-able data stored in the file's metadata under ``"user"``.
         compression: ``None`` (default), ``"gzip"`` or ``"lzf"``: lossless compression of
             the recorded streams (smaller files, more CPU per block).
+        direct_io: how snapshot arrays of 1 MiB and more reach the disk: ``None`` (default)
+            with direct I/O only when the kernel's dirty pages are past their free-run
+            limit, ``True`` always (bypassing the page cache), ``False`` never.
 
     Example:
         >>> import gymnasium as gym, torch, tempfile, os
@@ -404,6 +407,7 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         fsync: bool = False,
         metadata: Mapping[str, Any] | None = None,
         compression: str | None = None,
+        direct_io: bool | None = None,
     ) -> None:
         super().__init__(env)
         from replaykit import envstate
@@ -436,6 +440,7 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
             commit_every_seconds=commit_every_seconds,
             fsync=fsync,
             compression=compression,
+            direct_io=direct_io,
         )
         self.path = self._writer.path
         self._steps = self._writer.stream(F.STEPS)

@@ -161,3 +161,44 @@ def test_default_picks_direct_io_only_when_the_page_cache_is_full(
 def test_page_cache_room_reads_the_kernel_limits() -> None:
     assert _rawio.page_cache_has_room(1 << 20)
     assert not _rawio.page_cache_has_room(1 << 50)  # a petabyte never fits
+
+
+def test_recording_wrapper_passes_direct_io_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gymnasium as gym
+
+    from replaykit.record import RecordingWrapper
+
+    opened: list[str] = []
+    real_init = _rawio.DirectWriter.__init__
+
+    def spy(self: _rawio.DirectWriter, path: Any) -> None:
+        opened.append(str(path))
+        real_init(self, path)
+
+    monkeypatch.setattr(_rawio.DirectWriter, "__init__", spy)
+    big = torch.nn.Linear(1024, 512)  # 2 MiB of weights
+    for direct, want in ((True, 1), (False, 0)):
+        opened.clear()
+        p = tmp_path / f"w-{direct}.h5"
+        env = RecordingWrapper(
+            gym.make("CartPole-v1"), p, seed=0, track={"model": big}, direct_io=direct
+        )
+        env.reset()
+        env.snapshot()
+        env.close()
+        assert len(opened) == want
+        with Recording(p) as rec:
+            _, tree = rec.load_snapshot(0)
+        assert any(torch.equal(t, big.weight.detach()) for t in _tensors(tree["tracked"]))
+
+
+def _tensors(node: Any) -> list[torch.Tensor]:
+    if isinstance(node, torch.Tensor):
+        return [node]
+    if isinstance(node, dict):
+        return [t for v in node.values() for t in _tensors(v)]
+    if isinstance(node, (list, tuple)):
+        return [t for v in node for t in _tensors(v)]
+    return []
