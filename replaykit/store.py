@@ -459,7 +459,16 @@ class RecordingWriter:
         if s is None:
             s = StreamWriter(self, name, self.block_rows)
             self._streams[name] = s
+            # Every stream group carries a commit record from the start (zero rows until its
+            # first commit), so a reader can tell a damaged record from a stream too new to
+            # have one: version 2 readers refuse a stream group without it.
+            self._write_commit_record(s)
         return s
+
+    def _write_commit_record(self, s: StreamWriter) -> None:
+        body = s.commit_record()
+        text = F.dumps({**body, "crc": _digest(F.dumps(body).encode())})
+        _set_fixed(s.group.attrs, F.COMMIT_ATTR, text)
 
     def maybe_commit(self) -> None:
         """Commit if enough rows or time have passed since the last commit.
@@ -489,9 +498,7 @@ class RecordingWriter:
             s.write_pending()
         self._file.flush()
         for s in self._streams.values():
-            body = s.commit_record()
-            text = F.dumps({**body, "crc": _digest(F.dumps(body).encode())})
-            _set_fixed(s.group.attrs, F.COMMIT_ATTR, text)
+            self._write_commit_record(s)
             s.committed_rows = s.rows_on_disk
             s.check_at = s._next_check()
         self._file.flush()
@@ -1159,7 +1166,11 @@ class Recording:
     # streams
     @property
     def stream_names(self) -> list[str]:
-        """Streams holding a commit record (a stream created after the last commit is absent)."""
+        """Streams holding a commit record.
+
+        In a version 1 file a stream created after the last commit has none and is absent;
+        version 2 writers give each stream a zero-row record when they create it.
+        """
         names = self.__dict__.get("_stream_names")
         if names is None:
             with _guard(self.path, f"/{F.STREAMS_GROUP}", "list the streams"):
@@ -1174,9 +1185,19 @@ class Recording:
         if not isinstance(gid, h5py.h5g.GroupID):
             raise _missing_group(self.path, F.STREAMS_GROUP)
         commit = F.COMMIT_ATTR.encode()
-        return [
-            n.decode("utf-8", "replace") for n in gid if h5a.exists(h5py.h5o.open(gid, n), commit)
-        ]
+        names = []
+        for n in gid:
+            if h5a.exists(h5py.h5o.open(gid, n), commit):
+                names.append(n.decode("utf-8", "replace"))
+            elif self.format_version >= 2:
+                # Version 2 writers give each stream its record when they create it.
+                raise FileFormatError(
+                    "stream group has no commit record (version 2 writers create it with the "
+                    "stream); the file is damaged",
+                    path=self.path,
+                    obj=f"/{F.STREAMS_GROUP}/{n.decode('utf-8', 'replace')}",
+                )
+        return names
 
     def has_stream(self, name: str) -> bool:
         names = self.__dict__.get("_stream_names")
@@ -1188,9 +1209,13 @@ class Recording:
                 oid = h5py.h5o.open(self._file.id, F.stream_path(name).encode())
             except KeyError:
                 return False
-            return isinstance(oid, h5py.h5g.GroupID) and bool(
-                h5a.exists(oid, F.COMMIT_ATTR.encode())
-            )
+            if not isinstance(oid, h5py.h5g.GroupID):
+                return False
+            if h5a.exists(oid, F.COMMIT_ATTR.encode()):
+                return True
+        if self.format_version >= 2:
+            self._list_streams()  # raises: a version 2 stream group always has a record
+        return False
 
     def stream(self, name: str) -> StreamReader:
         with _guard(self.path, F.stream_path(name), "open the stream"):

@@ -517,3 +517,27 @@ def test_missing_top_level_group(tiny_recording: Path, tmp_path: Path) -> None:
         with Recording(p) as rec, pytest.raises(E.FileFormatError) as ei:
             _ = rec.stream_names if group == F.STREAMS_GROUP else rec.snapshots
         one_line(ei.value, re.escape(str(p)), rf"no /{group} group", r"damaged")
+
+
+def test_stream_without_commit_record(tiny_recording: Path, tmp_path: Path) -> None:
+    """Version 2 writers give each stream a record at creation: a missing one is damage."""
+    p = _copy(tiny_recording, tmp_path, "c.h5")
+    with h5py.File(p, "a") as f:
+        g = f[F.stream_path(F.RESETS)]
+        g.attrs["coMmit"] = g.attrs[F.COMMIT_ATTR]
+        del g.attrs[F.COMMIT_ATTR]
+    with Recording(p) as rec, pytest.raises(E.FileFormatError) as ei:
+        rec.has_stream(F.RESETS)
+    one_line(ei.value, re.escape(str(p)), r"\[/streams/resets\]", r"no commit record", r"damaged")
+    with Recording(p) as rec, pytest.raises(E.FileFormatError):
+        _ = rec.stream_names
+
+
+def test_new_stream_has_a_zero_row_record(tmp_path: Path) -> None:
+    from replaykit.store import RecordingWriter
+
+    p = tmp_path / "z.h5"
+    with RecordingWriter(p, meta={}, provenance={}) as w:
+        w.stream("early")
+    with Recording(p) as rec:
+        assert rec.stream_names == ["early"] and rec.stream("early").rows == 0
