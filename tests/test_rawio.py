@@ -109,7 +109,9 @@ def test_refused_direct_io_falls_back(tmp_path: Path, monkeypatch: pytest.Monkey
     assert calls["n"] >= 2
 
 
-def test_killed_direct_io_snapshot_is_never_published(tmp_path: Path) -> None:
+def test_killed_direct_io_snapshot_is_never_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A crash while large arrays are written leaves the snapshot unpublished."""
     if not _direct_io_works(tmp_path):
         pytest.skip("this file system has no direct I/O")
@@ -125,28 +127,32 @@ def test_killed_direct_io_snapshot_is_never_published(tmp_path: Path) -> None:
         real(self, offset, data, hasher)
         raise Boom
 
-    _rawio.DirectWriter.write = die  # type: ignore[method-assign]
-    try:
-        with pytest.raises(Boom):
-            w.write_snapshot("s", _tree(), {"step": 0, "episode": 0})
-    finally:
-        _rawio.DirectWriter.write = real  # type: ignore[method-assign]
+    monkeypatch.setattr(_rawio.DirectWriter, "write", die)
+    with pytest.raises(Boom):
+        w.write_snapshot("s", _tree(), {"step": 0, "episode": 0})
+    monkeypatch.undo()
     w.close()
     with Recording(p) as rec:
         assert rec.snapshots == []
 
 
-def test_default_picks_direct_io_only_when_the_page_cache_is_full(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    opened: list[str] = []
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Paths a DirectWriter was opened for (one per snapshot that used direct I/O)."""
+    paths: list[str] = []
     real_init = _rawio.DirectWriter.__init__
 
     def spy(self: _rawio.DirectWriter, path: Any) -> None:
-        opened.append(str(path))
+        paths.append(str(path))
         real_init(self, path)
 
     monkeypatch.setattr(_rawio.DirectWriter, "__init__", spy)
+    return paths
+
+
+def test_default_picks_direct_io_only_when_the_page_cache_is_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opened: list[str]
+) -> None:
     for room, want in ((True, 0), (False, 1)):
         opened.clear()
         monkeypatch.setattr(_rawio, "page_cache_has_room", lambda n, room=room: room)
@@ -163,21 +169,11 @@ def test_page_cache_room_reads_the_kernel_limits() -> None:
     assert not _rawio.page_cache_has_room(1 << 50)  # a petabyte never fits
 
 
-def test_recording_wrapper_passes_direct_io_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_recording_wrapper_passes_direct_io_on(tmp_path: Path, opened: list[str]) -> None:
     import gymnasium as gym
 
     from replaykit.record import RecordingWrapper
 
-    opened: list[str] = []
-    real_init = _rawio.DirectWriter.__init__
-
-    def spy(self: _rawio.DirectWriter, path: Any) -> None:
-        opened.append(str(path))
-        real_init(self, path)
-
-    monkeypatch.setattr(_rawio.DirectWriter, "__init__", spy)
     big = torch.nn.Linear(1024, 512)  # 2 MiB of weights
     for direct, want in ((True, 1), (False, 0)):
         opened.clear()
