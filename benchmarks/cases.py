@@ -100,7 +100,7 @@ def _throughput_row(
 ) -> Row:
     import gymnasium as gym
 
-    from replaykit.record import RecordingWrapper
+    from replaykit._session.record import RecordingWrapper
 
     try:
         plain = gym.make(env_id)
@@ -134,9 +134,9 @@ def _mlp_row(steps: int, rounds: int, tmp: Path) -> Row:
     import gymnasium as gym
     import torch
 
-    from replaykit.policies import resolve_policy
-    from replaykit.record import RecordingWrapper
-    from replaykit.rollout import drive, seed_everything
+    from replaykit._session.policies import resolve_policy
+    from replaykit._session.record import RecordingWrapper
+    from replaykit._session.rollout import drive, seed_everything
 
     # One intra-op thread: the policy's tensors are tiny, and idle pool threads spinning on
     # the second core would add CPU time (what the loops are timed with) unrelated to either.
@@ -276,10 +276,10 @@ def _best(fn: Callable[[], Any], reps: int) -> float:
 def _snapshot_rows(quick: bool, tmp: Path, device: str) -> list[Row]:
     import torch
 
-    import replaykit.store as store
+    import replaykit._format.store as store
     from replaykit import provenance
-    from replaykit.modelstate import sharing
-    from replaykit.snapshot import capture_tracked
+    from replaykit._state.modelstate import sharing
+    from replaykit._state.snapshot import capture_tracked
 
     params = 200_000 if quick else 100_000_000
     reps = 2 if quick else 2
@@ -398,9 +398,9 @@ def case_small_restore(quick: bool, tmp: Path) -> list[Row]:
     """Restore of a small snapshot (CartPole + mlp policy + Adam), as a test fixture would."""
     import gymnasium as gym
 
-    from replaykit.policies import resolve_policy
-    from replaykit.replay import restore
-    from replaykit.rollout import record_rollout
+    from replaykit._session.policies import resolve_policy
+    from replaykit._session.replay import restore
+    from replaykit._session.rollout import record_rollout
 
     path = tmp / "small.h5"
     record_rollout("CartPole-v1", "mlp", seed=0, steps=120, out=path, snapshot_at=[100])
@@ -442,7 +442,7 @@ def _record_cartpole(path: Path, steps: int, flip_last: bool, compression: str |
     """Record ``steps`` seeded random CartPole steps; ``flip_last`` changes the last action."""
     import gymnasium as gym
 
-    from replaykit.record import RecordingWrapper
+    from replaykit._session.record import RecordingWrapper
 
     rec = RecordingWrapper(gym.make("CartPole-v1"), path, seed=0, compression=compression)
     sample = rec.env.action_space.sample
@@ -460,7 +460,7 @@ def _record_cartpole(path: Path, steps: int, flip_last: bool, compression: str |
 
 def case_make_recordings(quick: bool, tmp: Path) -> list[Row]:
     """Write the recordings the diff and file-size rows use (rows: file sizes)."""
-    from replaykit.store import Recording
+    from replaykit._format.store import Recording
 
     sizes = (2_000, 20_000) if quick else (100_000, 1_000_000)
     for n in sizes:
@@ -502,7 +502,7 @@ def case_make_recordings(quick: bool, tmp: Path) -> list[Row]:
 
 def case_diff(quick: bool, tmp: Path, n: int) -> list[Row]:
     """diff_recordings of two n-step recordings differing at the last step (this process only)."""
-    from replaykit.compare import diff_recordings
+    from replaykit._analysis.compare import diff_recordings
 
     a, b = tmp / f"a{n}.h5", tmp / f"b{n}.h5"
     rss0 = peak_rss_mb()

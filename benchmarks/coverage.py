@@ -136,8 +136,8 @@ def measure_many(
     """Record each env here, then restore and verify them all in one fresh child process."""
     import warnings
 
-    from replaykit import rollout
-    from replaykit.store import Recording
+    from replaykit._format.store import Recording
+    from replaykit._session import rollout
 
     rows: dict[str, Row] = {}
     todo: list[tuple[str, Path, Any, int, str]] = []
@@ -206,7 +206,7 @@ def _snapshot_bytes(path: Path, name: str) -> int:
     """Stored bytes of a snapshot's arrays (read-only look at the file's snapshot group)."""
     import h5py
 
-    from replaykit import _format as F
+    from replaykit._format import layout as F
 
     total = 0
     with h5py.File(path, "r") as f:
@@ -295,8 +295,8 @@ def box2d_cost(workdir: str) -> str:
     import numpy as np
     from gymnasium.envs.box2d.lunar_lander import heuristic
 
-    from replaykit.record import RecordingWrapper
-    from replaykit.replay import restore
+    from replaykit._session.record import RecordingWrapper
+    from replaykit._session.replay import restore
 
     def hover(env: gym.Env, obs: np.ndarray) -> int:
         s = np.array(obs, copy=True)

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import replaykit
+from replaykit._session.training import Counters, LayerTracer, params_digest
 from replaykit.errors import StateMismatchError
-from replaykit.training import Counters, LayerTracer, params_digest
 
 ENV_ID = "CartPole-v1"
 

@@ -23,8 +23,8 @@ from torch import nn
 from torch.distributions import Categorical
 
 import replaykit
+from replaykit._session.training import Counters, LayerTracer, params_digest
 from replaykit.errors import StateMismatchError
-from replaykit.training import Counters, LayerTracer, params_digest
 
 ENV_ID = "CartPole-v1"
 

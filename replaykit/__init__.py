@@ -28,7 +28,7 @@ from typing import Any
 
 import replaykit_envs as _replaykit_envs  # registers the replaykit/... envs with gymnasium
 
-from replaykit.compare import (
+from replaykit._analysis.compare import (
     DiffResult,
     DivergenceReport,
     Rule,
@@ -36,6 +36,9 @@ from replaykit.compare import (
     compare_arrays,
     diff_recordings,
 )
+from replaykit._format.store import Recording, SnapshotInfo
+from replaykit._session.record import RecordingWrapper
+from replaykit._session.replay import Replay, VerifyingWrapper, make_env, restore
 from replaykit.errors import (
     CaptureError,
     ChecksumError,
@@ -53,9 +56,6 @@ from replaykit.errors import (
     UnsupportedVersionError,
     UsageError,
 )
-from replaykit.record import RecordingWrapper
-from replaykit.replay import Replay, VerifyingWrapper, make_env, restore
-from replaykit.store import Recording, SnapshotInfo
 
 __version__ = "0.1.0.dev0"
 

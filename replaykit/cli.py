@@ -169,7 +169,7 @@ def record(
     ] = None,
 ) -> None:
     """Record a seeded rollout of POLICY on ENV_ID, with snapshots, to one HDF5 file."""
-    from replaykit.rollout import record_rollout
+    from replaykit._session.rollout import record_rollout
 
     at = [int(v) for v in (snapshot_at or "").replace(" ", "").split(",") if v]
     show = sys.stderr.isatty() if progress is None else progress
@@ -231,8 +231,8 @@ def replay(
     ] = True,
 ) -> None:
     """Restore snapshot(s) in this process and verify the next steps bit-exactly."""
-    from replaykit.rollout import replay_snapshot
-    from replaykit.store import Recording
+    from replaykit._format.store import Recording
+    from replaykit._session.rollout import replay_snapshot
 
     if all_snapshots and snapshot is not None:
         raise UsageError("pass either --snapshot or --all, not both")
@@ -294,7 +294,7 @@ def diff(
     ] = None,
 ) -> None:
     """Compare two recordings key by key; report each key's first divergence (exit 1 if any)."""
-    from replaykit.compare import Rule, Rules, diff_recordings
+    from replaykit._analysis.compare import Rule, Rules, diff_recordings
 
     rules = Rules(default=Rule(atol=atol, rtol=rtol, max_ulp=max_ulp))
     result = diff_recordings(a, b, rules=rules, keys=key or None)
@@ -315,7 +315,9 @@ def _first_module(result: Any) -> str | None:
     """Name the first module that diverged when the runs recorded layer digests (LayerTracer)."""
     if not any(d.key.startswith("updates/probe/layer/") for d in result.divergences):
         return None
-    from replaykit.training import first_divergent_module  # imports torch: only when needed
+    from replaykit._session.training import (
+        first_divergent_module,  # imports torch: only when needed
+    )
 
     found = first_divergent_module(result)
     return None if found is None else found.describe()
@@ -373,7 +375,7 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Show a recording's layout, episodes, snapshots, provenance and per-key statistics."""
-    from replaykit.inspection import summarize
+    from replaykit._analysis.inspection import summarize
 
     s = summarize(file)
     if as_json:
@@ -480,7 +482,7 @@ def check(
     ] = 4096,
 ) -> None:
     """Validate a file: structure, every stream column and snapshot, checksums (exit 2 if bad)."""
-    from replaykit.check import validate_file
+    from replaykit._analysis.check import validate_file
 
     report = validate_file(file, sandbox=sandbox, timeout=timeout, memory_mb=memory_mb)
     if as_json:
@@ -497,7 +499,7 @@ def demo(
     ] = None,
 ) -> None:
     """Record CartPole-v1 with the mlp policy, then restore mid-episode in a fresh process."""
-    from replaykit.rollout import record_rollout
+    from replaykit._session.rollout import record_rollout
 
     tmp = None
     if out_path is None:

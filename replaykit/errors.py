@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from replaykit.compare import DivergenceReport
+    from replaykit._analysis.compare import DivergenceReport
 
 __all__ = [
     "CaptureError",

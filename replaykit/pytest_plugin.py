@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from replaykit.replay import Replay
-    from replaykit.store import Recording
+    from replaykit._format.store import Recording
+    from replaykit._session.replay import Replay
     from replaykit.testing import GoldenFiles
 
 _MODES = ("none", "missing", "failing", "all")
@@ -91,7 +91,7 @@ def _test_dir(request: pytest.FixtureRequest) -> Path:
 @pytest.fixture
 def replaykit_recording(request: pytest.FixtureRequest) -> Iterator[Callable[..., Recording]]:
     """Open recordings relative to the test file's directory; all are closed after the test."""
-    from replaykit.store import Recording
+    from replaykit._format.store import Recording
 
     base = _test_dir(request)
     opened: list[Recording] = []
@@ -113,7 +113,7 @@ def replaykit_restore(request: pytest.FixtureRequest) -> Iterator[Callable[..., 
     ``restore(path, snapshot=None, *, env=..., track={...}, **kwargs)`` calls
     :func:`replaykit.restore`; every replay is closed after the test.
     """
-    from replaykit.replay import restore
+    from replaykit._session.replay import restore
 
     base = _test_dir(request)
     replays: list[Replay] = []

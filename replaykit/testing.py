@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 from replaykit.errors import DivergenceError, ReplaykitError, UsageError
 
 if TYPE_CHECKING:
-    from replaykit.compare import DiffResult, Rules
-    from replaykit.replay import Replay
+    from replaykit._analysis.compare import DiffResult, Rules
+    from replaykit._session.replay import Replay
 
 __all__ = [
     "GOLDEN_MISSING",
@@ -56,7 +56,7 @@ def _label(stream: str) -> str:
 
 
 def describe_diff(result: DiffResult, *, a_name: str = "a", b_name: str = "b") -> str:
-    """Plain-text report of :func:`replaykit.compare.diff_recordings`' result.
+    """Plain-text report of :func:`replaykit._analysis.compare.diff_recordings`' result.
 
     Names the first divergence (stream, step, episode, key, element, both values,
     abs/rel/ULP difference), the other keys that differ, row-count and key-set
@@ -170,7 +170,7 @@ def assert_recordings_match(
 ) -> None:
     """Fail with a first-divergence report unless two recordings' streams match."""
     __tracebackhide__ = True
-    from replaykit.compare import diff_recordings
+    from replaykit._analysis.compare import diff_recordings
 
     result = diff_recordings(expected, actual, rules=rules, keys=keys)
     if not result.match:
@@ -276,7 +276,7 @@ class GoldenFiles:
     def _compare(
         golden: Path, fresh: Path, rules: Rules | None, keys: Iterable[str] | None
     ) -> str | None:
-        from replaykit.compare import diff_recordings
+        from replaykit._analysis.compare import diff_recordings
 
         try:
             result = diff_recordings(golden, fresh, rules=rules, keys=keys)

@@ -30,7 +30,7 @@ def small_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     It holds every stream (steps, resets, updates), probes, a tracked torch model and
     optimizer. Tests must copy it before changing it (see ``recording_copy``).
     """
-    from replaykit.rollout import record_rollout
+    from replaykit._session.rollout import record_rollout
 
     path = tmp_path_factory.mktemp("small-rec") / "small.h5"
     record_rollout("CartPole-v1", "mlp", seed=3, steps=100, out=path, snapshot_at=[60])
@@ -54,7 +54,7 @@ def record_tiny(path: Path) -> None:
     import numpy as np
     import torch
 
-    from replaykit.record import RecordingWrapper
+    from replaykit._session.record import RecordingWrapper
 
     torch.manual_seed(5)
     model = torch.nn.Linear(4, 2)

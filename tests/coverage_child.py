@@ -21,10 +21,10 @@ def main() -> None:
 def one(path: str, snap: str, steps: int) -> None:
     out: dict[str, object] = {"verified": 0, "restore_ms": None, "error": None, "error_type": None}
     try:
-        from replaykit.policies import resolve_policy
-        from replaykit.replay import make_env, restore
-        from replaykit.rollout import drive
-        from replaykit.store import Recording
+        from replaykit._format.store import Recording
+        from replaykit._session.policies import resolve_policy
+        from replaykit._session.replay import make_env, restore
+        from replaykit._session.rollout import drive
 
         with Recording(path) as rec:
             seed = int((rec.meta.get("user") or {}).get("cli_seed") or 0)

@@ -148,7 +148,7 @@ def test_replay_module_policy_must_be_passed_again(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "p.h5"
-    spec = "replaykit.policies:RandomPolicy"
+    spec = "replaykit._session.policies:RandomPolicy"
     assert (
         main(
             [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from replaykit.compare import Rule, Rules, compare_arrays
+from replaykit._analysis.compare import Rule, Rules, compare_arrays
 from replaykit.errors import UsageError
 
 

@@ -9,11 +9,11 @@ import h5py
 import numpy as np
 import pytest
 
-from replaykit import _format as F
 from replaykit import errors as E
-from replaykit import store
-from replaykit.compare import diff_recordings
-from replaykit.store import Recording, RecordingWriter
+from replaykit._analysis.compare import diff_recordings
+from replaykit._format import layout as F
+from replaykit._format import store
+from replaykit._format.store import Recording, RecordingWriter
 
 N = 3000
 

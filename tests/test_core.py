@@ -91,7 +91,7 @@ def _rewrite_value(
     """Change one stored value and re-seal the stream's checksums, as if another run wrote it."""
     import xxhash
 
-    from replaykit import _format as F
+    from replaykit._format import layout as F
 
     with h5py.File(path, "r+") as f:
         g = f[f"streams/{stream}"]
@@ -236,7 +236,7 @@ def test_spaces_and_env_id_checked(tmp_path: Path) -> None:
 
 
 def test_nested_obs_and_ragged_infos_record_and_verify(tmp_path: Path) -> None:
-    from replaykit.rollout import record_rollout, replay_snapshot
+    from replaykit._session.rollout import record_rollout, replay_snapshot
 
     path = tmp_path / "nested.h5"
     record_rollout(

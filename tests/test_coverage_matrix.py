@@ -64,13 +64,13 @@ def test_a_nondeterministic_env_is_reported_not_hidden(tmp_path, monkeypatch):
     """The matrix must show a failing env as "not exact" with the measured reason."""
     import gymnasium as gym
 
-    from replaykit import replay
+    from replaykit._session import replay
 
     # Replay-from-reset in the child would need this env registered there too, so use the
     # in-process pieces: record LunarLander, then break the recorded actions' replay by
     # restoring into an env built with a different physics constant.
     pytest.importorskip("Box2D")
-    from replaykit import rollout
+    from replaykit._session import rollout
     from replaykit.errors import NondeterministicEnvError
 
     path = tmp_path / "ll.h5"

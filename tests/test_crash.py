@@ -27,10 +27,10 @@ import numpy as np
 import pytest
 import torch
 
-from replaykit import _format as F
+from replaykit._format import layout as F
+from replaykit._format.store import Recording
+from replaykit._session.record import RecordingWrapper
 from replaykit.errors import ReplaykitError
-from replaykit.record import RecordingWrapper
-from replaykit.store import Recording
 
 STEPS = 1200
 COMMIT_EVERY = 64

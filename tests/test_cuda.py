@@ -59,7 +59,7 @@ def test_cpu_vs_cuda_is_a_tolerance_comparison(tmp_path: Path) -> None:
 
 
 def test_cuda_generator_round_trip() -> None:
-    from replaykit import rng
+    from replaykit._state import rng
 
     g = torch.Generator(device="cuda").manual_seed(3)
     state = rng.capture_generator(g)

@@ -26,7 +26,7 @@ from gymnasium.wrappers import (
     TransformReward,
 )
 
-from replaykit.envstate import (
+from replaykit._state.envs import (
     CAPTURE_UNKNOWN_WRAPPER,
     capture_chain,
     capture_wrappers_and_rngs,

@@ -11,8 +11,8 @@ import pytest
 ale_py = pytest.importorskip("ale_py")
 gym = pytest.importorskip("gymnasium")
 
-from replaykit.envstate import _registry  # noqa: E402
-from replaykit.envstate import atari as rk_atari  # noqa: E402
+from replaykit._state.envs import atari as rk_atari  # noqa: E402
+from replaykit._state.envs import registry as _registry  # noqa: E402
 from replaykit.errors import CaptureError, StateMismatchError  # noqa: E402
 
 pytestmark = pytest.mark.atari

@@ -12,8 +12,8 @@ mujoco = pytest.importorskip("mujoco")
 gym = pytest.importorskip("gymnasium")
 pytest.importorskip("gymnasium.envs.mujoco.mujoco_env")
 
-from replaykit.envstate import _registry  # noqa: E402
-from replaykit.envstate import mujoco as rk_mujoco  # noqa: E402
+from replaykit._state.envs import mujoco as rk_mujoco  # noqa: E402
+from replaykit._state.envs import registry as _registry  # noqa: E402
 from replaykit.errors import StateMismatchError  # noqa: E402
 
 pytestmark = pytest.mark.mujoco

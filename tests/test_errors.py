@@ -21,11 +21,12 @@ import torch
 from conftest import record_tiny, tiny_model
 
 import replaykit.errors as E
-from replaykit import _format as F
-from replaykit import provenance, rng
-from replaykit.check import validate_file
-from replaykit.replay import restore
-from replaykit.store import Recording, RecordingWriter
+from replaykit import provenance
+from replaykit._analysis.check import validate_file
+from replaykit._format import layout as F
+from replaykit._format.store import Recording, RecordingWriter
+from replaykit._session.replay import restore
+from replaykit._state import rng
 
 FIX = (
     r"(record (it )?again|re-record|upgrade|build the object|pass |install|use a good copy"
@@ -44,7 +45,7 @@ def one_line(exc: BaseException, *patterns: str) -> str:
 @pytest.fixture(scope="module")
 def opt_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A recording tracking a model and an Adam optimizer that has taken a step."""
-    from replaykit.record import RecordingWrapper
+    from replaykit._session.record import RecordingWrapper
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
@@ -404,7 +405,7 @@ def test_damaged_snapshot_attr(tiny_recording: Path, tmp_path: Path) -> None:
 
 
 def test_commit_record_claims_more_rows(tiny_recording: Path, tmp_path: Path) -> None:
-    from replaykit.store import _digest
+    from replaykit._format.store import _digest
 
     p = _copy(tiny_recording, tmp_path)
     with h5py.File(p, "a") as f:
@@ -534,7 +535,7 @@ def test_stream_without_commit_record(tiny_recording: Path, tmp_path: Path) -> N
 
 
 def test_new_stream_has_a_zero_row_record(tmp_path: Path) -> None:
-    from replaykit.store import RecordingWriter
+    from replaykit._format.store import RecordingWriter
 
     p = tmp_path / "z.h5"
     with RecordingWriter(p, meta={}, provenance={}) as w:

@@ -3,7 +3,7 @@
 Each golden file reads back its known inputs, and its layout matches docs/FORMAT.md.
 
 The names below are spelled from docs/FORMAT.md on purpose (not imported from
-replaykit._format), so a renamed attribute or group fails here.
+replaykit._format.layout), so a renamed attribute or group fails here.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 import torch
 import xxhash
 
-from replaykit.store import Recording
+from replaykit._format.store import Recording
 
 DATA = Path(__file__).resolve().parent / "data"
 GOLDEN_V1 = DATA / "golden_v1.h5"
@@ -161,7 +161,7 @@ def test_current_writer_produces_the_golden_layout(tmp_path: Path) -> None:
 
 
 def _write_snapshot(path: Path, tree: dict[str, Any]) -> None:
-    from replaykit.store import RecordingWriter
+    from replaykit._format.store import RecordingWriter
 
     with RecordingWriter(path, meta={"env_id": "Pack-v0"}, provenance={}) as w:
         w.write_snapshot("s", tree, {"step": 0, "episode": 0})

@@ -10,8 +10,7 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler as lrs
 
-from replaykit.errors import CaptureError, RestoreError, StateMismatchError
-from replaykit.modelstate import (
+from replaykit._state.modelstate import (
     capture_object,
     first_nonfinite,
     parameters_digest,
@@ -19,8 +18,9 @@ from replaykit.modelstate import (
     restore_object,
     tensor_digest,
 )
-from replaykit.rng import capture_generator, capture_global_rngs, restore_generator
-from replaykit.rng import restore_global_rngs as restore_rngs
+from replaykit._state.rng import capture_generator, capture_global_rngs, restore_generator
+from replaykit._state.rng import restore_global_rngs as restore_rngs
+from replaykit.errors import CaptureError, RestoreError, StateMismatchError
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

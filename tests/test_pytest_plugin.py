@@ -8,7 +8,7 @@ import gymnasium as gym
 import pytest
 
 from replaykit import RecordingWrapper
-from replaykit.check import validate_file
+from replaykit._analysis.check import validate_file
 
 pytest_plugins = ["pytester"]
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from replaykit import _rawio
-from replaykit.store import Recording, RecordingWriter
+from replaykit._format import rawio as _rawio
+from replaykit._format.store import Recording, RecordingWriter
 
 
 def _tree() -> dict[str, Any]:
@@ -172,7 +172,7 @@ def test_page_cache_room_reads_the_kernel_limits() -> None:
 def test_recording_wrapper_passes_direct_io_on(tmp_path: Path, opened: list[str]) -> None:
     import gymnasium as gym
 
-    from replaykit.record import RecordingWrapper
+    from replaykit._session.record import RecordingWrapper
 
     big = torch.nn.Linear(1024, 512)  # 2 MiB of weights
     for direct, want in ((True, 1), (False, 0)):

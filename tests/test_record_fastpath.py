@@ -9,9 +9,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from replaykit._format.store import Recording
+from replaykit._session.record import RecordingWrapper
 from replaykit.errors import CaptureError
-from replaykit.record import RecordingWrapper
-from replaykit.store import Recording
 
 
 class InfoEnv(gym.Env[np.ndarray, np.ndarray]):

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from replaykit.errors import CaptureError, ReplaykitWarning, StateMismatchError
-from replaykit.rng import (
+from replaykit._state.rng import (
     capture_generator,
     capture_global_rngs,
     restore_generator,
     restore_global_rngs,
 )
+from replaykit.errors import CaptureError, ReplaykitWarning, StateMismatchError
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -29,8 +29,9 @@ import xxhash
 
 import replaykit
 import replaykit.errors as E
-from replaykit import _format as F
-from replaykit import check
+from replaykit._analysis import check
+from replaykit._format import layout as F
+from replaykit._format.store import Recording, RecordingWriter, _digest
 from replaykit.errors import (
     FileFormatError,
     NotARecordingError,
@@ -39,7 +40,6 @@ from replaykit.errors import (
     UnsafeFileError,
     UnsupportedVersionError,
 )
-from replaykit.store import Recording, RecordingWriter, _digest
 
 SENTINEL_MODULE = "rk_sentinel_evil"
 CHILD_TIMEOUT = 60.0
@@ -98,7 +98,7 @@ def load_everything(path: Path) -> str:
 def _restore_tiny(path: Path) -> int:
     from conftest import tiny_model
 
-    from replaykit.replay import restore
+    from replaykit._session.replay import restore
 
     rep = restore(path, 0, track={"model": tiny_model()})
     try:
@@ -117,8 +117,8 @@ def run_loaders(path: Path, original: Path, replay: str | None) -> dict[str, Any
     ``replay``: also restore the first snapshot, via ``replay_snapshot`` ("snapshot", for
     recordings of the CLI's policies) or ``restore`` with the tiny recording's model ("tiny").
     """
-    from replaykit.compare import diff_recordings
-    from replaykit.rollout import replay_snapshot
+    from replaykit._analysis.compare import diff_recordings
+    from replaykit._session.rollout import replay_snapshot
 
     out: dict[str, Any] = {}
 
@@ -473,8 +473,8 @@ def test_hostile_corpus(
 
 def test_entry_point_names_are_never_imported(tmp_path: Path, sentinel: dict[str, Path]) -> None:
     """env_id / policy "module:callable" from a file: refused with a clear error, not imported."""
-    from replaykit.replay import make_env, restore
-    from replaykit.rollout import replay_snapshot
+    from replaykit._session.replay import make_env, restore
+    from replaykit._session.rollout import replay_snapshot
 
     path = _with_meta(
         tmp_path / "ep.h5",
@@ -586,7 +586,7 @@ def test_sandbox_turns_hang_and_crash_into_errors(
 def test_sandbox_memory_limit(small_recording: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The child runs under RLIMIT_AS: an allocation over the limit fails in the child only."""
     script = (
-        "import sys; from replaykit.check import _limit_memory; _limit_memory(200); "
+        "import sys; from replaykit._analysis.check import _limit_memory; _limit_memory(200); "
         "print('replaykit-check-ready', flush=True)\n"
         "try:\n    b = bytearray(400 << 20)\nexcept MemoryError:\n"
         '    print(\'{"ok": false, "error": "UnsafeFileError", "message": "mem"}\')'
@@ -774,15 +774,15 @@ _FORBIDDEN = [
     (re.compile(r"\bnp\.load\(|allow_pickle\s*=\s*True"), "numpy pickle"),
 ]
 # Dynamic imports that never take a name from a file, each checked by hand:
-# policies.py imports a "module:callable" given on the command line or in code;
-# replay.py imports a package from the fixed _NAMESPACE_PACKAGES table ("ALE" -> ale_py);
-# envstate/_registry.py imports adapters from the fixed _LAZY table. Literal names
+# _session/policies.py imports a "module:callable" given on the command line or in code;
+# _session/replay.py imports a package from the fixed _NAMESPACE_PACKAGES table ("ALE" -> ale_py);
+# _state/envs/registry.py imports adapters from the fixed _LAZY table. Literal names
 # (import_module("click.exceptions")) are allowed anywhere.
 _ALLOWED = {
     ("__init__.py", "importlib.import_module"),  # fixed _LAZY table (torch loads lazily)
-    ("policies.py", "importlib.import_module"),
-    ("replay.py", "importlib.import_module"),
-    ("envstate/_registry.py", "importlib.import_module"),
+    ("_session/policies.py", "importlib.import_module"),
+    ("_session/replay.py", "importlib.import_module"),
+    ("_state/envs/registry.py", "importlib.import_module"),
 }
 _LITERAL_IMPORT = re.compile(r"import_module\(\s*[\"'][\w.]+[\"']\s*\)")
 

@@ -1,4 +1,4 @@
-"""Tests of replaykit.training: resumable loaders, envless recordings, layer localisation."""
+"""Tests of replaykit._session.training: resumable loaders, envless recordings, layer localisation."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 import replaykit
-from replaykit.errors import DivergenceError, ReplaykitWarning, StateMismatchError, UsageError
-from replaykit.modelstate import capture_object, restore_object
-from replaykit.training import (
+from replaykit._session.training import (
     Counters,
     LayerTracer,
     ResumableLoader,
@@ -25,6 +23,8 @@ from replaykit.training import (
     params_digest,
     restore_training,
 )
+from replaykit._state.modelstate import capture_object, restore_object
+from replaykit.errors import DivergenceError, ReplaykitWarning, StateMismatchError, UsageError
 
 
 class NoisyIndexed(Dataset):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from replaykit import _tree
+from replaykit._format import tree as _tree
+from replaykit._format.store import Recording, RecordingWriter
 from replaykit.errors import CaptureError, FileFormatError
-from replaykit.store import Recording, RecordingWriter
 
 
 def roundtrip(tree: Any, tmp_path: Path) -> Any:

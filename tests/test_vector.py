@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
-from replaykit import _format as F
+from replaykit._format import layout as F
+from replaykit._format.store import Recording
+from replaykit._session.vector import VectorRecordingWrapper, capturable, restore_vector
 from replaykit.errors import CaptureError, DivergenceError, StateMismatchError, UsageError
-from replaykit.store import Recording
-from replaykit.vector import VectorRecordingWrapper, capturable, restore_vector
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 4
@@ -168,7 +168,7 @@ def test_sub_env_without_adapter_is_refused(tmp_path):
 
 
 def test_single_env_recording_is_refused(tmp_path):
-    from replaykit.record import RecordingWrapper
+    from replaykit._session.record import RecordingWrapper
 
     path = tmp_path / "single.h5"
     env = RecordingWrapper(gym.make("CartPole-v1"), path, seed=0, snapshot_at=[1])

@@ -11,7 +11,7 @@ import sys
 import gymnasium as gym
 from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv
 
-from replaykit.vector import capturable, restore_vector
+from replaykit._session.vector import capturable, restore_vector
 
 
 def build(kind: str, mode: str, n: int = 4) -> gym.vector.VectorEnv:

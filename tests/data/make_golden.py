@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from replaykit.store import RecordingWriter
+from replaykit._format.store import RecordingWriter
 
 # The inputs, spelled out so tests can check what a reader returns against them.
 OBS = np.arange(12, dtype=np.float32).reshape(3, 4) - 5.5

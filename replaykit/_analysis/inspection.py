@@ -1,6 +1,6 @@
 """What is in a recording (``replaykit inspect``) and whether it is sound (``replaykit check``).
 
-Both read through :class:`~replaykit.store.Recording`, so every byte they look
+Both read through :class:`~replaykit._format.store.Recording`, so every byte they look
 at is checksum-verified, and both stream columns in bounded blocks so memory
 stays flat whatever the file's length.
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from replaykit import _format as F
+from replaykit._format import layout as F
 
 __all__ = ["summarize"]
 
@@ -29,7 +29,7 @@ BLOCK_ROWS = 65536
 
 def _column_stats(stream: Any, column: str, block_rows: int) -> dict[str, Any]:
     """Dtype, shape and (for numeric columns) min/max/mean over present rows, in blocks."""
-    from replaykit.compare import bf16_to_float
+    from replaykit._analysis.compare import bf16_to_float
 
     info = stream.columns[column]
     out: dict[str, Any] = {
@@ -146,7 +146,7 @@ def summarize(path: str | os.PathLike[str], *, block_rows: int = BLOCK_ROWS) -> 
         ``created``, ``env_id``, ``meta``, ``provenance``, ``streams``, ``episodes``,
         ``snapshots`` and ``layout``.
     """
-    from replaykit.store import Recording
+    from replaykit._format.store import Recording
 
     with Recording(path) as rec:
         streams: dict[str, Any] = {}

@@ -1,6 +1,6 @@
 """Adapters for gymnasium's stock wrappers (gymnasium 1.x attribute names).
 
-Stateful wrappers get an :class:`~replaykit.envstate._values.AttrAdapter` that
+Stateful wrappers get an :class:`~replaykit._state.envs.values.AttrAdapter` that
 lists every attribute the next ``step``/``reset`` reads. Wrappers that only
 transform data with fixed parameters are registered as stateless. Wrappers not
 listed here (e.g. ``RecordVideo``) have no adapter, so capture refuses them.
@@ -50,8 +50,8 @@ from gymnasium.wrappers import (
     TransformReward,
 )
 
-from replaykit.envstate._registry import register_stateless_wrapper, register_wrapper_adapter
-from replaykit.envstate._values import AttrAdapter
+from replaykit._state.envs.registry import register_stateless_wrapper, register_wrapper_adapter
+from replaykit._state.envs.values import AttrAdapter
 
 __all__ = [
     "AtariPreprocessingAdapter",

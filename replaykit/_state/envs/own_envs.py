@@ -6,8 +6,8 @@ from typing import ClassVar
 
 from replaykit_envs import DriftEnv, NestedObsEnv, SlipperyGridEnv
 
-from replaykit.envstate._registry import register_env_adapter
-from replaykit.envstate._values import AttrAdapter
+from replaykit._state.envs.registry import register_env_adapter
+from replaykit._state.envs.values import AttrAdapter
 
 __all__ = ["DriftAdapter", "NestedObsAdapter", "SlipperyGridAdapter"]
 

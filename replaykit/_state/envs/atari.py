@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from replaykit.envstate._registry import register_env_adapter
+from replaykit._state.envs.registry import register_env_adapter
 from replaykit.errors import CaptureError, StateMismatchError
 
 try:
@@ -175,7 +175,7 @@ class AtariEnvAdapter:
 
     Example:
         >>> import ale_py, gymnasium as gym
-        >>> from replaykit.envstate.atari import AtariEnvAdapter
+        >>> from replaykit._state.envs.atari import AtariEnvAdapter
         >>> gym.register_envs(ale_py)
         >>> env = gym.make("ALE/Pong-v5")
         >>> _ = env.reset(seed=0)

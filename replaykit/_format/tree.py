@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from replaykit._format import ALLOWED_KINDS, LOGICAL_DTYPES
+from replaykit._format.layout import ALLOWED_KINDS, LOGICAL_DTYPES
 from replaykit.errors import CaptureError, FileFormatError
 
 __all__ = ["encode", "decode", "tensor_to_numpy", "numpy_to_tensor"]

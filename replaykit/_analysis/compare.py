@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from replaykit import _format as F
+from replaykit._format import layout as F
 from replaykit.errors import UsageError
 
 __all__ = [
@@ -550,7 +550,7 @@ def diff_recordings(
         >>> # res.match, res.first.key, res.first.row
     """
     from replaykit import provenance as prov
-    from replaykit.store import BLOCK_BYTES, Recording
+    from replaykit._format.store import BLOCK_BYTES, Recording
 
     if block_rows is not None and block_rows < 1:
         raise UsageError(f"block_rows must be >= 1, got {block_rows}")

@@ -17,7 +17,7 @@ from typing import Any
 
 import h5py
 
-from replaykit import _format as F
+from replaykit._format import layout as F
 from replaykit.errors import (
     NotARecordingError,
     ReplaykitError,

@@ -1,6 +1,6 @@
 """Reading and writing recordings: buffered chunked appends, atomic snapshots, checksums.
 
-This module knows HDF5 and the layout in :mod:`replaykit._format`; it knows
+This module knows HDF5 and the layout in :mod:`replaykit._format.layout`; it knows
 nothing of gymnasium. Writers append rows into preallocated numpy buffers and
 write whole blocks, so a step costs a few array assignments; a *commit*
 writes the pending rows, records the row count and running checksums, and
@@ -38,8 +38,9 @@ import numpy as np
 import xxhash
 from h5py import h5a, h5s, h5t
 
-from replaykit import _format as F
-from replaykit import _rawio, _tree
+from replaykit._format import layout as F
+from replaykit._format import rawio as _rawio
+from replaykit._format import tree as _tree
 from replaykit.errors import (
     ChecksumError,
     FileFormatError,
@@ -406,7 +407,7 @@ class RecordingWriter:
         # only when we flush, so between commits the file on disk is the last commit plus
         # raw data in fresh space: what a SIGKILL leaves is always the last commit.
         # Objects of 1 MiB and more (large snapshot arrays) start on a 4096-byte boundary,
-        # where direct I/O can write them (replaykit._rawio).
+        # where direct I/O can write them (replaykit._format.rawio).
         self._file = h5py.File(
             self.path,
             "w",
@@ -1083,7 +1084,7 @@ class Recording:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, verify: bool = True) -> None:
-        from replaykit import _safety
+        from replaykit._format import safety as _safety
 
         self.path = Path(path)
         self.verify = verify

@@ -1,7 +1,7 @@
 """Adapters for gymnasium's classic-control and toy-text envs.
 
 Each adapter lists the attributes the next ``step`` reads (the env's
-``np_random`` is captured separately by :func:`replaykit.envstate.capture_chain`)
+``np_random`` is captured separately by :func:`replaykit._state.envs.capture_chain`)
 and the construction parameters that must match on restore.
 """
 
@@ -19,8 +19,8 @@ from gymnasium.envs.classic_control import (
 )
 from gymnasium.envs.toy_text import BlackjackEnv, CliffWalkingEnv, FrozenLakeEnv, TaxiEnv
 
-from replaykit.envstate._registry import register_env_adapter
-from replaykit.envstate._values import AttrAdapter
+from replaykit._state.envs.registry import register_env_adapter
+from replaykit._state.envs.values import AttrAdapter
 
 __all__ = [
     "AcrobotAdapter",

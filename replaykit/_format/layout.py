@@ -18,7 +18,7 @@ Layout::
         a0, a1, ...             the snapshot's larger arrays (contiguous datasets; version 1:
                                 all of them)
         attrs: SNAPSHOT_ATTR    JSON {"step": ..., "episode": ..., ...}
-               TREE_ATTR        JSON encoding of the state tree (see replaykit._tree)
+               TREE_ATTR        JSON encoding of the state tree (see replaykit._format.tree)
                CHECKSUMS_ATTR   JSON {dataset name: hex, LAYOUT_KEY: {...}, PACK_KEY: {...},
                                 LOGICAL_KEY: {...}, "@attrs": hex}
     /snapshots/.tmp-<name>      a snapshot being written; readers ignore and writers delete it
@@ -91,7 +91,7 @@ RESET_SEEDED: Final = "seeded"
 RESET_OPTIONS: Final = "options"
 # Column of the updates stream: the global step count when the update was logged.
 UPDATE_STEP: Final = "step"
-# Vector recordings (replaykit.vector): columns are batched, first axis = sub-env index.
+# Vector recordings (replaykit._session.vector): columns are batched, first axis = sub-env index.
 # Steps stream, NEXT_STEP autoreset mode: sub-envs whose step was a reset (action ignored).
 AUTORESET: Final = "autoreset"
 # Info key (under INFO) of SAME_STEP mode's final observations, stored zero-filled per sub-env.

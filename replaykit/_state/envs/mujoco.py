@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from replaykit.envstate._registry import register_env_adapter
+from replaykit._state.envs.registry import register_env_adapter
 from replaykit.errors import StateMismatchError
 
 try:
@@ -188,7 +188,7 @@ class MujocoEnvAdapter:
 
     Example:
         >>> import gymnasium as gym
-        >>> from replaykit.envstate.mujoco import MujocoEnvAdapter
+        >>> from replaykit._state.envs.mujoco import MujocoEnvAdapter
         >>> env = gym.make("Hopper-v5")
         >>> _ = env.reset(seed=0)
         >>> state = MujocoEnvAdapter().capture(env.unwrapped)

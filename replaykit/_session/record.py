@@ -22,10 +22,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from replaykit import _format as F
-from replaykit import _spaces, snapshot
+from replaykit._format import layout as F
+from replaykit._format.store import Column, RecordingWriter, StreamWriter
+from replaykit._state import snapshot
+from replaykit._state import spaces as _spaces
 from replaykit.errors import CaptureError, UsageError
-from replaykit.store import Column, RecordingWriter, StreamWriter
 
 __all__ = ["RecordingWrapper", "UpdateLog", "env_spec_json", "nonfinite_meta", "to_array"]
 
@@ -79,7 +80,7 @@ def to_array(value: Any, what: str) -> tuple[np.ndarray, str | None]:
     elif isinstance(value, float):
         arr = np.asarray(value, dtype=np.float64)
     elif type(value).__module__.startswith("torch") and hasattr(value, "dtype"):
-        from replaykit._tree import tensor_to_numpy
+        from replaykit._format.tree import tensor_to_numpy
 
         arr, name = tensor_to_numpy(value)
         if arr.dtype.kind == "u" and name not in ("uint8", "uint16", "uint32", "uint64"):
@@ -251,7 +252,7 @@ def nonfinite_meta(tracked: Any, snapshot_name: str) -> dict[str, Any] | None:
     Warns with :class:`~replaykit.errors.ReplaykitWarning`: a snapshot of a run that already
     went non-finite is rarely the state one meant to keep.
     """
-    from replaykit.modelstate import first_nonfinite
+    from replaykit._state.modelstate import first_nonfinite
 
     bad = first_nonfinite(tracked)
     if bad is None:
@@ -410,7 +411,7 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         direct_io: bool | None = None,
     ) -> None:
         super().__init__(env)
-        from replaykit import envstate
+        from replaykit._state import envs as envstate
 
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
             raise UsageError(f"seed must be a non-negative int, got {seed!r}")
@@ -567,7 +568,7 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
                     self._recording_start_state if self._replay_scope == "recording" else None
                 ),
             }
-        from replaykit.modelstate import sharing
+        from replaykit._state.modelstate import sharing
 
         # The tree goes straight to disk, so tensors need no copy first (half the time of a
         # large snapshot); nothing runs between capture and write that could change them.
@@ -601,7 +602,7 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
                 f"probes {sorted(self._probes)} logged before reset(); log them before step()"
             )
         if not self._has_adapter:
-            from replaykit import envstate
+            from replaykit._state import envs as envstate
 
             self._episode_start_state = envstate.capture_wrappers_and_rngs(self.env)
             if self._episode < 0:
@@ -963,7 +964,7 @@ def _flat_info(info: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str,
 
 
 def _json_options(options: Mapping[str, Any]) -> Any:
-    from replaykit._format import dumps, loads
+    from replaykit._format.layout import dumps, loads
 
     try:
         return loads(dumps(options))

@@ -6,7 +6,7 @@ stock wrappers.
 
 Example:
     >>> import gymnasium as gym
-    >>> from replaykit.envstate import capture_chain, restore_chain
+    >>> from replaykit._state.envs import capture_chain, restore_chain
     >>> env = gym.make("CartPole-v1")
     >>> _ = env.reset(seed=0)
     >>> tree = capture_chain(env)
@@ -18,8 +18,8 @@ Example:
 
 from __future__ import annotations
 
-from replaykit.envstate import classic_control, own_envs, wrappers
-from replaykit.envstate._chain import (
+from replaykit._state.envs import classic_control, own_envs, wrappers
+from replaykit._state.envs.chain import (
     CAPTURE_UNKNOWN_WRAPPER,
     capture_chain,
     capture_wrappers_and_rngs,
@@ -27,7 +27,8 @@ from replaykit.envstate._chain import (
     restore_chain,
     restore_wrappers_and_rngs,
 )
-from replaykit.envstate._registry import (
+from replaykit._state.envs.generators import capture_generator, restore_generator
+from replaykit._state.envs.registry import (
     STATELESS,
     EnvAdapter,
     WrapperAdapter,
@@ -37,8 +38,7 @@ from replaykit.envstate._registry import (
     register_stateless_wrapper,
     register_wrapper_adapter,
 )
-from replaykit.envstate._rng import capture_generator, restore_generator
-from replaykit.envstate._values import AttrAdapter
+from replaykit._state.envs.values import AttrAdapter
 
 __all__ = [
     "CAPTURE_UNKNOWN_WRAPPER",

@@ -2,7 +2,7 @@
 
 A snapshot tree has these top-level keys (written by :func:`capture`):
 
-``env``       the env chain below the recorder (:func:`replaykit.envstate.capture_chain`)
+``env``       the env chain below the recorder (:func:`replaykit._state.envs.capture_chain`)
 ``rngs``      Python ``random``, NumPy global, torch CPU and CUDA generator states
 ``tracked``   ``{name: state}`` of every object given to ``track`` (models, optimizers, ...)
 ``kinds``     ``{name: "module.QualName"}`` of those objects, for clear mismatch errors
@@ -45,7 +45,7 @@ def _is_generator(obj: Any) -> bool:
 
 
 def capture_tracked(obj: Any, name: str) -> Any:
-    from replaykit import modelstate, rng
+    from replaykit._state import modelstate, rng
 
     try:
         if _is_generator(obj):
@@ -56,7 +56,7 @@ def capture_tracked(obj: Any, name: str) -> Any:
 
 
 def restore_tracked(obj: Any, state: Any, name: str) -> None:
-    from replaykit import modelstate, rng
+    from replaykit._state import modelstate, rng
 
     if _is_generator(obj):
         rng.restore_generator(obj, state)
@@ -74,7 +74,8 @@ def capture(
     global_rngs: bool = True,
 ) -> dict[str, Any]:
     """Capture everything needed to continue from here."""
-    from replaykit import envstate, rng
+    from replaykit._state import envs as envstate
+    from replaykit._state import rng
 
     chain = envstate.capture_chain(env)
     return {

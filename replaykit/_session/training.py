@@ -12,7 +12,7 @@
 
 Example:
     >>> import torch, tempfile, os
-    >>> from replaykit.training import TrainingRecorder, restore_training
+    >>> from replaykit._session.training import TrainingRecorder, restore_training
     >>> path = os.path.join(tempfile.mkdtemp(), "train.h5")
     >>> net = torch.nn.Linear(2, 1)
     >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
@@ -43,12 +43,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from replaykit import _format as F
-from replaykit import rng, snapshot
-from replaykit.compare import DiffResult, KeyDivergence, Rule, Rules
+from replaykit._analysis.compare import DiffResult, KeyDivergence, Rule, Rules
+from replaykit._format import layout as F
+from replaykit._format.store import Recording, SnapshotInfo
+from replaykit._session.record import UpdateLog, nonfinite_meta, open_writer
+from replaykit._state import rng, snapshot
 from replaykit.errors import StateMismatchError, UsageError
-from replaykit.record import UpdateLog, nonfinite_meta, open_writer
-from replaykit.store import Recording, SnapshotInfo
 
 __all__ = [
     "Counters",
@@ -119,8 +119,8 @@ class Counters:
 
 
 def params_digest(module: torch.nn.Module) -> np.uint64:
-    """:func:`~replaykit.modelstate.parameters_digest` as a number, ready for ``log_update``."""
-    from replaykit.modelstate import parameters_digest
+    """:func:`~replaykit._state.modelstate.parameters_digest` as a number, ready for ``log_update``."""
+    from replaykit._state.modelstate import parameters_digest
 
     return np.uint64(int(parameters_digest(module), 16))
 
@@ -478,7 +478,7 @@ class TrainingReplay:
         ignore: Iterable[str],
         owns: bool,
     ) -> None:
-        from replaykit.replay import UpdateChecker, _Verifier
+        from replaykit._session.replay import UpdateChecker, _Verifier
 
         self.recording = rec
         self.snapshot = snap
@@ -530,7 +530,7 @@ def restore_training(
     """Restore a training snapshot (from :class:`TrainingRecorder`) into fresh objects.
 
     Args:
-        recording: a path or an open :class:`~replaykit.store.Recording`.
+        recording: a path or an open :class:`~replaykit._format.store.Recording`.
         snapshot_id: snapshot name, index, or ``None`` for the first.
         track: ``{name: object}`` built like the recorded tracked objects.
         rules: per-key tolerances (keys ``update/<name>``); bit-exact by default.
@@ -576,7 +576,7 @@ def _tensors(x: Any) -> list[torch.Tensor]:
 def _digest(tensors: list[torch.Tensor]) -> int:
     import xxhash
 
-    from replaykit.modelstate import _raw_bytes
+    from replaykit._state.modelstate import _raw_bytes
 
     h = xxhash.xxh3_64()
     for t in tensors:
@@ -716,14 +716,14 @@ def first_divergent_module(
     """Name the first module whose output or gradient differs, in execution order.
 
     Args:
-        result: a :class:`~replaykit.compare.DiffResult` of two recordings made with a
+        result: a :class:`~replaykit._analysis.compare.DiffResult` of two recordings made with a
             :class:`LayerTracer` at the same update, or the two recordings' paths.
 
     Returns:
         A :class:`LayerDivergence`, or ``None`` when no layer probe differs.
     """
     if not isinstance(result, DiffResult):
-        from replaykit.compare import diff_recordings
+        from replaykit._analysis.compare import diff_recordings
 
         a, b = result
         result = diff_recordings(a, b, keys=[_LAYER_KEY + "*"])

@@ -16,7 +16,7 @@ Example:
     >>> # report = validate_file("bug-report.h5", sandbox=True)
     >>> # print(report.format())
 
-Command line (what the sandbox runs): ``python -m replaykit.check [--json] FILE``.
+Command line (what the sandbox runs): ``python -m replaykit._analysis.check [--json] FILE``.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def validate_file(
 
     Args:
         path: the ``.h5`` file.
-        sandbox: run the check in a child process (``python -m replaykit.check``) with
+        sandbox: run the check in a child process (``python -m replaykit._analysis.check``) with
             ``timeout`` and an address-space limit of ``memory_mb``; use it for files
             you did not write. A hang or crash of libhdf5 is then reported as
             :class:`~replaykit.errors.UnsafeFileError` instead of hanging or killing
@@ -159,7 +159,7 @@ def validate_file(
 
 
 def _validate(path: Path) -> CheckReport:
-    from replaykit.store import Recording
+    from replaykit._format.store import Recording
 
     t0 = time.perf_counter()
     nbytes = 0
@@ -209,7 +209,7 @@ def _sandbox_command(path: Path, memory_mb: int) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "replaykit.check",
+        "replaykit._analysis.check",
         "--json",
         "--sandboxed",
         "--memory-mb",
@@ -327,10 +327,10 @@ def _limit_memory(memory_mb: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m replaykit.check [--json] [--memory-mb N] FILE``: exit 0 valid, 2 invalid."""
+    """``python -m replaykit._analysis.check [--json] [--memory-mb N] FILE``: exit 0 valid, 2 invalid."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m replaykit.check", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m replaykit._analysis.check", description=__doc__)
     ap.add_argument("file")
     ap.add_argument("--json", action="store_true", help="print one JSON line")
     ap.add_argument("--memory-mb", type=int, default=None, help="address-space limit (MiB)")
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     # Import everything the check needs before limiting memory and announcing readiness,
     # so the parent's timeout measures the check, not interpreter start-up.
-    import replaykit.store  # noqa: F401
+    import replaykit._format.store  # noqa: F401
 
     if args.memory_mb:
         _limit_memory(args.memory_mb)

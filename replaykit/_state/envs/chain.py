@@ -6,14 +6,14 @@ from typing import Any
 
 import gymnasium as gym
 
-from replaykit.envstate._registry import find_env_adapter, find_wrapper_adapter
-from replaykit.envstate._rng import (
+from replaykit._state.envs.generators import (
     capture_generator,
     capture_space_rng,
     restore_generator,
     restore_space_rng,
 )
-from replaykit.envstate._values import class_name
+from replaykit._state.envs.registry import find_env_adapter, find_wrapper_adapter
+from replaykit._state.envs.values import class_name
 from replaykit.errors import CaptureError, RestoreError, StateMismatchError
 
 __all__ = [
@@ -28,11 +28,11 @@ __all__ = [
 #: Message template for a wrapper layer that has no adapter.
 CAPTURE_UNKNOWN_WRAPPER = (
     "wrapper {cls} has no state adapter, so its state cannot be captured; register one with "
-    "replaykit.envstate.register_wrapper_adapter({name}, adapter), or "
-    "replaykit.envstate.register_stateless_wrapper({name}) if it holds no state between steps"
+    "replaykit._state.envs.register_wrapper_adapter({name}, adapter), or "
+    "replaykit._state.envs.register_stateless_wrapper({name}) if it holds no state between steps"
 )
 
-_RECORDING_WRAPPER = "replaykit.record.RecordingWrapper"
+_RECORDING_WRAPPER = "replaykit._session.record.RecordingWrapper"
 _TREE_KEYS = {"layers", "env", "env_rng", "spaces"}
 
 

@@ -17,10 +17,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from replaykit.policies import resolve_policy
-from replaykit.record import RecordingWrapper
-from replaykit.replay import Replay, make_env, register_env_namespace, restore
-from replaykit.store import Recording
+from replaykit._format.store import Recording
+from replaykit._session.policies import resolve_policy
+from replaykit._session.record import RecordingWrapper
+from replaykit._session.replay import Replay, make_env, register_env_namespace, restore
 
 __all__ = ["RecordSummary", "ReplaySummary", "drive", "record_rollout", "replay_snapshot"]
 

@@ -11,7 +11,7 @@ index (``obs``, ``action``, ``reward``, ``terminated``, ``truncated``,
   episodes that ended at that step (zeros where ``info/_final_obs`` is false),
   and ``info/final_info/...`` with their final infos.
 
-A snapshot holds every sub-env's wrapper chain (as :func:`replaykit.envstate.capture_chain`),
+A snapshot holds every sub-env's wrapper chain (as :func:`replaykit._state.envs.capture_chain`),
 the vector env's pending autoresets and space RNGs, the global RNGs and the tracked objects.
 For an :class:`~gymnasium.vector.AsyncVectorEnv` the sub-envs live in worker processes: build
 them with :func:`capturable` so each answers ``replaykit_capture`` through ``vec.call``
@@ -46,13 +46,14 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 
-from replaykit import _format as F
-from replaykit import _spaces, snapshot
-from replaykit.compare import EXACT, Mismatch, Rule, Rules
+from replaykit._analysis.compare import EXACT, Mismatch, Rule, Rules
+from replaykit._format import layout as F
+from replaykit._format.store import Recording, SnapshotInfo, StreamWriter
+from replaykit._session.record import _LeafWriter, env_fields, env_spec_json, open_writer, to_array
+from replaykit._session.replay import DEFAULT_IGNORE, _Rows, _Verifier
+from replaykit._state import snapshot
+from replaykit._state import spaces as _spaces
 from replaykit.errors import CaptureError, StateMismatchError, UsageError
-from replaykit.record import _LeafWriter, env_fields, env_spec_json, open_writer, to_array
-from replaykit.replay import DEFAULT_IGNORE, _Rows, _Verifier
-from replaykit.store import Recording, SnapshotInfo, StreamWriter
 
 __all__ = ["SubEnv", "VectorRecordingWrapper", "VectorReplay", "capturable", "restore_vector"]
 
@@ -81,20 +82,20 @@ class SubEnv(gym.Wrapper[Any, Any, Any, Any]):
 
     def replaykit_adapter(self) -> str | None:
         """Return the name of the env adapter for this sub-env, or ``None``."""
-        from replaykit import envstate
+        from replaykit._state import envs as envstate
 
         adapter = envstate.find_env_adapter(self.env.unwrapped)
         return None if adapter is None else adapter.name
 
     def replaykit_capture(self) -> Any:
         """Capture this sub-env's wrapper chain (a picklable state tree)."""
-        from replaykit import envstate
+        from replaykit._state import envs as envstate
 
         return envstate.capture_chain(self.env)
 
     def replaykit_apply(self) -> None:
         """Restore the ``(chain state, pending reset)`` pair set in ``replaykit_incoming``."""
-        from replaykit import envstate
+        from replaykit._state import envs as envstate
 
         incoming, self.replaykit_incoming = self.replaykit_incoming, None
         if incoming is None:
@@ -153,7 +154,7 @@ def _mode(vec: VectorEnv[Any, Any, Any]) -> AutoresetMode:
 
 
 def _capture_envs(vec: Any) -> list[Any]:
-    from replaykit import envstate
+    from replaykit._state import envs as envstate
 
     if isinstance(vec, SyncVectorEnv):
         return [envstate.capture_chain(e) for e in vec.envs]
@@ -162,7 +163,7 @@ def _capture_envs(vec: Any) -> list[Any]:
 
 
 def _adapters(vec: Any) -> list[str | None]:
-    from replaykit import envstate
+    from replaykit._state import envs as envstate
 
     if isinstance(vec, SyncVectorEnv):
         out = []
@@ -178,8 +179,8 @@ def _require_sub_envs(vec: Any, error: type[Exception]) -> None:
     # Ask with has_wrapper_attr: a worker that raises (AttributeError) is shut down for good.
     if not all(vec.call("has_wrapper_attr", "replaykit_capture")):
         raise error(
-            "expected async sub-envs wrapped in replaykit.vector.SubEnv, found plain ones; "
-            "build the vector env as AsyncVectorEnv(replaykit.vector.capturable(env_fns))"
+            "expected async sub-envs wrapped in replaykit._session.vector.SubEnv, found plain ones; "
+            "build the vector env as AsyncVectorEnv(replaykit._session.vector.capturable(env_fns))"
         )
 
 
@@ -193,7 +194,7 @@ def _space_items(vec: VectorEnv[Any, Any, Any]) -> list[tuple[str, gym.Space[Any
 
 
 def _capture_vector(vec: VectorEnv[Any, Any, Any], autoreset: np.ndarray) -> dict[str, Any]:
-    from replaykit.envstate._rng import capture_space_rng
+    from replaykit._state.envs.generators import capture_space_rng
 
     return {
         "kind": _kind(vec),
@@ -301,7 +302,7 @@ class VectorRecordingWrapper(gym.vector.VectorWrapper):
         if missing:
             raise CaptureError(
                 f"sub-envs {missing} have no env adapter, so their state cannot be snapshotted; "
-                "register one with replaykit.envstate.register_env_adapter (vector recordings "
+                "register one with replaykit._state.envs.register_env_adapter (vector recordings "
                 "do not replay from reset)"
             )
         self._n = int(env.num_envs)
@@ -357,7 +358,7 @@ class VectorRecordingWrapper(gym.vector.VectorWrapper):
 
     def snapshot(self, name: str | None = None, *, extra: Any = None) -> str:
         """Snapshot every sub-env and everything tracked; returns the snapshot's name."""
-        from replaykit import rng
+        from replaykit._state import rng
 
         if self._closed:
             raise UsageError("the recording is closed")
@@ -454,7 +455,7 @@ class VectorRecordingWrapper(gym.vector.VectorWrapper):
             x is not None for x in seeds
         ]
         if saved_options is not None:
-            from replaykit.record import _json_options
+            from replaykit._session.record import _json_options
 
             opts = self._writer._meta["reset_options"]
             opts[str(self._reset_count)] = _json_options(saved_options)
@@ -793,7 +794,7 @@ def restore_vector(
     """Restore a vector snapshot into a freshly built vector env and verify from there.
 
     Args:
-        recording: a path or an open :class:`~replaykit.store.Recording`.
+        recording: a path or an open :class:`~replaykit._format.store.Recording`.
         snapshot_id: snapshot name or index (``None``: the first).
         vec_env: a fresh vector env built like the recorded one (same sub-env count and
             autoreset mode; async sub-envs built with :func:`capturable`). It need not be reset.
@@ -806,9 +807,9 @@ def restore_vector(
     Raises:
         StateMismatchError: the vector env or tracked objects do not fit the snapshot.
     """
-    from replaykit import rng
-    from replaykit.envstate import restore_chain
-    from replaykit.envstate._rng import restore_space_rng
+    from replaykit._state import rng
+    from replaykit._state.envs import restore_chain
+    from replaykit._state.envs.generators import restore_space_rng
 
     owns = not isinstance(recording, Recording)
     rec = recording if isinstance(recording, Recording) else Recording(recording, verify=verify)

@@ -2,14 +2,14 @@
 
 An *env adapter* captures and restores the state of one unwrapped env class; a
 *wrapper adapter* does the same for one wrapper layer. Both return and accept a
-*state tree* (see :mod:`replaykit._tree`): nested ``dict``/``list``/``tuple``
+*state tree* (see :mod:`replaykit._format.tree`): nested ``dict``/``list``/``tuple``
 of ``numpy`` arrays, ``torch`` tensors and JSON scalars. Dispatch follows the
 class MRO through :func:`functools.singledispatch`, so registering an adapter
 for a base class covers its subclasses unless a subclass registers its own.
 
 Example:
     >>> import gymnasium as gym
-    >>> from replaykit.envstate import find_env_adapter
+    >>> from replaykit._state.envs import find_env_adapter
     >>> env = gym.make("CartPole-v1")
     >>> find_env_adapter(env.unwrapped).name
     'classic_control.CartPole'
@@ -115,8 +115,8 @@ def register_stateless_wrapper(wrapper_type: type) -> None:
 # Adapters for optional env families register on first need: when the family's module is
 # already imported (the caller built such an env), so `import replaykit` never imports mujoco.
 _LAZY: dict[str, str] = {
-    "gymnasium.envs.mujoco.mujoco_env": "replaykit.envstate.mujoco",
-    "ale_py.env": "replaykit.envstate.atari",
+    "gymnasium.envs.mujoco.mujoco_env": "replaykit._state.envs.mujoco",
+    "ale_py.env": "replaykit._state.envs.atari",
 }
 
 

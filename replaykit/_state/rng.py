@@ -350,7 +350,7 @@ def capture_generator(obj: Any) -> Any:
     raise CaptureError(
         f"cannot capture RNG state of {type(obj).__module__}.{type(obj).__qualname__}: expected "
         "numpy.random.Generator/BitGenerator/RandomState, random.Random or torch.Generator; "
-        "register a handler with replaykit.rng.capture_generator.register and restore_generator"
+        "register a handler with replaykit._state.rng.capture_generator.register and restore_generator"
     )
 
 
@@ -369,7 +369,7 @@ def restore_generator(obj: Any, tree: Any) -> None:
     """
     raise CaptureError(
         f"cannot restore RNG state into {type(obj).__module__}.{type(obj).__qualname__}: no "
-        "handler registered; register one with replaykit.rng.restore_generator.register"
+        "handler registered; register one with replaykit._state.rng.restore_generator.register"
     )
 
 

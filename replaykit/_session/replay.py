@@ -18,9 +18,19 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from replaykit import _format as F
-from replaykit import _spaces, snapshot
-from replaykit.compare import EXACT, DivergenceReport, Mismatch, Rule, Rules, compare_arrays
+from replaykit._analysis.compare import (
+    EXACT,
+    DivergenceReport,
+    Mismatch,
+    Rule,
+    Rules,
+    compare_arrays,
+)
+from replaykit._format import layout as F
+from replaykit._format.store import Recording, SnapshotInfo, StreamReader
+from replaykit._session.record import env_spec_json, to_array
+from replaykit._state import snapshot
+from replaykit._state import spaces as _spaces
 from replaykit.errors import (
     DivergenceError,
     NondeterministicEnvError,
@@ -29,8 +39,6 @@ from replaykit.errors import (
     StateMismatchError,
     UsageError,
 )
-from replaykit.record import env_spec_json, to_array
-from replaykit.store import Recording, SnapshotInfo, StreamReader
 
 __all__ = ["DEFAULT_IGNORE", "Replay", "UpdateChecker", "VerifyingWrapper", "restore", "make_env"]
 
@@ -259,7 +267,7 @@ class UpdateChecker:
                 f"the recording holds {self.rows} updates; update {u} was not recorded"
             )
         if self.first_nonfinite is None:
-            from replaykit.record import first_nonfinite_value
+            from replaykit._session.record import first_nonfinite_value
 
             bad = first_nonfinite_value(values)
             if bad is not None:
@@ -531,7 +539,7 @@ class Replay:
         self._check_info(rows, t, info, "info")
 
     def _check_info(self, rows: _Rows, i: int, info: Mapping[str, Any], prefix: str) -> None:
-        from replaykit.record import _flat_info
+        from replaykit._session.record import _flat_info
 
         st = rows.stream
         skipped = set(self.recording.meta.get("skipped_info") or ())
@@ -651,7 +659,7 @@ def restore(
     """Restore a snapshot into freshly built objects and return a verifying :class:`Replay`.
 
     Args:
-        recording: a path or an open :class:`~replaykit.store.Recording`.
+        recording: a path or an open :class:`~replaykit._format.store.Recording`.
         snapshot_id: snapshot name, index (``0`` first, ``-1`` last), or ``None`` for the first.
         env: a fresh env built like the recorded one (wrappers included, recorder excluded);
             ``None`` builds it with :func:`make_env`.
@@ -667,7 +675,9 @@ def restore(
         StateMismatchError: the objects do not fit the snapshot (listed differences).
         NondeterministicEnvError: replay-from-reset found the env does not reproduce itself.
     """
-    from replaykit import envstate, provenance, rng
+    from replaykit import provenance
+    from replaykit._state import envs as envstate
+    from replaykit._state import rng
 
     if on_drift not in ("report", "warn", "error"):
         raise UsageError(f"on_drift must be 'report', 'warn' or 'error', got {on_drift!r}")
@@ -707,7 +717,7 @@ def restore(
         else:
             _fast_forward(rec, info, env, tree, rules_obj, ignore)
             envstate.restore_wrappers_and_rngs(env, chain)
-        from replaykit.modelstate import sharing
+        from replaykit._state.modelstate import sharing
 
         # The tree was just read from the file and is dropped after this: the live objects
         # may take its tensors without a copy.
@@ -736,11 +746,11 @@ def _fast_forward(
     """Replay-from-reset: re-seed, re-apply the recorded actions, verify each step.
 
     Starts at the snapshot's episode's reset, or at the recording's first reset for envs
-    whose state outlives ``reset()`` (see :func:`replaykit.record.replay_scope`). Every
+    whose state outlives ``reset()`` (see :func:`replaykit._session.record.replay_scope`). Every
     re-run step is checked (observation, reward, flags, infos) against the recording;
     the policy is not run, so probes are not compared here.
     """
-    from replaykit import envstate
+    from replaykit._state import envs as envstate
 
     fb = tree.get("fallback") or {}
     scope = fb.get("scope", "episode")
@@ -876,7 +886,7 @@ class _FastForward:
         return ok
 
     def run(self, stop: int) -> None:
-        from replaykit.record import _flat_info
+        from replaykit._session.record import _flat_info
 
         p, st, env = self.p, self.stream, self.env
         space = p._act_space
