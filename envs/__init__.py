@@ -7,7 +7,10 @@ Importing this package registers three envs under the ``replaykit`` namespace:
 * ``replaykit/NestedObs-v0``: nested ``Dict``/``Tuple`` observations and ragged infos.
 
 Each draws from ``self.np_random`` every step, so restoring a snapshot without
-the env RNG visibly diverges.
+the env RNG visibly diverges. Importing the package also registers each env's
+state adapter with replaykit through its public API (``replaykit.register_env_adapter``),
+the way a user's own env package would; replaykit itself never imports this package
+except to resolve a recorded ``replaykit/...`` id.
 
 Example:
     >>> import gymnasium as gym
@@ -47,4 +50,38 @@ def register_envs() -> None:
         gym.register(id=env_id, entry_point=entry_point, max_episode_steps=max_steps)
 
 
+def _register_adapters() -> None:
+    from typing import ClassVar
+
+    import replaykit
+
+    class SlipperyGridAdapter(replaykit.AttrAdapter):
+        """SlipperyGrid: the agent position."""
+
+        name: ClassVar[str] = "replaykit_envs.SlipperyGrid"
+        attrs = ("pos",)
+        fixed = ("pos",)
+        config = ("size", "slip_prob", "obs_type")
+
+    class DriftAdapter(replaykit.AttrAdapter):
+        """Drift: the point ``x`` and the multiplicative ``gain`` (dtype kept exactly)."""
+
+        name: ClassVar[str] = "replaykit_envs.Drift"
+        attrs = ("x", "gain")
+        fixed = ("x",)
+        config = ("action_dim", "dtype_name", "noise")
+
+    class NestedObsAdapter(replaykit.AttrAdapter):
+        """NestedObs: canvas image, position, vector, mode, phase and counters."""
+
+        name: ClassVar[str] = "replaykit_envs.NestedObs"
+        attrs = ("canvas", "pos", "vec", "mode", "phase", "collisions", "t")
+        fixed = ("canvas", "pos", "vec", "phase")
+
+    replaykit.register_env_adapter(SlipperyGridEnv, SlipperyGridAdapter())
+    replaykit.register_env_adapter(DriftEnv, DriftAdapter())
+    replaykit.register_env_adapter(NestedObsEnv, NestedObsAdapter())
+
+
 register_envs()
+_register_adapters()

@@ -21,7 +21,7 @@ from torch import nn
 from torch.distributions import Categorical
 
 import replaykit
-from replaykit._session.training import Counters, LayerTracer, params_digest
+from replaykit import Counters, LayerTracer, params_digest
 
 ENV_ID = "CartPole-v1"
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import replaykit
-from replaykit._session.training import Counters, LayerTracer, params_digest
+from replaykit import Counters, LayerTracer, params_digest
 from replaykit.errors import StateMismatchError
 
 ENV_ID = "Pendulum-v1"

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import replaykit
-from replaykit._session.training import (
+from replaykit import (
     Counters,
     LayerTracer,
     ResumableLoader,

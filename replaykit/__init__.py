@@ -5,6 +5,10 @@ snapshots of *all* state partway through an episode or epoch; restore a
 snapshot in a fresh process and verify the next steps come out bit-exactly
 the same; when they do not, say exactly where and why.
 
+Every public name is reached from here (``replaykit.RecordingWrapper``,
+``replaykit.TrainingRecorder``, ...). Names load on first use, so ``import
+replaykit`` imports no torch, no gymnasium env family and no test env.
+
 Example:
     >>> import gymnasium as gym, replaykit, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "run.h5")
@@ -24,21 +28,9 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+import typing
 
-import replaykit_envs as _replaykit_envs  # registers the replaykit/... envs with gymnasium
-
-from replaykit._analysis.compare import (
-    DiffResult,
-    DivergenceReport,
-    Rule,
-    Rules,
-    compare_arrays,
-    diff_recordings,
-)
-from replaykit._format.store import Recording, SnapshotInfo
-from replaykit._session.record import RecordingWrapper
-from replaykit._session.replay import Replay, VerifyingWrapper, make_env, restore
 from replaykit.errors import (
     CaptureError,
     ChecksumError,
@@ -57,33 +49,128 @@ from replaykit.errors import (
     UsageError,
 )
 
+if typing.TYPE_CHECKING:
+    from replaykit._analysis.check import CheckReport, validate_file
+    from replaykit._analysis.compare import (
+        DiffResult,
+        DivergenceReport,
+        Rule,
+        Rules,
+        compare_arrays,
+        diff_recordings,
+    )
+    from replaykit._analysis.layers import (
+        LayerDivergence,
+        LayerTracer,
+        first_divergent_module,
+        first_update_divergence,
+    )
+    from replaykit._format.store import Recording, SnapshotInfo
+    from replaykit._session.record import RecordingWrapper
+    from replaykit._session.replay import Replay, VerifyingWrapper, make_env, restore
+    from replaykit._session.training import (
+        Counters,
+        ResumableLoader,
+        TrainingRecorder,
+        TrainingReplay,
+        params_digest,
+        restore_training,
+    )
+    from replaykit._session.vector import (
+        SubEnv,
+        VectorRecordingWrapper,
+        VectorReplay,
+        capturable,
+        restore_vector,
+    )
+    from replaykit._state.envs import (
+        AttrAdapter,
+        EnvAdapter,
+        WrapperAdapter,
+        register_env_adapter,
+        register_stateless_wrapper,
+        register_wrapper_adapter,
+    )
+    from replaykit._state.modelstate import register_state_type
+    from replaykit._state.rng import capture_generator, restore_generator
+    from replaykit.determinism import determinism_flags, enable_determinism
+
 __version__ = "0.1.0.dev0"
 
-# torch loads lazily: `replaykit diff/inspect/check` and file reading never need it.
-_LAZY = {
+# Public name -> the module that defines it. Loaded on first access (PEP 562), so
+# reading, diffing and checking files never pay for torch, and `import replaykit`
+# registers nothing with gymnasium.
+_LAZY: dict[str, str] = {
+    "CheckReport": "replaykit._analysis.check",
+    "validate_file": "replaykit._analysis.check",
+    "DiffResult": "replaykit._analysis.compare",
+    "DivergenceReport": "replaykit._analysis.compare",
+    "Rule": "replaykit._analysis.compare",
+    "Rules": "replaykit._analysis.compare",
+    "compare_arrays": "replaykit._analysis.compare",
+    "diff_recordings": "replaykit._analysis.compare",
+    "LayerDivergence": "replaykit._analysis.layers",
+    "LayerTracer": "replaykit._analysis.layers",
+    "first_divergent_module": "replaykit._analysis.layers",
+    "first_update_divergence": "replaykit._analysis.layers",
+    "Recording": "replaykit._format.store",
+    "SnapshotInfo": "replaykit._format.store",
+    "RecordingWrapper": "replaykit._session.record",
+    "Replay": "replaykit._session.replay",
+    "VerifyingWrapper": "replaykit._session.replay",
+    "make_env": "replaykit._session.replay",
+    "restore": "replaykit._session.replay",
+    "Counters": "replaykit._session.training",
+    "ResumableLoader": "replaykit._session.training",
+    "TrainingRecorder": "replaykit._session.training",
+    "TrainingReplay": "replaykit._session.training",
+    "params_digest": "replaykit._session.training",
+    "restore_training": "replaykit._session.training",
+    "SubEnv": "replaykit._session.vector",
+    "VectorRecordingWrapper": "replaykit._session.vector",
+    "VectorReplay": "replaykit._session.vector",
+    "capturable": "replaykit._session.vector",
+    "restore_vector": "replaykit._session.vector",
+    "AttrAdapter": "replaykit._state.envs",
+    "EnvAdapter": "replaykit._state.envs",
+    "WrapperAdapter": "replaykit._state.envs",
+    "register_env_adapter": "replaykit._state.envs",
+    "register_stateless_wrapper": "replaykit._state.envs",
+    "register_wrapper_adapter": "replaykit._state.envs",
+    "register_state_type": "replaykit._state.modelstate",
+    "capture_generator": "replaykit._state.rng",
+    "restore_generator": "replaykit._state.rng",
     "determinism_flags": "replaykit.determinism",
     "enable_determinism": "replaykit.determinism",
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> typing.Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'replaykit' has no attribute {name!r}")
-    import importlib
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
 
-    return getattr(importlib.import_module(module), name)
 
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
-del _replaykit_envs
 
 __all__ = [
+    "AttrAdapter",
     "CaptureError",
+    "CheckReport",
     "ChecksumError",
+    "Counters",
     "DiffResult",
     "DivergenceError",
     "DivergenceReport",
+    "EnvAdapter",
     "FileFormatError",
+    "LayerDivergence",
+    "LayerTracer",
     "NondeterministicEnvError",
     "NotARecordingError",
     "ProvenanceError",
@@ -93,20 +180,40 @@ __all__ = [
     "ReplaykitError",
     "ReplaykitWarning",
     "RestoreError",
+    "ResumableLoader",
     "Rule",
     "Rules",
     "SnapshotInfo",
     "StateMismatchError",
+    "SubEnv",
+    "TrainingRecorder",
+    "TrainingReplay",
     "TruncatedFileError",
     "UnsafeFileError",
     "UnsupportedVersionError",
     "UsageError",
+    "VectorRecordingWrapper",
+    "VectorReplay",
     "VerifyingWrapper",
+    "WrapperAdapter",
     "__version__",
+    "capturable",
+    "capture_generator",
     "compare_arrays",
     "determinism_flags",
     "diff_recordings",
     "enable_determinism",
+    "first_divergent_module",
+    "first_update_divergence",
     "make_env",
+    "params_digest",
+    "register_env_adapter",
+    "register_stateless_wrapper",
+    "register_wrapper_adapter",
+    "register_state_type",
     "restore",
+    "restore_generator",
+    "restore_training",
+    "restore_vector",
+    "validate_file",
 ]

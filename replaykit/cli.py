@@ -315,9 +315,7 @@ def _first_module(result: Any) -> str | None:
     """Name the first module that diverged when the runs recorded layer digests (LayerTracer)."""
     if not any(d.key.startswith("updates/probe/layer/") for d in result.divergences):
         return None
-    from replaykit._session.training import (
-        first_divergent_module,  # imports torch: only when needed
-    )
+    from replaykit._analysis.layers import first_divergent_module  # imports torch: only now
 
     found = first_divergent_module(result)
     return None if found is None else found.describe()

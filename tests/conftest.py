@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import replaykit_envs  # noqa: F401  (the suite uses the replaykit/... test envs)
 
 
 @pytest.fixture(scope="session")

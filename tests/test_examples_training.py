@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import replaykit
-from replaykit._session.training import first_divergent_module, first_update_divergence
+from replaykit._analysis.layers import first_divergent_module, first_update_divergence
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

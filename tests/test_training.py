@@ -1,4 +1,4 @@
-"""Tests of replaykit._session.training: resumable loaders, envless recordings, layer localisation."""
+"""Tests of training sessions: resumable loaders, envless recordings, layer localisation."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 import replaykit
-from replaykit._session.training import (
+from replaykit import (
     Counters,
     LayerTracer,
     ResumableLoader,

@@ -327,7 +327,7 @@ def _limit_memory(memory_mb: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m replaykit._analysis.check [--json] [--memory-mb N] FILE``: exit 0 valid, 2 invalid."""
+    """``python -m replaykit._analysis.check [--json] [--memory-mb N] FILE``: 0 valid, 2 not."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m replaykit._analysis.check", description=__doc__)

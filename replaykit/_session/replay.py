@@ -84,7 +84,7 @@ class _Rows:
 
 # Env-id namespaces whose registering package replaykit imports itself. A fixed table in
 # code: the package name never comes from a file, only the namespace it is looked up by.
-_NAMESPACE_PACKAGES: dict[str, str] = {"ALE": "ale_py"}
+_NAMESPACE_PACKAGES: dict[str, str] = {"ALE": "ale_py", "replaykit": "replaykit_envs"}
 
 
 def register_env_namespace(env_id: str) -> None:

@@ -179,8 +179,8 @@ def _require_sub_envs(vec: Any, error: type[Exception]) -> None:
     # Ask with has_wrapper_attr: a worker that raises (AttributeError) is shut down for good.
     if not all(vec.call("has_wrapper_attr", "replaykit_capture")):
         raise error(
-            "expected async sub-envs wrapped in replaykit._session.vector.SubEnv, found plain ones; "
-            "build the vector env as AsyncVectorEnv(replaykit._session.vector.capturable(env_fns))"
+            "expected async sub-envs wrapped in replaykit.SubEnv, found plain ones; "
+            "build the vector env as AsyncVectorEnv(replaykit.capturable(env_fns))"
         )
 
 

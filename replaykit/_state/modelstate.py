@@ -63,7 +63,7 @@ _IRREGULAR_STATE_OPTIMIZERS = frozenset({"LBFGS", "Adafactor"})
 
 _HOW_TO_FIX = (
     "implement state_dict()/load_state_dict() or __replaykit_state__()/__replaykit_restore__(tree) "
-    "on it, or register it with replaykit._state.modelstate.register_state_type(cls, capture, restore)"
+    "on it, or register it with replaykit.register_state_type(cls, capture, restore)"
 )
 
 

@@ -350,7 +350,7 @@ def capture_generator(obj: Any) -> Any:
     raise CaptureError(
         f"cannot capture RNG state of {type(obj).__module__}.{type(obj).__qualname__}: expected "
         "numpy.random.Generator/BitGenerator/RandomState, random.Random or torch.Generator; "
-        "register a handler with replaykit._state.rng.capture_generator.register and restore_generator"
+        "register a handler with replaykit.capture_generator.register and restore_generator"
     )
 
 

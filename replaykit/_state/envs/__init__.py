@@ -1,8 +1,8 @@
 """Capture and restore the complete state of gymnasium envs and their wrapper chains.
 
 Importing this package registers the built-in adapters: gymnasium's
-classic-control and toy-text envs, the replaykit test envs, and gymnasium's
-stock wrappers.
+classic-control and toy-text envs and gymnasium's stock wrappers (MuJoCo and
+Atari adapters register when those packages are in use).
 
 Example:
     >>> import gymnasium as gym
@@ -18,7 +18,7 @@ Example:
 
 from __future__ import annotations
 
-from replaykit._state.envs import classic_control, own_envs, wrappers
+from replaykit._state.envs import classic_control, wrappers
 from replaykit._state.envs.chain import (
     CAPTURE_UNKNOWN_WRAPPER,
     capture_chain,
@@ -60,4 +60,4 @@ __all__ = [
     "restore_wrappers_and_rngs",
 ]
 
-del classic_control, own_envs, wrappers
+del classic_control, wrappers
