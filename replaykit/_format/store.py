@@ -28,9 +28,10 @@ import datetime as _dt
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal, cast
 
 import h5py
@@ -449,6 +450,11 @@ class RecordingWriter:
             F.META_ATTR: meta,
         }
         _set_fixed(self._file.attrs, F.ROOT_CHECKSUM_ATTR, _root_checksum(attrs))
+
+    @property
+    def meta(self) -> Mapping[str, Any]:
+        """The file's metadata as written so far (read-only; change it with :meth:`update_meta`)."""
+        return MappingProxyType(self._meta)
 
     def update_meta(self, **items: Any) -> None:
         """Merge JSON-able items into the file's metadata (on disk at the next commit)."""

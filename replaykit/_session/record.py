@@ -338,7 +338,7 @@ class UpdateLog:
 
     def set_user_metadata(self, key: str, value: Any) -> None:
         """Store JSON data under ``meta["user"][key]``."""
-        user = dict(self._writer._meta.get("user") or {})
+        user = dict(self._writer.meta.get("user") or {})
         user[key] = value
         self._writer.update_meta(user=user)
 
@@ -630,7 +630,7 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         if info:
             self._write_info(s, self._reset_info_w, info, p)
         if options is not None:
-            opts = self._writer._meta["reset_options"]
+            opts = dict(self._writer.meta["reset_options"])
             opts[str(self._episode)] = _json_options(options)
             self._writer.update_meta(reset_options=opts)
         s.end_row()

@@ -457,7 +457,7 @@ class VectorRecordingWrapper(gym.vector.VectorWrapper):
         if saved_options is not None:
             from replaykit._session.record import _json_options
 
-            opts = self._writer._meta["reset_options"]
+            opts = dict(self._writer.meta["reset_options"])
             opts[str(self._reset_count)] = _json_options(saved_options)
             self._writer.update_meta(reset_options=opts)
         s.end_row()
