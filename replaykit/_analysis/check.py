@@ -159,16 +159,18 @@ def validate_file(
 
 
 def _validate(path: Path) -> CheckReport:
+    from replaykit._format import layout as F
     from replaykit._format.store import Recording
 
     t0 = time.perf_counter()
     nbytes = 0
     with Recording(path, verify=True) as rec:
+        env_id = rec.meta.get(F.META_ENV_ID)
         report = CheckReport(
             path=str(path),
             format_version=rec.format_version,
             created=rec.created,
-            env_id=rec.meta.get("env_id") if isinstance(rec.meta.get("env_id"), str) else None,
+            env_id=env_id if isinstance(env_id, str) else None,
         )
         for name in rec.stream_names:
             s = rec.stream(name)

@@ -33,10 +33,10 @@ def _column_stats(stream: Any, column: str, block_rows: int) -> dict[str, Any]:
 
     info = stream.columns[column]
     out: dict[str, Any] = {
-        "dtype": info["dtype"],
-        "shape": list(info["shape"]),
+        "dtype": info[F.COLUMN_DTYPE],
+        "shape": list(info[F.COLUMN_SHAPE]),
         "rows": stream.rows,
-        "optional": bool(info.get("optional")),
+        "optional": bool(info.get(F.COLUMN_OPTIONAL)),
     }
     logical = stream.logical_dtype(column)
     count = 0
@@ -89,7 +89,7 @@ def _episodes(rec: Any, block_rows: int) -> list[dict[str, Any]]:
     n_eps = rec.stream(F.RESETS).rows if rec.has_stream(F.RESETS) else 0
     lengths: dict[int, int] = {}
     returns: dict[int, float] = {}
-    has_reward = F.REWARD in st and st.columns[F.REWARD]["shape"] == []
+    has_reward = F.REWARD in st and st.columns[F.REWARD][F.COLUMN_SHAPE] == []
     rewards = st.blocks(F.REWARD, block_rows) if has_reward else None
     for _, eps in st.blocks(F.EPISODE, block_rows):
         rw = next(rewards)[1].astype(np.float64) if rewards is not None else None
@@ -109,29 +109,22 @@ def _episodes(rec: Any, block_rows: int) -> list[dict[str, Any]]:
 
 def _layout(rec: Any) -> dict[str, Any]:
     """Return the HDF5 object tree: groups as dicts, datasets as ``{dtype, shape, bytes}``."""
-    import h5py
+    from replaykit._format.store import DatasetInfo
 
-    def walk(group: h5py.Group) -> dict[str, Any]:
-        node: dict[str, Any] = {}
-        for name, obj in group.items():
-            if isinstance(obj, h5py.Group):
-                node[name + "/"] = walk(obj)
-            elif isinstance(obj, h5py.Dataset):
-                node[name] = {
-                    "dtype": obj.dtype.str,
+    def render(node: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, obj in node.items():
+            if isinstance(obj, DatasetInfo):
+                out[name] = {
+                    "dtype": obj.dtype,
                     "shape": list(obj.shape),
-                    "bytes": int(obj.id.get_storage_size()),
+                    "bytes": obj.storage_bytes,
                 }
-        return node
+            else:
+                out[name + "/"] = render(obj)
+        return out
 
-    return walk(rec._file)
-
-
-def _snapshot_bytes(rec: Any, name: str) -> int:
-    import h5py
-
-    g = rec._file[F.snapshot_path(name)]
-    return sum(int(o.id.get_storage_size()) for o in g.values() if isinstance(o, h5py.Dataset))
+    return render(rec.layout())
 
 
 def summarize(path: str | os.PathLike[str], *, block_rows: int = BLOCK_ROWS) -> dict[str, Any]:
@@ -159,12 +152,12 @@ def summarize(path: str | os.PathLike[str], *, block_rows: int = BLOCK_ROWS) -> 
         snapshots = [
             {
                 "name": s.name,
-                "step": s.meta.get("step"),
-                "episode": s.meta.get("episode"),
-                "step_in_episode": s.meta.get("step_in_episode"),
-                "bytes": _snapshot_bytes(rec, s.name),
-                "env_state": s.meta.get("env_state"),
-                "tracked": list(s.meta.get("tracked") or []),
+                "step": s.meta.get(F.SNAP_STEP),
+                "episode": s.meta.get(F.SNAP_EPISODE),
+                "step_in_episode": s.meta.get(F.SNAP_STEP_IN_EPISODE),
+                "bytes": rec.snapshot_storage_bytes(s.name),
+                "env_state": s.meta.get(F.SNAP_ENV_STATE),
+                "tracked": list(s.meta.get(F.SNAP_TRACKED) or []),
             }
             for s in rec.snapshots
         ]
@@ -173,7 +166,7 @@ def summarize(path: str | os.PathLike[str], *, block_rows: int = BLOCK_ROWS) -> 
             "bytes": os.path.getsize(path),
             "format_version": rec.format_version,
             "created": rec.created,
-            "env_id": rec.meta.get("env_id"),
+            "env_id": rec.meta.get(F.META_ENV_ID),
             "meta": rec.meta,
             "provenance": rec.provenance,
             "streams": streams,

@@ -20,7 +20,7 @@ Layout::
         attrs: SNAPSHOT_ATTR    JSON {"step": ..., "episode": ..., ...}
                TREE_ATTR        JSON encoding of the state tree (see replaykit._format.tree)
                CHECKSUMS_ATTR   JSON {dataset name: hex, LAYOUT_KEY: {...}, PACK_KEY: {...},
-                                LOGICAL_KEY: {...}, "@attrs": hex}
+                                LOGICAL_KEY: {...}, ATTRS_KEY: hex}
     /snapshots/.tmp-<name>      a snapshot being written; readers ignore and writers delete it
 """
 
@@ -63,7 +63,8 @@ SNAPSHOT_ATTR: Final = "snapshot"
 TREE_ATTR: Final = "tree"
 CHECKSUMS_ATTR: Final = "checksums"
 ARRAY_PREFIX: Final = "a"
-# Checksums-attribute entries (keys starting with "@" are not datasets).
+# Checksums-attribute entries (keys starting with CHECKSUM_META_PREFIX are not datasets).
+CHECKSUM_META_PREFIX: Final = "@"
 LAYOUT_KEY: Final = "@layout"  # {array name: dtype + shape}
 ATTRS_KEY: Final = "@attrs"  # digest of the snapshot's attributes
 PACK_KEY: Final = "@pack"  # version 2: {array name: byte offset in PACK_DATASET}
@@ -96,6 +97,274 @@ UPDATE_STEP: Final = "step"
 AUTORESET: Final = "autoreset"
 # Info key (under INFO) of SAME_STEP mode's final observations, stored zero-filled per sub-env.
 FINAL_OBS: Final = "final_obs"
+
+# ---------------------------------------------------------------------------------------------
+# Keys inside JSON attributes: the closed attribute schema (docs/FORMAT.md §3, §4, §6, §7).
+# Every key a writer puts inside a JSON attribute is spelled here, once; each ``*_KEYS``
+# frozenset lists one object's keys so tests and readers can check a record is closed.
+# Values under META_USER, the env spec's kwargs and reset options are user data, not schema.
+
+# Tags inside any JSON attribute (not trees, which use their own tags, replaykit._format.tree).
+FLOAT_TAG: Final = "$float"  # {"$float": "nan" | "inf" | "-inf"}: a non-finite Python float
+REPR_TAG: Final = "$repr"  # {"$repr": text}: a value that is not data, kept as its repr
+
+# Stream commit record (COMMIT_ATTR).
+COMMIT_ROWS: Final = "rows"
+COMMIT_COLUMNS: Final = "columns"  # {column path: {COLUMN_DTYPE, COLUMN_SHAPE, COLUMN_OPTIONAL}}
+COMMIT_CHECKSUMS: Final = "checksums"  # {column path: hex}
+COMMIT_STREAM: Final = "stream"  # version 2: the stream's own name
+COMMIT_CRC: Final = "crc"  # digest of the canonical JSON of the record without it
+COMMIT_KEYS: Final = frozenset(
+    {COMMIT_ROWS, COMMIT_COLUMNS, COMMIT_CHECKSUMS, COMMIT_STREAM, COMMIT_CRC}
+)
+COLUMN_DTYPE: Final = "dtype"  # NumPy dtype string, or a LOGICAL_DTYPES name
+COLUMN_SHAPE: Final = "shape"  # shape of one row's value
+COLUMN_OPTIONAL: Final = "optional"  # whether the column has a PRESENT_SUFFIX companion
+COLUMN_KEYS: Final = frozenset({COLUMN_DTYPE, COLUMN_SHAPE, COLUMN_OPTIONAL})
+
+# Snapshot metadata (SNAPSHOT_ATTR). The recorder's position (the first six) is also the
+# state tree's TREE_RECORDER object.
+SNAP_STEP: Final = "step"  # transitions recorded before the snapshot
+SNAP_EPISODE: Final = "episode"  # index of the current episode (-1: training recording)
+SNAP_STEP_IN_EPISODE: Final = "step_in_episode"
+SNAP_UPDATES: Final = "updates"  # updates logged before the snapshot
+SNAP_NEEDS_RESET: Final = "needs_reset"
+SNAP_SEQ: Final = "seq"  # snapshot counter, orders snapshots taken at the same step
+SNAP_ENV_STATE: Final = "env_state"  # ENV_STATE_ADAPTER, ENV_STATE_REPLAY_FROM_RESET or null
+SNAP_REPLAY_FROM: Final = "replay_from"  # without adapter: "episode-start" | "recording-start"
+SNAP_TRACKED: Final = "tracked"  # sorted tracked names
+SNAP_NONFINITE: Final = "nonfinite"  # null or {NONFINITE_PATH, NONFINITE_INDEX, NONFINITE_VALUE}
+SNAP_BYTES: Final = "bytes"  # bytes of array data
+SNAP_NAME: Final = "name"  # version 2: the snapshot's own name
+# Vector recordings only.
+SNAP_RESETS: Final = "resets"  # vector reset calls before the snapshot
+SNAP_LAST_WAS_RESET: Final = "last_was_reset"
+SNAP_PENDING_AUTORESETS: Final = "pending_autoresets"  # sub-envs whose next step resets
+SNAP_KEYS: Final = frozenset(
+    {
+        SNAP_STEP,
+        SNAP_EPISODE,
+        SNAP_STEP_IN_EPISODE,
+        SNAP_UPDATES,
+        SNAP_NEEDS_RESET,
+        SNAP_SEQ,
+        SNAP_ENV_STATE,
+        SNAP_REPLAY_FROM,
+        SNAP_TRACKED,
+        SNAP_NONFINITE,
+        SNAP_BYTES,
+        SNAP_NAME,
+        SNAP_RESETS,
+        SNAP_LAST_WAS_RESET,
+        SNAP_PENDING_AUTORESETS,
+    }
+)
+# Values of SNAP_ENV_STATE.
+ENV_STATE_ADAPTER: Final = "adapter"
+ENV_STATE_REPLAY_FROM_RESET: Final = "replay-from-reset"
+
+# First non-finite value found (SNAP_NONFINITE, META_FIRST_NONFINITE_UPDATE).
+NONFINITE_PATH: Final = "path"  # path of the tracked value (snapshots)
+NONFINITE_PROBE: Final = "probe"  # name of the update probe (updates)
+NONFINITE_UPDATE: Final = "update"  # update index (updates)
+NONFINITE_STEP: Final = "step"  # global step when the update was logged (updates)
+NONFINITE_INDEX: Final = "index"  # element index, a list of ints
+NONFINITE_VALUE: Final = "value"  # repr of the value
+NONFINITE_KEYS: Final = frozenset(
+    {
+        NONFINITE_PATH,
+        NONFINITE_PROBE,
+        NONFINITE_UPDATE,
+        NONFINITE_STEP,
+        NONFINITE_INDEX,
+        NONFINITE_VALUE,
+    }
+)
+
+# Root metadata (META_ATTR).
+META_CREATED: Final = "created"  # optional: overrides CREATED_ATTR (reproducible files)
+META_KIND: Final = "kind"  # "training" for env-less TrainingRecorder files; absent otherwise
+META_ENV_ID: Final = "env_id"
+META_ENV_SPEC: Final = "env_spec"  # {SPEC_*} or null
+META_ENV_CLASS: Final = "env_class"
+META_ENV_ADAPTER: Final = "env_adapter"  # adapter name, or null
+META_SEED: Final = "seed"
+META_OBSERVATION_SPACE: Final = "observation_space"  # {SPACE_*}
+META_ACTION_SPACE: Final = "action_space"  # {SPACE_*}
+META_VECTOR: Final = "vector"  # vector recordings: {VECTOR_*}
+META_USER: Final = "user"  # the user's metadata= (user data)
+META_SKIPPED_INFO: Final = "skipped_info"  # info keys not recorded (non-numeric)
+META_RESET_OPTIONS: Final = "reset_options"  # {episode or reset index: options}
+META_CLOSED: Final = "closed"  # true once the recorder closed cleanly
+META_STEPS: Final = "steps"
+META_EPISODES: Final = "episodes"
+META_RESETS: Final = "resets"  # vector recordings: reset calls
+META_UPDATES: Final = "updates"
+META_UPDATE_PROBE_ORDER: Final = "update_probe_order"  # probe names in first-logged order
+META_FIRST_NONFINITE_UPDATE: Final = "first_nonfinite_update"  # {NONFINITE_*}
+META_KEYS: Final = frozenset(
+    {
+        META_CREATED,
+        META_KIND,
+        META_ENV_ID,
+        META_ENV_SPEC,
+        META_ENV_CLASS,
+        META_ENV_ADAPTER,
+        META_SEED,
+        META_OBSERVATION_SPACE,
+        META_ACTION_SPACE,
+        META_VECTOR,
+        META_USER,
+        META_SKIPPED_INFO,
+        META_RESET_OPTIONS,
+        META_CLOSED,
+        META_STEPS,
+        META_EPISODES,
+        META_RESETS,
+        META_UPDATES,
+        META_UPDATE_PROBE_ORDER,
+        META_FIRST_NONFINITE_UPDATE,
+    }
+)
+# Value of META_KIND.
+KIND_TRAINING: Final = "training"
+
+# META_ENV_SPEC: the gymnasium EnvSpec as data.
+SPEC_ID: Final = "id"
+SPEC_ENTRY_POINT: Final = "entry_point"
+SPEC_KWARGS: Final = "kwargs"  # user data
+SPEC_MAX_EPISODE_STEPS: Final = "max_episode_steps"
+SPEC_REWARD_THRESHOLD: Final = "reward_threshold"
+SPEC_NONDETERMINISTIC: Final = "nondeterministic"
+SPEC_ORDER_ENFORCE: Final = "order_enforce"
+SPEC_DISABLE_ENV_CHECKER: Final = "disable_env_checker"
+SPEC_ADDITIONAL_WRAPPERS: Final = "additional_wrappers"  # [{WRAPPER_*}]
+SPEC_KEYS: Final = frozenset(
+    {
+        SPEC_ID,
+        SPEC_ENTRY_POINT,
+        SPEC_KWARGS,
+        SPEC_MAX_EPISODE_STEPS,
+        SPEC_REWARD_THRESHOLD,
+        SPEC_NONDETERMINISTIC,
+        SPEC_ORDER_ENFORCE,
+        SPEC_DISABLE_ENV_CHECKER,
+        SPEC_ADDITIONAL_WRAPPERS,
+    }
+)
+WRAPPER_NAME: Final = "name"
+WRAPPER_ENTRY_POINT: Final = "entry_point"
+WRAPPER_KWARGS: Final = "kwargs"  # user data
+WRAPPER_KEYS: Final = frozenset({WRAPPER_NAME, WRAPPER_ENTRY_POINT, WRAPPER_KWARGS})
+
+# META_OBSERVATION_SPACE / META_ACTION_SPACE: a space as data.
+SPACE_TYPE: Final = "type"  # gymnasium class name
+SPACE_SPACES: Final = "spaces"  # Dict: {key: space}; Tuple: [space]
+SPACE_SHAPE: Final = "shape"
+SPACE_DTYPE: Final = "dtype"
+SPACE_N: Final = "n"  # Discrete
+SPACE_START: Final = "start"  # Discrete
+SPACE_KEYS: Final = frozenset(
+    {SPACE_TYPE, SPACE_SPACES, SPACE_SHAPE, SPACE_DTYPE, SPACE_N, SPACE_START}
+)
+
+# META_VECTOR.
+VECTOR_KIND: Final = "kind"  # "sync" | "async"
+VECTOR_NUM_ENVS: Final = "num_envs"
+VECTOR_AUTORESET_MODE: Final = "autoreset_mode"  # gymnasium AutoresetMode value
+VECTOR_KEYS: Final = frozenset({VECTOR_KIND, VECTOR_NUM_ENVS, VECTOR_AUTORESET_MODE})
+
+# Provenance (PROVENANCE_ATTR), written by replaykit.provenance.
+PROV_VERSIONS: Final = "versions"  # {package: version or null}, PROV_VERSION_KEYS
+PROV_DEVICE: Final = "device"  # {DEVICE_*}
+PROV_DETERMINISM: Final = "determinism"  # {DETERMINISM_*}
+PROV_PLATFORM: Final = "platform"  # {PLATFORM_*}
+PROV_GIT: Final = "git"  # {GIT_*}, only inside a git checkout
+PROV_ARGV: Final = "argv"
+PROV_CREATED: Final = "created"
+PROV_PID: Final = "pid"
+PROV_KEYS: Final = frozenset(
+    {
+        PROV_VERSIONS,
+        PROV_DEVICE,
+        PROV_DETERMINISM,
+        PROV_PLATFORM,
+        PROV_GIT,
+        PROV_ARGV,
+        PROV_CREATED,
+        PROV_PID,
+    }
+)
+# Keys of PROV_VERSIONS: distribution names, plus the Python and HDF5 library versions.
+PROV_VERSION_KEYS: Final = frozenset(
+    {
+        "replaykit",
+        "numpy",
+        "torch",
+        "gymnasium",
+        "h5py",
+        "mujoco",
+        "ale-py",
+        "box2d",
+        "python",
+        "hdf5",
+    }
+)
+DEVICE_CUDA: Final = "cuda"
+DEVICE_CUDNN: Final = "cudnn"
+DEVICE_NAMES: Final = "names"
+DEVICE_KEYS: Final = frozenset({DEVICE_CUDA, DEVICE_CUDNN, DEVICE_NAMES})
+PLATFORM_SYSTEM: Final = "system"
+PLATFORM_MACHINE: Final = "machine"
+PLATFORM_PROCESSOR: Final = "processor"
+PLATFORM_KEYS: Final = frozenset({PLATFORM_SYSTEM, PLATFORM_MACHINE, PLATFORM_PROCESSOR})
+GIT_REVISION: Final = "revision"
+GIT_DIRTY: Final = "dirty"
+GIT_KEYS: Final = frozenset({GIT_REVISION, GIT_DIRTY})
+# PROV_DETERMINISM, written by replaykit.determinism.determinism_flags.
+DETERMINISM_ALGORITHMS: Final = "deterministic_algorithms"
+DETERMINISM_ALGORITHMS_WARN_ONLY: Final = "deterministic_algorithms_warn_only"
+DETERMINISM_CUDNN: Final = "cudnn_deterministic"
+DETERMINISM_CUDNN_BENCHMARK: Final = "cudnn_benchmark"
+DETERMINISM_CUBLAS_WORKSPACE: Final = "cublas_workspace_config"
+DETERMINISM_THREADS: Final = "num_threads"
+DETERMINISM_INTEROP_THREADS: Final = "num_interop_threads"
+DETERMINISM_MATMUL_TF32: Final = "cuda_matmul_allow_tf32"
+DETERMINISM_CUDNN_TF32: Final = "cudnn_allow_tf32"
+DETERMINISM_MATMUL_PRECISION: Final = "float32_matmul_precision"
+DETERMINISM_KEYS: Final = frozenset(
+    {
+        DETERMINISM_ALGORITHMS,
+        DETERMINISM_ALGORITHMS_WARN_ONLY,
+        DETERMINISM_CUDNN,
+        DETERMINISM_CUDNN_BENCHMARK,
+        DETERMINISM_CUBLAS_WORKSPACE,
+        DETERMINISM_THREADS,
+        DETERMINISM_INTEROP_THREADS,
+        DETERMINISM_MATMUL_TF32,
+        DETERMINISM_CUDNN_TF32,
+        DETERMINISM_MATMUL_PRECISION,
+    }
+)
+
+# Top-level keys of a snapshot's state tree (TREE_ATTR), written by replaykit._state.snapshot
+# and the vector and training recorders.
+TREE_ENV: Final = "env"  # env chain; {} for training recordings; {vector, envs} for vector ones
+TREE_RNGS: Final = "rngs"  # global RNGs: python, numpy, torch
+TREE_TRACKED: Final = "tracked"  # {name: captured state}
+TREE_KINDS: Final = "kinds"  # {name: kind of the tracked object}
+TREE_RECORDER: Final = "recorder"  # the recorder's position (SNAP_* keys)
+TREE_FALLBACK: Final = "fallback"  # replay-from-reset data: {FALLBACK_*}, or null
+TREE_EXTRA: Final = "extra"  # the user's extra= (user data)
+TREE_KEYS: Final = frozenset(
+    {TREE_ENV, TREE_RNGS, TREE_TRACKED, TREE_KINDS, TREE_RECORDER, TREE_FALLBACK, TREE_EXTRA}
+)
+FALLBACK_EPISODE_START: Final = "episode_start"
+FALLBACK_SCOPE: Final = "scope"  # "episode" | "recording"
+FALLBACK_RECORDING_START: Final = "recording_start"
+FALLBACK_KEYS: Final = frozenset({FALLBACK_EPISODE_START, FALLBACK_SCOPE, FALLBACK_RECORDING_START})
+# Vector recordings' recorder position also holds the per-sub-env episode indexes.
+RECORDER_EPISODES: Final = "episodes"
 
 # Dataset attribute naming a dtype numpy lacks (the stored integer view holds its bits).
 LOGICAL_DTYPE_ATTR: Final = "logical_dtype"
@@ -170,7 +439,7 @@ def _refuse_constant(name: str) -> Any:
 
 def _finite(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
-        return {"$float": repr(obj)}
+        return {FLOAT_TAG: repr(obj)}
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -180,6 +449,6 @@ def _finite(obj: Any) -> Any:
 
 def _unfinite_hook(obj: dict[str, Any]) -> Any:
     # Called by the JSON parser for every object, innermost first: no second walk of the tree.
-    if len(obj) == 1 and obj.get("$float") in ("nan", "inf", "-inf"):
-        return float(obj["$float"])
+    if len(obj) == 1 and obj.get(FLOAT_TAG) in ("nan", "inf", "-inf"):
+        return float(obj[FLOAT_TAG])
     return obj

@@ -53,7 +53,15 @@ from replaykit.errors import (
     UsageError,
 )
 
-__all__ = ["Recording", "RecordingWriter", "SnapshotInfo", "StreamReader", "StreamWriter"]
+__all__ = [
+    "DatasetInfo",
+    "Recording",
+    "RecordingWriter",
+    "SnapshotInfo",
+    "StreamReader",
+    "StreamWriter",
+    "library_versions",
+]
 
 # Bytes per column a streaming read (diff, verification, statistics) holds at once: large
 # enough that per-call costs in h5py and libhdf5 vanish, small enough that memory stays flat.
@@ -130,6 +138,22 @@ def _read_rows(dsid: h5py.h5d.DatasetID, start: int, out: np.ndarray) -> None:
     fspace = dsid.get_space()
     fspace.select_hyperslab((start,) + (0,) * (out.ndim - 1), out.shape)
     dsid.read(h5s.create_simple(out.shape), fspace, out)
+
+
+def library_versions() -> dict[str, str]:
+    """Return the versions of the HDF5 libraries that write and read recordings.
+
+    Provenance records them (keys ``h5py`` and ``hdf5`` of its ``versions``), so nothing
+    outside ``replaykit._format`` needs to import h5py.
+
+    Returns:
+        ``{"h5py": h5py's version, "hdf5": the HDF5 C library's version}``.
+
+    Example:
+        >>> sorted(library_versions())
+        ['h5py', 'hdf5']
+    """
+    return {"h5py": h5py.version.version, "hdf5": h5py.version.hdf5_version}
 
 
 def _now() -> str:
@@ -339,19 +363,19 @@ class StreamWriter:
         for col in self.columns.values():
             checksums[col.name] = col._h.hexdigest()
             columns[col.name] = {
-                "dtype": col.dtype.str if col.logical is None else col.logical,
-                "shape": list(col.shape),
-                "optional": col.present is not None,
+                F.COLUMN_DTYPE: col.dtype.str if col.logical is None else col.logical,
+                F.COLUMN_SHAPE: list(col.shape),
+                F.COLUMN_OPTIONAL: col.present is not None,
             }
             if col.present is not None:
                 checksums[col.name + F.PRESENT_SUFFIX] = col._ph.hexdigest()
         # The stream's own name is in the record (version 2), under its checksum: a damaged
         # group name must not pass one stream's rows off as another's.
         return {
-            "rows": self.rows_on_disk,
-            "checksums": checksums,
-            "columns": columns,
-            "stream": self.name,
+            F.COMMIT_ROWS: self.rows_on_disk,
+            F.COMMIT_CHECKSUMS: checksums,
+            F.COMMIT_COLUMNS: columns,
+            F.COMMIT_STREAM: self.name,
         }
 
 
@@ -433,7 +457,7 @@ class RecordingWriter:
     def _write_root_attrs(self) -> None:
         first = F.FORMAT_ATTR not in self._file.attrs
         if first:
-            self._created = self._meta.get("created") or _now()
+            self._created = self._meta.get(F.META_CREATED) or _now()
             self._file.attrs[F.FORMAT_ATTR] = F.FORMAT_NAME
             self._file.attrs[F.VERSION_ATTR] = F.FORMAT_VERSION
             self._file.attrs[F.CREATED_ATTR] = self._created
@@ -474,7 +498,7 @@ class RecordingWriter:
 
     def _write_commit_record(self, s: StreamWriter) -> None:
         body = s.commit_record()
-        text = F.dumps({**body, "crc": _digest(F.dumps(body).encode())})
+        text = F.dumps({**body, F.COMMIT_CRC: _digest(F.dumps(body).encode())})
         _set_fixed(s.group.attrs, F.COMMIT_ATTR, text)
 
     def maybe_commit(self) -> None:
@@ -559,7 +583,7 @@ class RecordingWriter:
             g.create_dataset(F.PACK_DATASET, data=pack)
             checksums[F.PACK_DATASET] = _array_digest(pack)
         # The name inside the checksummed metadata (version 2): a damaged link name is caught.
-        meta = {**meta, "bytes": nbytes, "name": name}
+        meta = {**meta, F.SNAP_BYTES: nbytes, F.SNAP_NAME: name}
         # The tree keeps its key order (a dict comes back in the order it was captured).
         attrs = {F.SNAPSHOT_ATTR: F.dumps(meta), F.TREE_ATTR: F.dumps(doc, sort_keys=False)}
         for k, v in attrs.items():
@@ -799,11 +823,24 @@ class SnapshotInfo:
 
     @property
     def step(self) -> int:
-        return int(self.meta["step"])
+        return int(self.meta[F.SNAP_STEP])
 
     @property
     def episode(self) -> int:
-        return int(self.meta["episode"])
+        return int(self.meta[F.SNAP_EPISODE])
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """How one dataset is stored: its storage dtype, shape and bytes on disk."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    storage_bytes: int
+
+
+def _dataset_info(ds: h5py.Dataset) -> DatasetInfo:
+    return DatasetInfo(ds.dtype.str, tuple(int(n) for n in ds.shape), int(ds.id.get_storage_size()))
 
 
 class StreamReader:
@@ -826,11 +863,11 @@ class StreamReader:
             )
         try:
             commit = F.loads(_text(raw))
-            crc = commit.pop("crc")
+            crc = commit.pop(F.COMMIT_CRC)
             body_ok = crc == _digest(F.dumps(commit).encode())
-            rows = int(commit["rows"])
-            columns = dict(commit["columns"])
-            checksums = dict(commit["checksums"])
+            rows = int(commit[F.COMMIT_ROWS])
+            columns = dict(commit[F.COMMIT_COLUMNS])
+            checksums = dict(commit[F.COMMIT_CHECKSUMS])
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise FileFormatError(
                 f"malformed commit record ({type(exc).__name__}); the file is damaged",
@@ -846,10 +883,11 @@ class StreamReader:
             )
         if rows < 0:
             raise FileFormatError(f"commit record claims {rows} rows", path=rec.path, obj=where)
-        if rec.verify and rec.format_version >= 2 and commit.get("stream") != name:
+        if rec.verify and rec.format_version >= 2 and commit.get(F.COMMIT_STREAM) != name:
             raise ChecksumError(
                 f"stream group {name!r} holds the commit record of stream "
-                f"{commit.get('stream')!r} (a damaged name); re-record it or use a good copy",
+                f"{commit.get(F.COMMIT_STREAM)!r} (a damaged name); re-record it or use a good "
+                "copy",
                 path=rec.path,
                 obj=where,
             )
@@ -864,10 +902,10 @@ class StreamReader:
         return column in self.columns
 
     def optional(self, column: str) -> bool:
-        return bool(self.columns[column].get("optional"))
+        return bool(self.columns[column].get(F.COLUMN_OPTIONAL))
 
     def logical_dtype(self, column: str) -> str | None:
-        d = self.columns[column]["dtype"]
+        d = self.columns[column][F.COLUMN_DTYPE]
         return d if d in F.LOGICAL_DTYPES else None
 
     def _expected(self, name: str) -> tuple[np.dtype, tuple[int, ...]]:
@@ -875,9 +913,9 @@ class StreamReader:
         if name.endswith(F.PRESENT_SUFFIX):
             return np.dtype(bool), ()
         spec = self.columns[name]
-        d = spec["dtype"]
+        d = spec[F.COLUMN_DTYPE]
         dtype = cast(np.dtype, F.LOGICAL_DTYPES[d]) if d in F.LOGICAL_DTYPES else np.dtype(d)
-        return dtype, tuple(int(x) for x in spec["shape"])
+        return dtype, tuple(int(x) for x in spec[F.COLUMN_SHAPE])
 
     def _dataset(self, name: str) -> h5py.h5d.DatasetID:
         """Return the checked low-level dataset of column ``name`` (or ``<column>@present``).
@@ -1271,21 +1309,23 @@ class Recording:
                     "snapshot is not a group; the file is damaged", path=self.path, obj=where
                 )
             meta, _, _ = self._snapshot_attrs(sid, where)
-            if self.verify and self.format_version >= 2 and meta.get("name") != name:
+            if self.verify and self.format_version >= 2 and meta.get(F.SNAP_NAME) != name:
                 raise ChecksumError(
-                    f"snapshot {name!r} holds the metadata of snapshot {meta.get('name')!r} "
+                    f"snapshot {name!r} holds the metadata of snapshot {meta.get(F.SNAP_NAME)!r} "
                     "(a damaged name); re-record it or use a good copy",
                     path=self.path,
                     obj=where,
                 )
-            if not isinstance(meta.get("step", 0), int) or not isinstance(meta.get("seq", 0), int):
+            if not isinstance(meta.get(F.SNAP_STEP, 0), int) or not isinstance(
+                meta.get(F.SNAP_SEQ, 0), int
+            ):
                 raise FileFormatError(
                     "snapshot metadata has a non-integer step; the file is damaged",
                     path=self.path,
                     obj=where,
                 )
             out.append(SnapshotInfo(name, meta))
-        out.sort(key=lambda s: (int(s.meta.get("step", 0)), int(s.meta.get("seq", 0))))
+        out.sort(key=lambda s: (int(s.meta.get(F.SNAP_STEP, 0)), int(s.meta.get(F.SNAP_SEQ, 0))))
         return out
 
     def _snapshot_attrs(self, gid: Any, where: str) -> tuple[dict[str, Any], Any, dict[str, Any]]:
@@ -1397,7 +1437,7 @@ class Recording:
 
     def _load_tree(self, gid: Any, where: str) -> Any:
         _, doc, checksums = self._snapshot_attrs(gid, where)
-        names = [k for k in checksums if not k.startswith("@")]
+        names = [k for k in checksums if not k.startswith(F.CHECKSUM_META_PREFIX)]
         layouts = checksums.get(F.LAYOUT_KEY)
         if not isinstance(layouts, dict):
             if self.verify:
@@ -1505,6 +1545,45 @@ class Recording:
                 obj=f"{where}/{F.PACK_DATASET}",
             ) from None
         return pack[off : off + n].view(dtype).reshape(shape).copy()
+
+    # layout
+    def layout(self) -> dict[str, Any]:
+        """Return the file's HDF5 object tree, for display (``replaykit inspect``).
+
+        Nothing is verified here: this describes storage, it does not read data.
+
+        Returns:
+            Nested dicts: a group maps each member's name to a dict (a group) or a
+            :class:`DatasetInfo` (a dataset), in the file's link order.
+        """
+
+        def walk(group: h5py.Group) -> dict[str, Any]:
+            node: dict[str, Any] = {}
+            for name, obj in group.items():
+                if isinstance(obj, h5py.Group):
+                    node[name] = walk(obj)
+                elif isinstance(obj, h5py.Dataset):
+                    node[name] = _dataset_info(obj)
+            return node
+
+        with _guard(self.path, "/", "list the file's objects"):
+            return walk(self._file)
+
+    def snapshot_storage_bytes(self, name: str) -> int:
+        """Return the bytes a committed snapshot's datasets take on disk.
+
+        Args:
+            name: a snapshot name, as in :attr:`snapshots`.
+
+        Returns:
+            The summed storage size of the snapshot group's datasets.
+        """
+        where = F.snapshot_path(self.snapshot_info(name).name)
+        with _guard(self.path, where, "measure the snapshot"):
+            g = self._file[where]
+            return sum(
+                _dataset_info(o).storage_bytes for o in g.values() if isinstance(o, h5py.Dataset)
+            )
 
     def close(self) -> None:
         self._file.close()
