@@ -5,6 +5,9 @@ Exit codes (the public contract):
     1: diverged / mismatch (a replay or diff found a difference).
     2: usage or input error (bad arguments, a file that is not a sound recording); one line
        ``replaykit: error: ...`` on stderr, no traceback.
+
+Commands parse their arguments, call the library and print what
+:mod:`replaykit._analysis.render` makes of the result; no report is worded here.
 """
 
 from __future__ import annotations
@@ -22,8 +25,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
-from rich.tree import Tree
 
 from replaykit.errors import DivergenceError, ReplaykitError, UsageError
 
@@ -169,6 +170,7 @@ def record(
     ] = None,
 ) -> None:
     """Record a seeded rollout of POLICY on ENV_ID, with snapshots, to one HDF5 file."""
+    from replaykit._analysis import render
     from replaykit._session.rollout import record_rollout
 
     at = [int(v) for v in (snapshot_at or "").replace(" ", "").split(",") if v]
@@ -186,11 +188,7 @@ def record(
             episodes=episodes,
             on_step=tick,
         )
-    snaps = ", ".join(summary.snapshots) if summary.snapshots else "none"
-    out.print(
-        f"recorded {summary.steps} steps, {summary.episodes} episodes, {summary.updates} updates "
-        f"of {env_id} to {summary.path} ({summary.bytes / 1024:.0f} KiB); snapshots: {snaps}"
-    )
+    out.print(render.record_summary(summary))
 
 
 def _snapshot_id(value: str, names: list[str]) -> str | int:
@@ -231,6 +229,7 @@ def replay(
     ] = True,
 ) -> None:
     """Restore snapshot(s) in this process and verify the next steps bit-exactly."""
+    from replaykit._analysis import render
     from replaykit._format.store import Recording
     from replaykit._session.rollout import replay_snapshot
 
@@ -253,27 +252,11 @@ def replay(
             s = replay_snapshot(file, sid, policy_spec=policy, steps=steps, verify=verify)
         except DivergenceError as exc:
             failed += 1
-            out.print(exc.report.format())
+            out.print(render.divergence_report(exc.report))
             continue
-        updates = f" and {s.verified_updates} updates" if s.verified_updates else ""
-        out.print(
-            f"snapshot {s.snapshot} (step {s.step}): {s.verified_steps} steps{updates} "
-            "reproduced bit-exactly"
-        )
+        out.print(render.replay_summary(s))
     if failed:
         raise typer.Exit(EXIT_DIVERGED)
-
-
-def _short(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else _fmt_value(v)
-
-
-def _fmt_value(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.9g}"
-    return str(v)
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -294,77 +277,18 @@ def diff(
     ] = None,
 ) -> None:
     """Compare two recordings key by key; report each key's first divergence (exit 1 if any)."""
+    from replaykit._analysis import render
     from replaykit._analysis.compare import Rule, Rules, diff_recordings
 
     rules = Rules(default=Rule(atol=atol, rtol=rtol, max_ulp=max_ulp))
     result = diff_recordings(a, b, rules=rules, keys=key or None)
-    module = _first_module(result)
     if as_json:
-        doc = result.to_json()
-        doc["first_module"] = module
-        _dump_json(_finite(doc))
+        _dump_json(_finite(result.to_json()))
     else:
-        _print_diff(result)
-        if module:
-            out.print(f"first divergent module: {module}")
+        for part in render.diff_renderables(result):
+            out.print(part)
     if not result.match:
         raise typer.Exit(EXIT_DIVERGED)
-
-
-def _first_module(result: Any) -> str | None:
-    """Name the first module that diverged when the runs recorded layer digests (LayerTracer)."""
-    if not any(d.key.startswith("updates/probe/layer/") for d in result.divergences):
-        return None
-    from replaykit._analysis.layers import first_divergent_module  # imports torch: only now
-
-    found = first_divergent_module(result)
-    return None if found is None else found.describe()
-
-
-def _print_diff(result: Any) -> None:
-    from replaykit.testing import _volatile, describe_diff
-
-    if result.divergences:
-        first = result.first
-        table = Table(title="first divergence per key (* = earliest)", title_justify="left")
-        for col in ("key", "row", "ep:step", "index", "a", "b", "abs", "rel", "ULP"):
-            table.add_column(col, no_wrap=col == "key")
-        for d in sorted(result.divergences, key=lambda d: (d is not first, d.row or 0, d.key)):
-            m = d.mismatch
-            ep = "" if d.episode is None else f"{d.episode}:{d.step_in_episode}"
-            if m.reason == "value":
-                va, vb = _short(m.expected), _short(m.actual)
-            elif m.reason in ("dtype", "shape"):
-                va = f"{m.expected_dtype} {tuple(m.expected_shape)}"
-                vb = f"{m.actual_dtype} {tuple(m.actual_shape)}"
-            else:
-                va, vb = ("", "missing") if m.reason == "missing" else ("missing", "")
-            row = f"{d.row}" if d.stream == "steps" else f"{d.stream} {d.row}"
-            table.add_row(
-                ("* " if d is first else "") + d.key,
-                row,
-                ep,
-                str(list(m.index)) if m.index else "",
-                va,
-                vb,
-                _short(m.abs_diff),
-                _short(m.rel_diff),
-                _fmt_value(m.ulp),
-            )
-        out.print(table)
-    setup = [p for p in result.provenance if not _volatile(p[0])]
-    if setup:
-        table = Table(title="setup (provenance) differences", title_justify="left")
-        for col in ("key", "a", "b"):
-            table.add_column(col, overflow="fold")
-        for k, va, vb in setup:
-            table.add_row(k, repr(va), repr(vb))
-        out.print(table)
-    # The plain-text summary (first divergence with full values, row counts, key sets).
-    text = describe_diff(result)
-    out.print(text.split("setup differences")[0].rstrip())
-    for note in getattr(result, "notes", None) or []:
-        out.print(f"note: {note}")
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -373,91 +297,15 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Show a recording's layout, episodes, snapshots, provenance and per-key statistics."""
+    from replaykit._analysis import render
     from replaykit._analysis.inspection import summarize
 
     s = summarize(file)
     if as_json:
         _dump_json(_finite(s))
         return
-    out.print(
-        f"{s['path']}: replaykit format v{s['format_version']}, {s['bytes'] / 1024:.0f} KiB, "
-        f"env {s['env_id']}, created {s['created']}"
-    )
-    tree = Tree("layout")
-    _add_tree(tree, s["layout"])
-    out.print(tree)
-    eps = s["episodes"]
-    if eps:
-        lengths = [e["steps"] for e in eps]
-        out.print(
-            f"episodes: {len(eps)} (steps per episode: min {min(lengths)}, max {max(lengths)}, "
-            f"mean {sum(lengths) / len(lengths):.1f})"
-        )
-        table = Table(
-            title="episodes" + (" (first 10)" if len(eps) > 10 else ""), title_justify="left"
-        )
-        for col in ("episode", "steps", "return"):
-            table.add_column(col, justify="right")
-        for e in eps[:10]:
-            table.add_row(str(e["episode"]), str(e["steps"]), _fmt_value(e["return"]))
-        out.print(table)
-    table = Table(title="snapshots", title_justify="left")
-    for col in ("name", "step", "episode", "bytes", "env state", "tracked"):
-        table.add_column(col)
-    for snap in s["snapshots"]:
-        table.add_row(
-            snap["name"],
-            str(snap["step"]),
-            str(snap["episode"]),
-            str(snap["bytes"]),
-            str(snap["env_state"]),
-            ", ".join(snap["tracked"]),
-        )
-    out.print(table)
-    table = Table(title="keys", title_justify="left")
-    for col in ("stream/key", "dtype", "shape", "rows", "min", "max", "mean"):
-        table.add_column(col, no_wrap=col == "stream/key")
-    for sname, st in s["streams"].items():
-        for col, c in st["columns"].items():
-            rows = str(c["rows"]) if "present_rows" not in c else f"{c['present_rows']}/{c['rows']}"
-            table.add_row(
-                f"{sname}/{col}",
-                c["dtype"],
-                str(tuple(c["shape"])),
-                rows,
-                _short(c.get("min")),
-                _short(c.get("max")),
-                _short(c.get("mean")),
-            )
-    out.print(table)
-    table = Table(title="provenance", title_justify="left")
-    table.add_column("key")
-    table.add_column("value", overflow="fold")
-    for k, v in _flatten(s["provenance"]):
-        table.add_row(k, str(v))
-    out.print(table)
-
-
-def _add_tree(node: Tree, layout: dict[str, Any], depth: int = 0) -> None:
-    for name, child in layout.items():
-        if name.endswith("/") and depth == 1 and node.label == "snapshots/":
-            # A snapshot is a flat list of numbered arrays: one line says enough.
-            arrays = [c for c in child.values() if "bytes" in c]
-            size = sum(c["bytes"] for c in arrays)
-            node.add(f"{name}  {len(arrays)} arrays, {size} B")
-        elif name.endswith("/"):
-            _add_tree(node.add(name), child, depth + 1)
-        else:
-            node.add(f"{name}  {child['dtype']} {tuple(child['shape'])}  {child['bytes']} B")
-
-
-def _flatten(doc: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(doc, dict):
-        items: list[tuple[str, Any]] = []
-        for k, v in doc.items():
-            items += _flatten(v, f"{prefix}{k}.")
-        return items
-    return [(prefix[:-1], doc)]
+    for part in render.inspection_renderables(s):
+        out.print(part)
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -572,7 +420,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except cx.ClickException as exc:
         return _error(exc.format_message())
     except DivergenceError as exc:
-        out.print(exc.report.format())
+        from replaykit._analysis import render
+
+        out.print(render.divergence_report(exc.report))
         return EXIT_DIVERGED
     except ReplaykitError as exc:
         return _error(str(exc))

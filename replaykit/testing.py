@@ -51,66 +51,28 @@ class GoldenMismatch(AssertionError):
     """A fresh recording does not match its golden file."""
 
 
-def _label(stream: str) -> str:
-    return {"steps": "step", "resets": "reset", "updates": "update"}.get(stream, f"{stream} row")
-
-
 def describe_diff(result: DiffResult, *, a_name: str = "a", b_name: str = "b") -> str:
-    """Plain-text report of :func:`replaykit._analysis.compare.diff_recordings`' result.
+    """Plain-text report of :func:`replaykit.diff_recordings`' result.
 
     Names the first divergence (stream, step, episode, key, element, both values,
-    abs/rel/ULP difference), the other keys that differ, row-count and key-set
-    differences, and setup (provenance) differences.
+    abs/rel/ULP difference, rule), the first divergent module when layer digests were
+    recorded, the other keys that differ, row-count and key-set differences, and setup
+    (provenance) differences. The wording lives in :mod:`replaykit._analysis.render`.
+
+    Args:
+        result: the diff to describe.
+        a_name: what to call the reference recording.
+        b_name: what to call the other one.
+
+    Example:
+        >>> # res = replaykit.diff_recordings("golden/run.h5", "fresh.h5")
+        >>> # print(describe_diff(res, a_name="golden", b_name="fresh"))
+        >>> # recordings differ: golden=golden/run.h5 vs fresh=fresh.h5 (bit-exact for every key)
+        >>> # first divergence at step 30, episode 0, step 30 of the episode, key 'action'
     """
-    if result.match:
-        return f"recordings match ({result.compared_keys} keys compared, {result.rules})"
-    lines = [f"recordings differ: {a_name}={result.a} vs {b_name}={result.b} ({result.rules})"]
-    first = result.first
-    if first is not None:
-        where = [f"{_label(first.stream)} {first.row}"]
-        at = getattr(first, "at_step", None)
-        if at is not None and first.stream == "resets":
-            where[0] += f" (before step {at})"
-        elif at is not None and first.stream == "updates":
-            where[0] += f" (logged after step {at - 1})"
-        if first.episode is not None:
-            ep = f"episode {first.episode}"
-            if first.step_in_episode is not None:
-                ep += f", step {first.step_in_episode} of the episode"
-            where.append(ep)
-        where.append(f"key {first.key!r}")
-        if first.mismatch.index:
-            where.append(f"element {list(first.mismatch.index)}")
-        lines.append("first divergence at " + ", ".join(where))
-        for text in first.mismatch.describe_values():
-            text = text.replace("expected:", f"{a_name}:").replace("actual:  ", f"{b_name}:")
-            text = text.replace("missing from the replay", f"missing from {b_name}")
-            text = text.replace("not in the recording", f"not in {a_name}")
-            lines.append("  " + text)
-        lines.append(f"  rule: {first.rule}")
-        others = [d for d in result.divergences if d is not first]
-        if others:
-            shown = ", ".join(f"{d.key} ({_label(d.stream)} {d.row})" for d in others[:8])
-            more = f" and {len(others) - 8} more" if len(others) > 8 else ""
-            lines.append(f"other keys that differ: {shown}{more}")
-    for stream, (ra, rb) in sorted(result.rows.items()):
-        if ra != rb:
-            lines.append(f"{stream}: {ra} rows in {a_name}, {rb} rows in {b_name}")
-    if result.only_in_a:
-        lines.append(f"only in {a_name}: {', '.join(result.only_in_a)}")
-    if result.only_in_b:
-        lines.append(f"only in {b_name}: {', '.join(result.only_in_b)}")
-    setup = [(k, va, vb) for k, va, vb in result.provenance if not _volatile(k)]
-    if setup:
-        lines.append("setup differences that may explain it:")
-        for k, va, vb in setup[:8]:
-            lines.append(f"  {k}: {va!r} ({a_name}) vs {vb!r} ({b_name})")
-    return "\n".join(lines)
+    from replaykit._analysis import render
 
-
-def _volatile(key: str) -> bool:
-    """Provenance keys that differ between any two runs and explain nothing."""
-    return key in ("created", "pid", "argv") or key.startswith("git.")
+    return render.diff_text(result, a_name=a_name, b_name=b_name)
 
 
 def assert_replay(

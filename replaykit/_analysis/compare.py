@@ -22,12 +22,15 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import zip_longest
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from replaykit._format import layout as F
 from replaykit.errors import UsageError
+
+if TYPE_CHECKING:
+    from replaykit._analysis.layers import LayerDivergence
 
 __all__ = [
     "DiffResult",
@@ -184,34 +187,15 @@ class Mismatch:
         }
 
     def describe_values(self) -> list[str]:
-        if self.reason == "dtype":
-            return [f"expected dtype {self.expected_dtype}, found {self.actual_dtype}"]
-        if self.reason == "shape":
-            return [f"expected shape {self.expected_shape}, found {self.actual_shape}"]
-        if self.reason in ("missing", "extra"):
-            return [
-                "value missing from the replay"
-                if self.reason == "missing"
-                else "value not in the recording"
-            ]
-        lines = [
-            f"expected: {_fmt(self.expected, self.expected_dtype)}",
-            f"actual:   {_fmt(self.actual, self.actual_dtype)}",
-        ]
-        diff = []
-        if self.abs_diff is not None:
-            diff.append(f"abs {self.abs_diff:.6g}")
-        if self.rel_diff is not None:
-            diff.append(f"rel {self.rel_diff:.6g}")
-        if self.ulp is not None:
-            diff.append(f"{self.ulp} ULP")
-        if self.abs_diff == 0:
-            diff.append("equal values with different bits (signed zero or NaN payload)")
-        if self.total > 1:
-            diff.append(f"{self.count} of {self.total} elements differ")
-        if diff:
-            lines.append("difference: " + ", ".join(diff))
-        return lines
+        """Both values with bits and dtypes, and the difference (see :func:`render.value_lines`).
+
+        Example:
+            >>> compare_arrays(np.int8([1]), np.int8([2])).describe_values()[0]
+            'expected: 1 [int8]'
+        """
+        from replaykit._analysis import render
+
+        return render.value_lines(self)
 
 
 def _jsonable(v: Any) -> Any:
@@ -220,19 +204,6 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, (np.generic,)):
         return _jsonable(v.item())
     return v
-
-
-def _fmt(v: Any, dtype: str) -> str:
-    if isinstance(v, float):
-        bits = ""
-        if dtype in ("float32", "<f4"):
-            bits = f" (bits 0x{np.float32(v).view(np.uint32):08x})"
-        elif dtype in ("float64", "<f8"):
-            bits = f" (bits 0x{np.float64(v).view(np.uint64):016x})"
-        elif dtype == "bfloat16":
-            bits = f" (bits 0x{np.float32(v).view(np.uint32) >> 16:04x})"
-        return f"{v!r}{bits} [{dtype}]"
-    return f"{v!r} [{dtype}]"
 
 
 def _dtype_name(a: np.ndarray, logical: str | None) -> str:
@@ -352,36 +323,26 @@ class DivergenceReport:
     note: str = ""
 
     def where(self) -> str:
-        parts = []
-        if self.snapshot is not None:
-            parts.append(f"snapshot {self.snapshot!r}")
-        if self.row is not None:
-            unit = {"steps": "step", "resets": "reset", "updates": "update"}.get(
-                self.stream, f"{self.stream} row"
-            )
-            parts.append(f"{unit} {self.row}")
-        if self.episode is not None:
-            ep = f"episode {self.episode}"
-            if self.step_in_episode is not None:
-                ep += f", step {self.step_in_episode} of the episode"
-            parts.append(ep)
-        parts.append(f"key {self.key!r}")
-        if self.mismatch.index:
-            parts.append(f"element {list(self.mismatch.index)}")
-        return ", ".join(parts)
+        """Where it diverged: snapshot, row, episode, key, element (:mod:`render`)."""
+        from replaykit._analysis import render
+
+        return render.divergence_location(self)
 
     def format(self) -> str:
-        src = f" {self.source}" if self.source else ""
-        lines = [f"diverged from{src} at {self.where()}"]
-        lines += ["  " + s for s in self.mismatch.describe_values()]
-        lines.append(f"  rule: {self.rule}")
-        if self.note:
-            lines.append(f"  note: {self.note}")
-        if self.provenance:
-            lines.append("  setup differences that may explain it:")
-            for k, a, b in self.provenance[:8]:
-                lines.append(f"    {k}: {a!r} (recorded) vs {b!r} (now)")
-        return "\n".join(lines)
+        """Return the full multi-line report (:func:`render.divergence_report`).
+
+        Example:
+            >>> m = compare_arrays(np.int64(3), np.int64(4))
+            >>> print(DivergenceReport("action", m, "bit-exact", row=2).format())
+            diverged at step 2, key 'action'
+              expected: 3 [int64]
+              actual:   4 [int64]
+              difference: abs 1, rel 0.333333
+              rule: bit-exact
+        """
+        from replaykit._analysis import render
+
+        return render.divergence_report(self)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -434,7 +395,25 @@ class KeyDivergence:
 
 @dataclass
 class DiffResult:
-    """Result of :func:`diff_recordings`."""
+    """Result of :func:`diff_recordings`.
+
+    Attributes:
+        a: the reference recording's path.
+        b: the other recording's path.
+        divergences: the first divergence of every key that differs.
+        rows: ``{stream: (rows in a, rows in b)}``.
+        only_in_a: streams or keys only ``a`` holds.
+        only_in_b: streams or keys only ``b`` holds.
+        provenance: ``(key, value in a, value in b)`` setup differences.
+        rules: the comparison rules, described.
+        compared_keys: how many keys were compared.
+        notes: remarks on the comparison (recordings from different devices).
+        update_probe_order: names of the ``updates`` stream's probes in the order the
+            training loop first logged them (the recording's ``update_probe_order``
+            metadata); orders divergences within one update.
+        first_module: the first module whose output or gradient differs, when both runs
+            recorded layer digests (:class:`~replaykit._analysis.layers.LayerTracer`).
+    """
 
     a: str
     b: str
@@ -446,6 +425,8 @@ class DiffResult:
     rules: str
     compared_keys: int
     notes: list[str] = field(default_factory=list)
+    update_probe_order: list[str] = field(default_factory=list)
+    first_module: LayerDivergence | None = None
 
     @property
     def match(self) -> bool:
@@ -456,28 +437,59 @@ class DiffResult:
             and all(ra == rb for ra, rb in self.rows.values())
         )
 
+    def probe_rank(self, key: str) -> int:
+        """Position of an ``updates`` key in the recorded probe order (unknown keys last).
+
+        Example:
+            >>> r = DiffResult("a", "b", [], {}, [], [], [], "", 0, update_probe_order=["z", "a"])
+            >>> r.probe_rank("updates/probe/z"), r.probe_rank("updates/probe/a")
+            (0, 1)
+        """
+        prefix = f"{F.UPDATES}/{F.PROBE}/"
+        if key.startswith(prefix):
+            name = key[len(prefix) :]
+            for i, n in enumerate(self.update_probe_order):
+                if n == name:
+                    return i
+        return len(self.update_probe_order)
+
+    def _when(self, d: KeyDivergence) -> tuple[int, int, int, int, str]:
+        """Sort key: global step, then reset < step < update, row, probe order, key."""
+        stream_order = {F.RESETS: 0, F.STEPS: 1, F.UPDATES: 2}
+        row = d.row if d.row is not None else -1
+        if d.stream == F.STEPS:
+            t = row
+        elif d.at_step is not None:
+            # An update logged at step count n follows step row n - 1.
+            t = d.at_step - 1 if d.stream == F.UPDATES else d.at_step
+        else:
+            t = -1 if d.stream == F.RESETS else row
+        rank = self.probe_rank(d.key) if d.stream == F.UPDATES else 0
+        return (t, stream_order.get(d.stream, 3), row, rank, d.key)
+
+    def ordered(self) -> list[KeyDivergence]:
+        """Divergences in time order: global step, reset < step < update, then probe order.
+
+        Within one update, probes follow the order the training loop logged them (the
+        execution order, for :class:`~replaykit._analysis.layers.LayerTracer` digests), not
+        the alphabetical order of their names.
+        """
+        return sorted(self.divergences, key=self._when)
+
     @property
     def first(self) -> KeyDivergence | None:
-        """The earliest divergence in time: by global step, then reset < step < update."""
-        order = {F.RESETS: 0, F.STEPS: 1, F.UPDATES: 2}
+        """The earliest divergence in time (the first of :meth:`ordered`)."""
         if not self.divergences:
             return None
-
-        def when(d: KeyDivergence) -> tuple[int, int, int, str]:
-            row = d.row if d.row is not None else -1
-            if d.stream == F.STEPS:
-                t = row
-            elif d.at_step is not None:
-                # An update logged at step count n follows step row n - 1.
-                t = d.at_step - 1 if d.stream == F.UPDATES else d.at_step
-            else:
-                t = -1 if d.stream == F.RESETS else row
-            return (t, order.get(d.stream, 3), row, d.key)
-
-        return min(self.divergences, key=when)
+        return min(self.divergences, key=self._when)
 
     def to_json(self) -> dict[str, Any]:
         first = self.first
+        module = None
+        if self.first_module is not None:
+            from replaykit._analysis import render
+
+            module = render.layer_divergence(self.first_module)
         return {
             "a": self.a,
             "b": self.b,
@@ -486,6 +498,7 @@ class DiffResult:
             "compared_keys": self.compared_keys,
             "rows": {k: {"a": a, "b": b} for k, (a, b) in self.rows.items()},
             "first": first.to_json() if first else None,
+            "first_module": module,
             "divergences": [d.to_json() for d in self.divergences],
             "only_in_a": self.only_in_a,
             "only_in_b": self.only_in_b,
@@ -605,6 +618,12 @@ def diff_recordings(
                 rows[sname] = (sa.rows, sb.rows)
         provenance = prov.differences(ra.provenance, rb.provenance)
         notes = device_notes(ra.provenance, rb.provenance, rules)
+        probe_order = _probe_order(ra) or _probe_order(rb)
+        first_module = None
+        if ra.has_stream(F.UPDATES):
+            from replaykit._analysis import layers  # no torch at import
+
+            first_module = layers.locate_first_module(divergences, ra.stream(F.UPDATES))
     return DiffResult(
         a=str(a),
         b=str(b),
@@ -616,7 +635,17 @@ def diff_recordings(
         rules=rules.describe(),
         compared_keys=compared,
         notes=notes,
+        update_probe_order=probe_order,
+        first_module=first_module,
     )
+
+
+def _probe_order(rec: Any) -> list[str]:
+    """Return the recording's update probe names in first-logged order (``[]`` if absent)."""
+    names = rec.meta.get(F.META_UPDATE_PROBE_ORDER)
+    if not isinstance(names, list):
+        return []
+    return [n for n in names if isinstance(n, str)]
 
 
 def device_notes(a: dict[str, Any], b: dict[str, Any], rules: Rules) -> list[str]:

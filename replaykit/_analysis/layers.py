@@ -3,6 +3,10 @@
 :class:`LayerTracer` records a digest of each module's output and output gradient during one
 update; :func:`first_divergent_module` names the first module where two runs differ, and
 :func:`first_update_divergence` the first differing update of a diff.
+
+Importing this module does not import torch (only tracing does), so
+:func:`~replaykit._analysis.compare.diff_recordings` can name the first divergent module of
+any two recordings without paying for torch.
 """
 
 from __future__ import annotations
@@ -10,26 +14,35 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from replaykit._analysis.compare import DiffResult, KeyDivergence
 from replaykit._format import layout as F
-from replaykit._format.store import Recording
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
+    "LAYER_KEY_PREFIX",
+    "LAYER_PROBE_PREFIX",
     "LayerDivergence",
     "LayerTracer",
     "first_divergent_module",
     "first_update_divergence",
+    "locate_first_module",
 ]
 
-_LAYER = "layer"
+# Probe names a LayerTracer logs start with this; as keys of a diff (in the updates stream)
+# they start with LAYER_KEY_PREFIX.
+LAYER_PROBE_PREFIX = "layer/"
+LAYER_KEY_PREFIX = f"{F.UPDATES}/{F.column_path(F.PROBE, LAYER_PROBE_PREFIX)}"
 
 
 def _tensors(x: Any) -> list[torch.Tensor]:
+    import torch
+
     if isinstance(x, torch.Tensor):
         return [x]
     if isinstance(x, (list, tuple)):
@@ -107,11 +120,11 @@ class LayerTracer:
             tensors = _tensors(output)
             if not tensors:
                 return
-            self._record(f"{_LAYER}/{path}/out{suffix}", tensors)
+            self._record(f"{LAYER_PROBE_PREFIX}{path}/out{suffix}", tensors)
             grads = [t for t in tensors if t.requires_grad]
             for i, t in enumerate(grads):
                 name = "grad" if len(grads) == 1 else f"grad.{i}"
-                key = f"{_LAYER}/{path}/{name}{suffix}"
+                key = f"{LAYER_PROBE_PREFIX}{path}/{name}{suffix}"
                 t.register_hook(self._grad_hook(key))
 
         return hook
@@ -135,7 +148,15 @@ class LayerTracer:
 
 @dataclass
 class LayerDivergence:
-    """The first module (in execution order) whose output or gradient differs between runs."""
+    """The first module (in execution order) whose output or gradient differs between runs.
+
+    Attributes:
+        module: the module's path (``net.1``, ``critic.q2``).
+        kind: ``out`` or ``grad`` (``grad.<i>``, ``#<n>`` for a module's n-th call).
+        update: the update row the digests were logged at.
+        key: the diff key (``updates/probe/layer/<module>/<kind>``).
+        index: the event's position in execution order (forward outputs, then gradients).
+    """
 
     module: str
     kind: str
@@ -144,14 +165,15 @@ class LayerDivergence:
     index: int
 
     def describe(self) -> str:
-        what = "output" if self.kind.startswith("out") else "gradient (w.r.t. its output)"
-        return (
-            f"update {self.update}: the {what} of module {self.module!r} is the first to differ "
-            f"(event {self.index} in execution order; key {self.key!r})"
-        )
+        """Return one sentence naming the module (:func:`render.layer_divergence`).
 
+        Example:
+            >>> LayerDivergence("net.0", "grad", 2, "k", 5).describe()[:52]
+            'update 2: the gradient (w.r.t. its output) of module'
+        """
+        from replaykit._analysis import render
 
-_LAYER_KEY = f"{F.UPDATES}/{F.PROBE}/{_LAYER}/"
+        return render.layer_divergence(self)
 
 
 def first_update_divergence(result: DiffResult) -> KeyDivergence | None:
@@ -159,20 +181,58 @@ def first_update_divergence(result: DiffResult) -> KeyDivergence | None:
 
     :attr:`DiffResult.first` orders steps before updates; for a training run the update
     that diverged first is usually the question. Within one update, probes are ordered as
-    the loop logged them (recorded in the file's ``update_probe_order`` metadata).
+    the loop logged them (the recording's ``update_probe_order`` metadata, read once by
+    :func:`~replaykit._analysis.compare.diff_recordings`).
+
+    Example:
+        >>> # first = first_update_divergence(diff_recordings("a.h5", "b.h5"))
+        >>> # first.row, first.key  ->  (1, 'updates/probe/q2_loss')
     """
     ups = [d for d in result.divergences if d.stream == F.UPDATES]
     if not ups:
         return None
-    order: dict[str, int] = {}
-    try:
-        with Recording(result.a, verify=False) as rec:
-            names = rec.meta.get("update_probe_order") or []
-            order = {f"{F.UPDATES}/{F.PROBE}/{n}": i for i, n in enumerate(names)}
-    except Exception:  # the order is a nicety; the row is what matters
-        order = {}
     return min(
-        ups, key=lambda d: (d.row if d.row is not None else -1, order.get(d.key, 1 << 30), d.key)
+        ups, key=lambda d: (d.row if d.row is not None else -1, result.probe_rank(d.key), d.key)
+    )
+
+
+def locate_first_module(divergences: list[KeyDivergence], updates: Any) -> LayerDivergence | None:
+    """Name the first module that differs among ``divergences``, reading the reference file.
+
+    Called by :func:`~replaykit._analysis.compare.diff_recordings` while the reference
+    recording is open; each layer probe holds ``[execution index, digest]``, so the earliest
+    index among the layer keys that differ at the first differing update wins.
+
+    Args:
+        divergences: a diff's divergences (only layer probes of ``updates`` are looked at).
+        updates: the reference recording's ``updates`` stream reader.
+
+    Returns:
+        A :class:`LayerDivergence`, or ``None`` when no layer probe differs.
+    """
+    layer = [
+        d
+        for d in divergences
+        if d.stream == F.UPDATES and d.key.startswith(LAYER_KEY_PREFIX) and d.row is not None
+    ]
+    if not layer:
+        return None
+    row = min(d.row for d in layer if d.row is not None)
+    at_row = [d for d in layer if d.row == row]
+    seq: dict[str, int] = {}
+    if row < updates.rows:
+        for d in at_row:
+            col = d.key[len(F.UPDATES) + 1 :]
+            if col not in updates:
+                continue
+            present = updates.present(col, row, row + 1)
+            value = updates.read(col, row, row + 1)
+            if (present is None or bool(present[0])) and value.ndim == 2 and value.shape[1] >= 1:
+                seq[d.key] = int(value[0][0])
+    first = min(at_row, key=lambda d: (seq.get(d.key, 1 << 62), d.key))
+    module, _, kind = first.key[len(LAYER_KEY_PREFIX) :].rpartition("/")
+    return LayerDivergence(
+        module=module, kind=kind, update=row, key=first.key, index=seq.get(first.key, -1)
     )
 
 
@@ -187,32 +247,14 @@ def first_divergent_module(
 
     Returns:
         A :class:`LayerDivergence`, or ``None`` when no layer probe differs.
-    """
-    if not isinstance(result, DiffResult):
-        from replaykit._analysis.compare import diff_recordings
 
-        a, b = result
-        result = diff_recordings(a, b, keys=[_LAYER_KEY + "*"])
-    layer = [
-        d
-        for d in result.divergences
-        if d.stream == F.UPDATES and d.key.startswith(_LAYER_KEY) and d.row is not None
-    ]
-    if not layer:
-        return None
-    row = min(d.row for d in layer if d.row is not None)
-    at_row = [d for d in layer if d.row == row]
-    seq: dict[str, int] = {}
-    with Recording(result.a, verify=False) as rec:
-        st = rec.stream(F.UPDATES)
-        for d in at_row:
-            col = d.key[len(F.UPDATES) + 1 :]
-            present = st.present(col, row, row + 1)
-            if present is None or bool(present[0]):
-                seq[d.key] = int(st.read(col, row, row + 1)[0][0])
-    first = min(at_row, key=lambda d: (seq.get(d.key, 1 << 62), d.key))
-    rest = first.key[len(_LAYER_KEY) :]
-    module, _, kind = rest.rpartition("/")
-    return LayerDivergence(
-        module=module, kind=kind, update=row, key=first.key, index=seq.get(first.key, -1)
-    )
+    Example:
+        >>> # found = first_divergent_module(("a.h5", "b.h5"))
+        >>> # found.module, found.kind, found.update  ->  ('m.q2', 'grad', 1)
+    """
+    if isinstance(result, DiffResult):
+        return result.first_module
+    from replaykit._analysis.compare import diff_recordings
+
+    a, b = result
+    return diff_recordings(a, b, keys=[LAYER_KEY_PREFIX + "*"]).first_module

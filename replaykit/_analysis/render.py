@@ -1,0 +1,625 @@
+r"""All text and table rendering of analysis results: the one place reports are worded.
+
+Functions here take structured results and return strings (for exception messages and
+assert helpers) or rich renderables (for the command line):
+
+* :func:`divergence_report` / :func:`divergence_location`: a
+  :class:`~replaykit._analysis.compare.DivergenceReport` (a replay that diverged).
+* :func:`diff_text` / :func:`diff_renderables`: a
+  :class:`~replaykit._analysis.compare.DiffResult` (two recordings compared).
+* :func:`value_lines`: both values and the difference of one
+  :class:`~replaykit._analysis.compare.Mismatch`.
+* :func:`layer_divergence`: a :class:`~replaykit._analysis.layers.LayerDivergence`.
+* :func:`record_summary`, :func:`replay_summary`, :func:`inspection_renderables`: the
+  command line's other outputs.
+
+Nothing here opens a file, compares arrays or imports torch; rich is imported only by the
+functions that build rich renderables.
+
+Example:
+    >>> import numpy as np
+    >>> from replaykit._analysis.compare import compare_arrays
+    >>> m = compare_arrays(np.float32([1, 2]), np.float32([1, 3]))
+    >>> print("\n".join(value_lines(m)))
+    expected: 2.0 (bits 0x40000000) [float32]
+    actual:   3.0 (bits 0x40400000) [float32]
+    difference: abs 1, rel 0.5, 4194304 ULP, 1 of 2 elements differ
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from replaykit._format import layout as F
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from replaykit._analysis.compare import (
+        DiffResult,
+        DivergenceReport,
+        KeyDivergence,
+        Mismatch,
+    )
+    from replaykit._analysis.layers import LayerDivergence
+
+__all__ = [
+    "MAX_LISTED",
+    "diff_renderables",
+    "diff_text",
+    "divergence_location",
+    "divergence_report",
+    "format_value",
+    "inspection_renderables",
+    "is_volatile",
+    "layer_divergence",
+    "location",
+    "record_summary",
+    "replay_summary",
+    "setup_differences",
+    "short_value",
+    "stream_unit",
+    "value_lines",
+]
+
+# How many setup differences or other differing keys a text report lists before "and N more".
+MAX_LISTED = 8
+
+# Provenance keys that differ between any two runs of a diff and explain nothing.
+_VOLATILE_KEYS = ("created", "pid", "argv")
+_VOLATILE_PREFIXES = ("git.",)
+
+SETUP_TITLE = "setup (provenance) differences"
+DIVERGENCES_TITLE = "first divergence per key (* = earliest)"
+
+
+# --------------------------------------------------------------------------- small pieces
+
+
+def stream_unit(stream: str) -> str:
+    """Name one row of a stream: ``"step"``, ``"reset"``, ``"update"`` or ``"<stream> row"``.
+
+    Example:
+        >>> stream_unit("updates"), stream_unit("extra")
+        ('update', 'extra row')
+    """
+    units = {F.STEPS: "step", F.RESETS: "reset", F.UPDATES: "update"}
+    return units.get(stream, f"{stream} row")
+
+
+def is_volatile(key: str) -> bool:
+    """Whether a flattened provenance key differs between any two runs (and explains nothing).
+
+    Example:
+        >>> is_volatile("created"), is_volatile("git.revision"), is_volatile("versions.torch")
+        (True, True, False)
+    """
+    return key in _VOLATILE_KEYS or key.startswith(_VOLATILE_PREFIXES)
+
+
+def setup_differences(
+    provenance: Iterable[tuple[str, Any, Any]],
+) -> list[tuple[str, Any, Any]]:
+    """Keep the provenance differences that may explain a divergence (drop volatile keys).
+
+    Example:
+        >>> setup_differences([("pid", 1, 2), ("versions.numpy", "2.0", "2.1")])
+        [('versions.numpy', '2.0', '2.1')]
+    """
+    return [(k, a, b) for k, a, b in provenance if not is_volatile(k)]
+
+
+def format_value(v: Any) -> str:
+    """Format a table cell: ``""`` for ``None``, 9 significant digits for floats, else ``str``.
+
+    Example:
+        >>> format_value(None), format_value(0.1 + 0.2), format_value(3)
+        ('', '0.3', '3')
+    """
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.9g}"
+    return str(v)
+
+
+def short_value(v: Any) -> str:
+    """Format a narrow table cell: 4 significant digits for floats, else :func:`format_value`.
+
+    Example:
+        >>> short_value(1 / 3), short_value(None)
+        ('0.3333', '')
+    """
+    return f"{v:.4g}" if isinstance(v, float) else format_value(v)
+
+
+def _value_with_bits(v: Any, dtype: str) -> str:
+    """Spell a value in full, with its bit pattern for floats, and its dtype."""
+    if isinstance(v, float):
+        bits = ""
+        if dtype in ("float32", "<f4"):
+            bits = f" (bits 0x{np.float32(v).view(np.uint32):08x})"
+        elif dtype in ("float64", "<f8"):
+            bits = f" (bits 0x{np.float64(v).view(np.uint64):016x})"
+        elif dtype == "bfloat16":
+            bits = f" (bits 0x{np.float32(v).view(np.uint32) >> 16:04x})"
+        return f"{v!r}{bits} [{dtype}]"
+    return f"{v!r} [{dtype}]"
+
+
+def location(
+    key: str,
+    *,
+    stream: str = F.STEPS,
+    row: int | None = None,
+    index: Sequence[int] = (),
+    snapshot: str | None = None,
+    episode: int | None = None,
+    step_in_episode: int | None = None,
+    at_step: int | None = None,
+) -> str:
+    """Build the "where it diverged" phrase shared by every report.
+
+    Args:
+        key: the key path (``obs``, ``resets/obs``, ``updates/probe/loss``).
+        stream: the stream the row belongs to.
+        row: the row in that stream.
+        index: the first differing element.
+        snapshot: the snapshot a replay started from.
+        episode: the episode of a ``steps`` row.
+        step_in_episode: the row's step within its episode.
+        at_step: for ``resets``/``updates`` rows, the global step count they were logged at
+            (an update logged at count 0, as in env-less training, gets no step).
+
+    Example:
+        >>> location("obs", row=7, index=(2,), episode=0, step_in_episode=7)
+        "step 7, episode 0, step 7 of the episode, key 'obs', element [2]"
+        >>> location("updates/probe/loss", stream="updates", row=3, at_step=40)
+        "update 3 (logged after step 39), key 'updates/probe/loss'"
+    """
+    parts = []
+    if snapshot is not None:
+        parts.append(f"snapshot {snapshot!r}")
+    if row is not None:
+        here = f"{stream_unit(stream)} {row}"
+        if at_step is not None and stream == F.RESETS:
+            here += f" (before step {at_step})"
+        elif at_step is not None and at_step > 0 and stream == F.UPDATES:
+            here += f" (logged after step {at_step - 1})"
+        parts.append(here)
+    if episode is not None:
+        ep = f"episode {episode}"
+        if step_in_episode is not None:
+            ep += f", step {step_in_episode} of the episode"
+        parts.append(ep)
+    parts.append(f"key {key!r}")
+    if index:
+        parts.append(f"element {list(index)}")
+    return ", ".join(parts)
+
+
+def value_lines(
+    m: Mismatch,
+    *,
+    a_name: str = "expected",
+    b_name: str = "actual",
+    a_place: str = "the recording",
+    b_place: str = "the replay",
+) -> list[str]:
+    """Both values of a mismatch with their bits and dtypes, and the difference.
+
+    Args:
+        m: the mismatch.
+        a_name: label of the expected (reference) value.
+        b_name: label of the actual value.
+        a_place: where the expected values come from (``"value not in ..."``).
+        b_place: where the actual values come from (``"value missing from ..."``).
+
+    Example:
+        >>> from replaykit._analysis.compare import Mismatch
+        >>> value_lines(Mismatch("missing"), b_place="b")
+        ['value missing from b']
+    """
+    if m.reason == "dtype":
+        return [f"expected dtype {m.expected_dtype}, found {m.actual_dtype}"]
+    if m.reason == "shape":
+        return [f"expected shape {m.expected_shape}, found {m.actual_shape}"]
+    if m.reason == "missing":
+        return [f"value missing from {b_place}"]
+    if m.reason == "extra":
+        return [f"value not in {a_place}"]
+    width = max(len(a_name), len(b_name)) + 1
+    lines = [
+        f"{a_name + ':':<{width}} {_value_with_bits(m.expected, m.expected_dtype)}",
+        f"{b_name + ':':<{width}} {_value_with_bits(m.actual, m.actual_dtype)}",
+    ]
+    diff = []
+    if m.abs_diff is not None:
+        diff.append(f"abs {m.abs_diff:.6g}")
+    if m.rel_diff is not None:
+        diff.append(f"rel {m.rel_diff:.6g}")
+    if m.ulp is not None:
+        diff.append(f"{m.ulp} ULP")
+    if m.abs_diff == 0:
+        diff.append("equal values with different bits (signed zero or NaN payload)")
+    if m.total > 1:
+        diff.append(f"{m.count} of {m.total} elements differ")
+    if diff:
+        lines.append("difference: " + ", ".join(diff))
+    return lines
+
+
+def _listed(items: Sequence[str], limit: int = MAX_LISTED) -> str:
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+# --------------------------------------------------------------------------- replay reports
+
+
+def divergence_location(report: DivergenceReport) -> str:
+    """Where a replay diverged: snapshot, row, episode, key and element.
+
+    Example:
+        >>> from replaykit._analysis.compare import DivergenceReport, Mismatch
+        >>> r = DivergenceReport("reward", Mismatch("value", index=()), "bit-exact", row=5)
+        >>> divergence_location(r)
+        "step 5, key 'reward'"
+    """
+    return location(
+        report.key,
+        stream=report.stream,
+        row=report.row,
+        index=report.mismatch.index,
+        snapshot=report.snapshot,
+        episode=report.episode,
+        step_in_episode=report.step_in_episode,
+    )
+
+
+def divergence_report(report: DivergenceReport) -> str:
+    """Render the full first-divergence report of a replay (the message of a ``DivergenceError``).
+
+    Names the source, snapshot, step, episode, key, element, both values, abs/rel/ULP
+    difference, the rule used, any note and the setup differences that may explain it.
+
+    Example:
+        >>> import numpy as np
+        >>> from replaykit._analysis.compare import DivergenceReport, compare_arrays
+        >>> m = compare_arrays(np.int64([0, 1]), np.int64([0, 0]))
+        >>> r = DivergenceReport("action", m, "bit-exact", source="run.h5", row=12)
+        >>> print(divergence_report(r))
+        diverged from run.h5 at step 12, key 'action', element [1]
+          expected: 1 [int64]
+          actual:   0 [int64]
+          difference: abs 1, rel 1, 1 of 2 elements differ
+          rule: bit-exact
+    """
+    src = f" from {report.source}" if report.source else ""
+    lines = [f"diverged{src} at {divergence_location(report)}"]
+    lines += ["  " + s for s in value_lines(report.mismatch)]
+    lines.append(f"  rule: {report.rule}")
+    if report.note:
+        lines.append(f"  note: {report.note}")
+    if report.provenance:
+        lines.append("  setup differences that may explain it:")
+        for k, a, b in report.provenance[:MAX_LISTED]:
+            lines.append(f"    {k}: {a!r} (recorded) vs {b!r} (now)")
+        if len(report.provenance) > MAX_LISTED:
+            lines.append(f"    ... and {len(report.provenance) - MAX_LISTED} more")
+    return "\n".join(lines)
+
+
+def layer_divergence(found: LayerDivergence) -> str:
+    """One sentence naming the first module whose output or gradient differs.
+
+    Example:
+        >>> from replaykit._analysis.layers import LayerDivergence
+        >>> print(layer_divergence(LayerDivergence("net.1", "out", 0, "k", 1)))
+        update 0: the output of module 'net.1' is the first to differ (event 1 in execution order; key 'k')
+    """  # noqa: E501
+    what = "output" if found.kind.startswith("out") else "gradient (w.r.t. its output)"
+    return (
+        f"update {found.update}: the {what} of module {found.module!r} is the first to differ "
+        f"(event {found.index} in execution order; key {found.key!r})"
+    )
+
+
+# --------------------------------------------------------------------------- diff results
+
+
+def _headline(result: DiffResult, a_name: str, b_name: str) -> str:
+    if result.match:
+        return f"recordings match ({result.compared_keys} keys compared, {result.rules})"
+    return f"recordings differ: {a_name}={result.a} vs {b_name}={result.b} ({result.rules})"
+
+
+def _key_location(d: KeyDivergence) -> str:
+    return location(
+        d.key,
+        stream=d.stream,
+        row=d.row,
+        index=d.mismatch.index,
+        episode=d.episode,
+        step_in_episode=d.step_in_episode,
+        at_step=d.at_step,
+    )
+
+
+def _summary_lines(result: DiffResult, a_name: str, b_name: str) -> list[str]:
+    """Headline, first divergence in full, other keys, row counts and key sets."""
+    lines = [_headline(result, a_name, b_name)]
+    if result.match:
+        return lines
+    ordered = result.ordered()
+    if ordered:
+        first = ordered[0]
+        lines.append("first divergence at " + _key_location(first))
+        values = value_lines(
+            first.mismatch, a_name=a_name, b_name=b_name, a_place=a_name, b_place=b_name
+        )
+        lines += ["  " + s for s in values]
+        lines.append(f"  rule: {first.rule}")
+        if result.first_module is not None:
+            lines.append(f"first divergent module: {layer_divergence(result.first_module)}")
+        others = [f"{d.key} ({stream_unit(d.stream)} {d.row})" for d in ordered[1:]]
+        if others:
+            lines.append(f"other keys that differ: {_listed(others)}")
+    for stream, (ra, rb) in sorted(result.rows.items()):
+        if ra != rb:
+            lines.append(f"{stream}: {ra} rows in {a_name}, {rb} rows in {b_name}")
+    if result.only_in_a:
+        lines.append(f"only in {a_name}: {', '.join(result.only_in_a)}")
+    if result.only_in_b:
+        lines.append(f"only in {b_name}: {', '.join(result.only_in_b)}")
+    return lines
+
+
+def _setup_lines(result: DiffResult, a_name: str, b_name: str) -> list[str]:
+    setup = setup_differences(result.provenance)
+    if not setup:
+        return []
+    lines = ["setup differences that may explain it:"]
+    for k, va, vb in setup[:MAX_LISTED]:
+        lines.append(f"  {k}: {va!r} ({a_name}) vs {vb!r} ({b_name})")
+    if len(setup) > MAX_LISTED:
+        lines.append(f"  ... and {len(setup) - MAX_LISTED} more")
+    return lines
+
+
+def _note_lines(result: DiffResult) -> list[str]:
+    return [f"note: {note}" for note in result.notes]
+
+
+def diff_text(result: DiffResult, *, a_name: str = "a", b_name: str = "b") -> str:
+    """Plain-text report of a :class:`~replaykit._analysis.compare.DiffResult`.
+
+    Names the first divergence in time (stream, step, episode, key, element, both values,
+    abs/rel/ULP difference, rule), the first divergent module when layer digests were
+    recorded, the other keys that differ, row-count and key-set differences, setup
+    (provenance) differences and notes.
+
+    Args:
+        result: from :func:`~replaykit._analysis.compare.diff_recordings`.
+        a_name: what to call the reference recording (``"golden"``, ``"expected"``).
+        b_name: what to call the other one.
+
+    Example:
+        >>> # print(diff_text(diff_recordings("golden.h5", "fresh.h5"), a_name="golden"))
+        >>> # recordings differ: golden=golden.h5 vs b=fresh.h5 (bit-exact for every key)
+        >>> # first divergence at step 30, episode 0, step 30 of the episode, key 'action'
+        >>> # ...
+    """
+    lines = _summary_lines(result, a_name, b_name)
+    if not result.match:
+        lines += _setup_lines(result, a_name, b_name)
+    lines += _note_lines(result)
+    return "\n".join(lines)
+
+
+def _divergence_table(result: DiffResult) -> Any:
+    from rich.table import Table
+
+    ordered = result.ordered()
+    table = Table(title=DIVERGENCES_TITLE, title_justify="left")
+    for col in ("key", "row", "ep:step", "index", "a", "b", "abs", "rel", "ULP"):
+        table.add_column(col, no_wrap=col == "key")
+    for i, d in enumerate(ordered):
+        m = d.mismatch
+        ep = "" if d.episode is None else f"{d.episode}:{d.step_in_episode}"
+        if m.reason == "value":
+            va, vb = short_value(m.expected), short_value(m.actual)
+        elif m.reason in ("dtype", "shape"):
+            va = f"{m.expected_dtype} {tuple(m.expected_shape)}"
+            vb = f"{m.actual_dtype} {tuple(m.actual_shape)}"
+        else:
+            va, vb = ("", "missing") if m.reason == "missing" else ("missing", "")
+        row = f"{d.row}" if d.stream == F.STEPS else f"{d.stream} {d.row}"
+        table.add_row(
+            ("* " if i == 0 else "") + d.key,
+            row,
+            ep,
+            str(list(m.index)) if m.index else "",
+            va,
+            vb,
+            short_value(m.abs_diff),
+            short_value(m.rel_diff),
+            format_value(m.ulp),
+        )
+    return table
+
+
+def _setup_table(setup: list[tuple[str, Any, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=SETUP_TITLE, title_justify="left")
+    for col in ("key", "a", "b"):
+        table.add_column(col, overflow="fold")
+    for k, va, vb in setup:
+        table.add_row(k, repr(va), repr(vb))
+    return table
+
+
+def diff_renderables(result: DiffResult) -> list[RenderableType]:
+    """Return what ``replaykit diff`` prints, as rich renderables in order.
+
+    A table of each differing key's first divergence (earliest first), a table of setup
+    (provenance) differences, then the text summary of :func:`diff_text` without its setup
+    section (the table holds it).
+
+    Example:
+        >>> # from rich.console import Console
+        >>> # for part in diff_renderables(diff_recordings("a.h5", "b.h5")):
+        >>> #     Console().print(part)
+    """
+    parts: list[RenderableType] = []
+    if result.divergences:
+        parts.append(_divergence_table(result))
+    setup = setup_differences(result.provenance)
+    if setup:
+        parts.append(_setup_table(setup))
+    parts.append("\n".join(_summary_lines(result, "a", "b") + _note_lines(result)))
+    return parts
+
+
+# --------------------------------------------------------------------------- other commands
+
+
+def record_summary(summary: Any) -> str:
+    """One line for ``replaykit record``: what was written where.
+
+    Args:
+        summary: a ``RecordSummary`` (``path``, ``env_id``, ``steps``, ``episodes``,
+            ``updates``, ``snapshots``, ``bytes``).
+
+    Example:
+        >>> from types import SimpleNamespace as S
+        >>> record_summary(S(path="a.h5", env_id="CartPole-v1", steps=4, episodes=1, updates=0,
+        ...                  snapshots=[], bytes=2048))
+        'recorded 4 steps, 1 episodes, 0 updates of CartPole-v1 to a.h5 (2 KiB); snapshots: none'
+    """
+    snaps = ", ".join(summary.snapshots) if summary.snapshots else "none"
+    size = f"{summary.bytes / 1024:.0f} KiB"
+    return (
+        f"recorded {summary.steps} steps, {summary.episodes} episodes, {summary.updates} updates "
+        f"of {summary.env_id} to {summary.path} ({size}); snapshots: {snaps}"
+    )
+
+
+def replay_summary(summary: Any) -> str:
+    """One line for a snapshot that replayed bit-exactly.
+
+    Args:
+        summary: a ``ReplaySummary`` (``snapshot``, ``step``, ``verified_steps``,
+            ``verified_updates``).
+
+    Example:
+        >>> from types import SimpleNamespace as S
+        >>> replay_summary(S(snapshot="step-000200", step=200, verified_steps=5,
+        ...                  verified_updates=0))
+        'snapshot step-000200 (step 200): 5 steps reproduced bit-exactly'
+    """
+    updates = f" and {summary.verified_updates} updates" if summary.verified_updates else ""
+    return (
+        f"snapshot {summary.snapshot} (step {summary.step}): {summary.verified_steps} steps"
+        f"{updates} reproduced bit-exactly"
+    )
+
+
+def _add_tree(node: Any, layout: dict[str, Any], depth: int = 0) -> None:
+    for name, child in layout.items():
+        if name.endswith("/") and depth == 1 and node.label == f"{F.SNAPSHOTS_GROUP}/":
+            # A snapshot is a flat list of numbered arrays: one line says enough.
+            arrays = [c for c in child.values() if "bytes" in c]
+            size = sum(c["bytes"] for c in arrays)
+            node.add(f"{name}  {len(arrays)} arrays, {size} B")
+        elif name.endswith("/"):
+            _add_tree(node.add(name), child, depth + 1)
+        else:
+            node.add(f"{name}  {child['dtype']} {tuple(child['shape'])}  {child['bytes']} B")
+
+
+def _flatten(doc: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(doc, dict):
+        items: list[tuple[str, Any]] = []
+        for k, v in doc.items():
+            items += _flatten(v, f"{prefix}{k}.")
+        return items
+    return [(prefix[:-1], doc)]
+
+
+def inspection_renderables(s: dict[str, Any]) -> list[RenderableType]:
+    """Return what ``replaykit inspect`` prints for a summary from ``inspection.summarize``.
+
+    A header line, the layout tree, episode statistics and table, snapshots, per-key
+    statistics and provenance.
+
+    Example:
+        >>> # from replaykit._analysis.inspection import summarize
+        >>> # for part in inspection_renderables(summarize("run.h5")):
+        >>> #     Console().print(part)
+    """
+    from rich.table import Table
+    from rich.tree import Tree
+
+    parts: list[RenderableType] = [
+        f"{s['path']}: replaykit format v{s['format_version']}, {s['bytes'] / 1024:.0f} KiB, "
+        f"env {s['env_id']}, created {s['created']}"
+    ]
+    tree = Tree("layout")
+    _add_tree(tree, s["layout"])
+    parts.append(tree)
+    eps = s["episodes"]
+    if eps:
+        lengths = [e["steps"] for e in eps]
+        parts.append(
+            f"episodes: {len(eps)} (steps per episode: min {min(lengths)}, max {max(lengths)}, "
+            f"mean {sum(lengths) / len(lengths):.1f})"
+        )
+        table = Table(
+            title="episodes" + (" (first 10)" if len(eps) > 10 else ""), title_justify="left"
+        )
+        for col in ("episode", "steps", "return"):
+            table.add_column(col, justify="right")
+        for e in eps[:10]:
+            table.add_row(str(e["episode"]), str(e["steps"]), format_value(e["return"]))
+        parts.append(table)
+    table = Table(title="snapshots", title_justify="left")
+    for col in ("name", "step", "episode", "bytes", "env state", "tracked"):
+        table.add_column(col)
+    for snap in s["snapshots"]:
+        table.add_row(
+            snap["name"],
+            str(snap["step"]),
+            str(snap["episode"]),
+            str(snap["bytes"]),
+            str(snap["env_state"]),
+            ", ".join(snap["tracked"]),
+        )
+    parts.append(table)
+    table = Table(title="keys", title_justify="left")
+    for col in ("stream/key", "dtype", "shape", "rows", "min", "max", "mean"):
+        table.add_column(col, no_wrap=col == "stream/key")
+    for sname, st in s["streams"].items():
+        for col, c in st["columns"].items():
+            rows = str(c["rows"]) if "present_rows" not in c else f"{c['present_rows']}/{c['rows']}"
+            table.add_row(
+                f"{sname}/{col}",
+                c["dtype"],
+                str(tuple(c["shape"])),
+                rows,
+                short_value(c.get("min")),
+                short_value(c.get("max")),
+                short_value(c.get("mean")),
+            )
+    parts.append(table)
+    table = Table(title="provenance", title_justify="left")
+    table.add_column("key")
+    table.add_column("value", overflow="fold")
+    for k, v in _flatten(s["provenance"]):
+        table.add_row(k, str(v))
+    parts.append(table)
+    return parts
