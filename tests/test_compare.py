@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from replaykit._analysis.compare import Rule, Rules, compare_arrays
+from replaykit._analysis.compare import (
+    DiffResult,
+    KeyDivergence,
+    Mismatch,
+    Rule,
+    Rules,
+    compare_arrays,
+)
 from replaykit.errors import UsageError
 
 
@@ -25,7 +32,7 @@ def test_one_ulp_is_found_with_index_and_distance() -> None:
 
 
 def test_signed_zero_and_nan_payload_differ_under_exact_rule() -> None:
-    assert compare_arrays(np.float32([0.0]), np.float32([-0.0])) is not None
+    assert compare_arrays(np.array([0.0], np.float32), np.array([-0.0], np.float32)) is not None
     n1 = np.array([0x7FC00000], np.uint32).view(np.float32)
     n2 = np.array([0x7FC00001], np.uint32).view(np.float32)
     assert compare_arrays(n1, n2) is not None
@@ -76,3 +83,35 @@ def test_integer_and_bool_mismatch_report_values() -> None:
     assert m is not None and m.expected == 2 and m.actual == 5 and m.ulp is None
     m = compare_arrays(np.array(True), np.array(False))
     assert m is not None and m.index == ()
+
+
+def _kd(stream: str, key: str, row: int, at_step: int | None = None) -> KeyDivergence:
+    return KeyDivergence(stream, key, row, Mismatch("value"), "bit-exact", at_step=at_step)
+
+
+def test_divergences_order_in_time_then_by_recorded_probe_order() -> None:
+    # Update 2 was logged at step count 5 (after step row 4); within it the loop logged
+    # "z_first" before "a_second", so that order wins over the alphabet.
+    ups = [_kd("updates", f"updates/probe/{n}", 2, at_step=5) for n in ("a_second", "z_first")]
+    divs = [*ups, _kd("steps", "obs", 5), _kd("steps", "action", 4), _kd("resets", "resets/obs", 1)]
+    res = DiffResult("a", "b", divs, {}, [], [], [], "bit-exact", 5)
+    keys = [d.key for d in res.ordered()]
+    assert keys == [
+        "resets/obs",
+        "action",
+        "updates/probe/a_second",
+        "updates/probe/z_first",
+        "obs",
+    ]
+    res.update_probe_order = ["z_first", "a_second"]
+    keys = [d.key for d in res.ordered()]
+    assert keys == [
+        "resets/obs",
+        "action",
+        "updates/probe/z_first",
+        "updates/probe/a_second",
+        "obs",
+    ]
+    assert res.first is not None and res.first.key == "resets/obs"
+    # Keys the recording does not list (older files) come after the listed ones.
+    assert res.probe_rank("updates/probe/unlisted") == 2 and res.probe_rank("obs") == 2

@@ -1,8 +1,11 @@
-"""Comparison rules, first-divergence search and reports.
+"""Comparison rules, first-divergence search and the structured reports they produce.
 
 Bit-exact is the default: same dtype, same shape, same bytes (so ``-0.0`` is
 not ``0.0`` and NaN payloads count). A tolerance applies only where a rule is
 named for a key pattern, and every report says which rule was used.
+
+The results here are data (:class:`Mismatch`, :class:`DivergenceReport`,
+:class:`KeyDivergence`, :class:`DiffResult`); :mod:`replaykit._analysis.render` words them.
 
 Example:
     >>> import numpy as np
