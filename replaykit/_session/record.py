@@ -3,18 +3,18 @@
 Example:
     >>> import gymnasium as gym, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "run.h5")
-    >>> env = RecordingWrapper(gym.make("CartPole-v1"), path, seed=0, snapshot_at=[20])
-    >>> obs, info = env.reset()
-    >>> for _ in range(50):
-    ...     obs, r, term, trunc, info = env.step(env.action_space.sample())
-    ...     if term or trunc:
-    ...         obs, info = env.reset()
-    >>> env.close()
+    >>> with RecordingWrapper(gym.make("CartPole-v1"), path, seed=0, snapshot_every=20) as env:
+    ...     obs, info = env.reset()
+    ...     while env.step_count < 50:
+    ...         obs, r, term, trunc, info = env.step(env.action_space.sample())
+    ...         if term or trunc:
+    ...             obs, info = env.reset()
+    >>> env.snapshot_names
+    ['step-000020', 'step-000040']
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -23,17 +23,26 @@ import gymnasium as gym
 import numpy as np
 
 from replaykit._format import layout as F
-from replaykit._format.store import Column, RecordingWriter, StreamWriter
-from replaykit._state import snapshot
+from replaykit._format.store import Column, StreamWriter
+from replaykit._session.recorder import (
+    RECORDING_CLOSED,
+    LeafWriter,
+    RecorderCore,
+    check_seed_and_schedule,
+    column_writer,
+    env_spec_json,
+    flat_info,
+    json_options,
+    to_array,
+)
 from replaykit._state import spaces as _spaces
 from replaykit.errors import CaptureError, UsageError
 
-__all__ = ["RecordingWrapper", "UpdateLog", "env_spec_json", "nonfinite_meta", "to_array"]
+__all__ = ["RecordingWrapper", "replay_scope"]
 
 _INT64_MAX = (1 << 63) - 1
 _ndarray = np.ndarray
 _BOOLS = frozenset({bool, np.bool_})
-_NEVER = math.inf
 # Observations up to this many bytes are batched per block by RecordingWrapper.step; larger
 # ones (images) are copied straight into the column buffer, which is then the cheaper copy.
 _DEFER_MAX_BYTES = 4096
@@ -67,283 +76,7 @@ def replay_scope(env: gym.Env[Any, Any]) -> str:
     return "episode"
 
 
-def to_array(value: Any, what: str) -> tuple[np.ndarray, str | None]:
-    """Convert a recorded value to ``(array, logical dtype)`` without changing its bits."""
-    if isinstance(value, np.ndarray):
-        arr = value
-    elif isinstance(value, np.generic):
-        arr = np.asarray(value)
-    elif isinstance(value, bool):
-        arr = np.asarray(value, dtype=np.bool_)
-    elif isinstance(value, int):
-        arr = np.asarray(value, dtype=np.int64)
-    elif isinstance(value, float):
-        arr = np.asarray(value, dtype=np.float64)
-    elif type(value).__module__.startswith("torch") and hasattr(value, "dtype"):
-        from replaykit._format.tree import tensor_to_numpy
-
-        arr, name = tensor_to_numpy(value)
-        if arr.dtype.kind == "u" and name not in ("uint8", "uint16", "uint32", "uint64"):
-            return arr, name
-        return arr, None
-    elif isinstance(value, (list, tuple)) and all(
-        isinstance(v, (int, float, bool, np.generic)) for v in value
-    ):
-        arr = np.asarray(value)
-    else:
-        raise CaptureError(
-            f"{what} is a {type(value).__name__}; replaykit records numbers, arrays and tensors"
-        )
-    if arr.dtype.kind not in F.ALLOWED_KINDS:
-        raise CaptureError(
-            f"{what} has dtype {arr.dtype}; only numeric and bool values are recorded"
-        )
-    return arr, None
-
-
-def env_spec_json(env: gym.Env[Any, Any]) -> dict[str, Any] | None:
-    """Return the env's spec as JSON data (callables and other non-data values as their repr)."""
-    spec = env.spec
-    if spec is None:
-        return None
-
-    def data(v: Any) -> Any:
-        if v is None or isinstance(v, (bool, int, str)):
-            return v
-        if isinstance(v, float):
-            return v if math.isfinite(v) else repr(v)
-        if isinstance(v, (list, tuple)):
-            return [data(x) for x in v]
-        if isinstance(v, dict):
-            return {str(k): data(x) for k, x in v.items()}
-        if isinstance(v, np.generic):
-            return v.item()
-        return {"$repr": repr(v)[:200]}
-
-    wrappers = []
-    for w in spec.additional_wrappers or ():
-        wrappers.append(
-            {"name": w.name, "entry_point": str(w.entry_point), "kwargs": data(w.kwargs)}
-        )
-    return {
-        "id": spec.id,
-        "entry_point": spec.entry_point
-        if isinstance(spec.entry_point, str)
-        else data(spec.entry_point),
-        "kwargs": data(dict(spec.kwargs)),
-        "max_episode_steps": spec.max_episode_steps,
-        "reward_threshold": data(spec.reward_threshold),
-        "nondeterministic": bool(spec.nondeterministic),
-        "order_enforce": bool(spec.order_enforce),
-        "disable_env_checker": bool(spec.disable_env_checker),
-        "additional_wrappers": wrappers,
-    }
-
-
-def open_writer(
-    path: str | os.PathLike[str],
-    fields: Mapping[str, Any],
-    *,
-    metadata: Mapping[str, Any] | None = None,
-    **writer_options: Any,
-) -> RecordingWriter:
-    """Open a recording file with the metadata every recorder writes, plus ``fields``.
-
-    The single-env, vector and env-less training recorders all start here, so the keys
-    a reader relies on (``user``, ``skipped_info``, ``reset_options``, ``closed``) are
-    spelled once.
-    """
-    from replaykit import provenance
-
-    meta: dict[str, Any] = {
-        **fields,
-        "user": dict(metadata or {}),
-        "skipped_info": [],
-        "reset_options": {},
-        "closed": False,
-    }
-    return RecordingWriter(path, meta=meta, provenance=provenance.collect(), **writer_options)
-
-
-def env_fields(env: Any, spec: dict[str, Any] | None, seed: int | None) -> dict[str, Any]:
-    """Metadata describing the recorded env: id, spec, class, seed and spaces."""
-    return {
-        "env_id": spec["id"] if spec else None,
-        "env_spec": spec,
-        "env_class": snapshot.kind_of(env.unwrapped),
-        "seed": seed,
-        "observation_space": _spaces.space_to_json(env.observation_space),
-        "action_space": _spaces.space_to_json(env.action_space),
-    }
-
-
-class _LeafWriter:
-    """Writes one leaf value per row into a column, refusing silent dtype or shape changes."""
-
-    __slots__ = (
-        "col",
-        "buf",
-        "dt",
-        "shape",
-        "what",
-        "stream",
-        "fast_type",
-        "tensor_type",
-        "tdtype",
-    )
-
-    def __init__(self, stream: StreamWriter, col: Column, what: str, first: Any = None) -> None:
-        self.stream = stream
-        self.col = col
-        self.buf = col.buf
-        self.dt = col.buf.dtype
-        self.shape = col.shape
-        self.what = what
-        # A scalar class whose every value converts to exactly this column's dtype.
-        self.fast_type: type | None = None
-        if (
-            col.logical is None
-            and self.shape == ()
-            and isinstance(first, (bool, int, float, np.generic))
-        ):
-            self.fast_type = type(first)
-        # CPU tensors of a dtype numpy shares (probes such as logits) copy straight in.
-        self.tensor_type: type | None = None
-        self.tdtype: Any = None
-        if col.logical is None and type(first).__module__.startswith("torch"):
-            if getattr(first, "device", None) is not None and first.device.type == "cpu":
-                self.tensor_type = type(first)
-                self.tdtype = first.dtype
-
-    def write(self, v: Any, p: int) -> None:
-        c = v.__class__
-        if c is np.ndarray:
-            if v.dtype is self.dt and v.shape == self.shape:
-                self.buf[p] = v
-                return
-        elif c is self.fast_type:
-            self.buf[p] = v
-            return
-        elif (
-            c is self.tensor_type
-            and v.dtype is self.tdtype
-            and v.shape == self.shape
-            and v.device.type == "cpu"
-        ):
-            self.buf[p] = v.detach().numpy()
-            return
-        arr, logical = to_array(v, self.what)
-        if (logical or arr.dtype) != (
-            self.col.logical or self.col.dtype
-        ) or arr.shape != self.shape:
-            raise CaptureError(
-                f"{self.what} changed from {self.col.logical or self.col.dtype}"
-                f"{list(self.shape)} to "
-                f"{logical or arr.dtype}{list(arr.shape)} at row {self.stream.rows}; replaykit "
-                "records each key with one dtype and shape (exclude ragged info keys with "
-                "ignore_info=...)"
-            )
-        self.buf[p] = arr
-
-
-def nonfinite_meta(tracked: Any, snapshot_name: str) -> dict[str, Any] | None:
-    """Describe the first NaN/infinity in captured tracked state (``None`` if all finite).
-
-    Warns with :class:`~replaykit.errors.ReplaykitWarning`: a snapshot of a run that already
-    went non-finite is rarely the state one meant to keep.
-    """
-    from replaykit._state.modelstate import first_nonfinite
-
-    bad = first_nonfinite(tracked)
-    if bad is None:
-        return None
-    index = list(bad[1]) if isinstance(bad[1], tuple) else bad[1]
-    import warnings
-
-    from replaykit.errors import ReplaykitWarning
-
-    warnings.warn(
-        f"snapshot {snapshot_name!r}: tracked state holds a non-finite value ({bad[2]!r} at "
-        f"{bad[0]} element {index}); the run had already diverged numerically here",
-        ReplaykitWarning,
-        stacklevel=3,
-    )
-    return {"path": bad[0], "index": index, "value": repr(bad[2])}
-
-
-def first_nonfinite_value(values: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Find the first NaN/infinity among named values.
-
-    Returns:
-        ``{"probe", "index", "value"}`` of the first one, or ``None``.
-    """
-    for name, value in values.items():
-        try:
-            arr, logical = to_array(value, name)
-        except CaptureError:
-            continue
-        if logical is not None or arr.dtype.kind not in "fc":
-            continue
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            flat = int(np.flatnonzero(bad)[0])
-            index = [int(i) for i in np.unravel_index(flat, arr.shape)] if arr.ndim else []
-            return {"probe": name, "index": index, "value": repr(arr.reshape(-1)[flat].item())}
-    return None
-
-
-class UpdateLog:
-    """Writes the ``updates`` stream of a recording (shared by every recorder).
-
-    Args:
-        writer: the recording's writer; the stream is created at the first update.
-    """
-
-    def __init__(self, writer: RecordingWriter) -> None:
-        self._writer = writer
-        self._stream: StreamWriter | None = None
-        self.count = 0
-        self.first_nonfinite: dict[str, Any] | None = None
-        # Names in first-logged order: stream columns are stored sorted, and "the first probe
-        # that differs" within one update means the first one the loop computed.
-        self._order: list[str] = []
-
-    def log(self, step: int, values: Mapping[str, Any]) -> int:
-        """Append one update row tagged with ``step``; returns the update index."""
-        s = self._stream
-        if s is None:
-            s = self._stream = self._writer.stream(F.UPDATES)
-        p = s.pos
-        step_col = s.column(F.UPDATE_STEP, np.dtype(np.int64), ())
-        step_col.buf[p] = step
-        for name, value in values.items():
-            key = F.column_path(F.PROBE, name)
-            arr, logical = to_array(value, f"update value {name!r}")
-            if key not in s.columns:
-                self._order.append(name)
-                self._writer.update_meta(update_probe_order=list(self._order))
-            col = s.column(key, arr.dtype, arr.shape, logical=logical, optional=True)
-            w = _LeafWriter(s, col, f"update value {name!r}")
-            w.write(value, p)
-            assert col.present is not None
-            col.present[p] = True
-        s.end_row()
-        if self.first_nonfinite is None:
-            bad = first_nonfinite_value(values)
-            if bad is not None:
-                self.first_nonfinite = {"update": self.count, "step": step, **bad}
-                self._writer.update_meta(first_nonfinite_update=self.first_nonfinite)
-        self.count += 1
-        return self.count - 1
-
-    def set_user_metadata(self, key: str, value: Any) -> None:
-        """Store JSON data under ``meta["user"][key]``."""
-        user = dict(self._writer.meta.get("user") or {})
-        user[key] = value
-        self._writer.update_meta(user=user)
-
-
-class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
+class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
     """Records every reset and step of ``env`` into an HDF5 file, with snapshots.
 
     The wrapper seeds the env (first reset) and its action and observation
@@ -390,8 +123,6 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
     # default so that __init__ stays untouched by it).
     _fast: tuple[Any, ...] | None = None
     _pending: list[tuple[Any, ...]]
-    # The next step count at which a snapshot may be due (recomputed after each check).
-    _next_snapshot: float = 0
 
     def __init__(
         self,
@@ -413,29 +144,22 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         super().__init__(env)
         from replaykit._state import envs as envstate
 
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-            raise UsageError(f"seed must be a non-negative int, got {seed!r}")
-        if snapshot_every is not None and snapshot_every < 1:
-            raise UsageError(f"snapshot_every must be >= 1, got {snapshot_every}")
-        self._snapshot_at = {int(s) for s in snapshot_at}
+        check_seed_and_schedule(seed, snapshot_every)
+        self._schedule(snapshot_at, snapshot_every)
         if any(s < 0 for s in self._snapshot_at):
             raise UsageError("snapshot_at steps must be >= 0")
-        self._snapshot_every = snapshot_every
         self._seed = seed
-        self._tracked: dict[str, Any] = {}
         self._ignore_info = set(ignore_info)
         self._obs_leaves = _spaces.leaves_of(env.observation_space, "observation")
         self._act_leaves = _spaces.leaves_of(env.action_space, "action")
         self._has_adapter = envstate.find_env_adapter(env.unwrapped) is not None
         self._replay_scope = replay_scope(env)
-        if seed is not None:
-            env.action_space.seed(seed)
-            env.observation_space.seed(seed)
-        fields = env_fields(env, env_spec_json(env), seed)
-        fields["env_adapter"] = getattr(envstate.find_env_adapter(env.unwrapped), "name", None)
-        self._writer = open_writer(
+        self._open_env(
+            env,
+            env_spec_json(env),
+            seed,
             path,
-            fields,
+            {"env_adapter": getattr(envstate.find_env_adapter(env.unwrapped), "name", None)},
             metadata=metadata,
             commit_every_steps=commit_every_steps,
             commit_every_seconds=commit_every_seconds,
@@ -443,33 +167,26 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
             compression=compression,
             direct_io=direct_io,
         )
-        self.path = self._writer.path
-        self._steps = self._writer.stream(F.STEPS)
-        self._resets = self._writer.stream(F.RESETS)
-        self._update_log = UpdateLog(self._writer)
-        self._steps.on_block_full = self._writer.maybe_commit
-        self._obs_w: list[_LeafWriter] | None = None
-        self._act_w: list[_LeafWriter] | None = None
-        self._reset_obs_w: list[_LeafWriter] | None = None
+        self._obs_w: list[LeafWriter] | None = None
+        self._act_w: list[LeafWriter] | None = None
+        self._reset_obs_w: list[LeafWriter] | None = None
         self._reset_cols: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._scalar_cols: tuple[Column, Column, Column, Column] | None = None
-        self._info_w: dict[str, _LeafWriter | None] = {}
+        self._info_w: dict[str, LeafWriter | None] = {}
         # Batched info path of step(): the flat keys, value classes and writers it expects.
         self._info_keys: tuple[str, ...] | None = None
         self._info_types: tuple[type, ...] = ()
-        self._info_cols: list[_LeafWriter | None] = []
-        self._reset_info_w: dict[str, _LeafWriter | None] = {}
+        self._info_cols: list[LeafWriter | None] = []
+        self._reset_info_w: dict[str, LeafWriter | None] = {}
         self._probes: dict[str, Any] = {}
-        self._probe_w: dict[str, _LeafWriter] = {}
+        self._probe_w: dict[str, LeafWriter | None] = {}
         self._t = 0
         self._episode = -1
         self._k = 0
         self._needs_reset = True
         self._episode_start_state: Any = None
         self._recording_start_state: Any = None
-        self._snap_seq = 0
         self._skipped_info: set[str] = set()
-        self._closed = False
         self._obs_get = [_spaces.getter(leaf.path) for leaf in self._obs_leaves]
         self._act_get = [_spaces.getter(leaf.path) for leaf in self._act_leaves]
         for name, obj in (track or {}).items():
@@ -487,31 +204,9 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         return self._needs_reset
 
     @property
-    def update_count(self) -> int:
-        """Training updates logged so far."""
-        return self._update_log.count
-
-    @property
-    def snapshot_names(self) -> list[str]:
-        """Names of the snapshots written so far, oldest first."""
-        return list(self._writer.snapshots)
-
-    @property
     def episode(self) -> int:
+        """Index of the current episode (``-1`` before the first reset)."""
         return self._episode
-
-    def track(self, name: str, obj: Any) -> None:
-        """Include ``obj`` in every snapshot under ``name``.
-
-        Accepts torch modules, optimizers, LR schedulers, grad scalers,
-        NumPy/torch/Python generators, NumPy arrays, dicts of arrays, and any
-        object with ``state_dict``/``load_state_dict`` or
-        ``__replaykit_state__``/``__replaykit_restore__``.
-        """
-        if not F.is_valid_name(name):
-            raise UsageError(f"tracked name {name!r} must be non-empty, printable, without '/'")
-        snapshot.capture_tracked(obj, name)  # refuse an uncapturable object now, not mid-run
-        self._tracked[name] = obj
 
     def probe(self, name: str, value: Any) -> None:
         """Record a named value (logits, value estimate, ...) with the next step.
@@ -532,14 +227,11 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         """
         return self._update_log.log(self._t, values)
 
-    def set_metadata(self, key: str, value: Any) -> None:
-        """Store JSON data under ``meta["user"][key]`` in the file (written at the next commit)."""
-        self._update_log.set_user_metadata(key, value)
-
     def snapshot(self, name: str | None = None, *, extra: Any = None) -> str:
         """Snapshot everything needed to continue from this point; returns its name."""
-        if self._closed:
-            raise UsageError("the recording is closed")
+        from replaykit._state import envs as envstate
+
+        self._require_open()
         if self._episode < 0:
             raise UsageError("snapshot() before the first reset(); reset the env first")
         if self._probes:
@@ -547,10 +239,7 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
                 f"snapshot() between probe() and step(): probes {sorted(self._probes)} are "
                 "pending; take the snapshot before logging the step's probes"
             )
-        if name is None:
-            name = f"step-{self._t:06d}"
-            if name in self._writer.snapshots:
-                name = f"{name}-{self._snap_seq}"
+        name = self._snapshot_name(name, "step", self._t)
         recorder = {
             "step": self._t,
             "episode": self._episode,
@@ -559,40 +248,31 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
             "needs_reset": self._needs_reset,
             "seq": self._snap_seq,
         }
+        chain = envstate.capture_chain(self.env)
+        meta: dict[str, Any] = dict(recorder)
         fallback = None
-        if not self._has_adapter:
-            fallback = {
-                "episode_start": self._episode_start_state,
-                "scope": self._replay_scope,
-                "recording_start": (
-                    self._recording_start_state if self._replay_scope == "recording" else None
-                ),
-            }
-        from replaykit._state.modelstate import sharing
-
-        # The tree goes straight to disk, so tensors need no copy first (half the time of a
-        # large snapshot); nothing runs between capture and write that could change them.
-        with sharing():
-            tree = snapshot.capture(
-                self.env, self._tracked, recorder, fallback=fallback, extra=extra
-            )
-            meta: dict[str, Any] = dict(recorder)
-            has_env = tree["env"].get("env") is not None
-            meta["env_state"] = "adapter" if has_env else "replay-from-reset"
-            if not has_env:
-                meta["replay_from"] = f"{self._replay_scope}-start"
-            meta["tracked"] = sorted(self._tracked)
-            meta["nonfinite"] = nonfinite_meta(tree["tracked"], name)
-            meta["bytes"] = self._writer.write_snapshot(name, tree, meta)
-        self._snap_seq += 1
-        return name
+        if chain.get("env") is not None:
+            meta["env_state"] = "adapter"
+        else:
+            meta["env_state"] = "replay-from-reset"
+            meta["replay_from"] = f"{self._replay_scope}-start"
+            if not self._has_adapter:
+                fallback = {
+                    "episode_start": self._episode_start_state,
+                    "scope": self._replay_scope,
+                    "recording_start": (
+                        self._recording_start_state if self._replay_scope == "recording" else None
+                    ),
+                }
+        return self._write_snapshot(
+            name, meta, env=chain, recorder=recorder, fallback=fallback, extra=extra
+        )
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[Any, dict[str, Any]]:
-        if self._closed:
-            raise UsageError("the recording is closed")
+        self._require_open()
         if seed is None and self._episode < 0 and self._seed is not None:
             seed = self._seed
         if seed is not None and not 0 <= int(seed) <= _INT64_MAX:
@@ -631,7 +311,7 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
             self._write_info(s, self._reset_info_w, info, p)
         if options is not None:
             opts = dict(self._writer.meta["reset_options"])
-            opts[str(self._episode)] = _json_options(options)
+            opts[str(self._episode)] = json_options(options)
             self._writer.update_meta(reset_options=opts)
         s.end_row()
         if self._t in self._snapshot_at and self._t == 0 and self._episode == 0:
@@ -640,7 +320,7 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
 
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
         if self._closed:
-            raise UsageError("the recording is closed")
+            raise UsageError(RECORDING_CLOSED)
         obs, reward, terminated, truncated, info = self.env.step(action)
         fast = self._fast
         s = self._steps
@@ -723,22 +403,17 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
             self._snapshot_if_due(t)
         return obs, reward, terminated, truncated, info
 
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            try:
-                if self._probes:
-                    self._probes.clear()
-                self._writer.update_meta(
-                    closed=True,
-                    skipped_info=sorted(self._skipped_info),
-                    steps=self._t,
-                    episodes=self._episode + 1,
-                    updates=self._update_log.count,
-                )
-                self._writer.close()
-            finally:
-                super().close()
+    def _final_meta(self) -> dict[str, Any]:
+        return {
+            "skipped_info": sorted(self._skipped_info),
+            "steps": self._t,
+            "episodes": self._episode + 1,
+            "updates": self._update_log.count,
+        }
+
+    def _close_wrapped(self, **kwargs: Any) -> None:
+        self._probes.clear()
+        gym.Wrapper.close(self)
 
     def __del__(self) -> None:  # pragma: no cover - best effort on interpreter exit
         try:
@@ -755,13 +430,13 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         leaves: list[_spaces.Leaf],
         getters: list[Callable[[Any], Any]],
         value: Any,
-    ) -> list[_LeafWriter]:
+    ) -> list[LeafWriter]:
         out = []
         for leaf, get in zip(leaves, getters, strict=True):
             arr, logical = to_array(get(value), f"{prefix} {leaf.name or ''}".strip())
             key = F.column_path(prefix, leaf.name)
             col = s.column(key, arr.dtype, arr.shape, logical=logical)
-            out.append(_LeafWriter(s, col, key, get(value)))
+            out.append(LeafWriter(s, col, key, get(value)))
         return out
 
     def _init_step_columns(
@@ -842,15 +517,13 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         Keys whose writer takes one scalar class (``float``, ``int``, ``bool``, a NumPy
         scalar type) qualify: one batched ``np.array`` per block converts them exactly.
         """
-        cols: list[_LeafWriter | None] = []
+        cols: list[LeafWriter | None] = []
         for k, v in info.items():
             w = self._info_w.get(k, _MISSING)
             if w is None:  # ignored or unrecordable key: its values are dropped
                 cols.append(None)
             elif (
-                w.__class__ is _LeafWriter
-                and w.fast_type is not None
-                and v.__class__ is w.fast_type
+                w.__class__ is LeafWriter and w.fast_type is not None and v.__class__ is w.fast_type
             ):
                 cols.append(w)
             else:
@@ -875,21 +548,10 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
                     w.write(value, r)
             w.col.present[rows] = True  # type: ignore[index]  # info columns are optional
 
-    def _snapshot_if_due(self, t: int) -> None:
-        # step() compares the step count with one precomputed number; the set lookup and the
-        # modulo run only here.
-        every = self._snapshot_every
-        if t in self._snapshot_at or (every is not None and t % every == 0):
-            self.snapshot()
-        later = [s for s in self._snapshot_at if s > t]
-        if every is not None:
-            later.append((t // every + 1) * every)
-        self._next_snapshot = min(later, default=_NEVER)
-
     def _write_info(
         self,
         s: StreamWriter,
-        writers: dict[str, _LeafWriter | None],
+        writers: dict[str, LeafWriter | None],
         info: Mapping[str, Any],
         p: int,
     ) -> None:
@@ -897,79 +559,45 @@ class RecordingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         # writer; new, skipped and nested keys take the general path.
         for k, value in info.items():
             w = writers.get(k, _MISSING)
-            if w.__class__ is _LeafWriter:
+            if w.__class__ is LeafWriter:
                 w.write(value, p)
                 w.col.present[p] = True  # type: ignore[index]  # info columns are optional
             elif w is not None:
                 if isinstance(value, Mapping):
-                    for key, v in _flat_info(value, str(k)):
+                    for key, v in flat_info(value, str(k)):
                         self._write_info_key(s, writers, key, v, p)
                 else:
                     self._write_info_key(s, writers, str(k), value, p)
 
     def _write_info_key(
-        self, s: StreamWriter, writers: dict[str, _LeafWriter | None], key: str, value: Any, p: int
+        self, s: StreamWriter, writers: dict[str, LeafWriter | None], key: str, value: Any, p: int
     ) -> None:
         w = writers.get(key, _MISSING)
         if w is _MISSING:
-            if key in self._ignore_info:
-                writers[key] = None
-                return
-            try:
-                arr, logical = to_array(value, f"info {key!r}")
-            except CaptureError:
-                writers[key] = None
-                self._skipped_info.add(key)
-                return
-            col = s.column(
-                F.column_path(F.INFO, key), arr.dtype, arr.shape, logical=logical, optional=True
+            w = writers[key] = column_writer(
+                s,
+                F.column_path(F.INFO, key),
+                f"info {key!r}",
+                value,
+                optional=True,
+                name=key,
+                ignore=self._ignore_info,
+                skipped=self._skipped_info,
             )
-            w = writers[key] = _LeafWriter(s, col, f"info {key!r}", value)
-        if w is None:
-            return
-        w.write(value, p)
-        assert w.col.present is not None
-        w.col.present[p] = True
+        if w is not None:
+            w.write_present(value, p)
 
     def _write_probes(self, p: int) -> None:
         s = self._steps
         for name, value in self._probes.items():
             w = self._probe_w.get(name)
             if w is None:
-                arr, logical = to_array(value, f"probe {name!r}")
-                col = s.column(
-                    F.column_path(F.PROBE, name),
-                    arr.dtype,
-                    arr.shape,
-                    logical=logical,
-                    optional=True,
+                w = self._probe_w[name] = column_writer(
+                    s, F.column_path(F.PROBE, name), f"probe {name!r}", value, optional=True
                 )
-                w = self._probe_w[name] = _LeafWriter(s, col, f"probe {name!r}", value)
-            w.write(value, p)
-            assert w.col.present is not None
-            w.col.present[p] = True
+            assert w is not None
+            w.write_present(value, p)
         self._probes.clear()
 
 
 _MISSING: Any = object()
-
-
-def _flat_info(info: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
-    for k, v in info.items():
-        key = f"{prefix}/{k}" if prefix else str(k)
-        if isinstance(v, Mapping):
-            yield from _flat_info(v, key)
-        else:
-            yield key, v
-
-
-def _json_options(options: Mapping[str, Any]) -> Any:
-    from replaykit._format.layout import dumps, loads
-
-    try:
-        return loads(dumps(options))
-    except TypeError as exc:
-        raise CaptureError(
-            f"reset options must be JSON data to be recorded ({exc}); pass numbers, strings, "
-            "lists and dicts"
-        ) from None

@@ -10,7 +10,6 @@ Example:
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -18,21 +17,22 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from replaykit._analysis.compare import (
-    EXACT,
-    DivergenceReport,
-    Mismatch,
-    Rule,
-    Rules,
-    compare_arrays,
-)
+from replaykit._analysis.compare import EXACT, Mismatch, Rule, Rules
 from replaykit._format import layout as F
-from replaykit._format.store import Recording, SnapshotInfo, StreamReader
-from replaykit._session.record import env_spec_json, to_array
+from replaykit._format.store import Recording, SnapshotInfo
+from replaykit._session.recorder import env_spec_json, flat_info
+from replaykit._session.verifier import (
+    DEFAULT_IGNORE,
+    ReplayCore,
+    Rows,
+    as_rules,
+    leaf_values,
+    restoring,
+    space_problems,
+)
 from replaykit._state import snapshot
 from replaykit._state import spaces as _spaces
 from replaykit.errors import (
-    DivergenceError,
     NondeterministicEnvError,
     ProvenanceError,
     RestoreError,
@@ -40,46 +40,7 @@ from replaykit.errors import (
     UsageError,
 )
 
-__all__ = ["DEFAULT_IGNORE", "Replay", "UpdateChecker", "VerifyingWrapper", "restore", "make_env"]
-
-# Keys that legitimately differ between runs (wall-clock times).
-DEFAULT_IGNORE: tuple[str, ...] = ("info/episode/t", "reset/info/episode/t")
-
-_BLOCK = 512
-
-
-class _Rows:
-    """Reads rows of a recorded stream in cached blocks.
-
-    The stream's commit record is read on first use: a restore that never resets or
-    logs an update does not pay for those streams.
-    """
-
-    def __init__(self, rec: Recording, name: str) -> None:
-        self._rec = rec
-        self._name = name
-        self._stream: StreamReader | None = None
-        self._cache: dict[str, tuple[int, np.ndarray, np.ndarray | None]] = {}
-
-    @property
-    def stream(self) -> StreamReader:
-        if self._stream is None:
-            self._stream = self._rec.stream(self._name)
-        return self._stream
-
-    @property
-    def rows(self) -> int:
-        return self.stream.rows
-
-    def get(self, column: str, i: int) -> tuple[np.ndarray, bool]:
-        c = self._cache.get(column)
-        if c is None or not c[0] <= i < c[0] + len(c[1]):
-            lo = i
-            data = self.stream.read(column, lo, lo + _BLOCK)
-            present = self.stream.present(column, lo, lo + _BLOCK)
-            c = self._cache[column] = (lo, data, present)
-        lo, data, present = c
-        return data[i - lo], True if present is None else bool(present[i - lo])
+__all__ = ["DEFAULT_IGNORE", "Replay", "VerifyingWrapper", "make_env", "restore"]
 
 
 # Env-id namespaces whose registering package replaykit imports itself. A fixed table in
@@ -151,158 +112,6 @@ def make_env(recording: Recording | str | os.PathLike[str], **overrides: Any) ->
             rec.close()
 
 
-class _Verifier:
-    """Compares live values with recorded rows and raises at the first difference."""
-
-    def __init__(
-        self,
-        rec: Recording,
-        snap: SnapshotInfo | None,
-        rules: Rules,
-        ignore: Iterable[str],
-        error: type[DivergenceError] = DivergenceError,
-        note: str = "",
-    ) -> None:
-        self.rec = rec
-        self.snap = snap
-        self.rules = rules
-        self.ignore = tuple(ignore)
-        self.error = error
-        self.note = note
-        self.compared = 0
-
-    def ignored(self, key: str) -> bool:
-        return any(fnmatch.fnmatchcase(key, p) for p in self.ignore)
-
-    def check(
-        self,
-        key: str,
-        expected: np.ndarray,
-        actual: Any,
-        *,
-        stream: str,
-        row: int,
-        episode: int | None,
-        k: int | None,
-        logical: str | None = None,
-    ) -> None:
-        if self.ignored(key):
-            return
-        arr, alog = to_array(actual, key) if not isinstance(actual, np.ndarray) else (actual, None)
-        rule = self.rules.for_key(key)
-        m = compare_arrays(
-            expected,
-            arr,
-            rule,
-            logical=logical,
-            actual_logical=alog or logical if alog else logical,
-        )
-        self.compared += 1
-        if m is not None:
-            self.fail(key, m, rule, stream=stream, row=row, episode=episode, k=k)
-
-    def fail(
-        self,
-        key: str,
-        m: Mismatch,
-        rule: Rule,
-        *,
-        stream: str,
-        row: int | None,
-        episode: int | None,
-        k: int | None,
-        note: str = "",
-    ) -> None:
-        __tracebackhide__ = True
-        from replaykit import provenance
-
-        report = DivergenceReport(
-            key=key,
-            mismatch=m,
-            rule=rule.describe(),
-            source=str(self.rec.path),
-            snapshot=self.snap.name if self.snap else None,
-            stream=stream,
-            row=row,
-            episode=episode,
-            step_in_episode=k,
-            provenance=provenance.differences(self.rec.provenance, provenance.collect()),
-            note=note or self.note,
-        )
-        raise self.error(report)
-
-
-class UpdateChecker:
-    """Verifies training updates against a recording's ``updates`` stream.
-
-    Shared by :class:`Replay` and envless training replays. Remembers the first
-    non-finite value it meets and names it in the note of any later divergence.
-    """
-
-    def __init__(self, rec: Recording, verifier: _Verifier) -> None:
-        self._rows = _Rows(rec, F.UPDATES) if rec.has_stream(F.UPDATES) else None
-        self._v = verifier
-        self.first_nonfinite: dict[str, Any] | None = None
-        self._base_note = verifier.note
-        recorded = rec.meta.get("first_nonfinite_update")
-        if isinstance(recorded, dict):
-            self._base_note = _join_notes(
-                self._base_note,
-                "the recording met its first non-finite update value at update "
-                f"{recorded.get('update')}, probe {recorded.get('probe')!r}, element "
-                f"{recorded.get('index')}: {recorded.get('value')}",
-            )
-            verifier.note = self._base_note
-
-    @property
-    def rows(self) -> int:
-        return 0 if self._rows is None else self._rows.rows
-
-    def check(self, u: int, values: Mapping[str, Any]) -> int:
-        """Compare update ``u``'s values with the recording; raises at the first difference."""
-        __tracebackhide__ = True
-        rows = self._rows
-        if rows is None or u >= rows.rows:
-            raise UsageError(
-                f"the recording holds {self.rows} updates; update {u} was not recorded"
-            )
-        if self.first_nonfinite is None:
-            from replaykit._session.record import first_nonfinite_value
-
-            bad = first_nonfinite_value(values)
-            if bad is not None:
-                self.first_nonfinite = {"update": u, **bad}
-                self._v.note = _join_notes(
-                    self._base_note,
-                    f"first non-finite value met in this replay: update {u}, probe "
-                    f"{bad['probe']!r}, element {bad['index']}: {bad['value']}",
-                )
-        st = rows.stream
-        where: dict[str, Any] = {"stream": F.UPDATES, "row": u, "episode": None, "k": None}
-        # In the order the loop logged them: the first one that differs is the one to name.
-        for key in values:
-            col = F.column_path(F.PROBE, key)
-            if col not in st.columns:
-                self._v.fail(f"update/{key}", Mismatch("extra"), EXACT, **where)
-            expected, present = rows.get(col, u)
-            if not present:
-                self._v.fail(f"update/{key}", Mismatch("extra"), EXACT, **where)
-            self._v.check(
-                f"update/{key}", expected, values[key], logical=st.logical_dtype(col), **where
-            )
-        for col in st.columns:
-            if col.startswith(F.PROBE + "/") and col[len(F.PROBE) + 1 :] not in values:
-                _, present = rows.get(col, u)
-                name = col[len(F.PROBE) + 1 :]
-                if present and not self._v.ignored(f"update/{name}"):
-                    self._v.fail(f"update/{name}", Mismatch("missing"), EXACT, **where)
-        return u
-
-
-def _join_notes(*notes: str) -> str:
-    return "; ".join(n for n in notes if n)
-
-
 class VerifyingWrapper(gym.Wrapper[Any, Any, Any, Any]):
     """Steps the restored env and checks every step against the recording.
 
@@ -327,8 +136,11 @@ class VerifyingWrapper(gym.Wrapper[Any, Any, Any, Any]):
         return self._r._step(self.env, action)
 
 
-class Replay:
+class Replay(ReplayCore):
     """A restored snapshot, ready to step on under verification.
+
+    Built by :func:`restore`; keyword ``options`` go to
+    :class:`~replaykit._session.verifier.ReplayCore` (``extra``, ``error``, ``note``).
 
     Attributes:
         env: the env to step (a :class:`VerifyingWrapper` around yours).
@@ -348,32 +160,18 @@ class Replay:
         rules: Rules,
         ignore: Iterable[str],
         owns: bool,
-        *,
-        extra: Any = None,
-        error: type[DivergenceError] = DivergenceError,
-        note: str = "",
+        **options: Any,
     ) -> None:
-        self.recording = rec
-        self.snapshot = snap
-        self._owns = owns
-        self.step = int(position["step"])
+        super().__init__(rec, snap, position, owns, rules=rules, ignore=ignore, **options)
         self.episode = int(position["episode"])
         self.step_in_episode = int(position["step_in_episode"])
-        self.update = int(position.get("updates", 0))
         self.needs_reset = bool(position["needs_reset"])
-        self.extra = extra
-        self._v = _Verifier(rec, snap, rules, ignore, error=error, note=note)
-        self._steps = _Rows(rec, F.STEPS) if rec.has_stream(F.STEPS) else None
-        self._resets = _Rows(rec, F.RESETS)
-        self._update_check = UpdateChecker(rec, self._v)
         self._obs_space = env.observation_space
         self._act_space = env.action_space
         self._obs_leaves = _spaces.leaves_of(env.observation_space, "observation")
         self._act_leaves = _spaces.leaves_of(env.action_space, "action")
         self._probes: dict[str, Any] = {}
         self.check_policy = True
-        self.verified_steps = 0
-        self.verified_updates = 0
         self.env = VerifyingWrapper(env, self)
         self.obs: Any = None
         self.info: dict[str, Any] = {}
@@ -381,40 +179,17 @@ class Replay:
             self.obs, self.info = self._current_obs()
 
     # -------------------------------------------------------------- recorded values
-    def _steps_rows(self) -> _Rows:
-        if self._steps is None:
-            raise UsageError(f"{self.recording.path} holds no steps")
-        return self._steps
-
     def _current_obs(self) -> tuple[Any, dict[str, Any]]:
         if self.step_in_episode == 0:
             return self._recorded_obs(self._resets, self.episode), {}
         return self._recorded_obs(self._steps_rows(), self.step - 1), {}
 
-    def _recorded_obs(self, rows: _Rows, i: int) -> Any:
-        values = {
-            leaf.name: self._value(rows, F.column_path(F.OBS, leaf.name), i)
-            for leaf in self._obs_leaves
-        }
-        return _spaces.unflatten(self._obs_space, values)
+    def _recorded_obs(self, rows: Rows, i: int) -> Any:
+        return self._recorded(rows, F.OBS, self._obs_leaves, self._obs_space, i)
 
     def recorded_action(self, i: int) -> Any:
-        rows = self._steps_rows()
-        values = {
-            leaf.name: self._value(rows, F.column_path(F.ACTION, leaf.name), i)
-            for leaf in self._act_leaves
-        }
-        return _spaces.unflatten(self._act_space, values)
-
-    @staticmethod
-    def _value(rows: _Rows, column: str, i: int) -> Any:
-        v, _ = rows.get(column, i)
-        return v.copy() if isinstance(v, np.ndarray) and v.ndim else v[()]
-
-    @property
-    def steps_left(self) -> int:
-        """Recorded steps after the current position."""
-        return 0 if self._steps is None else self._steps.rows - self.step
+        """Return the action recorded at global step ``i``."""
+        return self._recorded(self._steps_rows(), F.ACTION, self._act_leaves, self._act_space, i)
 
     # -------------------------------------------------------------- user API
     def probe(self, name: str, value: Any) -> None:
@@ -422,29 +197,6 @@ class Replay:
         if name in self._probes:
             raise UsageError(f"probe {name!r} given twice before one step")
         self._probes[name] = value
-
-    def log_update(self, **values: Any) -> int:
-        """Check one training update's values against the recorded update stream."""
-        __tracebackhide__ = True
-        u = self._update_check.check(self.update, values)
-        self.update += 1
-        self.verified_updates += 1
-        return u
-
-    @property
-    def first_nonfinite(self) -> dict[str, Any] | None:
-        """The first NaN/infinity met among verified update values (update, probe, element)."""
-        return self._update_check.first_nonfinite
-
-    def close(self) -> None:
-        if self._owns:
-            self.recording.close()
-
-    def __enter__(self) -> Replay:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -------------------------------------------------------------- stepping
     def _where(self) -> dict[str, Any]:
@@ -459,13 +211,8 @@ class Replay:
         self, env: gym.Env[Any, Any], action: Any
     ) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
         __tracebackhide__ = True
-        rows = self._steps_rows()
+        rows = self._next_step_rows()
         t = self.step
-        if t >= rows.rows:
-            raise UsageError(
-                f"the recording ends at step {rows.rows}; {self.verified_steps} steps were "
-                "verified after the snapshot — step fewer times or record longer"
-            )
         if self.needs_reset:
             self._v.fail(
                 "reset",
@@ -474,7 +221,6 @@ class Replay:
                 **self._where(),
                 note="the recorded episode ended here and the next call was reset()",
             )
-        ep, _ = rows.get(F.EPISODE, t)
         st = rows.stream
         # Probes come before the action in the user's loop, so they are compared first.
         # Replay-from-reset feeds recorded actions with no policy running: no probes to check.
@@ -504,10 +250,7 @@ class Replay:
             if F.column_path(F.PROBE, name) not in st.columns:
                 self._v.fail(f"probe/{name}", Mismatch("extra"), EXACT, **self._where())
         self._probes.clear()
-        for leaf in self._act_leaves:
-            key = F.column_path(F.ACTION, leaf.name)
-            expected, _ = rows.get(key, t)
-            self._v.check(key, expected, _spaces.getter(leaf.path)(action), **self._where())
+        self._check_leaves(rows, t, F.ACTION, leaf_values(self._act_leaves, action), self._where())
         obs, reward, terminated, truncated, info = env.step(action)
         self._check_result(t, obs, reward, terminated, truncated, info)
         self.step += 1
@@ -523,91 +266,26 @@ class Replay:
         """Check what step ``t`` returned against the recording; raises at the first difference."""
         __tracebackhide__ = True
         rows = self._steps_rows()
-        for leaf in self._obs_leaves:
-            key = F.column_path(F.OBS, leaf.name)
-            expected, _ = rows.get(key, t)
-            self._v.check(key, expected, _spaces.getter(leaf.path)(obs), **self._where())
+        where = self._where()
+        self._check_leaves(rows, t, F.OBS, leaf_values(self._obs_leaves, obs), where)
         rexp, _ = rows.get(F.REWARD, t)
-        ract = _python_reward(reward, rexp.dtype)
-        self._v.check(F.REWARD, rexp, ract, **self._where())
-        self._v.check(
-            F.TERMINATED, rows.get(F.TERMINATED, t)[0], np.bool_(terminated), **self._where()
-        )
-        self._v.check(
-            F.TRUNCATED, rows.get(F.TRUNCATED, t)[0], np.bool_(truncated), **self._where()
-        )
-        self._check_info(rows, t, info, "info")
-
-    def _check_info(self, rows: _Rows, i: int, info: Mapping[str, Any], prefix: str) -> None:
-        from replaykit._session.record import _flat_info
-
-        st = rows.stream
-        skipped = set(self.recording.meta.get("skipped_info") or ())
-        live = dict(_flat_info(info))
-        where = (
-            self._where()
-            if prefix == "info"
-            else {"stream": F.RESETS, "row": i, "episode": i, "k": 0}
-        )
-        key_prefix = prefix
-        for col in st.columns:
-            if not col.startswith(F.INFO + "/"):
-                continue
-            name = col[len(F.INFO) + 1 :]
-            key = f"{key_prefix}/{name}"
-            if self._v.ignored(key):
-                continue
-            expected, present = rows.get(col, i)
-            if present and name not in live:
-                self._v.fail(key, Mismatch("missing"), EXACT, **where)
-            if not present and name in live:
-                self._v.fail(key, Mismatch("extra"), EXACT, **where)
-            if present:
-                self._v.check(key, expected, live[name], logical=st.logical_dtype(col), **where)
-        for name, value in live.items():
-            key = f"{key_prefix}/{name}"
-            if (
-                F.column_path(F.INFO, name) not in st.columns
-                and name not in skipped
-                and not self._v.ignored(key)
-            ):
-                try:
-                    to_array(value, key)
-                except Exception:
-                    continue
-                self._v.fail(key, Mismatch("extra"), EXACT, **where)
+        self._v.check(F.REWARD, rexp, _python_reward(reward, rexp.dtype), **where)
+        self._v.check(F.TERMINATED, rows.get(F.TERMINATED, t)[0], np.bool_(terminated), **where)
+        self._v.check(F.TRUNCATED, rows.get(F.TRUNCATED, t)[0], np.bool_(truncated), **where)
+        self._check_info(rows, t, dict(flat_info(info)), "info", where)
 
     def _reset(
         self, env: gym.Env[Any, Any], seed: int | None, options: dict[str, Any] | None
     ) -> tuple[Any, dict[str, Any]]:
         __tracebackhide__ = True
         e = self.episode + 1
-        resets = self._resets
         where: dict[str, Any] = {"stream": F.RESETS, "row": e, "episode": e, "k": 0}
-        if e >= resets.rows:
-            raise UsageError(
-                f"the recording holds {resets.rows} episodes; reset {e} was not recorded"
-            )
-        start, _ = resets.get(F.RESET_STEP, e)
-        if int(start) != self.step:
-            self._v.fail(
-                "reset",
-                Mismatch("extra"),
-                EXACT,
-                **self._where(),
-                note=f"the recording reset at step {int(start)}, not here",
-            )
-        rseed, _ = resets.get(F.RESET_SEED, e)
-        seeded, _ = resets.get(F.RESET_SEEDED, e)
         got = np.int64(-1 if seed is None else seed)
-        self._v.check("reset/seed", np.asarray(rseed), got, **where)
-        self._v.check("reset/seeded", np.asarray(seeded), np.bool_(seed is not None), **where)
+        self._check_reset(e, "episodes", got, np.bool_(seed is not None), where)
         obs, info = env.reset(seed=seed, options=options)
-        for leaf in self._obs_leaves:
-            key = F.column_path(F.OBS, leaf.name)
-            expected, _ = resets.get(key, e)
-            self._v.check(f"reset/{key}", expected, _spaces.getter(leaf.path)(obs), **where)
-        self._check_info(resets, e, info, "reset/info")
+        values = leaf_values(self._obs_leaves, obs)
+        self._check_leaves(self._resets, e, F.OBS, values, where, key_prefix="reset/")
+        self._check_info(self._resets, e, dict(flat_info(info)), "reset/info", where)
         self.episode = e
         self.step_in_episode = 0
         self.needs_reset = False
@@ -616,10 +294,7 @@ class Replay:
 
     def recorded_reset_args(self) -> tuple[int | None, dict[str, Any] | None]:
         """``(seed, options)`` the recording passed to the next reset."""
-        e = self.episode + 1
-        rseed, _ = self._resets.get(F.RESET_SEED, e)
-        seeded, _ = self._resets.get(F.RESET_SEEDED, e)
-        opts = (self.recording.meta.get("reset_options") or {}).get(str(e))
+        rseed, seeded, opts = self._recorded_reset(self.episode + 1)
         return (int(rseed) if bool(seeded) else None), opts
 
 
@@ -636,10 +311,7 @@ def _check_env(rec: Recording, env: gym.Env[Any, Any]) -> None:
         for k in sorted(set(a) | set(b)):
             if a.get(k) != b.get(k):
                 problems.append(f"env kwarg {k!r}: recorded {a.get(k)!r}, got {b.get(k)!r}")
-    if meta.get("observation_space") != _spaces.space_to_json(env.observation_space):
-        problems.append("observation space differs from the recorded one")
-    if meta.get("action_space") != _spaces.space_to_json(env.action_space):
-        problems.append("action space differs from the recorded one")
+    problems += space_problems(rec, env.observation_space, env.action_space)
     if problems:
         raise StateMismatchError("env", problems)
 
@@ -677,13 +349,10 @@ def restore(
     """
     from replaykit import provenance
     from replaykit._state import envs as envstate
-    from replaykit._state import rng
 
     if on_drift not in ("report", "warn", "error"):
         raise UsageError(f"on_drift must be 'report', 'warn' or 'error', got {on_drift!r}")
-    owns = not isinstance(recording, Recording)
-    rec = recording if isinstance(recording, Recording) else Recording(recording, verify=verify)
-    try:
+    with restoring(recording, verify) as (rec, owns):
         if on_drift != "report":
             diffs = [
                 d
@@ -706,7 +375,7 @@ def restore(
                 )
         if env is None:
             env = make_env(rec)
-        rules_obj = rules if isinstance(rules, Rules) else Rules(rules)
+        rules_obj = as_rules(rules)
         info, tree = rec.load_snapshot(snapshot_id)
         _check_env(rec, env)
         tracked = dict(track or {})
@@ -715,31 +384,21 @@ def restore(
         if chain.get("env") is not None:
             envstate.restore_chain(env, chain)
         else:
-            _fast_forward(rec, info, env, tree, rules_obj, ignore)
+            _fast_forward(env, tree, rec, info, rules_obj, ignore)
             envstate.restore_wrappers_and_rngs(env, chain)
-        from replaykit._state.modelstate import sharing
-
         # The tree was just read from the file and is dropped after this: the live objects
         # may take its tensors without a copy.
-        with sharing():
-            for name, obj in tracked.items():
-                snapshot.restore_tracked(obj, tree["tracked"][name], name)
-        if global_rngs and tree.get("rngs") is not None:
-            rng.restore_global_rngs(tree["rngs"])
+        snapshot.restore(tree, tracked, global_rngs=global_rngs)
         return Replay(
             rec, info, env, tree["recorder"], rules_obj, ignore, owns, extra=tree.get("extra")
         )
-    except BaseException:
-        if owns:
-            rec.close()
-        raise
 
 
 def _fast_forward(
-    rec: Recording,
-    info: SnapshotInfo,
     env: gym.Env[Any, Any],
     tree: Mapping[str, Any],
+    rec: Recording,
+    info: SnapshotInfo,
     rules: Rules,
     ignore: Iterable[str],
 ) -> None:
@@ -867,7 +526,6 @@ class _FastForward:
         ]
         self.info_cols = [c for c in st.columns if c.startswith(F.INFO + "/")]
         self.tolerated: dict[str, bool] = {}
-        self.skipped = set(probe.recording.meta.get("skipped_info") or ())
         self.block = max(16, min(4096, (16 << 20) // max(1, self._row_bytes())))
 
     def _row_bytes(self) -> int:
@@ -882,12 +540,11 @@ class _FastForward:
         # A live info key the recording lacks passes if it was skipped at record time or ignored.
         ok = self.tolerated.get(name)
         if ok is None:
-            ok = self.tolerated[name] = name in self.skipped or self.p._v.ignored(f"info/{name}")
+            ok = name in self.p._skipped_info or self.p._v.ignored(f"info/{name}")
+            self.tolerated[name] = ok
         return ok
 
     def run(self, stop: int) -> None:
-        from replaykit._session.record import _flat_info
-
         p, st, env = self.p, self.stream, self.env
         space = p._act_space
         single = len(self.act) == 1 and not self.act[0][0]
@@ -922,7 +579,7 @@ class _FastForward:
                     and bool(trunc[i]) is bool(tr)
                 )
                 if ok and (inf or infos):
-                    live = dict(_flat_info(inf)) if inf else {}
+                    live = dict(flat_info(inf)) if inf else {}
                     for name, data, present in infos:
                         here = present is None or bool(present[i])
                         if here != (name in live) or (here and not _same(data[i], live[name])):

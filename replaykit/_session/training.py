@@ -44,9 +44,9 @@ import numpy as np
 import torch
 
 from replaykit._analysis.compare import Rule, Rules
-from replaykit._format import layout as F
 from replaykit._format.store import Recording, SnapshotInfo
-from replaykit._session.record import UpdateLog, nonfinite_meta, open_writer
+from replaykit._session.recorder import RecorderCore
+from replaykit._session.verifier import ReplayCore, as_rules, restoring
 from replaykit._state import rng, snapshot
 from replaykit.errors import StateMismatchError, UsageError
 
@@ -346,7 +346,7 @@ class ResumableLoader:
 # envless training recordings
 
 
-class TrainingRecorder:
+class TrainingRecorder(RecorderCore):
     """Records a training loop without an env: updates, snapshots of tracked state and RNGs.
 
     Uses the same ``updates`` stream and snapshot layout as :class:`~replaykit.RecordingWrapper`,
@@ -370,91 +370,41 @@ class TrainingRecorder:
         commit_every_seconds: float = 5.0,
         fsync: bool = False,
     ) -> None:
-
-        self._writer = open_writer(
+        self._open(
             path,
             {"kind": "training", "env_id": None, "env_spec": None},
             metadata=metadata,
             commit_every_seconds=commit_every_seconds,
             fsync=fsync,
         )
-        self.path = self._writer.path
-        self._log = UpdateLog(self._writer)
-        self._tracked: dict[str, Any] = {}
-        self._seq = 0
-        self._closed = False
         for name, obj in (track or {}).items():
             self.track(name, obj)
 
-    @property
-    def update_count(self) -> int:
-        """Updates logged so far (the index of the next update)."""
-        return self._log.count
-
-    def track(self, name: str, obj: Any) -> None:
-        """Include ``obj`` in every snapshot under ``name`` (as RecordingWrapper.track)."""
-        if not F.is_valid_name(name):
-            raise UsageError(f"tracked name {name!r} must be non-empty, printable, without '/'")
-        snapshot.capture_tracked(obj, name)
-        self._tracked[name] = obj
-
     def log_update(self, **values: Any) -> int:
         """Record one update's named values; returns the update index."""
-        if self._closed:
-            raise UsageError("the recording is closed")
-        return self._log.log(0, values)
-
-    def set_metadata(self, key: str, value: Any) -> None:
-        """Store JSON data under ``meta["user"][key]``."""
-        self._log.set_user_metadata(key, value)
+        self._require_open()
+        return self._update_log.log(0, values)
 
     def snapshot(self, name: str | None = None, *, extra: Any = None) -> str:
         """Snapshot tracked objects and global RNGs here; returns the snapshot's name."""
-        if self._closed:
-            raise UsageError("the recording is closed")
-        if name is None:
-            name = f"update-{self._log.count:06d}"
-            if name in self._writer.snapshots:
-                name = f"{name}-{self._seq}"
+        self._require_open()
+        name = self._snapshot_name(name, "update", self._update_log.count)
         recorder = {
             "step": 0,
             "episode": -1,
             "step_in_episode": 0,
-            "updates": self._log.count,
+            "updates": self._update_log.count,
             "needs_reset": True,
-            "seq": self._seq,
+            "seq": self._snap_seq,
         }
-        tree = {
-            "env": {},
-            "rngs": rng.capture_global_rngs(),
-            "tracked": {n: snapshot.capture_tracked(o, n) for n, o in self._tracked.items()},
-            "kinds": {n: snapshot.kind_of(o) for n, o in self._tracked.items()},
-            "recorder": recorder,
-            "fallback": None,
-            "extra": extra,
-        }
-        meta: dict[str, Any] = dict(recorder)
-        meta["env_state"] = None
-        meta["tracked"] = sorted(self._tracked)
-        meta["nonfinite"] = nonfinite_meta(tree["tracked"], name)
-        meta["bytes"] = self._writer.write_snapshot(name, tree, meta)
-        self._seq += 1
-        return name
+        meta = {**recorder, "env_state": None}
+        return self._write_snapshot(name, meta, env={}, recorder=recorder, extra=extra)
 
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._writer.update_meta(closed=True, steps=0, episodes=0, updates=self._log.count)
-            self._writer.close()
-
-    def __enter__(self) -> TrainingRecorder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _final_meta(self) -> dict[str, Any]:
+        return {"steps": 0, "episodes": 0, "updates": self._update_log.count}
 
 
-class TrainingReplay:
+class TrainingReplay(ReplayCore):
     """A restored training snapshot; :meth:`log_update` verifies each update.
 
     Attributes:
@@ -473,43 +423,10 @@ class TrainingReplay:
         ignore: Iterable[str],
         owns: bool,
     ) -> None:
-        from replaykit._session.replay import UpdateChecker, _Verifier
-
-        self.recording = rec
-        self.snapshot = snap
-        self.extra = tree.get("extra")
-        self.update = int(tree["recorder"].get("updates", 0))
-        self.verified_updates = 0
-        self._owns = owns
-        self._check = UpdateChecker(rec, _Verifier(rec, snap, rules, ignore))
-
-    @property
-    def updates_left(self) -> int:
-        """Recorded updates after the current position."""
-        return self._check.rows - self.update
-
-    @property
-    def first_nonfinite(self) -> dict[str, Any] | None:
-        """The first NaN/infinity met among verified values (update, probe, element)."""
-        return self._check.first_nonfinite
-
-    def log_update(self, **values: Any) -> int:
-        """Check one update's values against the recording (DivergenceError on a difference)."""
-        __tracebackhide__ = True
-        u = self._check.check(self.update, values)
-        self.update += 1
-        self.verified_updates += 1
-        return u
-
-    def close(self) -> None:
-        if self._owns:
-            self.recording.close()
-
-    def __enter__(self) -> TrainingReplay:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        position = tree["recorder"]
+        super().__init__(
+            rec, snap, position, owns, rules=rules, ignore=ignore, extra=tree.get("extra")
+        )
 
 
 def restore_training(
@@ -536,19 +453,9 @@ def restore_training(
     Returns:
         A :class:`TrainingReplay`; call its ``log_update`` where the recording did.
     """
-    owns = not isinstance(recording, Recording)
-    rec = recording if isinstance(recording, Recording) else Recording(recording, verify=verify)
-    try:
+    with restoring(recording, verify) as (rec, owns):
         info, tree = rec.load_snapshot(snapshot_id)
         tracked = dict(track or {})
         snapshot.check_tracked_names(tree["tracked"], tree.get("kinds") or {}, tracked)
-        for name, obj in tracked.items():
-            snapshot.restore_tracked(obj, tree["tracked"][name], name)
-        if global_rngs and tree.get("rngs") is not None:
-            rng.restore_global_rngs(tree["rngs"])
-        rules_obj = rules if isinstance(rules, Rules) else Rules(rules)
-        return TrainingReplay(rec, info, tree, rules_obj, ignore, owns)
-    except BaseException:
-        if owns:
-            rec.close()
-        raise
+        snapshot.restore(tree, tracked, global_rngs=global_rngs)
+        return TrainingReplay(rec, info, tree, as_rules(rules), ignore, owns)

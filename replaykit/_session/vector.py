@@ -46,11 +46,25 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 
-from replaykit._analysis.compare import EXACT, Mismatch, Rule, Rules
+from replaykit._analysis.compare import Rule, Rules
 from replaykit._format import layout as F
 from replaykit._format.store import Recording, SnapshotInfo, StreamWriter
-from replaykit._session.record import _LeafWriter, env_fields, env_spec_json, open_writer, to_array
-from replaykit._session.replay import DEFAULT_IGNORE, _Rows, _Verifier
+from replaykit._session.recorder import (
+    LeafWriter,
+    RecorderCore,
+    check_seed_and_schedule,
+    column_writer,
+    env_spec_json,
+    json_options,
+)
+from replaykit._session.verifier import (
+    DEFAULT_IGNORE,
+    ReplayCore,
+    as_rules,
+    leaf_values,
+    restoring,
+    space_problems,
+)
 from replaykit._state import snapshot
 from replaykit._state import spaces as _spaces
 from replaykit.errors import CaptureError, StateMismatchError, UsageError
@@ -236,7 +250,7 @@ def _info_items(
 
 
 def _batch_dict(value: Any, leaves: list[_spaces.Leaf]) -> dict[str, np.ndarray]:
-    return {leaf.name: np.asarray(_spaces.getter(leaf.path)(value)) for leaf in leaves}
+    return {name: np.asarray(v) for name, v in leaf_values(leaves, value).items()}
 
 
 def _spec_of(vec: Any) -> dict[str, Any] | None:
@@ -255,7 +269,7 @@ def _spec_of(vec: Any) -> dict[str, Any] | None:
 
 
 # ----------------------------------------------------------------------------- recording
-class VectorRecordingWrapper(gym.vector.VectorWrapper):
+class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
     """Records a ``SyncVectorEnv`` or ``AsyncVectorEnv``: batched steps and snapshots.
 
     Every ``reset`` and ``step`` is written with a first axis of ``num_envs``;
@@ -271,10 +285,10 @@ class VectorRecordingWrapper(gym.vector.VectorWrapper):
         snapshot_at: batched step counts after which to snapshot.
         snapshot_every: also snapshot every this many batched steps.
         track: ``{name: object}`` to include in snapshots.
+        metadata: JSON-able data stored under ``meta["user"]``.
         ignore_info: info keys (``/``-joined) not to record.
         commit_every_steps: commit at least this often, in batched steps.
         commit_every_seconds: and at least this often, in seconds.
-        metadata: JSON-able data stored under ``meta["user"]``.
     """
 
     def __init__(
@@ -286,18 +300,15 @@ class VectorRecordingWrapper(gym.vector.VectorWrapper):
         snapshot_at: Iterable[int] = (),
         snapshot_every: int | None = None,
         track: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
         ignore_info: Iterable[str] = (),
         commit_every_steps: int = F.STREAM_CHUNK_ROWS,
         commit_every_seconds: float = 5.0,
-        metadata: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(env)
 
         kind = _kind(env)
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-            raise UsageError(f"seed must be a non-negative int, got {seed!r}")
-        if snapshot_every is not None and snapshot_every < 1:
-            raise UsageError(f"snapshot_every must be >= 1, got {snapshot_every}")
+        check_seed_and_schedule(seed, snapshot_every)
         missing = [i for i, a in enumerate(_adapters(env)) if a is None]
         if missing:
             raise CaptureError(
@@ -308,39 +319,29 @@ class VectorRecordingWrapper(gym.vector.VectorWrapper):
         self._n = int(env.num_envs)
         self._mode = _mode(env)
         self._seed = seed
-        self._snapshot_at = {int(s) for s in snapshot_at}
-        self._snapshot_every = snapshot_every
+        self._schedule(snapshot_at, snapshot_every)
         self._ignore_info = set(ignore_info)
-        self._tracked: dict[str, Any] = {}
         self._obs_leaves = _spaces.leaves_of(env.observation_space, "observation")
         self._act_leaves = _spaces.leaves_of(env.action_space, "action")
         self._single_obs_leaves = _spaces.leaves_of(env.single_observation_space, "observation")
-        if seed is not None:
-            env.action_space.seed(seed)
-            env.observation_space.seed(seed)
-        fields = env_fields(env, _spec_of(env), seed)
-        fields["vector"] = {"kind": kind, "num_envs": self._n, "autoreset_mode": self._mode.value}
-        fields["env_adapter"] = None
-        self._writer = open_writer(
+        vector = {"kind": kind, "num_envs": self._n, "autoreset_mode": self._mode.value}
+        self._open_env(
+            env,
+            _spec_of(env),
+            seed,
             path,
-            fields,
+            {"vector": vector, "env_adapter": None},
             metadata=metadata,
             commit_every_steps=commit_every_steps,
             commit_every_seconds=commit_every_seconds,
         )
-        self.path = self._writer.path
-        self._steps = self._writer.stream(F.STEPS)
-        self._resets = self._writer.stream(F.RESETS)
-        self._steps.on_block_full = self._writer.maybe_commit
-        self._writers: dict[tuple[str, str], _LeafWriter | None] = {}
+        self._writers: dict[tuple[str, str], LeafWriter | None] = {}
         self._skipped: set[str] = set()
         self._t = 0
         self._reset_count = 0
         self._episodes = np.full(self._n, -1, dtype=np.int64)
         self._autoreset = np.zeros(self._n, dtype=np.bool_)
         self._last_was_reset = True
-        self._snap_seq = 0
-        self._closed = False
         for name, obj in (track or {}).items():
             self.track(name, obj)
 
@@ -349,25 +350,12 @@ class VectorRecordingWrapper(gym.vector.VectorWrapper):
         """Batched steps recorded so far."""
         return self._t
 
-    def track(self, name: str, obj: Any) -> None:
-        """Include ``obj`` in every snapshot under ``name`` (see ``RecordingWrapper.track``)."""
-        if not F.is_valid_name(name):
-            raise UsageError(f"tracked name {name!r} must be non-empty, printable, without '/'")
-        snapshot.capture_tracked(obj, name)
-        self._tracked[name] = obj
-
     def snapshot(self, name: str | None = None, *, extra: Any = None) -> str:
         """Snapshot every sub-env and everything tracked; returns the snapshot's name."""
-        from replaykit._state import rng
-
-        if self._closed:
-            raise UsageError("the recording is closed")
+        self._require_open()
         if self._reset_count == 0:
             raise UsageError("snapshot() before the first reset(); reset the vector env first")
-        if name is None:
-            name = f"step-{self._t:06d}"
-            if name in self._writer.snapshots:
-                name = f"{name}-{self._snap_seq}"
+        name = self._snapshot_name(name, "step", self._t)
         recorder = {
             "step": self._t,
             "episode": self._reset_count - 1,
@@ -378,49 +366,37 @@ class VectorRecordingWrapper(gym.vector.VectorWrapper):
             "needs_reset": False,
             "seq": self._snap_seq,
         }
-        tree = {
-            "env": {
-                "vector": _capture_vector(self.env, self._autoreset),
-                "envs": _capture_envs(self.env),
-            },
-            "rngs": rng.capture_global_rngs(),
-            "tracked": {n: snapshot.capture_tracked(o, n) for n, o in self._tracked.items()},
-            "kinds": {n: snapshot.kind_of(o) for n, o in self._tracked.items()},
-            "recorder": recorder,
-            "fallback": None,
-            "extra": extra,
+        env = {
+            "vector": _capture_vector(self.env, self._autoreset),
+            "envs": _capture_envs(self.env),
         }
         meta = {k: v for k, v in recorder.items() if k != "episodes"}
         meta["env_state"] = "adapter"
-        meta["tracked"] = sorted(self._tracked)
         meta["pending_autoresets"] = [int(i) for i in np.flatnonzero(self._autoreset)]
-        meta["bytes"] = self._writer.write_snapshot(name, tree, meta)
-        self._snap_seq += 1
-        return name
+        return self._write_snapshot(
+            name, meta, nonfinite=False, env=env, recorder=recorder, extra=extra
+        )
 
     # ---------------------------------------------------------------- writing rows
     def _write(self, s: StreamWriter, key: str, value: Any, p: int, optional: bool) -> None:
         w = self._writers.get((s.name, key), _MISSING)
         if w is _MISSING:
-            if optional and key[len(F.INFO) + 1 :] in self._ignore_info:
-                self._writers[(s.name, key)] = None
-                return
-            try:
-                arr, logical = to_array(value, key)
-            except CaptureError:
-                if not optional:
-                    raise
-                self._writers[(s.name, key)] = None
-                self._skipped.add(key[len(F.INFO) + 1 :])
-                return
-            col = s.column(key, arr.dtype, arr.shape, logical=logical, optional=optional)
-            w = self._writers[(s.name, key)] = _LeafWriter(s, col, key, value)
+            w = self._writers[(s.name, key)] = column_writer(
+                s,
+                key,
+                key,
+                value,
+                optional=optional,
+                name=key[len(F.INFO) + 1 :] if optional else "",
+                ignore=self._ignore_info if optional else (),
+                skipped=self._skipped if optional else None,
+            )
         if w is None:
             return
-        w.write(value, p)
         if optional:
-            assert w.col.present is not None
-            w.col.present[p] = True
+            w.write_present(value, p)
+        else:
+            w.write(value, p)
 
     def _write_obs_info(self, s: StreamWriter, obs: Any, infos: Mapping[str, Any], p: int) -> None:
         batch = _batch_dict(obs, self._obs_leaves)
@@ -436,8 +412,7 @@ class VectorRecordingWrapper(gym.vector.VectorWrapper):
         seed: int | list[int | None] | None = None,
         options: dict[str, Any] | None = None,
     ) -> tuple[Any, dict[str, Any]]:
-        if self._closed:
-            raise UsageError("the recording is closed")
+        self._require_open()
         if seed is None and self._reset_count == 0 and self._seed is not None:
             seed = self._seed
         seeds = _seeds(seed, self._n)
@@ -455,10 +430,8 @@ class VectorRecordingWrapper(gym.vector.VectorWrapper):
             x is not None for x in seeds
         ]
         if saved_options is not None:
-            from replaykit._session.record import _json_options
-
             opts = dict(self._writer.meta["reset_options"])
-            opts[str(self._reset_count)] = _json_options(saved_options)
+            opts[str(self._reset_count)] = json_options(saved_options)
             self._writer.update_meta(reset_options=opts)
         s.end_row()
         which = (
@@ -473,8 +446,7 @@ class VectorRecordingWrapper(gym.vector.VectorWrapper):
         return obs, infos
 
     def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        if self._closed:
-            raise UsageError("the recording is closed")
+        self._require_open()
         pending = self._autoreset.copy() if self._mode == AutoresetMode.NEXT_STEP else None
         obs, rewards, terms, truncs, infos = self.env.step(actions)
         s = self._steps
@@ -499,25 +471,19 @@ class VectorRecordingWrapper(gym.vector.VectorWrapper):
         s.end_row()
         self._t += 1
         self._last_was_reset = False
-        if self._t in self._snapshot_at or (
-            self._snapshot_every is not None and self._t % self._snapshot_every == 0
-        ):
-            self.snapshot()
+        if self._t >= self._next_snapshot:
+            self._snapshot_if_due(self._t)
         return obs, rewards, terms, truncs, infos
 
-    def close(self, **kwargs: Any) -> None:
-        if not self._closed:
-            self._closed = True
-            try:
-                self._writer.update_meta(
-                    closed=True,
-                    skipped_info=sorted(self._skipped),
-                    steps=self._t,
-                    resets=self._reset_count,
-                )
-                self._writer.close()
-            finally:
-                self.env.close(**kwargs)
+    def _final_meta(self) -> dict[str, Any]:
+        return {
+            "skipped_info": sorted(self._skipped),
+            "steps": self._t,
+            "resets": self._reset_count,
+        }
+
+    def _close_wrapped(self, **kwargs: Any) -> None:
+        self.env.close(**kwargs)
 
 
 _MISSING: Any = object()
@@ -545,7 +511,7 @@ class _VerifyingVectorWrapper(gym.vector.VectorWrapper):
         return self._r._step(actions)
 
 
-class VectorReplay:
+class VectorReplay(ReplayCore):
     """A restored vector snapshot; step ``env`` and every batched step is verified.
 
     Attributes:
@@ -567,51 +533,36 @@ class VectorReplay:
         owns: bool,
     ) -> None:
         pos = tree["recorder"]
-        self.recording = rec
-        self.snapshot = snap
-        self.extra = tree.get("extra")
-        self._owns = owns
+        super().__init__(
+            rec,
+            snap,
+            pos,
+            owns,
+            rules=rules,
+            ignore=ignore,
+            extra=tree.get("extra"),
+            note=_VECTOR_NOTE,
+        )
         self._vec = vec
         self._n = int(vec.num_envs)
         self._mode = _mode(vec)
-        self.step = int(pos["step"])
         self._reset_count = int(pos["resets"])
         self.episodes = np.array(pos["episodes"], dtype=np.int64)
         self.autoreset = np.array(tree["env"]["vector"]["autoreset"], dtype=np.bool_)
-        self.verified_steps = 0
-        self._v = _Verifier(rec, snap, rules, ignore, note=_VECTOR_NOTE)
-        self._steps = _Rows(rec, F.STEPS) if rec.has_stream(F.STEPS) else None
-        self._resets = _Rows(rec, F.RESETS)
         self._obs_leaves = _spaces.leaves_of(vec.observation_space, "observation")
         self._act_leaves = _spaces.leaves_of(vec.action_space, "action")
         self._single_obs_leaves = _spaces.leaves_of(vec.single_observation_space, "observation")
         self.env = _VerifyingVectorWrapper(vec, self)
         if bool(pos["last_was_reset"]):
-            self.obs = self._recorded(self._resets, F.OBS, self._reset_count - 1, self._obs_leaves)
+            rows, i = self._resets, self._reset_count - 1
         else:
-            rows = self._rows()
-            self.obs = self._recorded(rows, F.OBS, self.step - 1, self._obs_leaves)
-
-    def _rows(self) -> _Rows:
-        if self._steps is None:
-            raise UsageError(f"{self.recording.path} holds no steps")
-        return self._steps
-
-    def _recorded(self, rows: _Rows, prefix: str, i: int, leaves: list[_spaces.Leaf]) -> Any:
-        values = {
-            leaf.name: rows.get(F.column_path(prefix, leaf.name), i)[0].copy() for leaf in leaves
-        }
-        space = self._vec.observation_space if prefix == F.OBS else self._vec.action_space
-        return _spaces.unflatten(space, values)
-
-    @property
-    def steps_left(self) -> int:
-        """Recorded batched steps after the current position."""
-        return 0 if self._steps is None else self._steps.rows - self.step
+            rows, i = self._steps_rows(), self.step - 1
+        self.obs = self._recorded(rows, F.OBS, self._obs_leaves, vec.observation_space, i)
 
     def recorded_action(self, i: int) -> Any:
         """Return the batched action recorded at step ``i``."""
-        return self._recorded(self._rows(), F.ACTION, i, self._act_leaves)
+        rows = self._steps_rows()
+        return self._recorded(rows, F.ACTION, self._act_leaves, self._vec.action_space, i)
 
     def _where(self, stream: str = F.STEPS, row: int | None = None) -> dict[str, Any]:
         return {
@@ -623,26 +574,16 @@ class VectorReplay:
 
     def _step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         __tracebackhide__ = True
-        rows = self._rows()
+        rows = self._next_step_rows()
         t = self.step
-        if t >= rows.rows:
-            raise UsageError(
-                f"the recording ends at step {rows.rows}; {self.verified_steps} steps were "
-                "verified after the snapshot — step fewer times or record longer"
-            )
         where = self._where()
-        act = _batch_dict(actions, self._act_leaves)
-        for leaf in self._act_leaves:
-            key = F.column_path(F.ACTION, leaf.name)
-            self._v.check(key, rows.get(key, t)[0], act[leaf.name], **where)
+        self._check_leaves(rows, t, F.ACTION, _batch_dict(actions, self._act_leaves), where)
         if self._mode == AutoresetMode.NEXT_STEP and F.AUTORESET in rows.stream.columns:
             # The env's pending autoresets (restored from the snapshot) must match the recording's.
             self._v.check(F.AUTORESET, rows.get(F.AUTORESET, t)[0], self.autoreset, **where)
         obs, rewards, terms, truncs, infos = self._vec.step(actions)
         batch = _batch_dict(obs, self._obs_leaves)
-        for leaf in self._obs_leaves:
-            key = F.column_path(F.OBS, leaf.name)
-            self._v.check(key, rows.get(key, t)[0], batch[leaf.name], **where)
+        self._check_leaves(rows, t, F.OBS, batch, where)
         self._v.check(F.REWARD, rows.get(F.REWARD, t)[0], np.asarray(rewards), **where)
         self._v.check(
             F.TERMINATED, rows.get(F.TERMINATED, t)[0], np.asarray(terms, np.bool_), **where
@@ -650,9 +591,8 @@ class VectorReplay:
         self._v.check(
             F.TRUNCATED, rows.get(F.TRUNCATED, t)[0], np.asarray(truncs, np.bool_), **where
         )
-        self._check_info(
-            rows, t, dict(_info_items(infos, self._single_obs_leaves, batch)), "info", where
-        )
+        live = dict(_info_items(infos, self._single_obs_leaves, batch))
+        self._check_info(rows, t, live, "info", where)
         done = np.logical_or(terms, truncs)
         if self._mode == AutoresetMode.NEXT_STEP:
             self.episodes[self.autoreset] += 1
@@ -667,33 +607,6 @@ class VectorReplay:
         self.obs = obs
         return obs, rewards, terms, truncs, infos
 
-    def _check_info(
-        self, rows: _Rows, i: int, live: Mapping[str, Any], prefix: str, where: dict[str, Any]
-    ) -> None:
-        st = rows.stream
-        skipped = set(self.recording.meta.get("skipped_info") or ())
-        for col in st.columns:
-            if not col.startswith(F.INFO + "/"):
-                continue
-            name = col[len(F.INFO) + 1 :]
-            key = f"{prefix}/{name}"
-            if self._v.ignored(key):
-                continue
-            expected, present = rows.get(col, i)
-            if present != (name in live):
-                self._v.fail(key, Mismatch("missing" if present else "extra"), EXACT, **where)
-            if present:
-                self._v.check(key, expected, live[name], logical=st.logical_dtype(col), **where)
-        for name, value in live.items():
-            key = f"{prefix}/{name}"
-            if F.column_path(F.INFO, name) in st.columns or name in skipped or self._v.ignored(key):
-                continue
-            try:
-                to_array(value, key)
-            except CaptureError:
-                continue
-            self._v.fail(key, Mismatch("extra"), EXACT, **where)
-
     def _reset(
         self, seed: int | list[int | None] | None, options: dict[str, Any] | None
     ) -> tuple[Any, dict[str, Any]]:
@@ -701,39 +614,20 @@ class VectorReplay:
         r = self._reset_count
         rows = self._resets
         where = self._where(F.RESETS, r)
-        if r >= rows.rows:
-            raise UsageError(f"the recording holds {rows.rows} resets; reset {r} was not recorded")
-        start = int(rows.get(F.RESET_STEP, r)[0])
-        if start != self.step:
-            self._v.fail(
-                "reset",
-                Mismatch("extra"),
-                EXACT,
-                **self._where(),
-                note=f"the recording reset at step {start}, not here",
-            )
         seeds = _seeds(seed, self._n)
-        self._v.check(
-            "reset/seed",
-            rows.get(F.RESET_SEED, r)[0],
+        self._check_reset(
+            r,
+            "resets",
             np.array([-1 if x is None else x for x in seeds], np.int64),
-            **where,
-        )
-        self._v.check(
-            "reset/seeded",
-            rows.get(F.RESET_SEEDED, r)[0],
             np.array([x is not None for x in seeds], np.bool_),
-            **where,
+            where,
         )
         mask = None if options is None else options.get("reset_mask")
         obs, infos = self._vec.reset(seed=cast(Any, seed), options=options)
         batch = _batch_dict(obs, self._obs_leaves)
-        for leaf in self._obs_leaves:
-            key = F.column_path(F.OBS, leaf.name)
-            self._v.check(f"reset/{key}", rows.get(key, r)[0], batch[leaf.name], **where)
-        self._check_info(
-            rows, r, dict(_info_items(infos, self._single_obs_leaves, batch)), "reset/info", where
-        )
+        self._check_leaves(rows, r, F.OBS, batch, where, key_prefix="reset/")
+        live = dict(_info_items(infos, self._single_obs_leaves, batch))
+        self._check_info(rows, r, live, "reset/info", where)
         which = np.ones(self._n, np.bool_) if mask is None else np.asarray(mask, np.bool_)
         self.episodes[which] += 1
         self.autoreset[which] = False
@@ -743,21 +637,8 @@ class VectorReplay:
 
     def recorded_reset_args(self) -> tuple[list[int | None], dict[str, Any] | None]:
         """``(per-sub-env seeds, options)`` the recording passed to the next reset."""
-        r = self._reset_count
-        seeds = self._resets.get(F.RESET_SEED, r)[0]
-        seeded = self._resets.get(F.RESET_SEEDED, r)[0]
-        opts = (self.recording.meta.get("reset_options") or {}).get(str(r))
+        seeds, seeded, opts = self._recorded_reset(self._reset_count)
         return [int(s) if ok else None for s, ok in zip(seeds, seeded, strict=True)], opts
-
-    def close(self) -> None:
-        if self._owns:
-            self.recording.close()
-
-    def __enter__(self) -> VectorReplay:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _check_vector(rec: Recording, vec: VectorEnv[Any, Any, Any], saved: Mapping[str, Any]) -> None:
@@ -768,10 +649,7 @@ def _check_vector(rec: Recording, vec: VectorEnv[Any, Any, Any], saved: Mapping[
         problems.append(
             f"autoreset_mode: recorded {saved['autoreset_mode']}, got {_mode(vec).value}"
         )
-    if rec.meta.get("observation_space") != _spaces.space_to_json(vec.observation_space):
-        problems.append("observation space differs from the recorded one")
-    if rec.meta.get("action_space") != _spaces.space_to_json(vec.action_space):
-        problems.append("action space differs from the recorded one")
+    problems += space_problems(rec, vec.observation_space, vec.action_space)
     spec = rec.meta.get("env_spec") or {}
     live = _spec_of(vec)
     if spec and live and spec.get("id") != live.get("id"):
@@ -807,13 +685,10 @@ def restore_vector(
     Raises:
         StateMismatchError: the vector env or tracked objects do not fit the snapshot.
     """
-    from replaykit._state import rng
     from replaykit._state.envs import restore_chain
     from replaykit._state.envs.generators import restore_space_rng
 
-    owns = not isinstance(recording, Recording)
-    rec = recording if isinstance(recording, Recording) else Recording(recording, verify=verify)
-    try:
+    with restoring(recording, verify) as (rec, owns):
         if not rec.meta.get("vector"):
             raise UsageError(
                 f"{rec.path} is a single-env recording; restore it with replaykit.restore"
@@ -843,13 +718,5 @@ def restore_vector(
             vec_env.call("replaykit_apply")
         for name, space in _space_items(vec_env):
             restore_space_rng(space, saved["spaces"][name], f"vector {name}_space")
-        for name, obj in tracked.items():
-            snapshot.restore_tracked(obj, tree["tracked"][name], name)
-        if global_rngs and tree.get("rngs") is not None:
-            rng.restore_global_rngs(tree["rngs"])
-        rules_obj = rules if isinstance(rules, Rules) else Rules(rules)
-        return VectorReplay(rec, info, vec_env, tree, rules_obj, ignore, owns)
-    except BaseException:
-        if owns:
-            rec.close()
-        raise
+        snapshot.restore(tree, tracked, global_rngs=global_rngs)
+        return VectorReplay(rec, info, vec_env, tree, as_rules(rules), ignore, owns)

@@ -1,8 +1,9 @@
 """Assemble a snapshot's state tree from its parts, and restore it.
 
-A snapshot tree has these top-level keys (written by :func:`capture`):
+A snapshot tree has these top-level keys (assembled by :func:`build`):
 
-``env``       the env chain below the recorder (:func:`replaykit._state.envs.capture_chain`)
+``env``       the env chain below the recorder (:func:`replaykit._state.envs.capture_chain`);
+              for a vector env its parts, ``{}`` for a recording without an env
 ``rngs``      Python ``random``, NumPy global, torch CPU and CUDA generator states
 ``tracked``   ``{name: state}`` of every object given to ``track`` (models, optimizers, ...)
 ``kinds``     ``{name: "module.QualName"}`` of those objects, for clear mismatch errors
@@ -21,10 +22,18 @@ import numpy as np
 
 from replaykit.errors import CaptureError, StateMismatchError
 
-__all__ = ["capture", "capture_tracked", "restore_tracked", "kind_of"]
+__all__ = [
+    "build",
+    "capture_tracked",
+    "check_tracked_names",
+    "kind_of",
+    "restore",
+    "restore_tracked",
+]
 
 
 def kind_of(obj: Any) -> str:
+    """Return ``"module.QualName"`` of ``obj``'s class."""
     t = type(obj)
     return f"{t.__module__}.{t.__qualname__}"
 
@@ -45,6 +54,7 @@ def _is_generator(obj: Any) -> bool:
 
 
 def capture_tracked(obj: Any, name: str) -> Any:
+    """Capture the state of one tracked object (errors name it ``name``)."""
     from replaykit._state import modelstate, rng
 
     try:
@@ -56,6 +66,7 @@ def capture_tracked(obj: Any, name: str) -> Any:
 
 
 def restore_tracked(obj: Any, state: Any, name: str) -> None:
+    """Restore one tracked object from its captured ``state``."""
     from replaykit._state import modelstate, rng
 
     if _is_generator(obj):
@@ -64,34 +75,60 @@ def restore_tracked(obj: Any, state: Any, name: str) -> None:
         modelstate.restore_object(obj, state)
 
 
-def capture(
+def build(
     env: Any,
     tracked: Mapping[str, Any],
-    recorder: dict[str, Any],
+    recorder: Mapping[str, Any],
     *,
     fallback: Any = None,
     extra: Any = None,
-    global_rngs: bool = True,
 ) -> dict[str, Any]:
-    """Capture everything needed to continue from here."""
-    from replaykit._state import envs as envstate
+    """Assemble a snapshot tree: the one place its top-level keys are put together.
+
+    Args:
+        env: the env's captured state (a chain, a vector env's parts, ``{}`` for none).
+        tracked: ``{name: object}`` to capture.
+        recorder: the recorder's position.
+        fallback: the replay-from-reset start states (envs without an adapter).
+        extra: the user's tree given to ``snapshot(extra=...)``.
+    """
     from replaykit._state import rng
 
-    chain = envstate.capture_chain(env)
     return {
-        "env": chain,
-        "rngs": rng.capture_global_rngs() if global_rngs else None,
+        "env": env,
+        "rngs": rng.capture_global_rngs(),
         "tracked": {name: capture_tracked(obj, name) for name, obj in tracked.items()},
         "kinds": {name: kind_of(obj) for name, obj in tracked.items()},
         "recorder": dict(recorder),
-        "fallback": fallback if chain.get("env") is None else None,
+        "fallback": fallback,
         "extra": extra,
     }
+
+
+def restore(tree: Mapping[str, Any], tracked: Mapping[str, Any], *, global_rngs: bool) -> None:
+    """Restore the tracked objects and (with ``global_rngs``) the global RNGs from ``tree``.
+
+    The objects are restored from the tree without copies: pass a tree just read from a
+    file, which nothing else holds. Check the names first with :func:`check_tracked_names`.
+    """
+    from replaykit._state import rng
+    from replaykit._state.modelstate import sharing
+
+    with sharing():
+        for name, obj in tracked.items():
+            restore_tracked(obj, tree["tracked"][name], name)
+    if global_rngs and tree.get("rngs") is not None:
+        rng.restore_global_rngs(tree["rngs"])
 
 
 def check_tracked_names(
     saved: Mapping[str, Any], kinds: Mapping[str, str], given: Mapping[str, Any]
 ) -> None:
+    """Check that the objects ``given`` to a restore are those the snapshot tracks.
+
+    Raises:
+        StateMismatchError: names missing on either side, or a different class.
+    """
     problems = []
     for name in saved:
         if name not in given:

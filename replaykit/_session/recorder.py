@@ -1,0 +1,556 @@
+"""The recorder core every recording session shares: columns, updates, snapshots, the file."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import gymnasium as gym
+import numpy as np
+
+from replaykit._format import layout as F
+from replaykit._format.store import Column, RecordingWriter, StreamWriter
+from replaykit._state import snapshot
+from replaykit._state import spaces as _spaces
+from replaykit.errors import CaptureError, ReplaykitWarning, UsageError
+
+_S = TypeVar("_S")
+
+__all__ = [
+    "RECORDING_CLOSED",
+    "LeafWriter",
+    "RecorderCore",
+    "UpdateLog",
+    "check_seed_and_schedule",
+    "column_writer",
+    "env_fields",
+    "env_spec_json",
+    "first_nonfinite_value",
+    "flat_info",
+    "json_options",
+    "nonfinite_meta",
+    "open_writer",
+    "to_array",
+]
+
+RECORDING_CLOSED = "the recording is closed"
+
+
+def to_array(value: Any, what: str) -> tuple[np.ndarray, str | None]:
+    """Convert a recorded value to ``(array, logical dtype)`` without changing its bits."""
+    if isinstance(value, np.ndarray):
+        arr = value
+    elif isinstance(value, np.generic):
+        arr = np.asarray(value)
+    elif isinstance(value, bool):
+        arr = np.asarray(value, dtype=np.bool_)
+    elif isinstance(value, int):
+        arr = np.asarray(value, dtype=np.int64)
+    elif isinstance(value, float):
+        arr = np.asarray(value, dtype=np.float64)
+    elif type(value).__module__.startswith("torch") and hasattr(value, "dtype"):
+        from replaykit._format.tree import tensor_to_numpy
+
+        arr, name = tensor_to_numpy(value)
+        if arr.dtype.kind == "u" and name not in ("uint8", "uint16", "uint32", "uint64"):
+            return arr, name
+        return arr, None
+    elif isinstance(value, (list, tuple)) and all(
+        isinstance(v, (int, float, bool, np.generic)) for v in value
+    ):
+        arr = np.asarray(value)
+    else:
+        raise CaptureError(
+            f"{what} is a {type(value).__name__}; replaykit records numbers, arrays and tensors"
+        )
+    if arr.dtype.kind not in F.ALLOWED_KINDS:
+        raise CaptureError(
+            f"{what} has dtype {arr.dtype}; only numeric and bool values are recorded"
+        )
+    return arr, None
+
+
+def flat_info(info: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    """Yield ``(key, value)`` for every leaf of a nested info dict, keys ``/``-joined."""
+    for k, v in info.items():
+        key = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            yield from flat_info(v, key)
+        else:
+            yield key, v
+
+
+def json_options(options: Mapping[str, Any]) -> Any:
+    """Return reset ``options`` as the JSON data the file stores (a copy)."""
+    try:
+        return F.loads(F.dumps(options))
+    except TypeError as exc:
+        raise CaptureError(
+            f"reset options must be JSON data to be recorded ({exc}); pass numbers, strings, "
+            "lists and dicts"
+        ) from None
+
+
+def env_spec_json(env: gym.Env[Any, Any]) -> dict[str, Any] | None:
+    """Return the env's spec as JSON data (callables and other non-data values as their repr)."""
+    spec = env.spec
+    if spec is None:
+        return None
+
+    def data(v: Any) -> Any:
+        if v is None or isinstance(v, (bool, int, str)):
+            return v
+        if isinstance(v, float):
+            return v if math.isfinite(v) else repr(v)
+        if isinstance(v, (list, tuple)):
+            return [data(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): data(x) for k, x in v.items()}
+        if isinstance(v, np.generic):
+            return v.item()
+        return {"$repr": repr(v)[:200]}
+
+    wrappers = []
+    for w in spec.additional_wrappers or ():
+        wrappers.append(
+            {"name": w.name, "entry_point": str(w.entry_point), "kwargs": data(w.kwargs)}
+        )
+    return {
+        "id": spec.id,
+        "entry_point": spec.entry_point
+        if isinstance(spec.entry_point, str)
+        else data(spec.entry_point),
+        "kwargs": data(dict(spec.kwargs)),
+        "max_episode_steps": spec.max_episode_steps,
+        "reward_threshold": data(spec.reward_threshold),
+        "nondeterministic": bool(spec.nondeterministic),
+        "order_enforce": bool(spec.order_enforce),
+        "disable_env_checker": bool(spec.disable_env_checker),
+        "additional_wrappers": wrappers,
+    }
+
+
+def env_fields(env: Any, spec: dict[str, Any] | None, seed: int | None) -> dict[str, Any]:
+    """Metadata describing the recorded env: id, spec, class, seed and spaces."""
+    return {
+        "env_id": spec["id"] if spec else None,
+        "env_spec": spec,
+        "env_class": snapshot.kind_of(env.unwrapped),
+        "seed": seed,
+        "observation_space": _spaces.space_to_json(env.observation_space),
+        "action_space": _spaces.space_to_json(env.action_space),
+    }
+
+
+def check_seed_and_schedule(seed: Any, snapshot_every: int | None) -> None:
+    """Refuse a seed that is not a non-negative int and a ``snapshot_every`` below 1."""
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise UsageError(f"seed must be a non-negative int, got {seed!r}")
+    if snapshot_every is not None and snapshot_every < 1:
+        raise UsageError(f"snapshot_every must be >= 1, got {snapshot_every}")
+
+
+def open_writer(
+    path: str | os.PathLike[str],
+    fields: Mapping[str, Any],
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    **writer_options: Any,
+) -> RecordingWriter:
+    """Open a recording file with the metadata every recorder writes, plus ``fields``.
+
+    The single-env, vector and env-less training recorders all start here, so the keys
+    a reader relies on (``user``, ``skipped_info``, ``reset_options``, ``closed``) are
+    spelled once.
+    """
+    from replaykit import provenance
+
+    meta: dict[str, Any] = {
+        **fields,
+        "user": dict(metadata or {}),
+        "skipped_info": [],
+        "reset_options": {},
+        "closed": False,
+    }
+    return RecordingWriter(path, meta=meta, provenance=provenance.collect(), **writer_options)
+
+
+class LeafWriter:
+    """Writes one leaf value per row into a column, refusing silent dtype or shape changes."""
+
+    __slots__ = (
+        "col",
+        "buf",
+        "dt",
+        "shape",
+        "what",
+        "stream",
+        "fast_type",
+        "tensor_type",
+        "tdtype",
+    )
+
+    def __init__(self, stream: StreamWriter, col: Column, what: str, first: Any = None) -> None:
+        self.stream = stream
+        self.col = col
+        self.buf = col.buf
+        self.dt = col.buf.dtype
+        self.shape = col.shape
+        self.what = what
+        # A scalar class whose every value converts to exactly this column's dtype.
+        self.fast_type: type | None = None
+        if (
+            col.logical is None
+            and self.shape == ()
+            and isinstance(first, (bool, int, float, np.generic))
+        ):
+            self.fast_type = type(first)
+        # CPU tensors of a dtype numpy shares (probes such as logits) copy straight in.
+        self.tensor_type: type | None = None
+        self.tdtype: Any = None
+        if col.logical is None and type(first).__module__.startswith("torch"):
+            if getattr(first, "device", None) is not None and first.device.type == "cpu":
+                self.tensor_type = type(first)
+                self.tdtype = first.dtype
+
+    def write(self, v: Any, p: int) -> None:
+        """Store ``v`` at row ``p`` of the column's buffer."""
+        c = v.__class__
+        if c is np.ndarray:
+            if v.dtype is self.dt and v.shape == self.shape:
+                self.buf[p] = v
+                return
+        elif c is self.fast_type:
+            self.buf[p] = v
+            return
+        elif (
+            c is self.tensor_type
+            and v.dtype is self.tdtype
+            and v.shape == self.shape
+            and v.device.type == "cpu"
+        ):
+            self.buf[p] = v.detach().numpy()
+            return
+        arr, logical = to_array(v, self.what)
+        if (logical or arr.dtype) != (
+            self.col.logical or self.col.dtype
+        ) or arr.shape != self.shape:
+            raise CaptureError(
+                f"{self.what} changed from {self.col.logical or self.col.dtype}"
+                f"{list(self.shape)} to "
+                f"{logical or arr.dtype}{list(arr.shape)} at row {self.stream.rows}; replaykit "
+                "records each key with one dtype and shape (exclude ragged info keys with "
+                "ignore_info=...)"
+            )
+        self.buf[p] = arr
+
+    def write_present(self, v: Any, p: int) -> None:
+        """Store ``v`` at row ``p`` of an optional column and mark the row present."""
+        self.write(v, p)
+        assert self.col.present is not None
+        self.col.present[p] = True
+
+
+def column_writer(
+    s: StreamWriter,
+    column: str,
+    what: str,
+    value: Any,
+    *,
+    optional: bool = False,
+    name: str = "",
+    ignore: Iterable[str] = (),
+    skipped: set[str] | None = None,
+) -> LeafWriter | None:
+    """Create the column that ``value`` starts (its dtype and shape), and its writer.
+
+    Args:
+        s: the stream to add the column to.
+        column: the column's path in the stream.
+        what: how errors name the value.
+        value: the column's first value.
+        optional: rows may lack a value (info keys, probes).
+        name: the key that ``ignore`` and ``skipped`` speak of.
+        ignore: keys not to record.
+        skipped: collects the keys whose values are not numbers, arrays or tensors;
+            ``None`` raises :class:`~replaykit.errors.CaptureError` for them instead.
+
+    Returns:
+        The column's writer, or ``None`` for an ignored or skipped key.
+    """
+    if name in ignore:
+        return None
+    try:
+        arr, logical = to_array(value, what)
+    except CaptureError:
+        if skipped is None:
+            raise
+        skipped.add(name)
+        return None
+    col = s.column(column, arr.dtype, arr.shape, logical=logical, optional=optional)
+    return LeafWriter(s, col, what, value)
+
+
+def nonfinite_meta(tracked: Any, snapshot_name: str, stacklevel: int = 3) -> dict[str, Any] | None:
+    """Describe the first NaN/infinity in captured tracked state (``None`` if all finite).
+
+    Warns with :class:`~replaykit.errors.ReplaykitWarning`: a snapshot of a run that already
+    went non-finite is rarely the state one meant to keep.
+    """
+    from replaykit._state.modelstate import first_nonfinite
+
+    bad = first_nonfinite(tracked)
+    if bad is None:
+        return None
+    index = list(bad[1]) if isinstance(bad[1], tuple) else bad[1]
+    warnings.warn(
+        f"snapshot {snapshot_name!r}: tracked state holds a non-finite value ({bad[2]!r} at "
+        f"{bad[0]} element {index}); the run had already diverged numerically here",
+        ReplaykitWarning,
+        stacklevel=stacklevel,
+    )
+    return {"path": bad[0], "index": index, "value": repr(bad[2])}
+
+
+def first_nonfinite_value(values: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Find the first NaN/infinity among named values.
+
+    Returns:
+        ``{"probe", "index", "value"}`` of the first one, or ``None``.
+    """
+    for name, value in values.items():
+        try:
+            arr, logical = to_array(value, name)
+        except CaptureError:
+            continue
+        if logical is not None or arr.dtype.kind not in "fc":
+            continue
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            flat = int(np.flatnonzero(bad)[0])
+            index = [int(i) for i in np.unravel_index(flat, arr.shape)] if arr.ndim else []
+            return {"probe": name, "index": index, "value": repr(arr.reshape(-1)[flat].item())}
+    return None
+
+
+class UpdateLog:
+    """Writes the ``updates`` stream of a recording (shared by every recorder).
+
+    Args:
+        writer: the recording's writer; the stream is created at the first update.
+    """
+
+    def __init__(self, writer: RecordingWriter) -> None:
+        self._writer = writer
+        self._stream: StreamWriter | None = None
+        self.count = 0
+        self.first_nonfinite: dict[str, Any] | None = None
+        # Names in first-logged order: stream columns are stored sorted, and "the first probe
+        # that differs" within one update means the first one the loop computed.
+        self._order: list[str] = []
+
+    def log(self, step: int, values: Mapping[str, Any]) -> int:
+        """Append one update row tagged with ``step``; returns the update index."""
+        s = self._stream
+        if s is None:
+            s = self._stream = self._writer.stream(F.UPDATES)
+        p = s.pos
+        step_col = s.column(F.UPDATE_STEP, np.dtype(np.int64), ())
+        step_col.buf[p] = step
+        for name, value in values.items():
+            key = F.column_path(F.PROBE, name)
+            what = f"update value {name!r}"
+            arr, logical = to_array(value, what)
+            if key not in s.columns:
+                self._order.append(name)
+                self._writer.update_meta(update_probe_order=list(self._order))
+            col = s.column(key, arr.dtype, arr.shape, logical=logical, optional=True)
+            LeafWriter(s, col, what).write_present(value, p)
+        s.end_row()
+        if self.first_nonfinite is None:
+            bad = first_nonfinite_value(values)
+            if bad is not None:
+                self.first_nonfinite = {"update": self.count, "step": step, **bad}
+                self._writer.update_meta(first_nonfinite_update=self.first_nonfinite)
+        self.count += 1
+        return self.count - 1
+
+
+class RecorderCore:
+    """What every recorder does besides writing rows: the file, tracked objects, snapshots.
+
+    The base of :class:`~replaykit.RecordingWrapper`, :class:`~replaykit.VectorRecordingWrapper`
+    and :class:`~replaykit.TrainingRecorder`. A subclass calls :meth:`_open` in its
+    ``__init__``, builds its snapshots' ``env`` and ``recorder`` parts and hands them to
+    :meth:`_write_snapshot`, and says what closing writes in :meth:`_final_meta`.
+    """
+
+    path: Path
+    _writer: RecordingWriter
+    _update_log: UpdateLog
+    _tracked: dict[str, Any]
+    _snap_seq: int
+    _closed: bool
+    # Env recorders only (see _open_env and _schedule).
+    _steps: StreamWriter
+    _resets: StreamWriter
+    _snapshot_at: set[int]
+    _snapshot_every: int | None
+    # The next step count at which a snapshot may be due (recomputed after each check).
+    _next_snapshot: float = 0
+
+    def _open(
+        self,
+        path: str | os.PathLike[str],
+        fields: Mapping[str, Any],
+        *,
+        metadata: Mapping[str, Any] | None,
+        **writer_options: Any,
+    ) -> None:
+        """Open the recording file (see :func:`open_writer`) and start the session's state."""
+        self._writer = open_writer(path, fields, metadata=metadata, **writer_options)
+        self.path = self._writer.path
+        self._update_log = UpdateLog(self._writer)
+        self._tracked = {}
+        self._snap_seq = 0
+        self._closed = False
+
+    def _open_env(
+        self,
+        env: Any,
+        spec: dict[str, Any] | None,
+        seed: int | None,
+        path: str | os.PathLike[str],
+        fields: Mapping[str, Any],
+        **options: Any,
+    ) -> None:
+        """Open the recording of an env (single or vector) and its steps and resets streams.
+
+        Seeds the env's spaces with ``seed``, then opens the file (:meth:`_open`, with
+        ``options``) with the env's metadata (:func:`env_fields`) plus ``fields``.
+        """
+        if seed is not None:
+            env.action_space.seed(seed)
+            env.observation_space.seed(seed)
+        self._open(path, {**env_fields(env, spec, seed), **fields}, **options)
+        self._steps = self._writer.stream(F.STEPS)
+        self._resets = self._writer.stream(F.RESETS)
+        self._steps.on_block_full = self._writer.maybe_commit
+
+    @property
+    def update_count(self) -> int:
+        """Training updates logged so far (the index of the next update)."""
+        return self._update_log.count
+
+    @property
+    def snapshot_names(self) -> list[str]:
+        """Names of the snapshots written so far, oldest first."""
+        return list(self._writer.snapshots)
+
+    def track(self, name: str, obj: Any) -> None:
+        """Include ``obj`` in every snapshot under ``name``.
+
+        Accepts torch modules, optimizers, LR schedulers, grad scalers,
+        NumPy/torch/Python generators, NumPy arrays, dicts of arrays, and any
+        object with ``state_dict``/``load_state_dict`` or
+        ``__replaykit_state__``/``__replaykit_restore__``.
+        """
+        if not F.is_valid_name(name):
+            raise UsageError(f"tracked name {name!r} must be non-empty, printable, without '/'")
+        snapshot.capture_tracked(obj, name)  # refuse an uncapturable object now, not mid-run
+        self._tracked[name] = obj
+
+    def set_metadata(self, key: str, value: Any) -> None:
+        """Store JSON data under ``meta["user"][key]`` in the file (written at the next commit)."""
+        user = dict(self._writer.meta.get("user") or {})
+        user[key] = value
+        self._writer.update_meta(user=user)
+
+    def close(self, **kwargs: Any) -> None:
+        """Write the closing metadata, close the file, then close what the recorder wraps."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._writer.update_meta(closed=True, **self._final_meta())
+            self._writer.close()
+        finally:
+            self._close_wrapped(**kwargs)
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(self, *exc: object) -> Literal[False]:
+        self.close()
+        return False
+
+    def snapshot(self, name: str | None = None, *, extra: Any = None) -> str:
+        """Snapshot everything needed to continue from this point; returns its name."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ for subclasses
+    def _schedule(self, snapshot_at: Iterable[int], snapshot_every: int | None) -> None:
+        """Keep the step counts after which :meth:`_snapshot_if_due` snapshots."""
+        self._snapshot_at = {int(s) for s in snapshot_at}
+        self._snapshot_every = snapshot_every
+
+    def _snapshot_if_due(self, t: int) -> None:
+        """Snapshot if step count ``t`` is scheduled, and set the next count worth checking."""
+        # step() compares the step count with one precomputed number; the set lookup and the
+        # modulo run only here.
+        every = self._snapshot_every
+        if t in self._snapshot_at or (every is not None and t % every == 0):
+            self.snapshot()
+        later = [s for s in self._snapshot_at if s > t]
+        if every is not None:
+            later.append((t // every + 1) * every)
+        self._next_snapshot = min(later, default=math.inf)
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise UsageError(RECORDING_CLOSED)
+
+    def _snapshot_name(self, name: str | None, prefix: str, count: int) -> str:
+        """``name``, or ``<prefix>-<count>`` (made unique with the snapshot's sequence number)."""
+        if name is None:
+            name = f"{prefix}-{count:06d}"
+            if name in self._writer.snapshots:
+                name = f"{name}-{self._snap_seq}"
+        return name
+
+    def _write_snapshot(
+        self, name: str, meta: dict[str, Any], *, nonfinite: bool = True, **parts: Any
+    ) -> str:
+        """Capture the tracked objects and global RNGs with the given parts; write the snapshot.
+
+        Args:
+            name: the snapshot's name.
+            meta: the snapshot's metadata; ``tracked``, ``nonfinite`` and ``bytes`` are added.
+            nonfinite: look for (and warn about) NaN/infinity in the tracked state.
+            **parts: the other parts of the tree, as :func:`replaykit._state.snapshot.build`
+                takes them: ``env`` (the env's captured state), ``recorder`` (the recorder's
+                position), ``fallback`` and ``extra``.
+        """
+        from replaykit._state.modelstate import sharing
+
+        # The tree goes straight to disk, so tensors need no copy first (half the time of a
+        # large snapshot); nothing runs between capture and write that could change them.
+        with sharing():
+            tree = snapshot.build(tracked=self._tracked, **parts)
+            meta["tracked"] = sorted(self._tracked)
+            if nonfinite:
+                meta["nonfinite"] = nonfinite_meta(tree["tracked"], name, stacklevel=4)
+            meta["bytes"] = self._writer.write_snapshot(name, tree, meta)
+        self._snap_seq += 1
+        return name
+
+    def _final_meta(self) -> dict[str, Any]:
+        """Return the metadata :meth:`close` writes besides ``closed``."""
+        raise NotImplementedError
+
+    def _close_wrapped(self, **kwargs: Any) -> None:
+        """Close what the recorder wraps (nothing by default)."""

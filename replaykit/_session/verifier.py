@@ -1,0 +1,479 @@
+"""The verifier core every replay session shares: recorded rows, checks, reports, restores."""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import gymnasium as gym
+import numpy as np
+
+from replaykit._analysis.compare import (
+    EXACT,
+    DivergenceReport,
+    Mismatch,
+    Rule,
+    Rules,
+    compare_arrays,
+)
+from replaykit._format import layout as F
+from replaykit._format.store import Recording, SnapshotInfo, StreamReader
+from replaykit._session.recorder import first_nonfinite_value, to_array
+from replaykit._state import spaces as _spaces
+from replaykit.errors import DivergenceError, UsageError
+
+_S = TypeVar("_S")
+
+__all__ = [
+    "DEFAULT_IGNORE",
+    "ReplayCore",
+    "Rows",
+    "UpdateChecker",
+    "Verifier",
+    "as_rules",
+    "join_notes",
+    "leaf_values",
+    "restoring",
+    "space_problems",
+]
+
+# Keys that legitimately differ between runs (wall-clock times).
+DEFAULT_IGNORE: tuple[str, ...] = ("info/episode/t", "reset/info/episode/t")
+
+BLOCK_ROWS = 512
+
+
+class Rows:
+    """Reads rows of a recorded stream in cached blocks.
+
+    The stream's commit record is read on first use: a restore that never resets or
+    logs an update does not pay for those streams.
+    """
+
+    def __init__(self, rec: Recording, name: str) -> None:
+        self._rec = rec
+        self._name = name
+        self._stream: StreamReader | None = None
+        self._cache: dict[str, tuple[int, np.ndarray, np.ndarray | None]] = {}
+
+    @property
+    def stream(self) -> StreamReader:
+        """The stream's reader (opened at first use)."""
+        if self._stream is None:
+            self._stream = self._rec.stream(self._name)
+        return self._stream
+
+    @property
+    def rows(self) -> int:
+        """Rows the stream holds."""
+        return self.stream.rows
+
+    def get(self, column: str, i: int) -> tuple[np.ndarray, bool]:
+        """Return row ``i`` of ``column`` and whether the row holds a value."""
+        c = self._cache.get(column)
+        if c is None or not c[0] <= i < c[0] + len(c[1]):
+            lo = i
+            data = self.stream.read(column, lo, lo + BLOCK_ROWS)
+            present = self.stream.present(column, lo, lo + BLOCK_ROWS)
+            c = self._cache[column] = (lo, data, present)
+        lo, data, present = c
+        return data[i - lo], True if present is None else bool(present[i - lo])
+
+    def value(self, column: str, i: int) -> Any:
+        """Return row ``i`` of ``column`` as a value a live object would hold (a copy)."""
+        v, _ = self.get(column, i)
+        return v.copy() if isinstance(v, np.ndarray) and v.ndim else v[()]
+
+
+class Verifier:
+    """Compares live values with recorded rows and raises at the first difference."""
+
+    def __init__(
+        self,
+        rec: Recording,
+        snap: SnapshotInfo | None,
+        rules: Rules,
+        ignore: Iterable[str],
+        error: type[DivergenceError] = DivergenceError,
+        note: str = "",
+    ) -> None:
+        self.rec = rec
+        self.snap = snap
+        self.rules = rules
+        self.ignore = tuple(ignore)
+        self.error = error
+        self.note = note
+        self.compared = 0
+
+    def ignored(self, key: str) -> bool:
+        """Tell whether ``key`` matches one of the ignore patterns."""
+        return any(fnmatch.fnmatchcase(key, p) for p in self.ignore)
+
+    def check(
+        self,
+        key: str,
+        expected: np.ndarray,
+        actual: Any,
+        *,
+        stream: str,
+        row: int,
+        episode: int | None,
+        k: int | None,
+        logical: str | None = None,
+    ) -> None:
+        """Compare ``actual`` with the recorded ``expected`` under ``key``'s rule."""
+        if self.ignored(key):
+            return
+        arr, alog = to_array(actual, key) if not isinstance(actual, np.ndarray) else (actual, None)
+        rule = self.rules.for_key(key)
+        m = compare_arrays(
+            expected,
+            arr,
+            rule,
+            logical=logical,
+            actual_logical=alog or logical if alog else logical,
+        )
+        self.compared += 1
+        if m is not None:
+            self.fail(key, m, rule, stream=stream, row=row, episode=episode, k=k)
+
+    def fail(
+        self,
+        key: str,
+        m: Mismatch,
+        rule: Rule,
+        *,
+        stream: str,
+        row: int | None,
+        episode: int | None,
+        k: int | None,
+        note: str = "",
+    ) -> None:
+        """Raise the session's divergence error for ``key`` with a full report."""
+        __tracebackhide__ = True
+        from replaykit import provenance
+
+        report = DivergenceReport(
+            key=key,
+            mismatch=m,
+            rule=rule.describe(),
+            source=str(self.rec.path),
+            snapshot=self.snap.name if self.snap else None,
+            stream=stream,
+            row=row,
+            episode=episode,
+            step_in_episode=k,
+            provenance=provenance.differences(self.rec.provenance, provenance.collect()),
+            note=note or self.note,
+        )
+        raise self.error(report)
+
+
+class UpdateChecker:
+    """Verifies training updates against a recording's ``updates`` stream.
+
+    Shared by :class:`Replay` and envless training replays. Remembers the first
+    non-finite value it meets and names it in the note of any later divergence.
+    """
+
+    def __init__(self, rec: Recording, verifier: Verifier) -> None:
+        self._rows = Rows(rec, F.UPDATES) if rec.has_stream(F.UPDATES) else None
+        self._v = verifier
+        self.first_nonfinite: dict[str, Any] | None = None
+        self._base_note = verifier.note
+        recorded = rec.meta.get("first_nonfinite_update")
+        if isinstance(recorded, dict):
+            self._base_note = join_notes(
+                self._base_note,
+                "the recording met its first non-finite update value at update "
+                f"{recorded.get('update')}, probe {recorded.get('probe')!r}, element "
+                f"{recorded.get('index')}: {recorded.get('value')}",
+            )
+            verifier.note = self._base_note
+
+    @property
+    def rows(self) -> int:
+        """Updates the recording holds."""
+        return 0 if self._rows is None else self._rows.rows
+
+    def check(self, u: int, values: Mapping[str, Any]) -> int:
+        """Compare update ``u``'s values with the recording; raises at the first difference."""
+        __tracebackhide__ = True
+        rows = self._rows
+        if rows is None or u >= rows.rows:
+            raise UsageError(
+                f"the recording holds {self.rows} updates; update {u} was not recorded"
+            )
+        if self.first_nonfinite is None:
+            bad = first_nonfinite_value(values)
+            if bad is not None:
+                self.first_nonfinite = {"update": u, **bad}
+                self._v.note = join_notes(
+                    self._base_note,
+                    f"first non-finite value met in this replay: update {u}, probe "
+                    f"{bad['probe']!r}, element {bad['index']}: {bad['value']}",
+                )
+        st = rows.stream
+        where: dict[str, Any] = {"stream": F.UPDATES, "row": u, "episode": None, "k": None}
+        # In the order the loop logged them: the first one that differs is the one to name.
+        for key in values:
+            col = F.column_path(F.PROBE, key)
+            if col not in st.columns:
+                self._v.fail(f"update/{key}", Mismatch("extra"), EXACT, **where)
+            expected, present = rows.get(col, u)
+            if not present:
+                self._v.fail(f"update/{key}", Mismatch("extra"), EXACT, **where)
+            self._v.check(
+                f"update/{key}", expected, values[key], logical=st.logical_dtype(col), **where
+            )
+        for col in st.columns:
+            if col.startswith(F.PROBE + "/") and col[len(F.PROBE) + 1 :] not in values:
+                _, present = rows.get(col, u)
+                name = col[len(F.PROBE) + 1 :]
+                if present and not self._v.ignored(f"update/{name}"):
+                    self._v.fail(f"update/{name}", Mismatch("missing"), EXACT, **where)
+        return u
+
+
+def join_notes(*notes: str) -> str:
+    """Join the non-empty notes with ``"; "``."""
+    return "; ".join(n for n in notes if n)
+
+
+def leaf_values(leaves: list[_spaces.Leaf], value: Any) -> dict[str, Any]:
+    """Return ``{leaf name: part of value}`` for each leaf of a space."""
+    return {leaf.name: _spaces.getter(leaf.path)(value) for leaf in leaves}
+
+
+def as_rules(rules: Rules | Mapping[str, Rule] | None) -> Rules:
+    """Return ``rules`` as a :class:`~replaykit._analysis.compare.Rules`."""
+    return rules if isinstance(rules, Rules) else Rules(rules)
+
+
+def space_problems(
+    rec: Recording, observation_space: gym.Space[Any], action_space: gym.Space[Any]
+) -> list[str]:
+    """Say which of the recorded observation and action spaces the live ones differ from."""
+    problems = []
+    if rec.meta.get("observation_space") != _spaces.space_to_json(observation_space):
+        problems.append("observation space differs from the recorded one")
+    if rec.meta.get("action_space") != _spaces.space_to_json(action_space):
+        problems.append("action space differs from the recorded one")
+    return problems
+
+
+@contextlib.contextmanager
+def restoring(
+    recording: Recording | str | os.PathLike[str], verify: bool
+) -> Iterator[tuple[Recording, bool]]:
+    """Open ``recording`` for a restore, and close it again if the restore fails.
+
+    Args:
+        recording: a path (opened here, then owned by the replay) or an open recording
+            (the caller's, never closed here).
+        verify: check file checksums.
+
+    Yields:
+        ``(recording, owns)``.
+    """
+    owns = not isinstance(recording, Recording)
+    rec = recording if isinstance(recording, Recording) else Recording(recording, verify=verify)
+    try:
+        yield rec, owns
+    except BaseException:
+        if owns:
+            rec.close()
+        raise
+
+
+class ReplayCore:
+    """What every replay does besides stepping: the recording, its checks, updates, closing.
+
+    The base of :class:`~replaykit.Replay`, :class:`~replaykit.VectorReplay` and
+    :class:`~replaykit.TrainingReplay`. It reads the recorded steps, resets and updates,
+    and holds the checks the single-env and vector replays share.
+
+    Args:
+        rec: the recording.
+        snap: the restored snapshot.
+        position: the recorder's position at the snapshot (its ``recorder`` tree).
+        owns: close ``rec`` with the replay.
+        extra: the ``extra`` tree given to ``snapshot``.
+        **checks: how values are compared, as :class:`Verifier` takes them: ``rules``,
+            ``ignore``, ``error`` and ``note``.
+
+    Attributes:
+        recording: the recording.
+        snapshot: which snapshot was restored.
+        extra: the ``extra`` tree given to ``snapshot``.
+        step: the step index of the next step.
+        update: the index of the next update.
+        verified_steps: steps verified since the restore.
+        verified_updates: updates verified since the restore.
+    """
+
+    def __init__(
+        self,
+        rec: Recording,
+        snap: SnapshotInfo,
+        position: Mapping[str, Any],
+        owns: bool,
+        *,
+        extra: Any = None,
+        **checks: Any,
+    ) -> None:
+        self.recording = rec
+        self.snapshot = snap
+        self.extra = extra
+        self._owns = owns
+        self.step = int(position.get("step", 0))
+        self.update = int(position.get("updates", 0))
+        self.verified_steps = 0
+        self.verified_updates = 0
+        self._v = Verifier(rec, snap, **checks)
+        self._steps = Rows(rec, F.STEPS) if rec.has_stream(F.STEPS) else None
+        self._resets = Rows(rec, F.RESETS)
+        self._update_check = UpdateChecker(rec, self._v)
+        self._skipped_info = frozenset(rec.meta.get("skipped_info") or ())
+
+    @property
+    def steps_left(self) -> int:
+        """Recorded steps after the current position."""
+        return 0 if self._steps is None else self._steps.rows - self.step
+
+    @property
+    def updates_left(self) -> int:
+        """Recorded updates after the current position."""
+        return self._update_check.rows - self.update
+
+    @property
+    def first_nonfinite(self) -> dict[str, Any] | None:
+        """The first NaN/infinity met among verified update values (update, probe, element)."""
+        return self._update_check.first_nonfinite
+
+    def log_update(self, **values: Any) -> int:
+        """Check one training update's values against the recorded update stream.
+
+        Raises:
+            DivergenceError: a value differs from the recorded one.
+        """
+        __tracebackhide__ = True
+        u = self._update_check.check(self.update, values)
+        self.update += 1
+        self.verified_updates += 1
+        return u
+
+    def close(self) -> None:
+        """Close the recording if the replay opened it."""
+        if self._owns:
+            self.recording.close()
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ for subclasses
+    def _where(self) -> dict[str, Any]:
+        """Return where the next step is, for reports: ``stream``, ``row``, ``episode``, ``k``."""
+        raise NotImplementedError
+
+    def _steps_rows(self) -> Rows:
+        if self._steps is None:
+            raise UsageError(f"{self.recording.path} holds no steps")
+        return self._steps
+
+    def _next_step_rows(self) -> Rows:
+        """Return the steps' rows, refusing a step past the recording's end."""
+        rows = self._steps_rows()
+        if self.step >= rows.rows:
+            raise UsageError(
+                f"the recording ends at step {rows.rows}; {self.verified_steps} steps were "
+                "verified after the snapshot — step fewer times or record longer"
+            )
+        return rows
+
+    def _recorded(
+        self, rows: Rows, prefix: str, leaves: list[_spaces.Leaf], space: gym.Space[Any], i: int
+    ) -> Any:
+        """Return the value of ``space`` recorded under ``prefix`` at row ``i``."""
+        values = {leaf.name: rows.value(F.column_path(prefix, leaf.name), i) for leaf in leaves}
+        return _spaces.unflatten(space, values)
+
+    def _recorded_reset(self, r: int) -> tuple[Any, Any, dict[str, Any] | None]:
+        """Return ``(seed, seeded, options)`` recorded for reset ``r``."""
+        seed, _ = self._resets.get(F.RESET_SEED, r)
+        seeded, _ = self._resets.get(F.RESET_SEEDED, r)
+        return seed, seeded, (self.recording.meta.get("reset_options") or {}).get(str(r))
+
+    def _check_reset(
+        self, r: int, what: str, seed: Any, seeded: Any, where: dict[str, Any]
+    ) -> None:
+        """Check that reset ``r`` was recorded here, with this ``seed`` (``-1``: none)."""
+        __tracebackhide__ = True
+        rows = self._resets
+        if r >= rows.rows:
+            raise UsageError(f"the recording holds {rows.rows} {what}; reset {r} was not recorded")
+        start = int(rows.get(F.RESET_STEP, r)[0])
+        if start != self.step:
+            self._v.fail(
+                "reset",
+                Mismatch("extra"),
+                EXACT,
+                **self._where(),
+                note=f"the recording reset at step {start}, not here",
+            )
+        self._v.check("reset/seed", np.asarray(rows.get(F.RESET_SEED, r)[0]), seed, **where)
+        self._v.check("reset/seeded", np.asarray(rows.get(F.RESET_SEEDED, r)[0]), seeded, **where)
+
+    def _check_leaves(
+        self,
+        rows: Rows,
+        i: int,
+        prefix: str,
+        values: Mapping[str, Any],
+        where: dict[str, Any],
+        key_prefix: str = "",
+    ) -> None:
+        """Check ``{leaf name: value}`` against the columns under ``prefix`` at row ``i``."""
+        __tracebackhide__ = True
+        for name, value in values.items():
+            col = F.column_path(prefix, name)
+            expected, _ = rows.get(col, i)
+            self._v.check(key_prefix + col, expected, value, **where)
+
+    def _check_info(
+        self, rows: Rows, i: int, live: Mapping[str, Any], prefix: str, where: dict[str, Any]
+    ) -> None:
+        """Check flat infos against the recorded ``info/...`` columns of row ``i``."""
+        __tracebackhide__ = True
+        st = rows.stream
+        for col in st.columns:
+            if not col.startswith(F.INFO + "/"):
+                continue
+            name = col[len(F.INFO) + 1 :]
+            key = f"{prefix}/{name}"
+            if self._v.ignored(key):
+                continue
+            expected, present = rows.get(col, i)
+            if present != (name in live):
+                self._v.fail(key, Mismatch("missing" if present else "extra"), EXACT, **where)
+            if present:
+                self._v.check(key, expected, live[name], logical=st.logical_dtype(col), **where)
+        for name, value in live.items():
+            key = f"{prefix}/{name}"
+            if (
+                F.column_path(F.INFO, name) in st.columns
+                or name in self._skipped_info
+                or self._v.ignored(key)
+            ):
+                continue
+            try:
+                to_array(value, key)
+            except Exception:
+                continue  # not recordable: the recorder skipped it too
+            self._v.fail(key, Mismatch("extra"), EXACT, **where)
