@@ -159,7 +159,7 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
             env_spec_json(env),
             seed,
             path,
-            {"env_adapter": getattr(envstate.find_env_adapter(env.unwrapped), "name", None)},
+            {F.META_ENV_ADAPTER: getattr(envstate.find_env_adapter(env.unwrapped), "name", None)},
             metadata=metadata,
             commit_every_steps=commit_every_steps,
             commit_every_seconds=commit_every_seconds,
@@ -241,26 +241,26 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
             )
         name = self._snapshot_name(name, "step", self._t)
         recorder = {
-            "step": self._t,
-            "episode": self._episode,
-            "step_in_episode": self._k,
-            "updates": self._update_log.count,
-            "needs_reset": self._needs_reset,
-            "seq": self._snap_seq,
+            F.SNAP_STEP: self._t,
+            F.SNAP_EPISODE: self._episode,
+            F.SNAP_STEP_IN_EPISODE: self._k,
+            F.SNAP_UPDATES: self._update_log.count,
+            F.SNAP_NEEDS_RESET: self._needs_reset,
+            F.SNAP_SEQ: self._snap_seq,
         }
         chain = envstate.capture_chain(self.env)
         meta: dict[str, Any] = dict(recorder)
         fallback = None
         if chain.get("env") is not None:
-            meta["env_state"] = "adapter"
+            meta[F.SNAP_ENV_STATE] = F.ENV_STATE_ADAPTER
         else:
-            meta["env_state"] = "replay-from-reset"
-            meta["replay_from"] = f"{self._replay_scope}-start"
+            meta[F.SNAP_ENV_STATE] = F.ENV_STATE_REPLAY_FROM_RESET
+            meta[F.SNAP_REPLAY_FROM] = f"{self._replay_scope}-start"
             if not self._has_adapter:
                 fallback = {
-                    "episode_start": self._episode_start_state,
-                    "scope": self._replay_scope,
-                    "recording_start": (
+                    F.FALLBACK_EPISODE_START: self._episode_start_state,
+                    F.FALLBACK_SCOPE: self._replay_scope,
+                    F.FALLBACK_RECORDING_START: (
                         self._recording_start_state if self._replay_scope == "recording" else None
                     ),
                 }
@@ -310,9 +310,9 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
         if info:
             self._write_info(s, self._reset_info_w, info, p)
         if options is not None:
-            opts = dict(self._writer.meta["reset_options"])
+            opts = dict(self._writer.meta[F.META_RESET_OPTIONS])
             opts[str(self._episode)] = json_options(options)
-            self._writer.update_meta(reset_options=opts)
+            self._writer.update_meta(**{F.META_RESET_OPTIONS: opts})
         s.end_row()
         if self._t in self._snapshot_at and self._t == 0 and self._episode == 0:
             self.snapshot()
@@ -405,10 +405,10 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
 
     def _final_meta(self) -> dict[str, Any]:
         return {
-            "skipped_info": sorted(self._skipped_info),
-            "steps": self._t,
-            "episodes": self._episode + 1,
-            "updates": self._update_log.count,
+            F.META_SKIPPED_INFO: sorted(self._skipped_info),
+            F.META_STEPS: self._t,
+            F.META_EPISODES: self._episode + 1,
+            F.META_UPDATES: self._update_log.count,
         }
 
     def _close_wrapped(self, **kwargs: Any) -> None:

@@ -13,6 +13,7 @@ import gymnasium as gym
 import numpy as np
 
 from replaykit._format import layout as F
+from replaykit._format.sink import RecordingSink
 from replaykit._format.store import Column, RecordingWriter, StreamWriter
 from replaykit._state import snapshot
 from replaykit._state import spaces as _spaces
@@ -112,37 +113,41 @@ def env_spec_json(env: gym.Env[Any, Any]) -> dict[str, Any] | None:
             return {str(k): data(x) for k, x in v.items()}
         if isinstance(v, np.generic):
             return v.item()
-        return {"$repr": repr(v)[:200]}
+        return {F.REPR_TAG: repr(v)[:200]}
 
     wrappers = []
     for w in spec.additional_wrappers or ():
         wrappers.append(
-            {"name": w.name, "entry_point": str(w.entry_point), "kwargs": data(w.kwargs)}
+            {
+                F.WRAPPER_NAME: w.name,
+                F.WRAPPER_ENTRY_POINT: str(w.entry_point),
+                F.WRAPPER_KWARGS: data(w.kwargs),
+            }
         )
     return {
-        "id": spec.id,
-        "entry_point": spec.entry_point
+        F.SPEC_ID: spec.id,
+        F.SPEC_ENTRY_POINT: spec.entry_point
         if isinstance(spec.entry_point, str)
         else data(spec.entry_point),
-        "kwargs": data(dict(spec.kwargs)),
-        "max_episode_steps": spec.max_episode_steps,
-        "reward_threshold": data(spec.reward_threshold),
-        "nondeterministic": bool(spec.nondeterministic),
-        "order_enforce": bool(spec.order_enforce),
-        "disable_env_checker": bool(spec.disable_env_checker),
-        "additional_wrappers": wrappers,
+        F.SPEC_KWARGS: data(dict(spec.kwargs)),
+        F.SPEC_MAX_EPISODE_STEPS: spec.max_episode_steps,
+        F.SPEC_REWARD_THRESHOLD: data(spec.reward_threshold),
+        F.SPEC_NONDETERMINISTIC: bool(spec.nondeterministic),
+        F.SPEC_ORDER_ENFORCE: bool(spec.order_enforce),
+        F.SPEC_DISABLE_ENV_CHECKER: bool(spec.disable_env_checker),
+        F.SPEC_ADDITIONAL_WRAPPERS: wrappers,
     }
 
 
 def env_fields(env: Any, spec: dict[str, Any] | None, seed: int | None) -> dict[str, Any]:
     """Metadata describing the recorded env: id, spec, class, seed and spaces."""
     return {
-        "env_id": spec["id"] if spec else None,
-        "env_spec": spec,
-        "env_class": snapshot.kind_of(env.unwrapped),
-        "seed": seed,
-        "observation_space": _spaces.space_to_json(env.observation_space),
-        "action_space": _spaces.space_to_json(env.action_space),
+        F.META_ENV_ID: spec[F.SPEC_ID] if spec else None,
+        F.META_ENV_SPEC: spec,
+        F.META_ENV_CLASS: snapshot.kind_of(env.unwrapped),
+        F.META_SEED: seed,
+        F.META_OBSERVATION_SPACE: _spaces.space_to_json(env.observation_space),
+        F.META_ACTION_SPACE: _spaces.space_to_json(env.action_space),
     }
 
 
@@ -171,10 +176,10 @@ def open_writer(
 
     meta: dict[str, Any] = {
         **fields,
-        "user": dict(metadata or {}),
-        "skipped_info": [],
-        "reset_options": {},
-        "closed": False,
+        F.META_USER: dict(metadata or {}),
+        F.META_SKIPPED_INFO: [],
+        F.META_RESET_OPTIONS: {},
+        F.META_CLOSED: False,
     }
     return RecordingWriter(path, meta=meta, provenance=provenance.collect(), **writer_options)
 
@@ -313,7 +318,7 @@ def nonfinite_meta(tracked: Any, snapshot_name: str, stacklevel: int = 3) -> dic
         ReplaykitWarning,
         stacklevel=stacklevel,
     )
-    return {"path": bad[0], "index": index, "value": repr(bad[2])}
+    return {F.NONFINITE_PATH: bad[0], F.NONFINITE_INDEX: index, F.NONFINITE_VALUE: repr(bad[2])}
 
 
 def first_nonfinite_value(values: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -333,7 +338,11 @@ def first_nonfinite_value(values: Mapping[str, Any]) -> dict[str, Any] | None:
         if bad.any():
             flat = int(np.flatnonzero(bad)[0])
             index = [int(i) for i in np.unravel_index(flat, arr.shape)] if arr.ndim else []
-            return {"probe": name, "index": index, "value": repr(arr.reshape(-1)[flat].item())}
+            return {
+                F.NONFINITE_PROBE: name,
+                F.NONFINITE_INDEX: index,
+                F.NONFINITE_VALUE: repr(arr.reshape(-1)[flat].item()),
+            }
     return None
 
 
@@ -344,7 +353,7 @@ class UpdateLog:
         writer: the recording's writer; the stream is created at the first update.
     """
 
-    def __init__(self, writer: RecordingWriter) -> None:
+    def __init__(self, writer: RecordingSink) -> None:
         self._writer = writer
         self._stream: StreamWriter | None = None
         self.count = 0
@@ -367,15 +376,19 @@ class UpdateLog:
             arr, logical = to_array(value, what)
             if key not in s.columns:
                 self._order.append(name)
-                self._writer.update_meta(update_probe_order=list(self._order))
+                self._writer.update_meta(**{F.META_UPDATE_PROBE_ORDER: list(self._order)})
             col = s.column(key, arr.dtype, arr.shape, logical=logical, optional=True)
             LeafWriter(s, col, what).write_present(value, p)
         s.end_row()
         if self.first_nonfinite is None:
             bad = first_nonfinite_value(values)
             if bad is not None:
-                self.first_nonfinite = {"update": self.count, "step": step, **bad}
-                self._writer.update_meta(first_nonfinite_update=self.first_nonfinite)
+                self.first_nonfinite = {
+                    F.NONFINITE_UPDATE: self.count,
+                    F.NONFINITE_STEP: step,
+                    **bad,
+                }
+                self._writer.update_meta(**{F.META_FIRST_NONFINITE_UPDATE: self.first_nonfinite})
         self.count += 1
         return self.count - 1
 
@@ -390,7 +403,7 @@ class RecorderCore:
     """
 
     path: Path
-    _writer: RecordingWriter
+    _writer: RecordingSink
     _update_log: UpdateLog
     _tracked: dict[str, Any]
     _snap_seq: int
@@ -466,9 +479,9 @@ class RecorderCore:
 
     def set_metadata(self, key: str, value: Any) -> None:
         """Store JSON data under ``meta["user"][key]`` in the file (written at the next commit)."""
-        user = dict(self._writer.meta.get("user") or {})
+        user = dict(self._writer.meta.get(F.META_USER) or {})
         user[key] = value
-        self._writer.update_meta(user=user)
+        self._writer.update_meta(**{F.META_USER: user})
 
     def close(self, **kwargs: Any) -> None:
         """Write the closing metadata, close the file, then close what the recorder wraps."""
@@ -476,7 +489,7 @@ class RecorderCore:
             return
         self._closed = True
         try:
-            self._writer.update_meta(closed=True, **self._final_meta())
+            self._writer.update_meta(**{F.META_CLOSED: True, **self._final_meta()})
             self._writer.close()
         finally:
             self._close_wrapped(**kwargs)
@@ -541,10 +554,10 @@ class RecorderCore:
         # large snapshot); nothing runs between capture and write that could change them.
         with sharing():
             tree = snapshot.build(tracked=self._tracked, **parts)
-            meta["tracked"] = sorted(self._tracked)
+            meta[F.SNAP_TRACKED] = sorted(self._tracked)
             if nonfinite:
-                meta["nonfinite"] = nonfinite_meta(tree["tracked"], name, stacklevel=4)
-            meta["bytes"] = self._writer.write_snapshot(name, tree, meta)
+                meta[F.SNAP_NONFINITE] = nonfinite_meta(tree[F.TREE_TRACKED], name, stacklevel=4)
+            meta[F.SNAP_BYTES] = self._writer.write_snapshot(name, tree, meta)
         self._snap_seq += 1
         return name
 

@@ -82,8 +82,8 @@ def make_env(recording: Recording | str | os.PathLike[str], **overrides: Any) ->
     """
     rec = recording if isinstance(recording, Recording) else Recording(recording)
     try:
-        spec = rec.meta.get("env_spec") or {}
-        env_id = spec.get("id") or rec.meta.get("env_id")
+        spec = rec.meta.get(F.META_ENV_SPEC) or {}
+        env_id = spec.get(F.SPEC_ID) or rec.meta.get(F.META_ENV_ID)
         if not isinstance(env_id, str) or not env_id:
             raise UsageError(f"{rec.path} records no env id; build the env yourself")
         if ":" in env_id:
@@ -99,11 +99,11 @@ def make_env(recording: Recording | str | os.PathLike[str], **overrides: Any) ->
             )
         kwargs: dict[str, Any] = {
             k: v
-            for k, v in (spec.get("kwargs") or {}).items()
-            if not isinstance(v, dict) or "$repr" not in v
+            for k, v in (spec.get(F.SPEC_KWARGS) or {}).items()
+            if not isinstance(v, dict) or F.REPR_TAG not in v
         }
         kwargs.update(overrides)
-        max_steps = spec.get("max_episode_steps")
+        max_steps = spec.get(F.SPEC_MAX_EPISODE_STEPS)
         if max_steps is not None and "max_episode_steps" not in kwargs:
             kwargs["max_episode_steps"] = max_steps
         return gym.make(env_id, **kwargs)
@@ -163,9 +163,9 @@ class Replay(ReplayCore):
         **options: Any,
     ) -> None:
         super().__init__(rec, snap, position, owns, rules=rules, ignore=ignore, **options)
-        self.episode = int(position["episode"])
-        self.step_in_episode = int(position["step_in_episode"])
-        self.needs_reset = bool(position["needs_reset"])
+        self.episode = int(position[F.SNAP_EPISODE])
+        self.step_in_episode = int(position[F.SNAP_STEP_IN_EPISODE])
+        self.needs_reset = bool(position[F.SNAP_NEEDS_RESET])
         self._obs_space = env.observation_space
         self._act_space = env.action_space
         self._obs_leaves = _spaces.leaves_of(env.observation_space, "observation")
@@ -302,12 +302,12 @@ def _check_env(rec: Recording, env: gym.Env[Any, Any]) -> None:
     problems = []
     meta = rec.meta
     live_spec = env_spec_json(env)
-    rec_id = meta.get("env_id")
-    if rec_id and live_spec and live_spec["id"] != rec_id:
-        problems.append(f"env id: recorded {rec_id!r}, got {live_spec['id']!r}")
-    rec_spec = meta.get("env_spec") or {}
-    if rec_spec and live_spec and rec_spec.get("kwargs") != live_spec.get("kwargs"):
-        a, b = rec_spec.get("kwargs") or {}, live_spec.get("kwargs") or {}
+    rec_id = meta.get(F.META_ENV_ID)
+    if rec_id and live_spec and live_spec[F.SPEC_ID] != rec_id:
+        problems.append(f"env id: recorded {rec_id!r}, got {live_spec[F.SPEC_ID]!r}")
+    rec_spec = meta.get(F.META_ENV_SPEC) or {}
+    if rec_spec and live_spec and rec_spec.get(F.SPEC_KWARGS) != live_spec.get(F.SPEC_KWARGS):
+        a, b = rec_spec.get(F.SPEC_KWARGS) or {}, live_spec.get(F.SPEC_KWARGS) or {}
         for k in sorted(set(a) | set(b)):
             if a.get(k) != b.get(k):
                 problems.append(f"env kwarg {k!r}: recorded {a.get(k)!r}, got {b.get(k)!r}")
@@ -379,8 +379,8 @@ def restore(
         info, tree = rec.load_snapshot(snapshot_id)
         _check_env(rec, env)
         tracked = dict(track or {})
-        snapshot.check_tracked_names(tree["tracked"], tree.get("kinds") or {}, tracked)
-        chain = tree["env"]
+        snapshot.check_tracked_names(tree[F.TREE_TRACKED], tree.get(F.TREE_KINDS) or {}, tracked)
+        chain = tree[F.TREE_ENV]
         if chain.get("env") is not None:
             envstate.restore_chain(env, chain)
         else:
@@ -390,7 +390,14 @@ def restore(
         # may take its tensors without a copy.
         snapshot.restore(tree, tracked, global_rngs=global_rngs)
         return Replay(
-            rec, info, env, tree["recorder"], rules_obj, ignore, owns, extra=tree.get("extra")
+            rec,
+            info,
+            env,
+            tree[F.TREE_RECORDER],
+            rules_obj,
+            ignore,
+            owns,
+            extra=tree.get(F.TREE_EXTRA),
         )
 
 
@@ -411,12 +418,14 @@ def _fast_forward(
     """
     from replaykit._state import envs as envstate
 
-    fb = tree.get("fallback") or {}
-    scope = fb.get("scope", "episode")
-    pos = tree["recorder"]
-    e, t = int(pos["episode"]), int(pos["step"])
+    fb = tree.get(F.TREE_FALLBACK) or {}
+    scope = fb.get(F.FALLBACK_SCOPE, "episode")
+    pos = tree[F.TREE_RECORDER]
+    e, t = int(pos[F.SNAP_EPISODE]), int(pos[F.SNAP_STEP])
     first = 0 if scope == "recording" else e
-    start_state = fb.get("recording_start" if scope == "recording" else "episode_start")
+    start_state = fb.get(
+        F.FALLBACK_RECORDING_START if scope == "recording" else F.FALLBACK_EPISODE_START
+    )
     if start_state is None:
         raise RestoreError(
             f"{rec.path}: snapshot {info.name!r} holds no env state and no {scope}-start state "
@@ -429,10 +438,10 @@ def _fast_forward(
         info,
         env,
         {
-            "step": int(reset_steps[0]),
-            "episode": first - 1,
-            "step_in_episode": 0,
-            "needs_reset": True,
+            F.SNAP_STEP: int(reset_steps[0]),
+            F.SNAP_EPISODE: first - 1,
+            F.SNAP_STEP_IN_EPISODE: 0,
+            F.SNAP_NEEDS_RESET: True,
         },
         rules,
         ignore,
@@ -458,8 +467,8 @@ def _fast_forward(
         if human:
             base.render_mode = "human"
     live = envstate.capture_wrappers_and_rngs(env).get("env_rng")
-    if live is not None and tree["env"].get("env_rng") is not None:
-        if _rng_repr(live) != _rng_repr(tree["env"]["env_rng"]):
+    if live is not None and tree[F.TREE_ENV].get("env_rng") is not None:
+        if _rng_repr(live) != _rng_repr(tree[F.TREE_ENV]["env_rng"]):
             probe._v.fail(
                 "env_rng",
                 Mismatch("value"),

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from replaykit._analysis.compare import Rule, Rules
+from replaykit._format import layout as F
 from replaykit._format.store import Recording, SnapshotInfo
 from replaykit._session.recorder import RecorderCore
 from replaykit._session.verifier import ReplayCore, as_rules, restoring
@@ -372,7 +373,7 @@ class TrainingRecorder(RecorderCore):
     ) -> None:
         self._open(
             path,
-            {"kind": "training", "env_id": None, "env_spec": None},
+            {F.META_KIND: F.KIND_TRAINING, F.META_ENV_ID: None, F.META_ENV_SPEC: None},
             metadata=metadata,
             commit_every_seconds=commit_every_seconds,
             fsync=fsync,
@@ -390,18 +391,18 @@ class TrainingRecorder(RecorderCore):
         self._require_open()
         name = self._snapshot_name(name, "update", self._update_log.count)
         recorder = {
-            "step": 0,
-            "episode": -1,
-            "step_in_episode": 0,
-            "updates": self._update_log.count,
-            "needs_reset": True,
-            "seq": self._snap_seq,
+            F.SNAP_STEP: 0,
+            F.SNAP_EPISODE: -1,
+            F.SNAP_STEP_IN_EPISODE: 0,
+            F.SNAP_UPDATES: self._update_log.count,
+            F.SNAP_NEEDS_RESET: True,
+            F.SNAP_SEQ: self._snap_seq,
         }
-        meta = {**recorder, "env_state": None}
+        meta = {**recorder, F.SNAP_ENV_STATE: None}
         return self._write_snapshot(name, meta, env={}, recorder=recorder, extra=extra)
 
     def _final_meta(self) -> dict[str, Any]:
-        return {"steps": 0, "episodes": 0, "updates": self._update_log.count}
+        return {F.META_STEPS: 0, F.META_EPISODES: 0, F.META_UPDATES: self._update_log.count}
 
 
 class TrainingReplay(ReplayCore):
@@ -423,9 +424,9 @@ class TrainingReplay(ReplayCore):
         ignore: Iterable[str],
         owns: bool,
     ) -> None:
-        position = tree["recorder"]
+        position = tree[F.TREE_RECORDER]
         super().__init__(
-            rec, snap, position, owns, rules=rules, ignore=ignore, extra=tree.get("extra")
+            rec, snap, position, owns, rules=rules, ignore=ignore, extra=tree.get(F.TREE_EXTRA)
         )
 
 
@@ -456,6 +457,6 @@ def restore_training(
     with restoring(recording, verify) as (rec, owns):
         info, tree = rec.load_snapshot(snapshot_id)
         tracked = dict(track or {})
-        snapshot.check_tracked_names(tree["tracked"], tree.get("kinds") or {}, tracked)
+        snapshot.check_tracked_names(tree[F.TREE_TRACKED], tree.get(F.TREE_KINDS) or {}, tracked)
         snapshot.restore(tree, tracked, global_rngs=global_rngs)
         return TrainingReplay(rec, info, tree, as_rules(rules), ignore, owns)

@@ -211,9 +211,9 @@ def _capture_vector(vec: VectorEnv[Any, Any, Any], autoreset: np.ndarray) -> dic
     from replaykit._state.envs.generators import capture_space_rng
 
     return {
-        "kind": _kind(vec),
-        "num_envs": int(vec.num_envs),
-        "autoreset_mode": _mode(vec).value,
+        F.VECTOR_KIND: _kind(vec),
+        F.VECTOR_NUM_ENVS: int(vec.num_envs),
+        F.VECTOR_AUTORESET_MODE: _mode(vec).value,
         "autoreset": autoreset.copy(),
         "spaces": {
             name: capture_space_rng(s, f"vector {name}_space") for name, s in _space_items(vec)
@@ -324,13 +324,17 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
         self._obs_leaves = _spaces.leaves_of(env.observation_space, "observation")
         self._act_leaves = _spaces.leaves_of(env.action_space, "action")
         self._single_obs_leaves = _spaces.leaves_of(env.single_observation_space, "observation")
-        vector = {"kind": kind, "num_envs": self._n, "autoreset_mode": self._mode.value}
+        vector = {
+            F.VECTOR_KIND: kind,
+            F.VECTOR_NUM_ENVS: self._n,
+            F.VECTOR_AUTORESET_MODE: self._mode.value,
+        }
         self._open_env(
             env,
             _spec_of(env),
             seed,
             path,
-            {"vector": vector, "env_adapter": None},
+            {F.META_VECTOR: vector, F.META_ENV_ADAPTER: None},
             metadata=metadata,
             commit_every_steps=commit_every_steps,
             commit_every_seconds=commit_every_seconds,
@@ -357,22 +361,22 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
             raise UsageError("snapshot() before the first reset(); reset the vector env first")
         name = self._snapshot_name(name, "step", self._t)
         recorder = {
-            "step": self._t,
-            "episode": self._reset_count - 1,
-            "resets": self._reset_count,
-            "episodes": self._episodes.copy(),
-            "last_was_reset": self._last_was_reset,
-            "updates": 0,
-            "needs_reset": False,
-            "seq": self._snap_seq,
+            F.SNAP_STEP: self._t,
+            F.SNAP_EPISODE: self._reset_count - 1,
+            F.SNAP_RESETS: self._reset_count,
+            F.RECORDER_EPISODES: self._episodes.copy(),
+            F.SNAP_LAST_WAS_RESET: self._last_was_reset,
+            F.SNAP_UPDATES: 0,
+            F.SNAP_NEEDS_RESET: False,
+            F.SNAP_SEQ: self._snap_seq,
         }
         env = {
             "vector": _capture_vector(self.env, self._autoreset),
             "envs": _capture_envs(self.env),
         }
-        meta = {k: v for k, v in recorder.items() if k != "episodes"}
-        meta["env_state"] = "adapter"
-        meta["pending_autoresets"] = [int(i) for i in np.flatnonzero(self._autoreset)]
+        meta = {k: v for k, v in recorder.items() if k != F.RECORDER_EPISODES}
+        meta[F.SNAP_ENV_STATE] = F.ENV_STATE_ADAPTER
+        meta[F.SNAP_PENDING_AUTORESETS] = [int(i) for i in np.flatnonzero(self._autoreset)]
         return self._write_snapshot(
             name, meta, nonfinite=False, env=env, recorder=recorder, extra=extra
         )
@@ -430,9 +434,9 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
             x is not None for x in seeds
         ]
         if saved_options is not None:
-            opts = dict(self._writer.meta["reset_options"])
+            opts = dict(self._writer.meta[F.META_RESET_OPTIONS])
             opts[str(self._reset_count)] = json_options(saved_options)
-            self._writer.update_meta(reset_options=opts)
+            self._writer.update_meta(**{F.META_RESET_OPTIONS: opts})
         s.end_row()
         which = (
             np.ones(self._n, dtype=np.bool_) if mask is None else np.asarray(mask, dtype=np.bool_)
@@ -477,9 +481,9 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
 
     def _final_meta(self) -> dict[str, Any]:
         return {
-            "skipped_info": sorted(self._skipped),
-            "steps": self._t,
-            "resets": self._reset_count,
+            F.META_SKIPPED_INFO: sorted(self._skipped),
+            F.META_STEPS: self._t,
+            F.META_RESETS: self._reset_count,
         }
 
     def _close_wrapped(self, **kwargs: Any) -> None:
@@ -532,7 +536,7 @@ class VectorReplay(ReplayCore):
         ignore: Iterable[str],
         owns: bool,
     ) -> None:
-        pos = tree["recorder"]
+        pos = tree[F.TREE_RECORDER]
         super().__init__(
             rec,
             snap,
@@ -540,20 +544,20 @@ class VectorReplay(ReplayCore):
             owns,
             rules=rules,
             ignore=ignore,
-            extra=tree.get("extra"),
+            extra=tree.get(F.TREE_EXTRA),
             note=_VECTOR_NOTE,
         )
         self._vec = vec
         self._n = int(vec.num_envs)
         self._mode = _mode(vec)
-        self._reset_count = int(pos["resets"])
-        self.episodes = np.array(pos["episodes"], dtype=np.int64)
-        self.autoreset = np.array(tree["env"]["vector"]["autoreset"], dtype=np.bool_)
+        self._reset_count = int(pos[F.SNAP_RESETS])
+        self.episodes = np.array(pos[F.RECORDER_EPISODES], dtype=np.int64)
+        self.autoreset = np.array(tree[F.TREE_ENV]["vector"]["autoreset"], dtype=np.bool_)
         self._obs_leaves = _spaces.leaves_of(vec.observation_space, "observation")
         self._act_leaves = _spaces.leaves_of(vec.action_space, "action")
         self._single_obs_leaves = _spaces.leaves_of(vec.single_observation_space, "observation")
         self.env = _VerifyingVectorWrapper(vec, self)
-        if bool(pos["last_was_reset"]):
+        if bool(pos[F.SNAP_LAST_WAS_RESET]):
             rows, i = self._resets, self._reset_count - 1
         else:
             rows, i = self._steps_rows(), self.step - 1
@@ -643,17 +647,17 @@ class VectorReplay(ReplayCore):
 
 def _check_vector(rec: Recording, vec: VectorEnv[Any, Any, Any], saved: Mapping[str, Any]) -> None:
     problems = []
-    if int(saved["num_envs"]) != vec.num_envs:
-        problems.append(f"num_envs: recorded {saved['num_envs']}, got {vec.num_envs}")
-    if saved["autoreset_mode"] != _mode(vec).value:
+    if int(saved[F.VECTOR_NUM_ENVS]) != vec.num_envs:
+        problems.append(f"num_envs: recorded {saved[F.VECTOR_NUM_ENVS]}, got {vec.num_envs}")
+    if saved[F.VECTOR_AUTORESET_MODE] != _mode(vec).value:
         problems.append(
-            f"autoreset_mode: recorded {saved['autoreset_mode']}, got {_mode(vec).value}"
+            f"autoreset_mode: recorded {saved[F.VECTOR_AUTORESET_MODE]}, got {_mode(vec).value}"
         )
     problems += space_problems(rec, vec.observation_space, vec.action_space)
-    spec = rec.meta.get("env_spec") or {}
+    spec = rec.meta.get(F.META_ENV_SPEC) or {}
     live = _spec_of(vec)
-    if spec and live and spec.get("id") != live.get("id"):
-        problems.append(f"env id: recorded {spec.get('id')!r}, got {live.get('id')!r}")
+    if spec and live and spec.get(F.SPEC_ID) != live.get(F.SPEC_ID):
+        problems.append(f"env id: recorded {spec.get(F.SPEC_ID)!r}, got {live.get(F.SPEC_ID)!r}")
     if problems:
         raise StateMismatchError("vector env", problems)
 
@@ -689,16 +693,16 @@ def restore_vector(
     from replaykit._state.envs.generators import restore_space_rng
 
     with restoring(recording, verify) as (rec, owns):
-        if not rec.meta.get("vector"):
+        if not rec.meta.get(F.META_VECTOR):
             raise UsageError(
                 f"{rec.path} is a single-env recording; restore it with replaykit.restore"
             )
         info, tree = rec.load_snapshot(snapshot_id)
-        saved = tree["env"]["vector"]
+        saved = tree[F.TREE_ENV]["vector"]
         _check_vector(rec, vec_env, saved)
         tracked = dict(track or {})
-        snapshot.check_tracked_names(tree["tracked"], tree.get("kinds") or {}, tracked)
-        states = tree["env"]["envs"]
+        snapshot.check_tracked_names(tree[F.TREE_TRACKED], tree.get(F.TREE_KINDS) or {}, tracked)
+        states = tree[F.TREE_ENV]["envs"]
         autoreset = np.asarray(saved["autoreset"], dtype=np.bool_)
         if isinstance(vec_env, SyncVectorEnv):
             for e, state in zip(vec_env.envs, states, strict=True):

@@ -184,13 +184,13 @@ class UpdateChecker:
         self._v = verifier
         self.first_nonfinite: dict[str, Any] | None = None
         self._base_note = verifier.note
-        recorded = rec.meta.get("first_nonfinite_update")
+        recorded = rec.meta.get(F.META_FIRST_NONFINITE_UPDATE)
         if isinstance(recorded, dict):
             self._base_note = join_notes(
                 self._base_note,
                 "the recording met its first non-finite update value at update "
-                f"{recorded.get('update')}, probe {recorded.get('probe')!r}, element "
-                f"{recorded.get('index')}: {recorded.get('value')}",
+                f"{recorded.get(F.NONFINITE_UPDATE)}, probe {recorded.get(F.NONFINITE_PROBE)!r}, "
+                f"element {recorded.get(F.NONFINITE_INDEX)}: {recorded.get(F.NONFINITE_VALUE)}",
             )
             verifier.note = self._base_note
 
@@ -210,11 +210,12 @@ class UpdateChecker:
         if self.first_nonfinite is None:
             bad = first_nonfinite_value(values)
             if bad is not None:
-                self.first_nonfinite = {"update": u, **bad}
+                self.first_nonfinite = {F.NONFINITE_UPDATE: u, **bad}
                 self._v.note = join_notes(
                     self._base_note,
                     f"first non-finite value met in this replay: update {u}, probe "
-                    f"{bad['probe']!r}, element {bad['index']}: {bad['value']}",
+                    f"{bad[F.NONFINITE_PROBE]!r}, element {bad[F.NONFINITE_INDEX]}: "
+                    f"{bad[F.NONFINITE_VALUE]}",
                 )
         st = rows.stream
         where: dict[str, Any] = {"stream": F.UPDATES, "row": u, "episode": None, "k": None}
@@ -258,9 +259,9 @@ def space_problems(
 ) -> list[str]:
     """Say which of the recorded observation and action spaces the live ones differ from."""
     problems = []
-    if rec.meta.get("observation_space") != _spaces.space_to_json(observation_space):
+    if rec.meta.get(F.META_OBSERVATION_SPACE) != _spaces.space_to_json(observation_space):
         problems.append("observation space differs from the recorded one")
-    if rec.meta.get("action_space") != _spaces.space_to_json(action_space):
+    if rec.meta.get(F.META_ACTION_SPACE) != _spaces.space_to_json(action_space):
         problems.append("action space differs from the recorded one")
     return problems
 
@@ -329,15 +330,15 @@ class ReplayCore:
         self.snapshot = snap
         self.extra = extra
         self._owns = owns
-        self.step = int(position.get("step", 0))
-        self.update = int(position.get("updates", 0))
+        self.step = int(position.get(F.SNAP_STEP, 0))
+        self.update = int(position.get(F.SNAP_UPDATES, 0))
         self.verified_steps = 0
         self.verified_updates = 0
         self._v = Verifier(rec, snap, **checks)
         self._steps = Rows(rec, F.STEPS) if rec.has_stream(F.STEPS) else None
         self._resets = Rows(rec, F.RESETS)
         self._update_check = UpdateChecker(rec, self._v)
-        self._skipped_info = frozenset(rec.meta.get("skipped_info") or ())
+        self._skipped_info = frozenset(rec.meta.get(F.META_SKIPPED_INFO) or ())
 
     @property
     def steps_left(self) -> int:
@@ -408,7 +409,8 @@ class ReplayCore:
         """Return ``(seed, seeded, options)`` recorded for reset ``r``."""
         seed, _ = self._resets.get(F.RESET_SEED, r)
         seeded, _ = self._resets.get(F.RESET_SEEDED, r)
-        return seed, seeded, (self.recording.meta.get("reset_options") or {}).get(str(r))
+        options = self.recording.meta.get(F.META_RESET_OPTIONS) or {}
+        return seed, seeded, options.get(str(r))
 
     def _check_reset(
         self, r: int, what: str, seed: Any, seeded: Any, where: dict[str, Any]

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from replaykit._format import layout as F
 from replaykit.errors import CaptureError, StateMismatchError
 
 __all__ = [
@@ -95,13 +96,13 @@ def build(
     from replaykit._state import rng
 
     return {
-        "env": env,
-        "rngs": rng.capture_global_rngs(),
-        "tracked": {name: capture_tracked(obj, name) for name, obj in tracked.items()},
-        "kinds": {name: kind_of(obj) for name, obj in tracked.items()},
-        "recorder": dict(recorder),
-        "fallback": fallback,
-        "extra": extra,
+        F.TREE_ENV: env,
+        F.TREE_RNGS: rng.capture_global_rngs(),
+        F.TREE_TRACKED: {name: capture_tracked(obj, name) for name, obj in tracked.items()},
+        F.TREE_KINDS: {name: kind_of(obj) for name, obj in tracked.items()},
+        F.TREE_RECORDER: dict(recorder),
+        F.TREE_FALLBACK: fallback,
+        F.TREE_EXTRA: extra,
     }
 
 
@@ -116,9 +117,9 @@ def restore(tree: Mapping[str, Any], tracked: Mapping[str, Any], *, global_rngs:
 
     with sharing():
         for name, obj in tracked.items():
-            restore_tracked(obj, tree["tracked"][name], name)
-    if global_rngs and tree.get("rngs") is not None:
-        rng.restore_global_rngs(tree["rngs"])
+            restore_tracked(obj, tree[F.TREE_TRACKED][name], name)
+    if global_rngs and tree.get(F.TREE_RNGS) is not None:
+        rng.restore_global_rngs(tree[F.TREE_RNGS])
 
 
 def check_tracked_names(
