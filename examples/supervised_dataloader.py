@@ -1,7 +1,7 @@
 """A supervised training loop over a shuffled DataLoader with worker processes, snapshot mid-epoch.
 
 The dataset augments each sample with torch random noise inside the worker processes. The
-loader is wrapped in ``replaykit._session.training.ResumableLoader``, so a snapshot taken halfway
+loader is wrapped in ``replaykit.ResumableLoader``, so a snapshot taken halfway
 through the second epoch holds the epoch's start state and the batches consumed; a fresh
 process restores it, the loader yields exactly the remaining batches of that epoch (without
 loading the consumed ones), and the next updates are verified bit-exactly.

@@ -21,11 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from replaykit.errors import ReplaykitWarning, UsageError
+from replaykit import errors as _errors
 
-__all__ = ["determinism_flags", "enable_determinism"]
+__all__ = ["CUBLAS_WORKSPACE_CONFIG", "determinism_flags", "enable_determinism"]
 
-# cuBLAS needs a fixed workspace configuration for deterministic results (CUDA >= 10.2).
+#: The value :func:`enable_determinism` gives the ``CUBLAS_WORKSPACE_CONFIG`` environment
+#: variable when unset: cuBLAS needs a fixed workspace configuration for deterministic
+#: results (CUDA >= 10.2).
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 _CUBLAS_ENV = "CUBLAS_WORKSPACE_CONFIG"
 
@@ -51,7 +53,7 @@ def enable_determinism(seed: int | None = None, *, warn_only: bool = False) -> d
         UsageError: ``seed`` is not a non-negative int.
     """
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise UsageError(f"seed must be a non-negative int or None, got {seed!r}")
+        raise _errors.UsageError(f"seed must be a non-negative int or None, got {seed!r}")
     torch.use_deterministic_algorithms(True, warn_only=warn_only)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
@@ -62,7 +64,7 @@ def enable_determinism(seed: int | None = None, *, warn_only: bool = False) -> d
                 f"set {_CUBLAS_ENV}={CUBLAS_WORKSPACE_CONFIG} after CUDA was initialised, so "
                 "cuBLAS may not see it; call enable_determinism() before any CUDA work, or set "
                 "the variable in the environment that starts Python",
-                ReplaykitWarning,
+                _errors.ReplaykitWarning,
                 stacklevel=2,
             )
     if seed is not None:

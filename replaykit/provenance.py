@@ -19,10 +19,16 @@ import subprocess
 import sys
 from typing import Any
 
+from replaykit._state.envs import families as _families
+
 __all__ = ["collect", "differences", "DRIFT_KEYS"]
 
+_CORE_PACKAGES = ("replaykit", "numpy", "torch", "gymnasium", "h5py")
+# Core packages first, then every env family's distributions (the table in families.py).
+_PACKAGES = _CORE_PACKAGES + tuple(d for d in _families.distributions() if d not in _CORE_PACKAGES)
+
 # Keys whose difference most often explains a divergence, most likely first.
-DRIFT_KEYS = (
+DRIFT_KEYS: tuple[str, ...] = (
     "versions.torch",
     "device.cuda",
     "device.cudnn",
@@ -30,9 +36,7 @@ DRIFT_KEYS = (
     "determinism",
     "versions.numpy",
     "versions.gymnasium",
-    "versions.mujoco",
-    "versions.ale-py",
-    "versions.box2d",
+    *(f"versions.{d}" for d in _PACKAGES if d not in _CORE_PACKAGES),
     "versions.python",
     "platform.machine",
     "platform.system",
@@ -42,8 +46,6 @@ DRIFT_KEYS = (
     "git.revision",
     "git.dirty",
 )
-
-_PACKAGES = ("replaykit", "numpy", "torch", "gymnasium", "h5py", "mujoco", "ale-py", "box2d")
 
 
 def _version(dist: str) -> str | None:

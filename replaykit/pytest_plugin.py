@@ -7,7 +7,11 @@ Options:
     ``--replaykit-update=MODE``: golden recordings to (re)write: ``none`` (default; a
     missing golden file fails), ``missing``, ``failing`` (re-record files that no
     longer match), ``all``.
-    ``--run-slow``: run tests marked ``slow``.
+
+Every option starts with ``--replaykit-``, and the plugin declares no markers and skips
+no tests, so it cannot clash with a project's own options (``--run-slow``) or markers
+(``slow``). Importing it imports nothing heavy (no numpy, h5py, gymnasium or torch):
+the library loads when a fixture is first used.
 
 Fixtures:
     ``replaykit_recording``: ``open(path, verify=True)`` -> :class:`~replaykit.Recording`,
@@ -23,8 +27,8 @@ with the first-divergence report.
 
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -34,6 +38,15 @@ if TYPE_CHECKING:
     from replaykit._session.replay import Replay
     from replaykit.testing import GoldenFiles
 
+__all__ = [
+    "pytest_addoption",
+    "pytest_configure",
+    "pytest_terminal_summary",
+    "replaykit_golden",
+    "replaykit_recording",
+    "replaykit_restore",
+]
+
 _MODES = ("none", "missing", "failing", "all")
 
 
@@ -42,15 +55,15 @@ class _State:
 
     def __init__(self, update: str) -> None:
         self.update = update
-        self.updated: list[Path] = []
+        self.updated: list[pathlib.Path] = []
 
 
 _STATE = pytest.StashKey[_State]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """Declare ``--replaykit-update`` (the plugin's only option)."""
     group = parser.getgroup("replaykit")
-    group.addoption("--run-slow", action="store_true", default=False, help="run tests marked slow")
     group.addoption(
         "--replaykit-update",
         action="store",
@@ -63,19 +76,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """Keep the session's update mode and the golden files it writes in ``config.stash``."""
     config.stash[_STATE] = _State(str(config.getoption("--replaykit-update")))
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--run-slow"):
-        return
-    skip = pytest.mark.skip(reason="slow: pass --run-slow to run it")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
-
-
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """List the golden recordings this session wrote."""
     state = config.stash.get(_STATE, None)
     if state is None or not state.updated:
         return
@@ -84,8 +90,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_line(str(path))
 
 
-def _test_dir(request: pytest.FixtureRequest) -> Path:
-    return Path(request.path).parent
+def _test_dir(request: pytest.FixtureRequest) -> pathlib.Path:
+    return pathlib.Path(request.path).parent
 
 
 @pytest.fixture
@@ -96,7 +102,7 @@ def replaykit_recording(request: pytest.FixtureRequest) -> Iterator[Callable[...
     base = _test_dir(request)
     opened: list[Recording] = []
 
-    def open_recording(path: str | Path, *, verify: bool = True) -> Recording:
+    def open_recording(path: str | pathlib.Path, *, verify: bool = True) -> Recording:
         rec = Recording(base / path, verify=verify)
         opened.append(rec)
         return rec
@@ -119,7 +125,7 @@ def replaykit_restore(request: pytest.FixtureRequest) -> Iterator[Callable[..., 
     replays: list[Replay] = []
 
     def restore_snapshot(
-        path: str | Path, snapshot: str | int | None = None, **kwargs: Any
+        path: str | pathlib.Path, snapshot: str | int | None = None, **kwargs: Any
     ) -> Replay:
         __tracebackhide__ = True
         rep = restore(base / path, snapshot, **kwargs)
@@ -132,7 +138,7 @@ def replaykit_restore(request: pytest.FixtureRequest) -> Iterator[Callable[..., 
 
 
 @pytest.fixture
-def replaykit_golden(request: pytest.FixtureRequest, tmp_path: Path) -> GoldenFiles:
+def replaykit_golden(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> GoldenFiles:
     """Golden recordings relative to the test file's directory, honouring ``--replaykit-update``."""
     from replaykit.testing import GoldenFiles
 

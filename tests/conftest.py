@@ -1,4 +1,9 @@
-"""Shared fixtures: a small real recording, and a process factory for kill/fuzz children."""
+"""Shared fixtures: a small real recording, and a process factory for kill/fuzz children.
+
+Also this suite's own ``--run-slow`` option: tests marked ``slow`` (declared in
+pyproject.toml) are skipped unless it is given. The replaykit pytest plugin declares only
+``--replaykit-*`` options, so a user project keeps its own ``--run-slow`` and ``slow``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,19 @@ from typing import Any
 
 import pytest
 import replaykit_envs  # noqa: F401  (the suite uses the replaykit/... test envs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", default=False, help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: pass --run-slow to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "benchmarks" / "run.py"
 
@@ -19,6 +21,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from run import ROW_KEYS  # noqa: E402
 
 
+@pytest.mark.integration
 def test_quick_benchmarks_print_every_row(tmp_path: Path) -> None:
     out_json = tmp_path / "rows.json"
     out_md = tmp_path / "RESULTS.md"

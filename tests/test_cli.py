@@ -53,6 +53,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.integration
 def test_record_then_replay_script(tmp_path: Path) -> None:
     proc = run_cli(*RECORD_ARGS, "--out", "a.h5", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -62,6 +63,7 @@ def test_record_then_replay_script(tmp_path: Path) -> None:
     assert "100 steps" in proc.stdout and "bit-exactly" in proc.stdout
 
 
+@pytest.mark.integration
 def test_replay_not_a_file_exit_2_one_line(tmp_path: Path) -> None:
     (tmp_path / "not-a-file.txt").write_text("hello\n")
     proc = run_cli("replay", "not-a-file.txt", cwd=tmp_path)
@@ -71,6 +73,7 @@ def test_replay_not_a_file_exit_2_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
+@pytest.mark.integration
 def test_diff_different_seeds_script(recorded: Path, tmp_path: Path) -> None:
     b = tmp_path / "b.h5"
     assert (
@@ -104,6 +107,7 @@ def test_diff_different_seeds_script(recorded: Path, tmp_path: Path) -> None:
     assert "key 'obs'" in proc.stdout
 
 
+@pytest.mark.integration
 def test_demo_script(tmp_path: Path) -> None:
     proc = run_cli("demo", "--out", str(tmp_path / "demo.h5"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -191,6 +195,7 @@ def test_inspect_json_and_text(recorded: Path) -> None:
     assert "step-000200" in res.output and "steps/reward" in res.output
 
 
+@pytest.mark.integration
 def test_check_ok_and_bad(recorded: Path, tmp_path: Path) -> None:
     res = RUNNER.invoke(app, ["check", str(recorded), "--json"])
     assert res.exit_code == 0, res.output

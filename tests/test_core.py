@@ -47,6 +47,7 @@ def record_here(tmp_path: Path, env_id: str) -> Path:
 
 
 @pytest.mark.parametrize("env_id", ENVS)
+@pytest.mark.integration
 def test_fresh_process_restore_is_bit_exact(tmp_path: Path, env_id: str) -> None:
     path = record_here(tmp_path, env_id)
     with replaykit.Recording(path) as rec:
@@ -67,6 +68,7 @@ def test_snapshot_is_mid_episode(tmp_path: Path) -> None:
         assert rec.snapshots[0].meta["step_in_episode"] == 152
 
 
+@pytest.mark.integration
 def test_changed_policy_code_diverges_with_report(tmp_path: Path) -> None:
     path = record_here(tmp_path, "CartPole-v1")
     res = run_child("replay", str(path), "CartPole-v1", "50", "--variant", "scaled")
@@ -77,6 +79,7 @@ def test_changed_policy_code_diverges_with_report(tmp_path: Path) -> None:
     assert "ULP" in res.stderr and "rule: bit-exact" in res.stderr
 
 
+@pytest.mark.integration
 def test_signed_zero_counts(tmp_path: Path) -> None:
     path = record_here(tmp_path, "Pendulum-v1")
     res = run_child("replay", str(path), "Pendulum-v1", "50", "--zero", "-0.0")
@@ -108,6 +111,7 @@ def _rewrite_value(
     return old
 
 
+@pytest.mark.integration
 def test_one_ulp_change_in_recording_is_reported(tmp_path: Path) -> None:
     path = record_here(tmp_path, "Acrobot-v1")
     with replaykit.Recording(path) as rec:
@@ -121,6 +125,7 @@ def test_one_ulp_change_in_recording_is_reported(tmp_path: Path) -> None:
     assert "1 ULP" in res.stderr
 
 
+@pytest.mark.integration
 def test_replay_from_reset_fallback_fresh_process(tmp_path: Path) -> None:
     import noadapter_env  # noqa: F401
 
@@ -136,6 +141,7 @@ def test_replay_from_reset_fallback_fresh_process(tmp_path: Path) -> None:
     assert "verified 120 steps" in res.stdout
 
 
+@pytest.mark.integration
 def test_fallback_names_first_nondeterministic_step(tmp_path: Path) -> None:
     import noadapter_env  # noqa: F401
 

@@ -42,6 +42,7 @@ def _check(env_ids: list[str], tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("group", sorted(GROUPS))
+@pytest.mark.integration
 def test_sample_continues_bit_exactly_in_a_fresh_process(group, tmp_path):
     if group in MODULES:
         pytest.importorskip(MODULES[group])

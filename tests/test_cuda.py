@@ -16,6 +16,7 @@ import replaykit
 
 pytestmark = [
     pytest.mark.cuda,
+    pytest.mark.integration,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 

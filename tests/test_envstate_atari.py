@@ -145,6 +145,7 @@ def test_last_action_is_in_the_state() -> None:
     assert _first_divergence(reference, _rollout(fresh, noops)) is None
 
 
+@pytest.mark.integration
 def test_hidden_sticky_action_is_reproduced() -> None:
     # ALE's clone leaves out the action a sticky frame repeats. At capture
     # points where the next frame sticks, restoring the bare clone into a fresh

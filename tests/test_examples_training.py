@@ -24,6 +24,8 @@ from replaykit._analysis.layers import first_divergent_module, first_update_dive
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
+pytestmark = pytest.mark.integration  # runs the examples, in fresh processes
+
 # (example, extra recording args, whether env steps run between the verified updates)
 CASES: list[tuple[str, list[str], bool]] = [
     ("reinforce_cartpole", [], True),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -40,6 +43,7 @@ def _write_golden_test(pytester: pytest.Pytester, policy: str) -> None:
     pytester.makepyfile(test_golden=GOLDEN_TEST.replace("POLICY", policy))
 
 
+@pytest.mark.integration
 def test_golden_workflow(pytester: pytest.Pytester) -> None:
     _write_golden_test(pytester, POLICY_A)
     golden = pytester.path / "golden" / "cartpole.h5"
@@ -107,6 +111,7 @@ def test_own_file(replaykit_golden, i):
 )
 
 
+@pytest.mark.integration
 def test_golden_updates_are_safe_under_xdist(pytester: pytest.Pytester) -> None:
     # Eight tests race to create the same missing golden file on two workers: the lock and
     # the re-check under it mean one writes it; os.replace means nobody sees half a file.
@@ -135,6 +140,7 @@ def _record_hand_loop(path: Path) -> None:
     env.close()
 
 
+@pytest.mark.integration
 def test_restore_fixture_and_assert_replay(pytester: pytest.Pytester) -> None:
     _record_hand_loop(pytester.path / "run.h5")
     pytester.makepyfile(
@@ -185,3 +191,87 @@ def test_missing_recording_is_a_clear_error(pytester: pytest.Pytester) -> None:
     res = pytester.runpytest()
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(["*nothere.h5*no such file*"])
+
+
+USER_CONFTEST = """
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False, help="our slow tests")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: this project's own slow tests")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="ours: pass --run-slow"))
+"""
+
+USER_TESTS = """
+import pytest
+
+
+@pytest.mark.slow
+def test_slow():
+    pass
+
+
+def test_fast(replaykit_recording):
+    pass
+"""
+
+
+def test_user_project_keeps_its_own_run_slow_and_slow_marker(pytester: pytest.Pytester) -> None:
+    # A project with its own --run-slow option and slow marker starts fine with replaykit
+    # installed (an option declared twice is a startup error), and its option decides.
+    pytester.makeconftest(USER_CONFTEST)
+    pytester.makepyfile(test_user=USER_TESTS)
+    res = pytester.runpytest("--strict-markers", "-rs", "--replaykit-update=none")
+    assert res.ret == pytest.ExitCode.OK, res.stderr.str()
+    res.assert_outcomes(passed=1, skipped=1)
+    res.stdout.fnmatch_lines(["*SKIPPED*ours: pass --run-slow*"])
+    res = pytester.runpytest("--strict-markers", "--run-slow")
+    res.assert_outcomes(passed=2)
+
+
+def test_user_project_without_run_slow_keeps_slow_tests(pytester: pytest.Pytester) -> None:
+    # The plugin skips nothing: a `slow` test of a project that has no such option runs.
+    pytester.makeini("[pytest]\nmarkers =\n    slow: ours\n")
+    pytester.makepyfile("import pytest\n\n\n@pytest.mark.slow\ndef test_slow():\n    pass\n")
+    pytester.runpytest("--strict-markers").assert_outcomes(passed=1)
+    assert pytester.runpytest("--run-slow").ret == pytest.ExitCode.USAGE_ERROR
+
+
+_OPTION = re.compile(r"^\s+(--[a-z][\w-]*)", re.MULTILINE)
+
+
+def test_plugin_adds_only_replaykit_options_and_no_markers(pytester: pytest.Pytester) -> None:
+    with_plugin = pytester.runpytest("--help").stdout.str()
+    without = pytester.runpytest("--help", "-p", "no:replaykit").stdout.str()
+    added = set(_OPTION.findall(with_plugin)) - set(_OPTION.findall(without))
+    assert added == {"--replaykit-update"}  # the plugin was loaded, and added only this
+    assert all(opt.startswith("--replaykit-") for opt in added)
+    markers = pytester.runpytest("--markers").stdout.str()
+    assert markers == pytester.runpytest("--markers", "-p", "no:replaykit").stdout.str()
+
+
+@pytest.mark.integration
+def test_plugin_import_is_light() -> None:
+    # pytest imports the plugin in every session of every project where replaykit is
+    # installed: it must not pay for numpy, h5py, gymnasium or torch there.
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import replaykit.pytest_plugin"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()}
+    assert "replaykit.pytest_plugin" in imported
+    heavy = {"numpy", "h5py", "gymnasium", "torch"}
+    assert sorted(m for m in imported if m.split(".")[0] in heavy) == []

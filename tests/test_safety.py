@@ -435,6 +435,7 @@ def build_hostile(src: Path, d: Path, sentinel: dict[str, Path]) -> dict[str, tu
     return cases
 
 
+@pytest.mark.integration
 def test_hostile_corpus(
     tmp_path: Path,
     small_recording: Path,
@@ -541,6 +542,7 @@ def test_dtype_swap_with_same_bytes_is_caught(recording_copy: Path) -> None:
 # --------------------------------------------------------------------------- sandbox
 
 
+@pytest.mark.integration
 def test_sandbox_valid_and_invalid(small_recording: Path, tmp_path: Path) -> None:
     report = check.validate_file(small_recording, sandbox=True)
     assert report.sandboxed and report.streams[F.STEPS] == 100
@@ -571,6 +573,7 @@ def test_sandbox_valid_and_invalid(small_recording: Path, tmp_path: Path) -> Non
         ),
     ],
 )
+@pytest.mark.integration
 def test_sandbox_turns_hang_and_crash_into_errors(
     small_recording: Path, monkeypatch: pytest.MonkeyPatch, script: str, match: str
 ) -> None:
@@ -583,6 +586,7 @@ def test_sandbox_turns_hang_and_crash_into_errors(
     assert time.monotonic() - t0 < 30
 
 
+@pytest.mark.integration
 def test_sandbox_memory_limit(small_recording: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The child runs under RLIMIT_AS: an allocation over the limit fails in the child only."""
     script = (
@@ -694,6 +698,7 @@ def _report(stats: dict[str, Any], record_property: Any, label: str) -> None:
         record_property(k, v if k != "failures" else v[:20])
 
 
+@pytest.mark.integration
 def test_mutants(
     tmp_path: Path,
     tiny_recording: Path,
@@ -740,6 +745,7 @@ def _cli(*args: str) -> subprocess.Popen[str]:
 @pytest.mark.skipif(
     not (Path(replaykit.__file__).parent / "cli.py").exists(), reason="cli.py not written yet"
 )
+@pytest.mark.integration
 def test_cli_verbs_on_hostile_file(
     tmp_path: Path, small_recording: Path, sentinel: dict[str, Path]
 ) -> None:

@@ -82,6 +82,7 @@ def test_snapshot_restore_verify_100_batched_steps(tmp_path, kind, mode):
     assert replay(path, kind, mode) == 100
 
 
+@pytest.mark.integration
 def test_async_restore_in_fresh_process(tmp_path):
     path = tmp_path / "vec.h5"
     record(path, "async", AutoresetMode.NEXT_STEP)
@@ -123,6 +124,7 @@ def test_divergence_names_the_sub_env(tmp_path):
     assert "sub-env index" in report.format()
 
 
+@pytest.mark.integration
 def test_wrong_action_is_reported_with_its_sub_env(tmp_path):
     path = tmp_path / "vec.h5"
     record(path, "async", AutoresetMode.SAME_STEP, steps=120)
@@ -150,6 +152,7 @@ def test_restore_refuses_a_different_vector_env(tmp_path):
         restore_vector(path, 0, vec_env=vec)
 
 
+@pytest.mark.integration
 def test_async_needs_capturable_sub_envs(tmp_path):
     vec = AsyncVectorEnv([lambda: gym.make("CartPole-v1")] * 2)
     try:

@@ -1,8 +1,10 @@
 """Capture and restore the complete state of gymnasium envs and their wrapper chains.
 
-Importing this package registers the built-in adapters: gymnasium's
-classic-control and toy-text envs and gymnasium's stock wrappers (MuJoCo and
-Atari adapters register when those packages are in use).
+The built-in adapters (gymnasium's classic-control and toy-text envs, gymnasium's
+stock wrappers) register at the first use of the adapter registry; the MuJoCo and
+Atari adapters once those packages are in use. Which family registers what, and
+when, is the table in :mod:`replaykit._state.envs.families`. Names load on first
+use, so importing this package imports no gymnasium.
 
 Example:
     >>> import gymnasium as gym
@@ -18,27 +20,28 @@ Example:
 
 from __future__ import annotations
 
-from replaykit._state.envs import classic_control, wrappers
-from replaykit._state.envs.chain import (
-    CAPTURE_UNKNOWN_WRAPPER,
-    capture_chain,
-    capture_wrappers_and_rngs,
-    chain_layers,
-    restore_chain,
-    restore_wrappers_and_rngs,
-)
-from replaykit._state.envs.generators import capture_generator, restore_generator
-from replaykit._state.envs.registry import (
-    STATELESS,
-    EnvAdapter,
-    WrapperAdapter,
-    find_env_adapter,
-    find_wrapper_adapter,
-    register_env_adapter,
-    register_stateless_wrapper,
-    register_wrapper_adapter,
-)
-from replaykit._state.envs.values import AttrAdapter
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from replaykit._state.envs.chain import (
+        CAPTURE_UNKNOWN_WRAPPER,
+        capture_chain,
+        capture_wrappers_and_rngs,
+        chain_layers,
+        restore_chain,
+        restore_wrappers_and_rngs,
+    )
+    from replaykit._state.envs.registry import (
+        STATELESS,
+        EnvAdapter,
+        WrapperAdapter,
+        find_env_adapter,
+        find_wrapper_adapter,
+        register_env_adapter,
+        register_stateless_wrapper,
+        register_wrapper_adapter,
+    )
+    from replaykit._state.envs.values import AttrAdapter
 
 __all__ = [
     "CAPTURE_UNKNOWN_WRAPPER",
@@ -47,7 +50,6 @@ __all__ = [
     "EnvAdapter",
     "WrapperAdapter",
     "capture_chain",
-    "capture_generator",
     "capture_wrappers_and_rngs",
     "chain_layers",
     "find_env_adapter",
@@ -56,8 +58,21 @@ __all__ = [
     "register_stateless_wrapper",
     "register_wrapper_adapter",
     "restore_chain",
-    "restore_generator",
     "restore_wrappers_and_rngs",
 ]
 
-del classic_control, wrappers
+
+def __getattr__(name: str) -> Any:
+    # The names load on first use, so reading the family table (families.py) from
+    # provenance or the session code does not import gymnasium.
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from replaykit._state.envs import chain, registry, values
+
+    for module in (chain, registry, values):
+        globals().update({n: getattr(module, n) for n in __all__ if hasattr(module, n)})
+    return globals()[name]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

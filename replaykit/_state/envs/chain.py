@@ -7,9 +7,9 @@ from typing import Any
 import gymnasium as gym
 
 from replaykit._state.envs.generators import (
-    capture_generator,
+    capture_env_generator,
     capture_space_rng,
-    restore_generator,
+    restore_env_generator,
     restore_space_rng,
 )
 from replaykit._state.envs.registry import find_env_adapter, find_wrapper_adapter
@@ -103,7 +103,7 @@ def capture_wrappers_and_rngs(env: Any) -> dict[str, Any]:
         "layers": layers,
         "env": None,
         # Read the private field: the np_random property would seed a fresh RNG as a side effect.
-        "env_rng": capture_generator(getattr(base, "_np_random", None), "env.np_random"),
+        "env_rng": capture_env_generator(getattr(base, "_np_random", None), "env.np_random"),
         "spaces": _capture_spaces(env),
     }
 
@@ -188,7 +188,7 @@ def restore_wrappers_and_rngs(env: Any, state: Any) -> None:
     if state["env_rng"] is None:
         base._np_random = None
     else:
-        base._np_random = restore_generator(
+        base._np_random = restore_env_generator(
             getattr(base, "_np_random", None), state["env_rng"], "env.np_random"
         )
     spaces = state["spaces"]

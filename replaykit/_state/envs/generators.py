@@ -9,7 +9,12 @@ from gymnasium import spaces
 
 from replaykit.errors import CaptureError, StateMismatchError
 
-__all__ = ["capture_generator", "restore_generator", "capture_space_rng", "restore_space_rng"]
+__all__ = [
+    "capture_env_generator",
+    "restore_env_generator",
+    "capture_space_rng",
+    "restore_space_rng",
+]
 
 # Names are looked up in this table, never imported from data.
 _BIT_GENERATORS: dict[str, type[np.random.BitGenerator]] = {
@@ -32,8 +37,18 @@ def _copy_state(value: Any) -> Any:
     return value
 
 
-def capture_generator(gen: np.random.Generator | None, what: str) -> dict[str, Any] | None:
-    """Return ``{"bit_generator": name, "state": bit_generator.state}`` or ``None``."""
+def capture_env_generator(gen: np.random.Generator | None, what: str) -> dict[str, Any] | None:
+    """Capture an env's or a space's ``np_random``, which may be unset.
+
+    Unlike :func:`replaykit.capture_generator` (any registered generator type), this takes
+    exactly a ``numpy.random.Generator`` or ``None`` and names ``what`` in its errors.
+
+    Returns:
+        ``{"bit_generator": name, "state": bit_generator.state}``, or ``None`` for ``None``.
+
+    Raises:
+        CaptureError: ``gen`` is not a Generator, or its bit generator is not a known one.
+    """
     if gen is None:
         return None
     if not isinstance(gen, np.random.Generator):
@@ -50,12 +65,16 @@ def capture_generator(gen: np.random.Generator | None, what: str) -> dict[str, A
     return {"bit_generator": name, "state": _copy_state(gen.bit_generator.state)}
 
 
-def restore_generator(
+def restore_env_generator(
     gen: np.random.Generator | None, state: dict[str, Any], what: str
 ) -> np.random.Generator:
     """Set ``gen`` to ``state`` in place when it fits; otherwise return a new Generator.
 
-    Setting in place keeps any other holder of the same Generator in step.
+    Setting in place keeps any other holder of the same Generator in step. Restores what
+    :func:`capture_env_generator` captured.
+
+    Raises:
+        StateMismatchError: ``state`` is not such a state, or its bit generator rejects it.
     """
     if not isinstance(state, dict) or set(state) != {"bit_generator", "state"}:
         raise StateMismatchError(what, [f"expected an RNG state dict, found {state!r:.60}"])
@@ -103,7 +122,7 @@ def capture_space_rng(space: Any, what: str) -> Any:
     # Read the private field: the np_random property would seed a fresh RNG as a side effect.
     out: dict[str, Any] = {
         "type": type(space).__name__,
-        "rng": capture_generator(space._np_random, what),
+        "rng": capture_env_generator(space._np_random, what),
     }
     children = _children(space)
     if children is not None:
@@ -131,7 +150,7 @@ def restore_space_rng(space: Any, state: Any, what: str) -> None:
     if state["rng"] is None:
         space._np_random = None
     else:
-        space._np_random = restore_generator(space._np_random, state["rng"], what)
+        space._np_random = restore_env_generator(space._np_random, state["rng"], what)
     if children is not None and saved_children is not None:
         for i, (child, saved) in enumerate(zip(children, saved_children, strict=True)):
             restore_space_rng(child, saved, f"{what}[{i}]")

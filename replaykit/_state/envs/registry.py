@@ -20,6 +20,8 @@ from __future__ import annotations
 import functools
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from replaykit._state.envs import families
+
 __all__ = [
     "EnvAdapter",
     "WrapperAdapter",
@@ -99,11 +101,13 @@ def register_env_adapter(env_type: type, adapter: EnvAdapter) -> None:
         ...     def restore(self, env, state): env.pos[...] = state["pos"]
         >>> # register_env_adapter(MyEnv, MyEnvAdapter())
     """
+    _register_builtins()  # so a built-in adapter registered later never replaces this one
     _env_adapter_for.register(env_type)(lambda env, _a=adapter: _a)
 
 
 def register_wrapper_adapter(wrapper_type: type, adapter: WrapperAdapter) -> None:
     """Use ``adapter`` for wrapper layers of ``wrapper_type`` (and subclasses without their own)."""
+    _register_builtins()
     _wrapper_adapter_for.register(wrapper_type)(lambda w, _a=adapter: _a)
 
 
@@ -112,12 +116,23 @@ def register_stateless_wrapper(wrapper_type: type) -> None:
     register_wrapper_adapter(wrapper_type, STATELESS)
 
 
-# Adapters for optional env families register on first need: when the family's module is
-# already imported (the caller built such an env), so `import replaykit` never imports mujoco.
-_LAZY: dict[str, str] = {
-    "gymnasium.envs.mujoco.mujoco_env": "replaykit._state.envs.mujoco",
-    "ale_py.env": "replaykit._state.envs.atari",
-}
+# The built-in adapters register at the first use of the registry, and an optional family's
+# adapters once its own module is imported (the caller built such an env), so importing
+# replaykit never imports gymnasium's envs, mujoco or ale_py. Both lists come from the fixed
+# table in families.py; no module name is ever read from a file.
+_builtins_registered = False
+_LAZY: dict[str, str] = families.lazy_adapter_modules()
+
+
+def _register_builtins() -> None:
+    global _builtins_registered
+    if _builtins_registered:
+        return
+    _builtins_registered = True  # first: the adapter modules call register_* as they import
+    import importlib
+
+    for module in families.eager_adapter_modules():
+        importlib.import_module(module)
 
 
 def _register_lazy() -> None:
@@ -132,6 +147,7 @@ def _register_lazy() -> None:
 
 def find_env_adapter(env: Any) -> EnvAdapter | None:
     """Return the adapter registered for ``type(env)`` (by MRO), or ``None``."""
+    _register_builtins()
     if _LAZY:
         _register_lazy()
     return _env_adapter_for(env)
@@ -143,4 +159,5 @@ def find_wrapper_adapter(wrapper: Any) -> WrapperAdapter | None:
     Note that ``gymnasium.Wrapper`` itself has no adapter: an unknown wrapper
     subclass is *not* assumed stateless.
     """
+    _register_builtins()
     return _wrapper_adapter_for(wrapper)
