@@ -16,7 +16,10 @@ Example:
     >>> # report = validate_file("bug-report.h5", sandbox=True)
     >>> # print(report.format())
 
-Command line (what the sandbox runs): ``python -m replaykit._analysis.check [--json] FILE``.
+Command line (what the sandbox runs): ``python -m replaykit._analysis.check [--json] FILE``,
+started in isolated mode (:func:`replaykit._analysis.child.python_child_argv`: nothing in
+the current directory is importable), killed with its parent (Linux ``PR_SET_PDEATHSIG``)
+and under its own CPU-time limit, so a hang outlives neither the parent nor the timeout.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from replaykit import errors as E
+from replaykit._analysis.child import python_child_argv
 
 __all__ = ["CheckReport", "validate_file"]
 
@@ -41,6 +45,9 @@ DEFAULT_MEMORY_MB = 4096
 # How long the sandbox child may take to start (importing numpy, h5py, torch, ...).
 STARTUP_TIMEOUT = 300.0
 _READY = "replaykit-check-ready"
+# CPU seconds the sandbox child may spend beyond the validation timeout (interpreter start,
+# imports): its RLIMIT_CPU, which holds even when the parent is gone.
+CPU_STARTUP_S = 60
 
 # Error classes a sandboxed child may report, by name. A fixed table: a name read
 # from the child's output is looked up here, never imported.
@@ -208,30 +215,25 @@ def _tree_bytes(tree: Any) -> int:
 
 def _sandbox_command(path: Path, memory_mb: int) -> list[str]:
     """Return the child's command line (a function of its own so tests can swap the child)."""
-    return [
-        sys.executable,
-        "-m",
+    # Isolated mode, this replaykit loaded by location: nothing in the cwd is importable.
+    return python_child_argv(
         "replaykit._analysis.check",
         "--json",
         "--sandboxed",
         "--memory-mb",
         str(memory_mb),
         os.fspath(path),
-    ]
+    )
 
 
 def _sandboxed(path: Path, timeout: float, memory_mb: int) -> CheckReport:
-    env = dict(os.environ)
-    # The child must import this very replaykit, wherever it is installed from.
-    pkg_root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
     proc = subprocess.Popen(
         _sandbox_command(path, memory_mb),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=env,
         start_new_session=True,
+        preexec_fn=_child_limits(timeout),
     )
     assert proc.stdout is not None and proc.stderr is not None
     out = b""
@@ -308,6 +310,45 @@ def _sandboxed(path: Path, timeout: float, memory_mb: int) -> CheckReport:
         exc.obj = result.get("obj") if isinstance(result.get("obj"), str) else None
         raise exc
     raise cls(message)
+
+
+def _child_limits(timeout: float) -> Any:
+    """Return a ``preexec_fn`` that ties the sandbox child to its parent and caps its CPU.
+
+    Runs in the child between fork and exec (so it holds for whatever the child runs):
+    Linux ``PR_SET_PDEATHSIG`` kills the child with SIGKILL when the parent dies (Ctrl-C,
+    SIGTERM, SIGKILL of ``replaykit check``), and ``RLIMIT_CPU`` ends a spinning child
+    after ``timeout`` plus :data:`CPU_STARTUP_S` seconds of CPU even with no parent left to
+    enforce the timeout. Everything it calls is resolved here, in the parent: between fork
+    and exec only async-signal-safe C calls are made.
+    """
+    import resource
+
+    parent = os.getpid()
+    soft = int(timeout) + 1 + CPU_STARTUP_S
+    prctl = None
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):  # pragma: no cover - no libc prctl
+            prctl = None
+    setrlimit, getrlimit, cpu = resource.setrlimit, resource.getrlimit, resource.RLIMIT_CPU
+
+    def preexec() -> None:
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:  # the parent died before the line above
+                os._exit(1)
+        hard = getrlimit(cpu)[1]
+        want = soft if hard == resource.RLIM_INFINITY else min(soft, hard)
+        setrlimit(cpu, (want, want + 5 if hard == resource.RLIM_INFINITY else hard))
+
+    return preexec
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
