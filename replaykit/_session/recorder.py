@@ -19,8 +19,6 @@ from replaykit._state import snapshot
 from replaykit._state import spaces as _spaces
 from replaykit.errors import CaptureError, ReplaykitWarning, UsageError
 
-_S = TypeVar("_S")
-
 __all__ = [
     "RECORDING_CLOSED",
     "LeafWriter",
@@ -37,6 +35,8 @@ __all__ = [
     "open_writer",
     "to_array",
 ]
+
+_S = TypeVar("_S")
 
 RECORDING_CLOSED = "the recording is closed"
 
@@ -528,7 +528,7 @@ class RecorderCore:
             raise UsageError(RECORDING_CLOSED)
 
     def _snapshot_name(self, name: str | None, prefix: str, count: int) -> str:
-        """``name``, or ``<prefix>-<count>`` (made unique with the snapshot's sequence number)."""
+        """Return ``name``, or ``<prefix>-<count>`` made unique with the sequence number."""
         if name is None:
             name = f"{prefix}-{count:06d}"
             if name in self._writer.snapshots:

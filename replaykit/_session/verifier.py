@@ -25,8 +25,6 @@ from replaykit._session.recorder import first_nonfinite_value, to_array
 from replaykit._state import spaces as _spaces
 from replaykit.errors import DivergenceError, UsageError
 
-_S = TypeVar("_S")
-
 __all__ = [
     "DEFAULT_IGNORE",
     "ReplayCore",
@@ -40,9 +38,12 @@ __all__ = [
     "space_problems",
 ]
 
+_S = TypeVar("_S")
+
 # Keys that legitimately differ between runs (wall-clock times).
 DEFAULT_IGNORE: tuple[str, ...] = ("info/episode/t", "reset/info/episode/t")
 
+# Rows a Rows reader fetches per column at once.
 BLOCK_ROWS = 512
 
 
