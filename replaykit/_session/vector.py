@@ -385,16 +385,14 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
     def _write(self, s: StreamWriter, key: str, value: Any, p: int, optional: bool) -> None:
         w = self._writers.get((s.name, key), _MISSING)
         if w is _MISSING:
-            w = self._writers[(s.name, key)] = column_writer(
-                s,
-                key,
-                key,
-                value,
-                optional=optional,
-                name=key[len(F.INFO) + 1 :] if optional else "",
-                ignore=self._ignore_info if optional else (),
-                skipped=self._skipped if optional else None,
-            )
+            if optional:  # an info key: skipped when ignored or not a number or array
+                name, ignore, skipped = key[len(F.INFO) + 1 :], self._ignore_info, self._skipped
+                w = column_writer(
+                    s, key, key, value, optional=True, name=name, ignore=ignore, skipped=skipped
+                )
+            else:
+                w = column_writer(s, key, key, value)
+            self._writers[(s.name, key)] = w
         if w is None:
             return
         if optional:
