@@ -12,21 +12,23 @@ Commands parse their arguments, call the library and print what
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Annotated, Any
 
+import rich.console
 import typer
-from rich.console import Console
 
-from replaykit.errors import DivergenceError, ReplaykitError, UsageError
+from replaykit import errors
+
+__all__ = ["EXIT_CODES_HELP", "EXIT_DIVERGED", "EXIT_ERROR", "EXIT_OK", "app", "main"]
 
 EXIT_OK = 0
 EXIT_DIVERGED = 1
@@ -50,8 +52,8 @@ app = typer.Typer(
 # Rich falls back to 80 columns when stdout is not a terminal, which folds the diff and
 # inspect tables; pipes and CI logs get 120 unless COLUMNS says otherwise.
 _WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
-out = Console(highlight=False, markup=False, soft_wrap=True, width=_WIDTH)
-err = Console(stderr=True, highlight=False, markup=False)
+_out = rich.console.Console(highlight=False, markup=False, soft_wrap=True, width=_WIDTH)
+_err = rich.console.Console(stderr=True, highlight=False, markup=False)
 
 
 def _version(value: bool) -> None:
@@ -86,8 +88,8 @@ def _json_default(obj: Any) -> Any:
         return obj.item()
     if isinstance(obj, np.ndarray):
         return obj.tolist()
-    if isinstance(obj, (Path, tuple)):
-        return str(obj) if isinstance(obj, Path) else list(obj)
+    if isinstance(obj, (pathlib.Path, tuple)):
+        return str(obj) if isinstance(obj, pathlib.Path) else list(obj)
     return repr(obj)
 
 
@@ -117,7 +119,7 @@ def _parse_steps_list(value: str | None) -> str | None:
     return value
 
 
-@contextmanager
+@contextlib.contextmanager
 def _progress(total: int, label: str, enabled: bool) -> Iterator[Any]:
     if not enabled or total <= 0:
         yield None
@@ -129,17 +131,17 @@ def _progress(total: int, label: str, enabled: bool) -> Iterator[Any]:
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=rich.console.Console(stderr=True),
         transient=True,
     ) as bar:
         task = bar.add_task(label, total=total)
         yield lambda: bar.advance(task)
 
 
-@app.command(epilog=EXIT_CODES_HELP)
-def record(
+@app.command("record", epilog=EXIT_CODES_HELP)
+def _record(
     env_id: Annotated[str, typer.Argument(help="A registered gymnasium env id, e.g. CartPole-v1.")],
-    out_path: Annotated[Path, typer.Option("--out", "-o", help="The .h5 file to write.")],
+    out_path: Annotated[pathlib.Path, typer.Option("--out", "-o", help="The .h5 file to write.")],
     policy: Annotated[
         str, typer.Option(help="random, mlp, or module:callable (a factory taking (env, seed)).")
     ] = "random",
@@ -188,7 +190,7 @@ def record(
             episodes=episodes,
             on_step=tick,
         )
-    out.print(render.record_summary(summary))
+    _out.print(render.record_summary(summary))
 
 
 def _snapshot_id(value: str, names: list[str]) -> str | int:
@@ -201,9 +203,9 @@ def _snapshot_id(value: str, names: list[str]) -> str | int:
         return value
 
 
-@app.command(epilog=EXIT_CODES_HELP)
-def replay(
-    file: Annotated[Path, typer.Argument(help="A recording made by `replaykit record`.")],
+@app.command("replay", epilog=EXIT_CODES_HELP)
+def _replay(
+    file: Annotated[pathlib.Path, typer.Argument(help="A recording made by `replaykit record`.")],
     snapshot: Annotated[
         str | None,
         typer.Option(help="Snapshot name or index (0 first, -1 last); default: the first."),
@@ -234,11 +236,11 @@ def replay(
     from replaykit._session.rollout import replay_snapshot
 
     if all_snapshots and snapshot is not None:
-        raise UsageError("pass either --snapshot or --all, not both")
+        raise errors.UsageError("pass either --snapshot or --all, not both")
     with Recording(file, verify=verify) as rec:
         names = [s.name for s in rec.snapshots]
     if not names:
-        raise UsageError(
+        raise errors.UsageError(
             f"{file} holds no snapshots; record with --snapshot-at or --snapshot-every"
         )
     ids: list[str | int | None] = (
@@ -250,19 +252,19 @@ def replay(
     for sid in ids:
         try:
             s = replay_snapshot(file, sid, policy_spec=policy, steps=steps, verify=verify)
-        except DivergenceError as exc:
+        except errors.DivergenceError as exc:
             failed += 1
-            out.print(render.divergence_report(exc.report))
+            _out.print(render.divergence_report(exc.report))
             continue
-        out.print(render.replay_summary(s))
+        _out.print(render.replay_summary(s))
     if failed:
         raise typer.Exit(EXIT_DIVERGED)
 
 
-@app.command(epilog=EXIT_CODES_HELP)
-def diff(
-    a: Annotated[Path, typer.Argument(help="The reference recording.")],
-    b: Annotated[Path, typer.Argument(help="The recording to compare with it.")],
+@app.command("diff", epilog=EXIT_CODES_HELP)
+def _diff(
+    a: Annotated[pathlib.Path, typer.Argument(help="The reference recording.")],
+    b: Annotated[pathlib.Path, typer.Argument(help="The recording to compare with it.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     atol: Annotated[
         float, typer.Option(min=0.0, help="Absolute tolerance (default: bit-exact).")
@@ -286,14 +288,14 @@ def diff(
         _dump_json(_finite(result.to_json()))
     else:
         for part in render.diff_renderables(result):
-            out.print(part)
+            _out.print(part)
     if not result.match:
         raise typer.Exit(EXIT_DIVERGED)
 
 
-@app.command(epilog=EXIT_CODES_HELP)
-def inspect(
-    file: Annotated[Path, typer.Argument(help="A recording.")],
+@app.command("inspect", epilog=EXIT_CODES_HELP)
+def _inspect(
+    file: Annotated[pathlib.Path, typer.Argument(help="A recording.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Show a recording's layout, episodes, snapshots, provenance and per-key statistics."""
@@ -305,12 +307,12 @@ def inspect(
         _dump_json(_finite(s))
         return
     for part in render.inspection_renderables(s):
-        out.print(part)
+        _out.print(part)
 
 
-@app.command(epilog=EXIT_CODES_HELP)
-def check(
-    file: Annotated[Path, typer.Argument(help="The file to validate.")],
+@app.command("check", epilog=EXIT_CODES_HELP)
+def _check(
+    file: Annotated[pathlib.Path, typer.Argument(help="The file to validate.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     sandbox: Annotated[
         bool,
@@ -334,13 +336,13 @@ def check(
     if as_json:
         _dump_json(report.to_json())
     else:
-        out.print(report.format())
+        _out.print(report.format())
 
 
-@app.command(epilog=EXIT_CODES_HELP)
-def demo(
+@app.command("demo", epilog=EXIT_CODES_HELP)
+def _demo(
     out_path: Annotated[
-        Path | None,
+        pathlib.Path | None,
         typer.Option("--out", "-o", help="Where to write the recording (default: a temp dir)."),
     ] = None,
 ) -> None:
@@ -350,32 +352,32 @@ def demo(
     tmp = None
     if out_path is None:
         tmp = tempfile.TemporaryDirectory(prefix="replaykit-demo-")
-        out_path = Path(tmp.name) / "demo.h5"
+        out_path = pathlib.Path(tmp.name) / "demo.h5"
     try:
-        out.print(
+        _out.print(
             "1. recording CartPole-v1, mlp policy (trains as it goes), seed 0, 400 steps, "
             "snapshot at step 200 ..."
         )
         summary = record_rollout(
             "CartPole-v1", "mlp", seed=0, steps=400, out=out_path, snapshot_at=[200]
         )
-        out.print(
+        _out.print(
             f"   {summary.steps} steps, {summary.episodes} episodes, {summary.updates} training "
             f"updates -> {out_path} ({summary.bytes / 1024:.0f} KiB)"
         )
         cmd = [sys.executable, "-m", "replaykit", "replay", str(out_path), "--steps", "100"]
-        out.print("2. restoring the step-200 snapshot in a fresh process and verifying 100 steps:")
-        out.print("   " + " ".join(["python", *cmd[1:]]))
+        _out.print("2. restoring the step-200 snapshot in a fresh process and verifying 100 steps:")
+        _out.print("   " + " ".join(["python", *cmd[1:]]))
         proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env())
         for line in (proc.stdout + proc.stderr).strip().splitlines():
-            out.print("   " + line)
+            _out.print("   " + line)
         if proc.returncode == EXIT_OK:
-            out.print(
+            _out.print(
                 "result: bit-exact (observations, actions, rewards, policy outputs and "
                 "training updates all match)"
             )
             return
-        out.print(f"result: NOT bit-exact (replay exited {proc.returncode})")
+        _out.print(f"result: NOT bit-exact (replay exited {proc.returncode})")
         raise typer.Exit(EXIT_DIVERGED)
     finally:
         if tmp is not None:
@@ -391,7 +393,7 @@ def _child_env() -> dict[str, str]:
 
 def _error(message: str) -> int:
     line = " ".join(str(message).split())
-    err.print(f"replaykit: error: {line}", markup=False, soft_wrap=True)
+    _err.print(f"replaykit: error: {line}", markup=False, soft_wrap=True)
     return EXIT_ERROR
 
 
@@ -415,16 +417,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error("aborted")
     except cx.NoArgsIsHelpError as exc:
         # A bare `replaykit` (or a group with no command) shows the help, as a usage error.
-        err.print(exc.format_message(), markup=False, highlight=False)
+        _err.print(exc.format_message(), markup=False, highlight=False)
         return EXIT_ERROR
     except cx.ClickException as exc:
         return _error(exc.format_message())
-    except DivergenceError as exc:
+    except errors.DivergenceError as exc:
         from replaykit._analysis import render
 
-        out.print(render.divergence_report(exc.report))
+        _out.print(render.divergence_report(exc.report))
         return EXIT_DIVERGED
-    except ReplaykitError as exc:
+    except errors.ReplaykitError as exc:
         return _error(str(exc))
     except OSError as exc:
         return _error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))

@@ -13,20 +13,21 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import pathlib
 import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from replaykit.errors import DivergenceError, ReplaykitError, UsageError
+from replaykit import errors
 
 if TYPE_CHECKING:
     from replaykit._analysis.compare import DiffResult, Rules
     from replaykit._session.replay import Replay
 
 __all__ = [
+    "GOLDEN_MISMATCH_HINT",
     "GOLDEN_MISSING",
     "UPDATE_MODES",
     "GoldenFiles",
@@ -98,7 +99,7 @@ def assert_replay(
     __tracebackhide__ = True
     act = getattr(policy, "act", None) or policy
     if not callable(act):
-        raise UsageError("policy must be callable(obs) or have an act(obs) method")
+        raise errors.UsageError("policy must be callable(obs) or have an act(obs) method")
     probes = getattr(policy, "probes", None)
     observe = getattr(policy, "observe", None)
     n = replay.steps_left if steps is None else min(int(steps), replay.steps_left)
@@ -117,7 +118,7 @@ def assert_replay(
                 update = observe(obs, reward, terminated, truncated)
                 if update:
                     replay.log_update(**update)
-    except DivergenceError as exc:
+    except errors.DivergenceError as exc:
         # Re-raise from here so the traceback ends in the test, not in replaykit's frames.
         raise exc.with_traceback(None) from None
     return n
@@ -139,15 +140,15 @@ def assert_recordings_match(
         raise GoldenMismatch(describe_diff(result, a_name="expected", b_name="actual"))
 
 
-def _lock_path(path: Path) -> Path:
+def _lock_path(path: pathlib.Path) -> pathlib.Path:
     # The lock lives in the temp dir, keyed by the golden file's absolute path, so every
     # xdist worker on this machine takes the same lock and no lock files litter the repo.
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
-    return Path(tempfile.gettempdir()) / f"replaykit-golden-{digest}.lock"
+    return pathlib.Path(tempfile.gettempdir()) / f"replaykit-golden-{digest}.lock"
 
 
 @contextlib.contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
+def _atomic_target(path: pathlib.Path) -> Iterator[pathlib.Path]:
     """Yield a temp path next to ``path``; it replaces ``path`` (``os.replace``) on success."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
@@ -172,33 +173,33 @@ class GoldenFiles:
 
     def __init__(
         self,
-        base: Path,
-        scratch: Path,
+        base: pathlib.Path,
+        scratch: pathlib.Path,
         update: str = "none",
-        on_update: Callable[[Path], None] | None = None,
+        on_update: Callable[[pathlib.Path], None] | None = None,
     ) -> None:
         if update not in UPDATE_MODES:
-            raise UsageError(
+            raise errors.UsageError(
                 f"update mode must be one of {', '.join(UPDATE_MODES)}; got {update!r}"
             )
-        self.base = Path(base)
-        self.scratch = Path(scratch)
+        self.base = pathlib.Path(base)
+        self.scratch = pathlib.Path(scratch)
         self.update = update
         self.on_update = on_update
         self._n = 0
 
-    def path(self, golden: str | os.PathLike[str]) -> Path:
+    def path(self, golden: str | os.PathLike[str]) -> pathlib.Path:
         """Resolve ``golden`` against the test file's directory."""
         return self.base / golden
 
     def check(
         self,
         golden: str | os.PathLike[str],
-        record: Callable[[Path], Any],
+        record: Callable[[pathlib.Path], Any],
         *,
         rules: Rules | None = None,
         keys: Iterable[str] | None = None,
-    ) -> Path:
+    ) -> pathlib.Path:
         """Record with ``record(path)`` and compare with the golden file's streams.
 
         Args:
@@ -236,20 +237,25 @@ class GoldenFiles:
 
     @staticmethod
     def _compare(
-        golden: Path, fresh: Path, rules: Rules | None, keys: Iterable[str] | None
+        golden: pathlib.Path, fresh: pathlib.Path, rules: Rules | None, keys: Iterable[str] | None
     ) -> str | None:
         from replaykit._analysis.compare import diff_recordings
 
         try:
             result = diff_recordings(golden, fresh, rules=rules, keys=keys)
-        except ReplaykitError as exc:
+        except errors.ReplaykitError as exc:
             return f"golden recording {golden} cannot be read: {exc}"
         if result.match:
             return None
         return describe_diff(result, a_name="golden", b_name="fresh")
 
     def _write(
-        self, path: Path, record: Callable[[Path], Any], *, force: bool, fresh: Path | None = None
+        self,
+        path: pathlib.Path,
+        record: Callable[[pathlib.Path], Any],
+        *,
+        force: bool,
+        fresh: pathlib.Path | None = None,
     ) -> None:
         from filelock import FileLock
 
