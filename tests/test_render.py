@@ -229,6 +229,7 @@ def _imported_modules(*args: str) -> set[str]:
     return {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
 
 
+@pytest.mark.integration
 def test_diff_never_imports_torch(pair: tuple[Path, Path], layered: tuple[Path, Path]) -> None:
     for a, b in (pair, layered):
         mods = _imported_modules("diff", str(a), str(b))
