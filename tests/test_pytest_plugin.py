@@ -222,7 +222,7 @@ def test_slow():
     pass
 
 
-def test_fast(replaykit_recording):
+def test_fast():
     pass
 """
 
