@@ -8,12 +8,29 @@ import sys
 from pathlib import Path
 
 import gymnasium as gym
+import h5py  # noqa: F401
+import numpy  # noqa: F401
 import pytest
+import torch  # noqa: F401
 
 from replaykit import RecordingWrapper
 from replaykit._analysis.check import validate_file
 
 pytest_plugins = ["pytester"]
+
+# In-process pytester runs drop every module the inner session imported once it ends, so the
+# next run imports it again. Extension modules such as torch's and h5py's cannot be imported
+# twice in one process (torch raises, or the process crashes), so this process imports them
+# first: then the inner sessions find them loaded and keep them.
+
+# The inner sessions do not need hypothesis's plugin, and in-process runs re-import it every
+# time (pytester restores sys.modules after each run): a second or more per run.
+_QUIET_PLUGINS = ("-p", "no:hypothesispytest")
+
+
+def _runpytest(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest(*_QUIET_PLUGINS, *args)
+
 
 GOLDEN_TEST = """
 import gymnasium as gym
@@ -48,24 +65,30 @@ def test_golden_workflow(pytester: pytest.Pytester) -> None:
     _write_golden_test(pytester, POLICY_A)
     golden = pytester.path / "golden" / "cartpole.h5"
 
-    res = pytester.runpytest()
+    res = _runpytest(
+        pytester,
+    )
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(["*golden recording*cartpole.h5 does not exist*"])
     res.stdout.fnmatch_lines(["*pytest --replaykit-update=missing*"])
     assert not golden.exists()
 
-    res = pytester.runpytest("--replaykit-update=missing")
+    res = _runpytest(pytester, "--replaykit-update=missing")
     res.assert_outcomes(passed=1)
     res.stdout.fnmatch_lines(["*replaykit golden recordings written*", "*cartpole.h5"])
     assert validate_file(golden).ok
     first_bytes = golden.read_bytes()
 
-    res = pytester.runpytest()
+    res = _runpytest(
+        pytester,
+    )
     res.assert_outcomes(passed=1)
     assert golden.read_bytes() == first_bytes  # verification never rewrites
 
     _write_golden_test(pytester, POLICY_B)
-    res = pytester.runpytest()
+    res = _runpytest(
+        pytester,
+    )
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(
         [
@@ -80,16 +103,18 @@ def test_golden_workflow(pytester: pytest.Pytester) -> None:
     assert golden.read_bytes() == first_bytes
 
     # "missing" does not touch an existing file that fails.
-    pytester.runpytest("--replaykit-update=missing").assert_outcomes(failed=1)
-    pytester.runpytest("--replaykit-update=failing").assert_outcomes(passed=1)
+    _runpytest(pytester, "--replaykit-update=missing").assert_outcomes(failed=1)
+    _runpytest(pytester, "--replaykit-update=failing").assert_outcomes(passed=1)
     assert golden.read_bytes() != first_bytes
-    pytester.runpytest().assert_outcomes(passed=1)
+    _runpytest(
+        pytester,
+    ).assert_outcomes(passed=1)
     assert not list(golden.parent.glob(".*.tmp"))
 
 
 def test_update_mode_is_validated(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_x():\n    pass\n")
-    res = pytester.runpytest("--replaykit-update=sometimes")
+    res = _runpytest(pytester, "--replaykit-update=sometimes")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     res.stderr.fnmatch_lines(["*--replaykit-update*invalid choice*"])
 
@@ -117,7 +142,7 @@ def test_golden_updates_are_safe_under_xdist(pytester: pytest.Pytester) -> None:
     # the re-check under it mean one writes it; os.replace means nobody sees half a file.
     pytester.makepyfile(test_many=XDIST_TEST)
     res = pytester.runpytest_subprocess(
-        "-n", "2", "--replaykit-update=missing", "-p", "no:cacheprovider"
+        *_QUIET_PLUGINS, "-n", "2", "--replaykit-update=missing", "-p", "no:cacheprovider"
     )
     res.assert_outcomes(passed=12)
     gdir = pytester.path / "golden"
@@ -125,9 +150,11 @@ def test_golden_updates_are_safe_under_xdist(pytester: pytest.Pytester) -> None:
     assert sorted(p.name for p in gdir.iterdir()) == expected  # no temp files left behind
     for p in gdir.iterdir():
         assert validate_file(p).ok, p
-    pytester.runpytest("--replaykit-update=all").assert_outcomes(passed=12)
+    _runpytest(pytester, "--replaykit-update=all").assert_outcomes(passed=12)
     assert sorted(p.name for p in gdir.iterdir()) == expected
-    pytester.runpytest().assert_outcomes(passed=12)
+    _runpytest(
+        pytester,
+    ).assert_outcomes(passed=12)
 
 
 def _record_hand_loop(path: Path) -> None:
@@ -140,7 +167,6 @@ def _record_hand_loop(path: Path) -> None:
     env.close()
 
 
-@pytest.mark.integration
 def test_restore_fixture_and_assert_replay(pytester: pytest.Pytester) -> None:
     _record_hand_loop(pytester.path / "run.h5")
     pytester.makepyfile(
@@ -168,7 +194,9 @@ def test_restore_fixture_and_assert_replay(pytester: pytest.Pytester) -> None:
             assert_replay(rep, lambda obs: int(obs[2] >= 0.01), steps=90)
         """
     )
-    res = pytester.runpytest()
+    res = _runpytest(
+        pytester,
+    )
     res.assert_outcomes(passed=2, failed=1)
     res.stdout.fnmatch_lines(
         [
@@ -188,7 +216,9 @@ def test_missing_recording_is_a_clear_error(pytester: pytest.Pytester) -> None:
             replaykit_recording("nothere.h5")
         """
     )
-    res = pytester.runpytest()
+    res = _runpytest(
+        pytester,
+    )
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(["*nothere.h5*no such file*"])
 
@@ -232,11 +262,11 @@ def test_user_project_keeps_its_own_run_slow_and_slow_marker(pytester: pytest.Py
     # installed (an option declared twice is a startup error), and its option decides.
     pytester.makeconftest(USER_CONFTEST)
     pytester.makepyfile(test_user=USER_TESTS)
-    res = pytester.runpytest("--strict-markers", "-rs", "--replaykit-update=none")
+    res = _runpytest(pytester, "--strict-markers", "-rs", "--replaykit-update=none")
     assert res.ret == pytest.ExitCode.OK, res.stderr.str()
     res.assert_outcomes(passed=1, skipped=1)
     res.stdout.fnmatch_lines(["*SKIPPED*ours: pass --run-slow*"])
-    res = pytester.runpytest("--strict-markers", "--run-slow")
+    res = _runpytest(pytester, "--strict-markers", "--run-slow")
     res.assert_outcomes(passed=2)
 
 
@@ -244,21 +274,21 @@ def test_user_project_without_run_slow_keeps_slow_tests(pytester: pytest.Pyteste
     # The plugin skips nothing: a `slow` test of a project that has no such option runs.
     pytester.makeini("[pytest]\nmarkers =\n    slow: ours\n")
     pytester.makepyfile("import pytest\n\n\n@pytest.mark.slow\ndef test_slow():\n    pass\n")
-    pytester.runpytest("--strict-markers").assert_outcomes(passed=1)
-    assert pytester.runpytest("--run-slow").ret == pytest.ExitCode.USAGE_ERROR
+    _runpytest(pytester, "--strict-markers").assert_outcomes(passed=1)
+    assert _runpytest(pytester, "--run-slow").ret == pytest.ExitCode.USAGE_ERROR
 
 
 _OPTION = re.compile(r"^\s+(--[a-z][\w-]*)", re.MULTILINE)
 
 
 def test_plugin_adds_only_replaykit_options_and_no_markers(pytester: pytest.Pytester) -> None:
-    with_plugin = pytester.runpytest("--help").stdout.str()
-    without = pytester.runpytest("--help", "-p", "no:replaykit").stdout.str()
+    with_plugin = _runpytest(pytester, "--help").stdout.str()
+    without = _runpytest(pytester, "--help", "-p", "no:replaykit").stdout.str()
     added = set(_OPTION.findall(with_plugin)) - set(_OPTION.findall(without))
     assert added == {"--replaykit-update"}  # the plugin was loaded, and added only this
     assert all(opt.startswith("--replaykit-") for opt in added)
-    markers = pytester.runpytest("--markers").stdout.str()
-    assert markers == pytester.runpytest("--markers", "-p", "no:replaykit").stdout.str()
+    markers = _runpytest(pytester, "--markers").stdout.str()
+    assert markers == _runpytest(pytester, "--markers", "-p", "no:replaykit").stdout.str()
 
 
 @pytest.mark.integration
