@@ -28,12 +28,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any, Final
 
 import numpy as np
 
 FORMAT_NAME: Final = "replaykit.recording"
-FORMAT_VERSION: Final = 2
+# Newest version readers accept and writers may write. A writer stamps BASE_VERSION and
+# moves a file to SPILL_VERSION only when a record outgrows SPILL_MAX_BYTES (below), so
+# files that do not need version 3 stay readable by version 2 readers.
+FORMAT_VERSION: Final = 3
+BASE_VERSION: Final = 2
+SPILL_VERSION: Final = 3
 # Oldest version readers accept (version 1 stores every snapshot array as a dataset).
 OLDEST_VERSION: Final = 1
 
@@ -57,6 +63,25 @@ UPDATES: Final = "updates"
 
 # Stream attributes.
 COMMIT_ATTR: Final = "commit"
+
+# Version 3: a JSON attribute that can grow without bound (the root META_ATTR, a stream's
+# COMMIT_ATTR: reset options each episode, a commit record of 1,000 info columns) holds at
+# most SPILL_MAX_BYTES. A longer text is written into one of two uint8 datasets beside it
+# (SPILL_SLOTS, used in turn: the one the attribute does not point to is rewritten, so a
+# kill leaves the old text whole), and the attribute holds {SPILL_TAG: slot name,
+# SPILL_BYTES: length, SPILL_DIGEST: xxh3-64 hex of the text}. Object-header attributes
+# cannot exceed 64 KiB, and large ones are written outside the commit's flushes.
+SPILL_TAG: Final = "$spill"
+SPILL_BYTES: Final = "bytes"
+SPILL_DIGEST: Final = "digest"
+SPILL_KEYS: Final = frozenset({SPILL_TAG, SPILL_BYTES, SPILL_DIGEST})
+SPILL_MAX_BYTES: Final = 16 << 10
+
+
+def spill_slots(attr: str) -> tuple[str, str]:
+    """Return the names of the two datasets that hold attribute ``attr``'s long text."""
+    return f".{attr}-0", f".{attr}-1"
+
 
 # Snapshot attributes.
 SNAPSHOT_ATTR: Final = "snapshot"
@@ -427,10 +452,48 @@ def dumps(obj: Any, *, sort_keys: bool = True) -> str:
     )
 
 
+# JSON read from a file nests at most this deep: a state tree of MAX_TREE_DEPTH levels takes
+# two JSON levels per tree level, and nothing else replaykit writes comes near. Deeper text
+# is refused before parsing, so no reader meets a RecursionError.
+MAX_JSON_DEPTH: Final = 512
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKET_STEP = np.zeros(256, np.int8)
+_BRACKET_STEP[[ord("["), ord("{")]] = 1
+_BRACKET_STEP[[ord("]"), ord("}")]] = -1
+
+
+class JSONDepthError(ValueError):
+    """JSON text nests deeper than :data:`MAX_JSON_DEPTH` (a forged attribute)."""
+
+
+def json_depth(text: str) -> int:
+    """Return how deep ``text``'s arrays and objects nest (brackets inside strings ignored)."""
+    if text.count("[") + text.count("{") <= 1:
+        return text.count("[") + text.count("{")
+    raw = np.frombuffer(_JSON_STRING.sub("", text).encode("utf-8"), np.uint8)
+    return int(np.cumsum(_BRACKET_STEP[raw], dtype=np.int32).max(initial=0))
+
+
 def loads(text: str | bytes) -> Any:
+    """Parse JSON as stored in attributes; ValueError (never RecursionError) when malformed.
+
+    Raises:
+        JSONDepthError: the text nests deeper than :data:`MAX_JSON_DEPTH`.
+        ValueError: anything else that is not JSON as replaykit writes it.
+    """
     if isinstance(text, bytes):
         text = text.decode("utf-8")
-    return json.loads(text, parse_constant=_refuse_constant, object_hook=_unfinite_hook)
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH:
+        depth = json_depth(text)
+        if depth > MAX_JSON_DEPTH:
+            raise JSONDepthError(
+                f"JSON nests {depth} levels deep, over the {MAX_JSON_DEPTH} any replaykit "
+                "attribute has (a forged file?)"
+            )
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, object_hook=_unfinite_hook)
+    except RecursionError:
+        raise JSONDepthError("JSON nests too deeply to parse (a forged file?)") from None
 
 
 def _refuse_constant(name: str) -> Any:

@@ -382,8 +382,15 @@ class StreamWriter:
 class RecordingWriter:
     """Writes one recording file.
 
+    The writer never opens an existing file for writing: HDF5's ``"w"`` mode truncates a
+    file before it locks it, which destroyed a recording another process was writing (or a
+    reader held open). A new path is created exclusively; an existing one is refused unless
+    ``overwrite=True``, and then the recording is written under a temporary name in the same
+    directory and renamed over ``path`` by :meth:`close`, so the old file stays whole until
+    the new one is complete.
+
     Args:
-        path: where to write; an existing file there is replaced.
+        path: where to write; must not exist unless ``overwrite`` is true.
         meta: JSON-able recording metadata (env id, spec, seeds, spaces, ...).
         provenance: JSON-able description of the recording setup.
         commit_every_steps: commit after this many rows of the busiest stream.
@@ -397,6 +404,9 @@ class RecordingWriter:
             ``None`` (default) when a buffered write would be throttled by the kernel's
             dirty-page limits (a large snapshot, or much unwritten data queued already).
             Falls back to ordinary writes where the platform or file system has none.
+        overwrite: replace an existing file at ``path`` once this recording is closed
+            (written under a temporary name until then). ``False`` (default): refuse an
+            existing path with :class:`~replaykit.errors.UsageError`.
     """
 
     def __init__(
@@ -411,6 +421,7 @@ class RecordingWriter:
         block_rows: int = F.STREAM_CHUNK_ROWS,
         compression: str | None = None,
         direct_io: bool | None = None,
+        overwrite: bool = False,
     ) -> None:
         if commit_every_steps < 1 or block_rows < 1:
             raise UsageError("commit_every_steps and block_rows must be >= 1")
@@ -422,6 +433,9 @@ class RecordingWriter:
         self.compression = compression
         self.direct_io = direct_io
         self.path = Path(path)
+        # Where the bytes go: ``path`` itself, or (overwrite of an existing file) a temporary
+        # name in the same directory, renamed over ``path`` by close().
+        self.write_path = self.path
         self.fsync = fsync
         self.commit_every_seconds = float(commit_every_seconds)
         self.block_rows = int(min(block_rows, commit_every_steps))
@@ -433,42 +447,73 @@ class RecordingWriter:
         # raw data in fresh space: what a SIGKILL leaves is always the last commit.
         # Objects of 1 MiB and more (large snapshot arrays) start on a 4096-byte boundary,
         # where direct I/O can write them (replaykit._format.rawio).
-        self._file = h5py.File(
-            self.path,
-            "w",
-            track_order=True,
-            fs_strategy="none",
-            alignment_threshold=_rawio.MIN_BYTES,
-            alignment_interval=_rawio.ALIGN,
-        )
+        self._file = self._create(bool(overwrite))
         _hold_metadata_until_flush(self._file)
         self._streams: dict[str, StreamWriter] = {}
         self._meta = dict(meta)
         self._provenance = dict(provenance)
         self._created = ""
+        self._version = F.BASE_VERSION
+        self._meta_dirty = True
+        # Spilled attributes (version 3): (group name, attribute) -> index of the slot the
+        # attribute points to on disk (-1: none yet).
+        self._spill_current: dict[tuple[str, str], int] = {}
+        self._spill_pending: dict[tuple[str, str], int] = {}
         self._last_commit = time.monotonic()
         self._closed = False
         self.snapshots: list[str] = []
-        self._write_root_attrs()
+        self._write_root_attrs(self._spill(self._file, F.META_ATTR, F.dumps(self._meta)))
+        self._meta_dirty = False
         self._file.require_group(F.STREAMS_GROUP)
         self._file.require_group(F.SNAPSHOTS_GROUP)
         self.commit()
 
-    def _write_root_attrs(self) -> None:
+    def _create(self, overwrite: bool) -> h5py.File:
+        """Create the file exclusively (HDF5 ``"x"``: never truncates an existing file)."""
+        if self.path.is_dir():
+            raise UsageError(f"{self.path} is a directory; pass a file path for the recording")
+        if overwrite and os.path.lexists(self.path):
+            self.write_path = _temporary_name(self.path)
+        try:
+            return h5py.File(
+                self.write_path,
+                "x",
+                track_order=True,
+                fs_strategy="none",
+                alignment_threshold=_rawio.MIN_BYTES,
+                alignment_interval=_rawio.ALIGN,
+            )
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            if not os.path.lexists(self.write_path):
+                raise UsageError(
+                    f"cannot create {self.write_path} ({_first_line(exc)}); check that the "
+                    "directory exists and is writable"
+                ) from None
+        raise UsageError(
+            f"{self.path} already exists; pass overwrite=True (replaykit record --overwrite) "
+            "to replace it once the new recording is complete, or pick another path"
+        )
+
+    def _write_root_attrs(self, meta_text: str) -> None:
+        """Write the root attributes, with ``meta_text`` (the meta JSON or its spill pointer)."""
         first = F.FORMAT_ATTR not in self._file.attrs
         if first:
             self._created = self._meta.get(F.META_CREATED) or _now()
             self._file.attrs[F.FORMAT_ATTR] = F.FORMAT_NAME
-            self._file.attrs[F.VERSION_ATTR] = F.FORMAT_VERSION
+            self._file.attrs[F.VERSION_ATTR] = np.int64(self._version)
             self._file.attrs[F.CREATED_ATTR] = self._created
             self._file.attrs[F.PROVENANCE_ATTR] = F.dumps(self._provenance)
+        elif int(self._file.attrs[F.VERSION_ATTR]) != self._version:
+            self._file.attrs.modify(F.VERSION_ATTR, np.int64(self._version))
         # Meta and the root checksum change while recording: fixed-size, padded, so an
         # update rewrites them in place (see _set_fixed) instead of reshuffling the root's
         # object header, which also holds the links to every group.
-        meta = _set_fixed(self._file.attrs, F.META_ATTR, F.dumps(self._meta))
+        meta = _set_fixed(self._file.attrs, F.META_ATTR, meta_text)
         attrs = {
             F.FORMAT_ATTR: F.FORMAT_NAME,
-            F.VERSION_ATTR: F.FORMAT_VERSION,
+            F.VERSION_ATTR: self._version,
             F.CREATED_ATTR: self._created,
             F.PROVENANCE_ATTR: F.dumps(self._provenance),
             F.META_ATTR: meta,
@@ -482,8 +527,50 @@ class RecordingWriter:
 
     def update_meta(self, **items: Any) -> None:
         """Merge JSON-able items into the file's metadata (on disk at the next commit)."""
+        F.dumps(items)  # refuse what is not JSON-able now, not at the commit
         self._meta.update(items)
-        self._write_root_attrs()
+        self._meta_dirty = True
+
+    def _spill(self, group: h5py.Group, attr: str, text: str) -> str:
+        """Return what attribute ``attr`` of ``group`` must hold for ``text``.
+
+        Short text is held as it is. Longer text (version 3) is written now into the slot
+        dataset the attribute does not point to, and the pointer to it is returned, to be
+        written after the flush that puts the slot's bytes on disk: a kill in between
+        leaves the attribute pointing to the other, untouched slot.
+        """
+        data = text.encode("utf-8")
+        if len(data) <= F.SPILL_MAX_BYTES:
+            return text
+        key = (group.name, attr)
+        current = self._spill_current.get(key)
+        target = 0 if current is None else 1 - current
+        name = F.spill_slots(attr)[target]
+        ds = group.get(name)
+        if not isinstance(ds, h5py.Dataset) or ds.shape[0] < len(data):
+            if name in group:
+                del group[name]
+            cap = 1 << max(16, (len(data) + len(data) // 2).bit_length())
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_layout(h5py.h5d.CONTIGUOUS)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+            dsid = h5py.h5d.create(
+                group.id,
+                name.encode(),
+                h5t.py_create(np.dtype(np.uint8)),
+                h5s.create_simple((cap,)),
+                dcpl=dcpl,
+            )
+        else:
+            dsid = ds.id
+        buf = np.frombuffer(data, np.uint8)
+        fspace = dsid.get_space()
+        fspace.select_hyperslab((0,), (len(data),))
+        dsid.write(h5s.create_simple((len(data),)), fspace, buf)
+        self._spill_pending[key] = target
+        self._version = max(self._version, F.SPILL_VERSION)
+        return F.dumps({F.SPILL_TAG: name, F.SPILL_BYTES: len(data), F.SPILL_DIGEST: _digest(data)})
 
     def stream(self, name: str) -> StreamWriter:
         s = self._streams.get(name)
@@ -493,13 +580,13 @@ class RecordingWriter:
             # Every stream group carries a commit record from the start (zero rows until its
             # first commit), so a reader can tell a damaged record from a stream too new to
             # have one: version 2 readers refuse a stream group without it.
-            self._write_commit_record(s)
+            _set_fixed(s.group.attrs, F.COMMIT_ATTR, self._commit_text(s))
         return s
 
-    def _write_commit_record(self, s: StreamWriter) -> None:
+    def _commit_text(self, s: StreamWriter) -> str:
         body = s.commit_record()
         text = F.dumps({**body, F.COMMIT_CRC: _digest(F.dumps(body).encode())})
-        _set_fixed(s.group.attrs, F.COMMIT_ATTR, text)
+        return self._spill(s.group, F.COMMIT_ATTR, text)
 
     def maybe_commit(self) -> None:
         """Commit if enough rows or time have passed since the last commit.
@@ -527,12 +614,23 @@ class RecordingWriter:
         """
         for s in self._streams.values():
             s.write_pending()
+        # Records too long for an attribute go into their spare slot before the first flush;
+        # the attributes pointing to them change only in phase two.
+        texts = [(s, self._commit_text(s)) for s in self._streams.values()]
+        meta = (
+            self._spill(self._file, F.META_ATTR, F.dumps(self._meta)) if self._meta_dirty else None
+        )
         self._file.flush()
-        for s in self._streams.values():
-            self._write_commit_record(s)
+        for s, text in texts:
+            _set_fixed(s.group.attrs, F.COMMIT_ATTR, text)
             s.committed_rows = s.rows_on_disk
             s.check_at = s._next_check()
+        if meta is not None:
+            self._write_root_attrs(meta)
+            self._meta_dirty = False
         self._file.flush()
+        self._spill_current.update(self._spill_pending)
+        self._spill_pending.clear()
         if self.fsync:
             # flush() hands the bytes to the OS; only fsync makes them survive power loss.
             os.fsync(self._file.id.get_vfd_handle())
@@ -613,7 +711,7 @@ class RecordingWriter:
         if direct is None:
             big = sum(a.nbytes for _, a in arrays if a.nbytes >= _rawio.MIN_BYTES)
             direct = big > 0 and not _rawio.page_cache_has_room(big)
-        dw = _rawio.DirectWriter(self.path) if direct else None
+        dw = _rawio.DirectWriter(self.write_path) if direct else None
         try:
             for key, data in arrays:
                 if dw is None or not dw.available or data.nbytes < _rawio.MIN_BYTES:
@@ -644,6 +742,11 @@ class RecordingWriter:
         return digests
 
     def close(self) -> None:
+        """Commit what is buffered and close the file.
+
+        With ``overwrite`` of an existing file, the temporary file is then renamed over
+        ``path``.
+        """
         if self._closed:
             return
         try:
@@ -651,12 +754,39 @@ class RecordingWriter:
         finally:
             self._closed = True
             self._file.close()
+        if self.write_path != self.path:
+            os.replace(self.write_path, self.path)
+            if self.fsync:
+                _fsync_dir(self.path.parent)
+            self.write_path = self.path
 
     def __enter__(self) -> RecordingWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _temporary_name(path: Path) -> Path:
+    """Return a fresh name beside ``path`` for a recording that replaces it on close."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _first_line(exc: BaseException) -> str:
+    return ((str(exc).splitlines() or [type(exc).__name__])[0])[:160]
 
 
 def _set_fixed(attrs: h5py.AttributeManager, name: str, text: str) -> str:
@@ -843,6 +973,200 @@ def _dataset_info(ds: h5py.Dataset) -> DatasetInfo:
     return DatasetInfo(ds.dtype.str, tuple(int(n) for n in ds.shape), int(ds.id.get_storage_size()))
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_count(v: Any) -> bool:
+    return _is_int(v) and v >= 0
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _opt(check: Any) -> Any:
+    return lambda v: v is None or check(v)
+
+
+def _is_str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _is_seed(v: Any) -> bool:
+    return v is None or _is_int(v) or (isinstance(v, list) and all(_opt(_is_int)(x) for x in v))
+
+
+def _is_dict(v: Any) -> bool:
+    return isinstance(v, dict)
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_spec(v: Any) -> bool:
+    if v is None:
+        return True
+    if not isinstance(v, dict):
+        return False
+    return _fields_ok(v, _SPEC_TYPES) is None
+
+
+def _is_wrappers(v: Any) -> bool:
+    return isinstance(v, list) and all(
+        isinstance(w, dict) and _fields_ok(w, _WRAPPER_TYPES) is None for w in v
+    )
+
+
+# Types of the schema fields readers rely on (docs/FORMAT.md §3, §6); user data (kwargs,
+# options, ``user``) is only required to be of its container type. A forged file that
+# recomputed its checksums still cannot hand a reader a list where a dict belongs.
+_SPEC_TYPES: dict[str, tuple[Any, str]] = {
+    F.SPEC_ID: (_is_str, "a string"),
+    F.SPEC_KWARGS: (_opt(_is_dict), "an object"),
+    F.SPEC_MAX_EPISODE_STEPS: (_opt(_is_count), "a non-negative integer or null"),
+    F.SPEC_REWARD_THRESHOLD: (_opt(_is_number), "a number or null"),
+    F.SPEC_NONDETERMINISTIC: (_is_bool, "true or false"),
+    F.SPEC_ORDER_ENFORCE: (_is_bool, "true or false"),
+    F.SPEC_DISABLE_ENV_CHECKER: (_is_bool, "true or false"),
+    F.SPEC_ADDITIONAL_WRAPPERS: (_opt(_is_wrappers), "a list of wrapper objects"),
+}
+_WRAPPER_TYPES: dict[str, tuple[Any, str]] = {
+    F.WRAPPER_NAME: (_is_str, "a string"),
+    F.WRAPPER_KWARGS: (_opt(_is_dict), "an object"),
+}
+_META_TYPES: dict[str, tuple[Any, str]] = {
+    F.META_CREATED: (_is_str, "a string"),
+    F.META_KIND: (_is_str, "a string"),
+    F.META_ENV_ID: (_opt(_is_str), "a string or null"),
+    F.META_ENV_SPEC: (_is_spec, "an env spec object or null"),
+    F.META_ENV_CLASS: (_opt(_is_str), "a string or null"),
+    F.META_ENV_ADAPTER: (_opt(_is_str), "a string or null"),
+    F.META_SEED: (_is_seed, "an integer, a list of integers, or null"),
+    F.META_OBSERVATION_SPACE: (_opt(_is_dict), "a space object or null"),
+    F.META_ACTION_SPACE: (_opt(_is_dict), "a space object or null"),
+    F.META_VECTOR: (_opt(_is_dict), "an object or null"),
+    F.META_USER: (_is_dict, "an object"),
+    F.META_SKIPPED_INFO: (lambda v: isinstance(v, list), "a list"),
+    F.META_RESET_OPTIONS: (_is_dict, "an object"),
+    F.META_CLOSED: (_is_bool, "true or false"),
+    F.META_STEPS: (_is_count, "a non-negative integer"),
+    F.META_EPISODES: (_is_count, "a non-negative integer"),
+    F.META_RESETS: (_is_count, "a non-negative integer"),
+    F.META_UPDATES: (_is_count, "a non-negative integer"),
+    F.META_UPDATE_PROBE_ORDER: (_is_str_list, "a list of strings"),
+    F.META_FIRST_NONFINITE_UPDATE: (_opt(_is_dict), "an object or null"),
+}
+_SNAP_TYPES: dict[str, tuple[Any, str]] = {
+    F.SNAP_STEP: (_is_count, "a non-negative integer"),
+    F.SNAP_EPISODE: (_is_int, "an integer"),
+    F.SNAP_STEP_IN_EPISODE: (_is_int, "an integer"),
+    F.SNAP_UPDATES: (_is_count, "a non-negative integer"),
+    F.SNAP_NEEDS_RESET: (_is_bool, "true or false"),
+    F.SNAP_SEQ: (_is_int, "an integer"),
+    F.SNAP_ENV_STATE: (_opt(_is_str), "a string or null"),
+    F.SNAP_REPLAY_FROM: (_opt(_is_str), "a string or null"),
+    F.SNAP_TRACKED: (_is_str_list, "a list of strings"),
+    F.SNAP_NONFINITE: (_opt(_is_dict), "an object or null"),
+    F.SNAP_BYTES: (_is_count, "a non-negative integer"),
+    F.SNAP_NAME: (_is_str, "a string"),
+    F.SNAP_RESETS: (_is_count, "a non-negative integer"),
+    F.SNAP_LAST_WAS_RESET: (_is_bool, "true or false"),
+    F.SNAP_PENDING_AUTORESETS: (
+        lambda v: isinstance(v, list) and all(_is_count(x) for x in v),
+        "a list of sub-env indexes",
+    ),
+}
+
+
+def _fields_ok(record: dict[str, Any], types: dict[str, tuple[Any, str]]) -> str | None:
+    """Return a description of the first mistyped field of ``record``, or ``None``."""
+    for key, (ok, want) in types.items():
+        if key in record and not ok(record[key]):
+            v = record[key]
+            return f"field {key!r} is {type(v).__name__} {str(v)[:40]!r}, expected {want}"
+    return None
+
+
+def _check_fields(
+    record: dict[str, Any], types: dict[str, tuple[Any, str]], what: str, path: Path, obj: str
+) -> None:
+    problem = _fields_ok(record, types)
+    if problem is not None:
+        raise FileFormatError(
+            f"{what} {problem}; the file is damaged or forged: re-record it or use a good copy",
+            path=path,
+            obj=obj,
+        )
+
+
+def _check_columns(columns: Any, checksums: Any, path: Path, obj: str) -> None:
+    """Type-check a commit record's column specs (dtype names from an allow-list)."""
+    if not isinstance(columns, dict) or not isinstance(checksums, dict):
+        raise FileFormatError(
+            "commit record's columns or checksums are not JSON objects; the file is damaged "
+            "or forged",
+            path=path,
+            obj=obj,
+        )
+    for name, spec in columns.items():
+        where = f"{obj}/{name}"
+        problem = None
+        if not isinstance(spec, dict):
+            problem = f"is a {type(spec).__name__}, expected an object"
+        else:
+            d = spec.get(F.COLUMN_DTYPE)
+            shape = spec.get(F.COLUMN_SHAPE)
+            if not _column_dtype_ok(d):
+                problem = f"has dtype {str(d)[:40]!r}, expected a bool/int/float/complex dtype"
+            elif not (
+                isinstance(shape, list) and len(shape) <= 32 and all(_is_count(x) for x in shape)
+            ):
+                problem = f"has shape {str(shape)[:40]!r}, expected a list of sizes"
+            elif not isinstance(spec.get(F.COLUMN_OPTIONAL, False), bool):
+                problem = "has a non-bool optional flag"
+        if problem is not None:
+            raise FileFormatError(
+                f"commit record column {problem}; the file is damaged or forged",
+                path=path,
+                obj=where,
+            )
+    if not all(isinstance(v, str) for v in checksums.values()):
+        raise FileFormatError(
+            "commit record checksums are not strings; the file is damaged or forged",
+            path=path,
+            obj=obj,
+        )
+
+
+_COLUMN_DTYPES: dict[str, bool] = {}
+
+
+def _column_dtype_ok(d: Any) -> bool:
+    if not isinstance(d, str):
+        return False
+    hit = _COLUMN_DTYPES.get(d)
+    if hit is None:
+        if d in F.LOGICAL_DTYPES:
+            hit = True
+        elif len(d) > 8 or d[:1] not in "<>|=" or not d[1:2].isalpha() or not d[2:].isdigit():
+            hit = False  # only dtype.str spellings ("<f8", "|b1"): no field lists, no names
+        else:
+            try:
+                dt = np.dtype(d)
+                hit = dt.kind in F.ALLOWED_KINDS and dt.fields is None and dt.subdtype is None
+            except (TypeError, ValueError):
+                hit = False
+        if len(_COLUMN_DTYPES) < 256:
+            _COLUMN_DTYPES[d] = hit
+    return hit
+
+
 class StreamReader:
     """Committed rows of one stream, read column by column with checksums verified."""
 
@@ -862,15 +1186,27 @@ class StreamReader:
                 obj=where,
             )
         try:
-            commit = F.loads(_text(raw))
+            text = _text(raw)
+        except (UnicodeError, TypeError) as exc:
+            raise FileFormatError(
+                f"commit record is not UTF-8 text ({_first_line(exc)}); the file is damaged",
+                path=rec.path,
+                obj=where,
+            ) from None
+        text = rec._unspill(group.id, text, F.COMMIT_ATTR, where)
+        try:
+            commit = F.loads(text)
             crc = commit.pop(F.COMMIT_CRC)
             body_ok = crc == _digest(F.dumps(commit).encode())
-            rows = int(commit[F.COMMIT_ROWS])
-            columns = dict(commit[F.COMMIT_COLUMNS])
-            checksums = dict(commit[F.COMMIT_CHECKSUMS])
+            rows = commit[F.COMMIT_ROWS]
+            if not _is_int(rows):
+                raise TypeError(f"row count {str(rows)[:40]!r} is not an integer")
+            columns = commit[F.COMMIT_COLUMNS]
+            checksums = commit[F.COMMIT_CHECKSUMS]
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise FileFormatError(
-                f"malformed commit record ({type(exc).__name__}); the file is damaged",
+                f"malformed commit record ({type(exc).__name__}: {_first_line(exc)}); "
+                "the file is damaged",
                 path=rec.path,
                 obj=where,
             ) from None
@@ -883,6 +1219,7 @@ class StreamReader:
             )
         if rows < 0:
             raise FileFormatError(f"commit record claims {rows} rows", path=rec.path, obj=where)
+        _check_columns(columns, checksums, rec.path, where)
         if rec.verify and rec.format_version >= 2 and commit.get(F.COMMIT_STREAM) != name:
             raise ChecksumError(
                 f"stream group {name!r} holds the commit record of stream "
@@ -1193,12 +1530,13 @@ class Recording:
                 path=self.path,
                 obj="/",
             )
+        meta_text = self._unspill(fid, str(raw[F.META_ATTR]), F.META_ATTR, "/")
         try:
             self.provenance: dict[str, Any] = F.loads(str(raw[F.PROVENANCE_ATTR]))
-            self.meta: dict[str, Any] = F.loads(str(raw[F.META_ATTR]))
+            self.meta: dict[str, Any] = F.loads(meta_text)
         except (ValueError, RecursionError) as exc:
             raise FileFormatError(
-                f"root metadata is not valid JSON ({type(exc).__name__}); the file is damaged",
+                f"root metadata is not valid JSON ({_first_line(exc)}); the file is damaged",
                 path=self.path,
                 obj="/",
             ) from None
@@ -1206,7 +1544,61 @@ class Recording:
             raise FileFormatError(
                 "root metadata is not a JSON object; the file is damaged", path=self.path, obj="/"
             )
+        _check_fields(self.meta, _META_TYPES, "root metadata", self.path, "/")
         self.created = str(raw[F.CREATED_ATTR])
+
+    def _unspill(self, gid: Any, text: str, attr: str, where: str) -> str:
+        """Return the JSON text an attribute holds, reading it from its slot when spilled.
+
+        Version 3 files keep a long text in a slot dataset (layout.SPILL_TAG); the
+        attribute's pointer, itself under the owner's checksum, carries the text's digest.
+        """
+        if self.format_version < F.SPILL_VERSION or not text.startswith('{"' + F.SPILL_TAG):
+            return text
+        try:
+            ptr = F.loads(text)
+            name, n, digest = ptr[F.SPILL_TAG], ptr[F.SPILL_BYTES], ptr[F.SPILL_DIGEST]
+            if name not in F.spill_slots(attr) or not _is_count(n) or not isinstance(digest, str):
+                raise ValueError("bad pointer")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FileFormatError(
+                f"attribute {attr!r} holds a malformed spill pointer ({_first_line(exc)}); "
+                "the file is damaged or forged",
+                path=self.path,
+                obj=where,
+            ) from None
+        where_slot = f"{where.rstrip('/')}/{name}"
+        with _guard(self.path, where_slot, f"read the text of attribute {attr!r}"):
+            dsid = h5py.h5o.open(gid, name.encode())
+            if (
+                not isinstance(dsid, h5py.h5d.DatasetID)
+                or dsid.dtype != np.uint8
+                or len(dsid.shape) != 1
+                or dsid.shape[0] < n
+                or n > self._file_size()
+            ):
+                raise FileFormatError(
+                    f"slot for attribute {attr!r} is not a uint8 dataset of at least {n} "
+                    "bytes; the file is damaged or forged",
+                    path=self.path,
+                    obj=where_slot,
+                )
+            buf = np.empty(n, np.uint8)
+            _read_rows(dsid, 0, buf)
+        if self.verify and _digest(buf.data) != digest:
+            raise ChecksumError(
+                f"text of attribute {attr!r} does not match its checksum (file damaged or "
+                "edited); re-record it or use a good copy",
+                path=self.path,
+                obj=where_slot,
+            )
+        return buf.tobytes().decode("utf-8", "replace")
+
+    def _file_size(self) -> int:
+        try:
+            return os.fstat(self._file.id.get_vfd_handle()).st_size
+        except (OSError, RuntimeError, ValueError, TypeError):
+            return 0
 
     # streams
     @property
@@ -1350,7 +1742,8 @@ class Recording:
                 raise TypeError("checksums are not a JSON object")
         except (KeyError, ValueError, TypeError, RecursionError) as exc:
             raise FileFormatError(
-                f"snapshot attributes missing or malformed ({type(exc).__name__}); "
+                f"snapshot attributes missing or malformed ({type(exc).__name__}: "
+                f"{_first_line(exc)}); "
                 "the file is damaged",
                 path=self.path,
                 obj=where,
@@ -1379,7 +1772,7 @@ class Recording:
             doc = F.loads(tree_json)
         except (ValueError, RecursionError) as exc:
             raise FileFormatError(
-                f"snapshot metadata is not valid JSON ({type(exc).__name__}); the file is damaged",
+                f"snapshot metadata is not valid JSON ({_first_line(exc)}); the file is damaged",
                 path=self.path,
                 obj=where,
             ) from None
@@ -1389,6 +1782,7 @@ class Recording:
                 path=self.path,
                 obj=where,
             )
+        _check_fields(meta, _SNAP_TYPES, "snapshot metadata", self.path, where)
         return meta, doc, checksums
 
     @staticmethod

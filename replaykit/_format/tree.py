@@ -38,6 +38,41 @@ from replaykit.errors import CaptureError, FileFormatError
 __all__ = ["encode", "decode", "tensor_to_numpy", "numpy_to_tensor"]
 
 _TORCH_LOGICAL = {"bfloat16", "float8_e4m3fn", "float8_e5m2"}
+# Every tensor dtype name a file may hold. A name read from a file is looked up here, never
+# with getattr on the torch module: torch resolves unknown attributes by importing
+# submodules (a forged "dtype": "_dynamo" imported ~800 modules before being refused).
+TORCH_DTYPES = frozenset(
+    {
+        "bool",
+        "uint8",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+        "complex64",
+        "complex128",
+    }
+    | _TORCH_LOGICAL
+)
+
+
+def _torch_dtype(name: Any) -> Any:
+    """Return ``torch.<name>`` for an allow-listed dtype name; FileFormatError otherwise."""
+    if not isinstance(name, str) or name not in TORCH_DTYPES:
+        raise FileFormatError(
+            f"tensor dtype {str(name)[:40]!r} is not one replaykit stores "
+            f"(expected one of {', '.join(sorted(TORCH_DTYPES))}); the file is damaged or forged"
+        )
+    dtype = getattr(_torch(), name, None)  # an allow-listed name: a plain attribute
+    if dtype is None:
+        raise FileFormatError(f"this torch has no dtype {name}; upgrade torch to load the file")
+    return dtype
 
 
 def _torch() -> Any:
@@ -69,17 +104,19 @@ def tensor_to_numpy(t: Any) -> tuple[np.ndarray, str]:
 
 def numpy_to_tensor(arr: np.ndarray, dtype_name: str) -> Any:
     torch = _torch()
+    if not isinstance(dtype_name, str) or dtype_name not in TORCH_DTYPES:
+        _torch_dtype(dtype_name)  # raises
     if dtype_name in _TORCH_LOGICAL:
         width = LOGICAL_DTYPES[dtype_name].itemsize
         view = {2: torch.int16, 1: torch.uint8}[width]
         base = torch.from_numpy(
             np.require(arr, requirements=["C", "W"]).view({2: np.int16, 1: np.uint8}[width])
         )
-        return base.view(view).view(getattr(torch, dtype_name))
+        return base.view(view).view(_torch_dtype(dtype_name))
+    expected = _torch_dtype(dtype_name)
     # The array was just read from the file and belongs to nobody else: no copy needed.
     t = torch.from_numpy(np.require(arr, requirements=["C", "W"]))
-    expected = getattr(torch, dtype_name, None)
-    if expected is None or t.dtype != expected:
+    if t.dtype != expected:
         raise FileFormatError(f"tensor dtype {dtype_name} does not match stored {arr.dtype}")
     return t
 
@@ -223,8 +260,15 @@ def _decode(doc: Any, arrays: list[np.ndarray], depth: int) -> Any:
     if "t" in doc and set(doc) <= {"t", "dtype", "device", "grad"}:
         arr = _array(doc["t"], arrays)
         name = doc.get("dtype")
-        if not isinstance(name, str) or not name.isidentifier():
-            raise FileFormatError(f"malformed tensor dtype {name!r}")
+        if not isinstance(name, str) or name not in TORCH_DTYPES:
+            raise FileFormatError(
+                f"tensor dtype {str(name)[:40]!r} is not one replaykit stores; the file is "
+                "damaged or forged"
+            )
+        if not isinstance(doc.get("device", "cpu"), str) or not isinstance(
+            doc.get("grad", False), bool
+        ):
+            raise FileFormatError("tensor node has a non-string device or a non-bool grad flag")
         t = numpy_to_tensor(arr, name)
         if doc.get("grad") is True and t.is_floating_point():
             t.requires_grad_(True)
