@@ -22,13 +22,6 @@ import pytest
 
 import replaykit
 
-# Public modules whose undeclared names wait for their owner's fix. The xfail is strict:
-# when the module passes, the test fails until its entry is removed here.
-_PENDING: dict[str, str] = {
-    "replaykit.cli": "cli.py defines no __all__",
-    "replaykit.testing": "testing.py imports public names it does not declare",
-}
-
 
 def _public_modules() -> list[str]:
     # Descend only into public packages: everything below a private one is private.
@@ -79,16 +72,7 @@ def undeclared_public_names(module: types.ModuleType) -> list[str]:
     )
 
 
-def _params() -> list[typing.Any]:
-    return [
-        pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=_PENDING[m]))
-        if m in _PENDING
-        else m
-        for m in _public_modules()
-    ]
-
-
-@pytest.mark.parametrize("name", _params())
+@pytest.mark.parametrize("name", _public_modules())
 def test_public_module_declares_exactly_its_public_names(name: str) -> None:
     module = importlib.import_module(name)
     if name == "replaykit":
