@@ -165,7 +165,45 @@ def validate_file(
     return _validate(Path(path))
 
 
+# Whole-file validations retried when a live recording's commit raced the read.
+LIVE_RETRIES = 8
+
+
 def _validate(path: Path) -> CheckReport:
+    """Validate ``path``, reading a live recording again when a read raced a commit.
+
+    A file another process is writing is validated as of its last commit; if every try
+    races a commit, the error says the file is being written.
+    """
+    from replaykit._format import safety
+
+    for attempt in range(LIVE_RETRIES + 1):
+        before = _stat_key(path)
+        try:
+            return _validate_once(path)
+        except E.FileFormatError as exc:
+            if isinstance(exc, (E.UnsupportedVersionError, E.NotARecordingError)):
+                raise
+            # Live now, or written while it was read (a writer that just closed it).
+            if not safety.is_being_written(path) and _stat_key(path) == before:
+                raise
+            if attempt == LIVE_RETRIES:
+                if safety.BEING_WRITTEN in str(exc):
+                    raise
+                raise E.TruncatedFileError(safety.BEING_WRITTEN, path=path) from None
+            time.sleep(0.02 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _stat_key(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _validate_once(path: Path) -> CheckReport:
     from replaykit._format import layout as F
     from replaykit._format.store import Recording
 

@@ -25,7 +25,43 @@ from replaykit.errors import (
     UnsafeFileError,
 )
 
-__all__ = ["open_validated", "validate_structure"]
+__all__ = ["BEING_WRITTEN", "is_being_written", "open_validated", "validate_structure"]
+
+# What a reader says when a file failed to read while another process holds it open for
+# writing: the failure is a read racing a commit, not damage.
+BEING_WRITTEN = (
+    "is being written by another process right now (a live recording), and reading it raced "
+    "a commit; read it again, or wait until the recording is closed"
+)
+
+
+def is_being_written(path: Path) -> bool:
+    """Tell whether another process holds ``path`` open for writing (HDF5's write lock).
+
+    libhdf5 takes an exclusive ``flock`` on a file it opens for writing (replaykit's
+    writers keep the default locking); a shared lock that cannot be taken means a writer
+    is live. Only asked after a read failed, so it costs nothing on the normal path.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
 
 # Deflate cannot expand more than ~1032:1 (LZF far less), so declaring more than this many
 # times the bytes stored is a crafted header, not compressed data.

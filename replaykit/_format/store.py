@@ -24,7 +24,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
 import math
 import os
 import time
@@ -56,12 +58,22 @@ from replaykit.errors import (
 __all__ = [
     "DatasetInfo",
     "Recording",
+    "RecordingWriteError",
     "RecordingWriter",
     "SnapshotInfo",
     "StreamReader",
     "StreamWriter",
     "library_versions",
 ]
+
+
+class RecordingWriteError(ReplaykitError, OSError):
+    """Writing a recording failed (disk full, file-size limit, I/O error).
+
+    The writer stopped at the first failed write and closed the file without writing
+    anything more, so the file keeps everything up to its last commit.
+    """
+
 
 # Bytes per column a streaming read (diff, verification, statistics) holds at once: large
 # enough that per-call costs in h5py and libhdf5 vanish, small enough that memory stays flat.
@@ -315,9 +327,17 @@ class StreamWriter:
     def checkpoint(self) -> None:
         # Every CLOCK_CHECK_ROWS rows and at each full block: write a full block, and commit
         # when the writer's step or time budget since its last commit is spent.
-        if self.pos == self.block:
-            self.write_pending()  # resets pos to 0 and calls on_block_full
-        self._writer.maybe_commit()
+        w = self._writer
+        if w._broken is not None:
+            raise w._broken
+        try:
+            if self.pos == self.block:
+                self.write_pending()  # resets pos to 0 and calls on_block_full
+            w.maybe_commit()
+        except ReplaykitError:
+            raise
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise w._fail(exc) from None
         self.check_at = self._next_check()
 
     def _next_check(self) -> int:
@@ -459,6 +479,10 @@ class RecordingWriter:
         # attribute points to on disk (-1: none yet).
         self._spill_current: dict[tuple[str, str], int] = {}
         self._spill_pending: dict[tuple[str, str], int] = {}
+        # The error that stopped this writer (see _fail); every later write raises it.
+        self._broken: RecordingWriteError | None = None
+        # Bytes the file may already grow to without asking the file system (see _reserve).
+        self._reserved = 0
         self._last_commit = time.monotonic()
         self._closed = False
         self.snapshots: list[str] = []
@@ -466,7 +490,13 @@ class RecordingWriter:
         self._meta_dirty = False
         self._file.require_group(F.STREAMS_GROUP)
         self._file.require_group(F.SNAPSHOTS_GROUP)
-        self.commit()
+        try:
+            self.commit()
+        except RecordingWriteError:
+            # Nothing was ever committed: the file is ours (created exclusively) and empty.
+            with contextlib.suppress(OSError):
+                os.unlink(self.write_path)
+            raise
 
     def _create(self, overwrite: bool) -> h5py.File:
         """Create the file exclusively (HDF5 ``"x"``: never truncates an existing file)."""
@@ -482,6 +512,10 @@ class RecordingWriter:
                 fs_strategy="none",
                 alignment_threshold=_rawio.MIN_BYTES,
                 alignment_interval=_rawio.ALIGN,
+                # No raw-data chunk cache: rows reach the file when a block is written, not
+                # at some later flush, so a write that fails (disk full) fails in the call
+                # that made it, before a flush can record space that was never written.
+                rdcc_nbytes=0,
             )
         except FileExistsError:
             pass
@@ -607,6 +641,96 @@ class RecordingWriter:
     def commit(self) -> None:
         """Write every buffered row, record row counts and checksums, and flush.
 
+        Raises:
+            RecordingWriteError: a write failed (disk full, file-size limit); the file keeps
+                its last commit and the writer is closed.
+        """
+        if self._broken is not None:
+            raise self._broken
+        try:
+            self._commit()
+        except ReplaykitError:
+            raise
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise self._fail(exc) from None
+
+    def _reserve(self) -> None:
+        """Make sure the file system holds room for what the next flush may write.
+
+        libhdf5 records the file's end in the superblock at a flush and extends the file at
+        close; when the disk is full or the file-size limit (``ulimit -f``) is hit in
+        between, the superblock names an end past the bytes on disk and the whole file is
+        unreadable. So before each commit's flushes the file is extended (``fallocate``,
+        or one byte written at the end) past everything allocated so far plus a margin:
+        a full disk fails here, before anything of the commit is written. The file's
+        allocated size moves in steps of at least 1 MiB, so most commits make no call.
+        """
+        fid = self._file.id
+        # Metadata a flush may still have to place: the cache's contents, plus a margin.
+        need = int(fid.get_filesize()) + int(fid.get_mdc_size()[2]) + _RESERVE_MARGIN
+        if need <= self._reserved:
+            return
+        fd = fid.get_vfd_handle()
+        size = os.fstat(fd).st_size
+        if need <= size:
+            self._reserved = size
+            return
+        generous = need + max(_RESERVE_STEP, need // 8)
+        try:
+            _extend(fd, size, generous)
+            self._reserved = generous
+        except OSError:
+            # Near the limit: claim only what this commit needs, so no committable row is
+            # refused for the sake of headroom.
+            _extend(fd, size, need)
+            self._reserved = need
+
+    def _fail(self, exc: BaseException) -> RecordingWriteError:
+        """Stop writing at the first failed write; return the error to raise.
+
+        libhdf5 would go on writing (a flush at close, the file's end in the superblock)
+        after a failed write, and under a file-size limit that left a superblock naming an
+        end past the data: the whole recording unreadable. The file's descriptor is swapped
+        for a read-only one before it is closed, so nothing more reaches the disk and the
+        file keeps its last commit.
+        """
+        if self._broken is not None:
+            return self._broken
+        text = _first_line(exc)
+        code = getattr(exc, "errno", None)
+        for errno_ in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            if code == errno_ or f"errno = {errno_}" in str(exc) or f"[Errno {errno_}]" in text:
+                code = errno_
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            why = "the disk is full (or over quota)"
+        elif code == errno.EFBIG:
+            why = "the file-size limit (ulimit -f) was hit"
+        else:
+            why = f"a write failed ({type(exc).__name__}: {text})"
+        self._broken = RecordingWriteError(
+            f"{self.path}: recording stopped because {why}; the file keeps everything up to "
+            f"its last commit (earlier steps and snapshots are readable); free space or raise "
+            "the limit and record again"
+        )
+        self._closed = True
+        try:
+            fd = self._file.id.get_vfd_handle()
+            ro = os.open(self.write_path, os.O_RDONLY)
+            try:
+                os.dup2(ro, fd)
+            finally:
+                os.close(ro)
+        except (OSError, RuntimeError, ValueError, TypeError):
+            pass
+        try:
+            self._file.close()
+        except Exception:  # noqa: BLE001 - libhdf5's failed flush at close: nothing to save
+            pass
+        return self._broken
+
+    def _commit(self) -> None:
+        """Do :meth:`commit`'s work.
+
         Two phases, each ending in a flush: first the rows (data, chunk indexes, extents),
         then the commit records, each rewritten in place. A kill in phase one leaves the
         old records, which describe rows already on disk; a kill in phase two leaves each
@@ -614,6 +738,7 @@ class RecordingWriter:
         """
         for s in self._streams.values():
             s.write_pending()
+        self._reserve()
         # Records too long for an attribute go into their spare slot before the first flush;
         # the attributes pointing to them change only in phase two.
         texts = [(s, self._commit_text(s)) for s in self._streams.values()]
@@ -641,7 +766,21 @@ class RecordingWriter:
 
         Rows buffered so far are committed first, so the snapshot never refers
         to steps the file does not hold.
+
+        Raises:
+            RecordingWriteError: a write failed (disk full, file-size limit); the file keeps
+                its last commit (without this snapshot) and the writer is closed.
         """
+        if self._broken is not None:
+            raise self._broken
+        try:
+            return self._write_snapshot(name, tree, meta)
+        except ReplaykitError:
+            raise
+        except (OSError, RuntimeError) as exc:
+            raise self._fail(exc) from None
+
+    def _write_snapshot(self, name: str, tree: Any, meta: dict[str, Any]) -> int:
         if not F.is_valid_name(name):
             raise UsageError(f"snapshot name {name!r} must be non-empty, printable, without '/'")
         if name in self.snapshots:
@@ -752,8 +891,9 @@ class RecordingWriter:
         try:
             self.commit()
         finally:
-            self._closed = True
-            self._file.close()
+            if not self._closed:
+                self._closed = True
+                self._file.close()
         if self.write_path != self.path:
             os.replace(self.write_path, self.path)
             if self.fsync:
@@ -765,6 +905,29 @@ class RecordingWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# Room kept free past the file's allocated end before a commit flushes (see _reserve), and
+# the step in which the reservation grows.
+_RESERVE_MARGIN = 64 << 10
+_RESERVE_STEP = 1 << 20
+
+
+def _extend(fd: int, size: int, target: int) -> None:
+    """Grow the file behind ``fd`` from ``size`` to ``target`` bytes, claiming the blocks.
+
+    ``posix_fallocate`` where the file system supports it (a full disk fails here); else
+    one byte written at the new end (a file-size limit fails here; a full disk may not).
+    """
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is not None:
+        try:
+            fallocate(fd, size, target - size)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate here
+                raise
+    os.pwrite(fd, b"\0", target - 1)
 
 
 def _temporary_name(path: Path) -> Path:
@@ -874,6 +1037,15 @@ class _guard:  # noqa: N801 - used as a context manager, reads like a keyword
             ) from None
         if isinstance(exc, _RAW_ERRORS):
             text = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+            from replaykit._format import safety as _safety
+
+            if _safety.is_being_written(self.path):
+                raise FileFormatError(
+                    f"cannot {self.what} ({type(exc).__name__}: {text}): the file "
+                    f"{_safety.BEING_WRITTEN}",
+                    path=self.path,
+                    obj=self.obj,
+                ) from None
             raise FileFormatError(
                 f"cannot {self.what} ({type(exc).__name__}: {text}); the file is damaged: "
                 "re-record it or use a good copy",
@@ -1444,6 +1616,18 @@ class StreamReader:
         self._verified.add(column)
 
 
+def _stat_key(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+# Times a reader re-opens a file that failed to open while a writer holds it (see Recording).
+_LIVE_RETRIES = 8
+
+
 class Recording:
     """A recording opened for reading.
 
@@ -1470,6 +1654,29 @@ class Recording:
         self.path = Path(path)
         self.verify = verify
         self._snapshots: list[SnapshotInfo] | None = None
+        # A file another process is writing can fail to open when the open races one of its
+        # commits (libhdf5 reads the file's end once, then metadata the commit moved past
+        # it): retry a few times, then say plainly that the file is being written.
+        for attempt in range(_LIVE_RETRIES + 1):
+            before = _stat_key(self.path)
+            try:
+                self._open()
+                return
+            except FileFormatError as exc:
+                if isinstance(exc, UnsupportedVersionError | NotARecordingError):
+                    raise
+                # Live now, or written while it was opened (a writer that just closed it).
+                if not _safety.is_being_written(self.path) and _stat_key(self.path) == before:
+                    raise
+                if attempt == _LIVE_RETRIES:
+                    if _safety.BEING_WRITTEN in str(exc):
+                        raise
+                    raise TruncatedFileError(_safety.BEING_WRITTEN, path=self.path) from None
+                time.sleep(0.02 * (attempt + 1))
+
+    def _open(self) -> None:
+        from replaykit._format import safety as _safety
+
         self._file = _safety.open_validated(self.path)
         try:
             with _guard(self.path, "/", "read the root attributes"):
