@@ -456,6 +456,9 @@ def dumps(obj: Any, *, sort_keys: bool = True) -> str:
 # two JSON levels per tree level, and nothing else replaykit writes comes near. Deeper text
 # is refused before parsing, so no reader meets a RecursionError.
 MAX_JSON_DEPTH: Final = 512
+# JSON text read from a file is at most this long: parsing takes several times its size in
+# memory, and a variable-length attribute's stored size is not known before it is read.
+MAX_JSON_BYTES: Final = 64 << 20
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _BRACKET_STEP = np.zeros(256, np.int8)
 _BRACKET_STEP[[ord("["), ord("{")]] = 1
@@ -463,7 +466,7 @@ _BRACKET_STEP[[ord("]"), ord("}")]] = -1
 
 
 class JSONDepthError(ValueError):
-    """JSON text nests deeper than :data:`MAX_JSON_DEPTH` (a forged attribute)."""
+    """JSON text nests deeper than :data:`MAX_JSON_DEPTH` or exceeds :data:`MAX_JSON_BYTES`."""
 
 
 def json_depth(text: str) -> int:
@@ -478,9 +481,15 @@ def loads(text: str | bytes) -> Any:
     """Parse JSON as stored in attributes; ValueError (never RecursionError) when malformed.
 
     Raises:
-        JSONDepthError: the text nests deeper than :data:`MAX_JSON_DEPTH`.
+        JSONDepthError: the text nests deeper than :data:`MAX_JSON_DEPTH` or is longer
+            than :data:`MAX_JSON_BYTES`.
         ValueError: anything else that is not JSON as replaykit writes it.
     """
+    if len(text) > MAX_JSON_BYTES:
+        raise JSONDepthError(
+            f"JSON attribute of {len(text)} bytes exceeds the {MAX_JSON_BYTES} any replaykit "
+            "attribute has (a forged file?)"
+        )
     if isinstance(text, bytes):
         text = text.decode("utf-8")
     if text.count("[") + text.count("{") > MAX_JSON_DEPTH:

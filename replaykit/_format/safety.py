@@ -69,8 +69,15 @@ MAX_EXPANSION = 1100
 # One chunk is decompressed whole: cap it, so a single "gzip bomb" chunk cannot ask for
 # gigabytes (replaykit writes chunks of at most max(1 MiB, one row)).
 MAX_CHUNK_BYTES = 256 << 20
+# A compressed chunk is inflated whole to read any row of it: replaykit writes chunks of 16
+# rows or ~16 KiB, so a larger compressed chunk only serves to multiply the work of reading.
+MAX_COMPRESSED_CHUNK_BYTES = 64 << 20
 # Attributes replaykit writes are scalars.
 MAX_ATTR_ELEMENTS = 1024
+# Replaykit writes at most 5 attributes on an object (the root); opening attributes by index
+# costs more the more an object has, so a crafted object with thousands made validation
+# quadratic (146 s for 10k). More than this is refused before any is opened.
+MAX_ATTRS_PER_OBJECT = 32
 MAX_OBJECTS = 200_000
 # Snapshots and streams are never deeper than this many groups below the root.
 MAX_DEPTH = 64
@@ -157,8 +164,12 @@ def validate_structure(f: h5py.File, path: Path, file_size: int) -> None:
     # checks themselves, and every reader (a diff opens two files) pays this walk.
     count = 0
 
+    # Snapshot arrays are read whole, so together they must fit in the file: a budget for the
+    # whole file, not a per-dataset check (many datasets may alias the same stored bytes).
+    whole_bytes = 0
+
     def walk(gid: h5py.h5g.GroupID, name: str, depth: int) -> None:
-        nonlocal count
+        nonlocal count, whole_bytes
         if depth > MAX_DEPTH:
             raise UnsafeFileError("groups nest deeper than a recording's", path=path, obj=name)
         try:
@@ -221,7 +232,14 @@ def validate_structure(f: h5py.File, path: Path, file_size: int) -> None:
                 walk(oid, obj_path, depth + 1)
             elif isinstance(oid, h5py.h5d.DatasetID):
                 _check_attrs(oid, path, obj_path)
-                _check_dataset(oid, path, file_size, obj_path)
+                whole_bytes += _check_dataset(oid, path, file_size, obj_path)
+                if whole_bytes > file_size:
+                    raise UnsafeFileError(
+                        f"snapshot datasets declare {whole_bytes} bytes in all, more than the "
+                        f"file's {file_size} (stored bytes used twice?); do not trust this file",
+                        path=path,
+                        obj=obj_path,
+                    )
             else:
                 kind = "Datatype" if isinstance(oid, h5py.h5t.TypeID) else type(oid).__name__
                 raise UnsafeFileError(f"unexpected object type {kind}", path=path, obj=obj_path)
@@ -248,7 +266,15 @@ def _object_key(oid: Any, path: Path, where: str) -> Any:
 
 def _check_attrs(oid: Any, path: Path, where: str) -> None:
     try:
-        for i in range(h5py.h5a.get_num_attrs(oid)):
+        n = h5py.h5a.get_num_attrs(oid)
+        if n > MAX_ATTRS_PER_OBJECT:
+            raise UnsafeFileError(
+                f"object has {n} attributes; recording objects have at most "
+                f"{MAX_ATTRS_PER_OBJECT} (a crafted file?)",
+                path=path,
+                obj=where,
+            )
+        for i in range(n):
             aid = h5py.h5a.open(oid, index=i)
             name = aid.name.decode("utf-8", "replace")
             dt = aid.dtype
@@ -279,7 +305,8 @@ def _check_attrs(oid: Any, path: Path, where: str) -> None:
         ) from None
 
 
-def _check_dataset(dsid: h5py.h5d.DatasetID, path: Path, file_size: int, where: str) -> None:
+def _check_dataset(dsid: h5py.h5d.DatasetID, path: Path, file_size: int, where: str) -> int:
+    """Check one dataset's header; return the bytes a reader reads whole (0: a stream column)."""
     try:
         dt = dsid.dtype
         if dt.kind not in F.ALLOWED_KINDS or dt.fields is not None or dt.subdtype is not None:
@@ -340,12 +367,31 @@ def _check_dataset(dsid: h5py.h5d.DatasetID, path: Path, file_size: int, where: 
         # them); readers read only committed rows and check those against stored bytes.
         # Anything else (snapshot arrays) is read whole, so it must fit in the file.
         in_stream = where.startswith(f"/{F.STREAMS_GROUP}/")
-        if not compressed and not in_stream and declared > file_size:
+        if not in_stream and compressed:
+            raise UnsafeFileError(
+                "compressed dataset outside /streams (replaykit never compresses snapshot "
+                "arrays; read whole, they could inflate far past the file); do not trust "
+                "this file",
+                path=path,
+                obj=where,
+            )
+        if not in_stream and declared > file_size:
             raise UnsafeFileError(
                 f"dataset declares {declared} bytes but the file has {file_size}",
                 path=path,
                 obj=where,
             )
+        if in_stream and compressed and layout == h5py.h5d.CHUNKED:
+            chunk = math.prod(dcpl.get_chunk()) * dt.itemsize
+            if chunk > MAX_COMPRESSED_CHUNK_BYTES:
+                raise UnsafeFileError(
+                    f"compressed chunks of {chunk} bytes exceed {MAX_COMPRESSED_CHUNK_BYTES} "
+                    "(each is inflated whole to read any row of it); recordings use chunks of "
+                    "16 rows or about 16 KiB",
+                    path=path,
+                    obj=where,
+                )
+        return 0 if in_stream else declared
     except ReplaykitError:
         raise
     except _RAW as exc:

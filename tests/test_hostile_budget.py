@@ -1,0 +1,118 @@
+"""Work and memory per stored byte are bounded for the whole file (issue 18): small crafted
+files that made readers outside the sandbox run for minutes or take gigabytes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import xxhash
+
+from replaykit._analysis.check import validate_file
+from replaykit._format import layout as F
+from replaykit._format import store as S
+from replaykit._format.store import Recording
+from replaykit.errors import FileFormatError, UnsafeFileError
+
+
+@pytest.fixture
+def rec(small_recording: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "hostile.h5"
+    shutil.copy(small_recording, path)
+    return path
+
+
+def _commit_for(g: h5py.Group, stream: str, columns: dict[str, np.ndarray], rows: int) -> None:
+    """Give a forged stream group a consistent commit record (FORMAT.md §4)."""
+    body = {
+        F.COMMIT_ROWS: rows,
+        F.COMMIT_CHECKSUMS: {k: xxhash.xxh3_64_hexdigest(v.tobytes()) for k, v in columns.items()},
+        F.COMMIT_COLUMNS: {
+            k: {F.COLUMN_DTYPE: v.dtype.str, F.COLUMN_SHAPE: list(v.shape[1:]), "optional": False}
+            for k, v in columns.items()
+        },
+        F.COMMIT_STREAM: stream,
+    }
+    text = S.F.dumps(body)
+    S._set_fixed(
+        g.attrs, F.COMMIT_ATTR, S.F.dumps({**body, F.COMMIT_CRC: S._digest(text.encode())})
+    )
+
+
+def test_single_huge_gzip_chunk_is_inflated_once(rec: Path) -> None:
+    """One 48 MiB gzip chunk read in 64k-row blocks: once per chunk, not once per block."""
+    rows = 6 << 20  # float64: 48 MiB in one chunk, ~50 KiB stored
+    data = np.zeros((rows,), np.float64)
+    with h5py.File(rec, "r+") as f:
+        g = f.create_group(F.stream_path("extra"))
+        g.create_dataset("x", data=data, chunks=(rows,), compression="gzip", compression_opts=1)
+        _commit_for(g, "extra", {"x": data}, rows)
+    assert rec.stat().st_size < 2 << 20
+    t0 = time.perf_counter()
+    report = validate_file(rec)
+    assert report.streams["extra"] == rows
+    assert time.perf_counter() - t0 < 10  # before: ~96 inflations of 48 MiB
+
+
+def test_oversized_gzip_chunk_is_refused(rec: Path) -> None:
+    rows = 10 << 20  # 80 MiB chunk, over the 64 MiB cap for compressed chunks
+    with h5py.File(rec, "r+") as f:
+        g = f.create_group(F.stream_path("extra"))
+        g.create_dataset(
+            "x", data=np.zeros(rows), chunks=(rows,), compression="gzip", compression_opts=1
+        )
+    with pytest.raises(UnsafeFileError, match="compressed chunks"):
+        Recording(rec)
+
+
+def test_many_attributes_are_refused_fast(rec: Path) -> None:
+    with h5py.File(rec, "r+") as f:
+        ds = f[F.stream_path(F.STEPS)][F.REWARD]
+        for i in range(3000):
+            ds.attrs[f"a{i}"] = i
+    t0 = time.perf_counter()
+    with pytest.raises(UnsafeFileError, match="3000 attributes"):
+        Recording(rec)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_compressed_snapshot_array_is_refused(rec: Path) -> None:
+    """Snapshot arrays are read whole; replaykit never compresses them."""
+    with h5py.File(rec, "r+") as f:
+        snap = f[F.SNAPSHOTS_GROUP][next(iter(f[F.SNAPSHOTS_GROUP]))]
+        snap.create_dataset(
+            "a999", data=np.zeros(16 << 20, np.uint8), compression="gzip", chunks=(16 << 20,)
+        )
+    with pytest.raises(UnsafeFileError, match="compressed dataset outside /streams"):
+        Recording(rec)
+
+
+def test_snapshot_bytes_budget_is_for_the_whole_file(rec: Path) -> None:
+    """Each array fits in the file, all together do not: refused (a per-file budget)."""
+    size = rec.stat().st_size
+    with h5py.File(rec, "r+") as f:
+        snap = f[F.SNAPSHOTS_GROUP][next(iter(f[F.SNAPSHOTS_GROUP]))]
+        for i in range(4):
+            # Unallocated contiguous datasets: declared, never stored.
+            snap.create_dataset(f"b{i}", shape=(int(size * 0.6),), dtype=np.uint8)
+    with pytest.raises(UnsafeFileError, match="declare .* bytes in all"):
+        Recording(rec)
+
+
+def test_huge_json_attribute_is_refused_before_parsing(rec: Path) -> None:
+    with h5py.File(rec, "r+") as f:
+        prov = json.loads(S._text(f.attrs[F.PROVENANCE_ATTR]))
+        prov["argv"] = ["x" * (F.MAX_JSON_BYTES + 10)]
+        text = json.dumps(prov)
+        f.attrs[F.PROVENANCE_ATTR] = text
+        raw = {k: S._text(f.attrs[k]) for k in (F.FORMAT_ATTR, F.CREATED_ATTR, F.META_ATTR)}
+        raw[F.PROVENANCE_ATTR] = text
+        raw[F.VERSION_ATTR] = int(f.attrs[F.VERSION_ATTR])
+        S._set_fixed(f.attrs, F.ROOT_CHECKSUM_ATTR, S._root_checksum(raw))
+    with pytest.raises(FileFormatError, match="exceeds"):
+        Recording(rec)
