@@ -228,3 +228,13 @@ def test_json_depth_is_bounded() -> None:
         F.loads(json.dumps(_deep(F.MAX_JSON_DEPTH + 1)))
     # Brackets inside strings do not count.
     assert F.json_depth(json.dumps({"a": "[[[[{{{{" * 200})) == 1
+
+
+def test_check_report_escapes_strings_from_the_file(small_recording: Path, tmp_path: Path) -> None:
+    """Terminal escapes in a forged env id are printed escaped, never interpreted."""
+    path = tmp_path / "escapes.h5"
+    shutil.copy(small_recording, path)
+    forge_meta(path, _set(F.META_ENV_ID, "CartPole\x1b[2J\x1b]0;owned\x07"))
+    text = validate_file(path).format()
+    assert "\x1b" not in text and "\x07" not in text
+    assert "CartPole\\x1b[2J" in text

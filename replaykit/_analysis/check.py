@@ -38,7 +38,7 @@ from typing import Any
 from replaykit import errors as E
 from replaykit._analysis.child import python_child_argv
 
-__all__ = ["CheckReport", "validate_file"]
+__all__ = ["CheckReport", "printable", "validate_file"]
 
 DEFAULT_TIMEOUT = 120.0
 DEFAULT_MEMORY_MB = 4096
@@ -105,15 +105,20 @@ class CheckReport:
         return {"ok": True, **asdict(self)}
 
     def format(self) -> str:
-        """Return a short human-readable summary (a few lines)."""
-        streams = ", ".join(f"{k}: {v} rows" for k, v in self.streams.items()) or "none"
+        """Return a short human-readable summary (a few lines).
+
+        Every string that came from the file is escaped (:func:`printable`): a name holding
+        terminal escape sequences must not clear or recolour the reader's screen.
+        """
+        streams = ", ".join(f"{printable(k)}: {v} rows" for k, v in self.streams.items()) or "none"
+        snaps = [printable(n) for n in self.snapshots[:8]]
         lines = [
-            f"{self.path}: OK (format v{self.format_version}, env {self.env_id}, "
-            f"recorded {self.created})",
+            f"{printable(self.path)}: OK (format v{self.format_version}, env "
+            f"{printable(str(self.env_id))}, recorded {printable(self.created)})",
             f"  streams: {streams}",
             f"  snapshots: {len(self.snapshots)}"
             + (
-                f" ({', '.join(self.snapshots[:8])}{', ...' if len(self.snapshots) > 8 else ''})"
+                f" ({', '.join(snaps)}{', ...' if len(self.snapshots) > 8 else ''})"
                 if self.snapshots
                 else ""
             ),
@@ -126,6 +131,21 @@ class CheckReport:
                 "are ignored"
             )
         return "\n".join(lines)
+
+
+def printable(text: str) -> str:
+    r"""Return ``text`` with every non-printable character escaped (``\x1b``, ``\n``).
+
+    Strings read from a file (env ids, snapshot and stream names, times) are printed to a
+    terminal; escape sequences in them would be interpreted by it.
+
+    Example:
+        >>> printable("run\x1b[2J")
+        'run\\x1b[2J'
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def validate_file(
