@@ -1,4 +1,4 @@
-"""Pin the file format: version 2 (written now) and version 1 (still read).
+"""Pin the file format: versions 2 and 3 (written now) and version 1 (still read).
 
 Each golden file reads back its known inputs, and its layout matches docs/FORMAT.md.
 
@@ -24,6 +24,7 @@ from replaykit._format.store import Recording
 DATA = Path(__file__).resolve().parent / "data"
 GOLDEN_V1 = DATA / "golden_v1.h5"
 GOLDEN = DATA / "golden_v2.h5"
+GOLDEN_V3 = DATA / "golden_v3.h5"
 sys.path.insert(0, str(DATA))
 
 import make_golden as G  # noqa: E402
@@ -50,7 +51,7 @@ def layout(path: Path) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.parametrize(("path", "version"), [(GOLDEN_V1, 1), (GOLDEN, 2)])
+@pytest.mark.parametrize(("path", "version"), [(GOLDEN_V1, 1), (GOLDEN, 2), (GOLDEN_V3, 3)])
 def test_golden_file_reads_back_its_inputs(path: Path, version: int) -> None:
     with Recording(path) as rec:
         assert rec.format_version == version
@@ -158,6 +159,47 @@ def test_current_writer_produces_the_golden_layout(tmp_path: Path) -> None:
     fresh = tmp_path / "fresh.h5"
     G.write(str(fresh))
     assert layout(fresh) == layout(GOLDEN)
+    fresh3 = tmp_path / "fresh3.h5"
+    G.write(str(fresh3), spill=True)
+    assert layout(fresh3) == layout(GOLDEN_V3)
+
+
+def _spilled(group: h5py.Group, attr: str) -> str:
+    """Follow a version 3 spill pointer by hand (FORMAT.md §2.1) and check its digest."""
+    raw = group.attrs[attr]
+    ptr = json.loads(raw.decode().rstrip(" ") if isinstance(raw, bytes) else raw)
+    assert set(ptr) == {"$spill", "bytes", "digest"}
+    assert ptr["$spill"] in (f".{attr}-0", f".{attr}-1")
+    slot = group[ptr["$spill"]]
+    assert slot.dtype == np.uint8 and slot.ndim == 1 and slot.shape[0] >= ptr["bytes"]
+    data = slot[: ptr["bytes"]].tobytes()
+    assert xxhash.xxh3_64_hexdigest(data) == ptr["digest"]
+    return data.decode()
+
+
+def test_golden_v3_spilled_attributes_match_the_spec() -> None:
+    with h5py.File(GOLDEN_V3, "r") as f:
+        assert int(f.attrs["replaykit_format_version"]) == 3
+        meta = json.loads(_spilled(f, "meta"))
+        assert meta["user"]["blob"] == G.USER_BLOB and meta["env_id"] == "Golden-v0"
+        # The root checksum covers the pointer (which covers the text by its digest).
+        root = {
+            k: (int(f.attrs[k]) if k == "replaykit_format_version" else f.attrs[k])
+            for k in ("replaykit_format", "replaykit_format_version", "created", "provenance")
+        }
+        root = {k: v.decode() if isinstance(v, bytes) else v for k, v in root.items()}
+        root["meta"] = f.attrs["meta"].decode()
+        assert xxhash.xxh3_64_hexdigest(_canon(root)) == f.attrs["root_checksum"].decode().strip()
+        wide = f["streams/wide"]
+        commit = json.loads(_spilled(wide, "commit"))
+        assert commit["rows"] == 1 and commit["stream"] == "wide"
+        assert len(commit["columns"]) == G.WIDE_COLUMNS
+        body = {k: v for k, v in commit.items() if k != "crc"}
+        assert xxhash.xxh3_64_hexdigest(_canon(body)) == commit["crc"]
+    with Recording(GOLDEN_V3) as rec:
+        assert rec.meta["user"]["blob"] == G.USER_BLOB
+        s = rec.stream("wide")
+        assert s.read(G.wide_name(G.WIDE_COLUMNS - 1)).tolist() == [(G.WIDE_COLUMNS - 1) * 0.5]
 
 
 def _write_snapshot(path: Path, tree: dict[str, Any]) -> None:

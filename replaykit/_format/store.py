@@ -584,7 +584,7 @@ class RecordingWriter:
         if not isinstance(ds, h5py.Dataset) or ds.shape[0] < len(data):
             if name in group:
                 del group[name]
-            cap = 1 << max(16, (len(data) + len(data) // 2).bit_length())
+            cap = 1 << (len(data) + len(data) // 2).bit_length()
             dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
             dcpl.set_layout(h5py.h5d.CONTIGUOUS)
             dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)

@@ -4,6 +4,10 @@ Run once per format version; older versions' files stay as they are, so readers 
 reading them::
 
     python tests/data/make_golden.py tests/data/golden_v2.h5
+    python tests/data/make_golden.py tests/data/golden_v3.h5 --spill
+
+``--spill`` adds what makes a writer stamp version 3: metadata and a commit record longer
+than an attribute holds, which spill into slot datasets.
 """
 
 from __future__ import annotations
@@ -33,9 +37,28 @@ def snapshot_tree() -> dict[str, Any]:
     }
 
 
-def write(path: str) -> None:
-    meta = {"env_id": "Golden-v0", "seed": 7, "created": "2026-01-01T00:00:00.000+00:00"}
-    with RecordingWriter(path, meta=meta, provenance={"versions": {"replaykit": "golden"}}) as w:
+# Version 3 inputs: user metadata of 20,000 bytes and a stream of WIDE_COLUMNS columns
+# with long names (a commit record of ~19 KiB).
+USER_BLOB = "golden " * 2857 + "x"
+WIDE_COLUMNS = 32
+
+
+def wide_name(i: int) -> str:
+    return f"info/{'diagnostic_' * 24}{i:03d}"
+
+
+def write(path: str, spill: bool = False) -> None:
+    meta: dict[str, Any] = {
+        "env_id": "Golden-v0",
+        "seed": 7,
+        "created": "2026-01-01T00:00:00.000+00:00",
+    }
+    if spill:
+        meta["user"] = {"blob": USER_BLOB}
+    # 16-row blocks (hence chunks) keep the wide stream's file small.
+    options: dict[str, Any] = {"block_rows": 16} if spill else {}
+    prov = {"versions": {"replaykit": "golden"}}
+    with RecordingWriter(path, meta=meta, provenance=prov, **options) as w:
         s = w.stream("steps")
         obs = s.column("obs", np.dtype(np.float32), (4,))
         act = s.column("action", np.dtype(np.int64), ())
@@ -51,7 +74,15 @@ def write(path: str) -> None:
                 probe.present[s.pos] = True
             s.end_row()
         w.write_snapshot("s0", snapshot_tree(), {"step": 3, "episode": 0})
+        if spill:
+            wide = w.stream("wide")
+            cols = [
+                wide.column(wide_name(i), np.dtype(np.float64), ()) for i in range(WIDE_COLUMNS)
+            ]
+            for j, col in enumerate(cols):
+                col.buf[wide.pos] = j * 0.5
+            wide.end_row()
 
 
 if __name__ == "__main__":
-    write(sys.argv[1])
+    write(sys.argv[1], spill="--spill" in sys.argv[2:])
