@@ -27,12 +27,13 @@ _WRITER = textwrap.dedent(
     s = w.stream("steps")
     c = s.column("obs", np.dtype("float64"), (16,))
     i = 0
-    print("started", flush=True)
     end = time.monotonic() + float(sys.argv[2])
     while time.monotonic() < end:
         c.buf[s.pos] = i
         s.end_row()
         i += 1
+        if i == 200:  # the steps stream is in a commit: readers may start
+            print("started", flush=True)
         if i % 2000 == 0:
             w.write_snapshot(f"s{i}", {"a": np.full(5000, i)}, {"step": i})
             w.update_meta(user={"rows": i})
@@ -45,14 +46,14 @@ _WRITER = textwrap.dedent(
 def test_reader_sees_last_commit_or_says_being_written(tmp_path: Path) -> None:
     path = tmp_path / "live.h5"
     writer = subprocess.Popen(
-        [sys.executable, "-c", _WRITER, str(path), "6"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _WRITER, str(path), "3"], stdout=subprocess.PIPE, text=True
     )
     assert writer.stdout is not None
     assert writer.stdout.readline().strip() == "started"
     ok, live_errors, rows_seen = 0, 0, []
     try:
         assert safety.is_being_written(path)
-        for i in range(30):
+        for i in range(20):
             try:
                 if i % 2:
                     report = validate_file(path)
@@ -73,7 +74,7 @@ def test_reader_sees_last_commit_or_says_being_written(tmp_path: Path) -> None:
         assert writer.stdout is not None
         writer.stdout.close()
     assert writer.returncode == 0
-    assert ok >= 20, (ok, live_errors)
+    assert ok >= 12, (ok, live_errors)
     assert rows_seen == sorted(rows_seen)  # each read saw a commit no older than the last
     assert not safety.is_being_written(path)
     validate_file(path)
