@@ -36,6 +36,7 @@ from replaykit._session.recorder import (
     to_array,
 )
 from replaykit._state import spaces as _spaces
+from replaykit._state.envs import families
 from replaykit.errors import CaptureError, UsageError
 
 __all__ = ["RecordingWrapper", "replay_scope"]
@@ -47,18 +48,10 @@ _BOOLS = frozenset({bool, np.bool_})
 # ones (images) are copied straight into the column buffer, which is then the cheaper copy.
 _DEFER_MAX_BYTES = 4096
 
-# Unwrapped env classes whose simulator state outlives ``reset()``: these Box2D envs create
-# their ``b2World`` once in ``__init__`` and only destroy and re-create bodies on reset, so the
-# world's broad-phase tree and contact order carry every earlier episode's history into the
-# next one (measured: BipedalWalker diverges in episode 3 when replayed from that episode's
-# reset). Replay-from-reset must start at the recording's first reset for them. An env class
-# of your own declares the same with ``replaykit_replay_scope = "recording"``.
-_STATE_OUTLIVES_RESET: frozenset[str] = frozenset(
-    {
-        "gymnasium.envs.box2d.bipedal_walker.BipedalWalker",
-        "gymnasium.envs.box2d.car_racing.CarRacing",
-    }
-)
+# Unwrapped env classes whose simulator state outlives ``reset()`` (the env-family table
+# says which, and why): replay-from-reset must start at the recording's first reset for
+# them. An env class of your own declares the same with ``replaykit_replay_scope = "recording"``.
+_STATE_OUTLIVES_RESET: frozenset[str] = families.state_outlives_reset()
 
 
 def replay_scope(env: gym.Env[Any, Any]) -> str:

@@ -32,6 +32,7 @@ from replaykit._session.verifier import (
 )
 from replaykit._state import snapshot
 from replaykit._state import spaces as _spaces
+from replaykit._state.envs import families
 from replaykit.errors import (
     NondeterministicEnvError,
     ProvenanceError,
@@ -45,7 +46,7 @@ __all__ = ["DEFAULT_IGNORE", "Replay", "VerifyingWrapper", "make_env", "restore"
 
 # Env-id namespaces whose registering package replaykit imports itself. A fixed table in
 # code: the package name never comes from a file, only the namespace it is looked up by.
-_NAMESPACE_PACKAGES: dict[str, str] = {"ALE": "ale_py", "replaykit": "replaykit_envs"}
+_NAMESPACE_PACKAGES: dict[str, str] = families.namespace_packages()
 
 
 def register_env_namespace(env_id: str) -> None:
@@ -59,7 +60,8 @@ def register_env_namespace(env_id: str) -> None:
     """
     if env_id in gym.registry or "/" not in env_id:
         return
-    package = _NAMESPACE_PACKAGES.get(env_id.split("/", 1)[0])
+    namespace = env_id.split("/", 1)[0]
+    package = _NAMESPACE_PACKAGES.get(namespace)
     if package is None:
         return
     import importlib
@@ -67,9 +69,11 @@ def register_env_namespace(env_id: str) -> None:
     try:
         module = importlib.import_module(package)
     except ImportError:
+        family = families.family_for_namespace(namespace)
+        extra = family.extra if family is not None and family.extra else "all-envs"
         raise UsageError(
             f"env id {env_id!r} is registered by the {package} package, which is not "
-            "installed; install it (pip install 'replaykit[all-envs]')"
+            f'installed; install it: pip install "replaykit[{extra}]"'
         ) from None
     gym.register_envs(module)
 
