@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -106,3 +107,78 @@ def test_file_size_limit_sweep(tmp_path: Path, limit: int, mode: str) -> None:
     path, out = _run(tmp_path, limit, mode)
     if path.exists():
         validate_file(path)
+
+
+_ENOSPC_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from replaykit._format.store import RecordingWriter
+    from replaykit.errors import ReplaykitError
+    out = {"committed": 0, "snapshots": [], "error": None}
+    w = None
+    try:
+        w = RecordingWriter(sys.argv[1], meta={"env_id": "X"}, provenance={},
+                            commit_every_steps=500, block_rows=500)
+        s = w.stream("steps")
+        c = s.column("obs", np.dtype("float64"), (64,))
+        i = 0
+        while i < 200_000:
+            c.buf[s.pos] = np.arange(64) + i
+            s.end_row()
+            i += 1
+            if i % 1500 == 0:
+                w.write_snapshot(f"s{i}", {"a": np.full(100_000 + i, i, np.float64)}, {"step": i})
+                out["snapshots"].append(f"s{i}")
+                out["committed"] = s.committed_rows
+    except ReplaykitError as exc:
+        out["error"] = [type(exc).__name__, str(exc)]
+    if w is not None:
+        w.close()
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Any:
+    """Mount a small tmpfs (a full disk in seconds); skip where mounting is not allowed."""
+    mounts: list[Path] = []
+
+    def mount(size: str) -> Path:
+        d = tmp_path / f"fs-{len(mounts)}"
+        d.mkdir()
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()[:80]})")
+        mounts.append(d)
+        return d
+
+    yield mount
+    for d in mounts:
+        subprocess.run(["umount", str(d)], capture_output=True)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tmpfs mount")
+@pytest.mark.parametrize("size", ["1m", "3m", "5m"])
+def test_full_disk_keeps_last_commit(small_tmpfs: Any, size: str) -> None:
+    path = small_tmpfs(size) / "r.h5"
+    proc = subprocess.run(
+        [sys.executable, "-c", _ENOSPC_CHILD, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    name, message = out["error"]
+    assert name == "RecordingWriteError" and "disk is full" in message and str(path) in message
+    validate_file(path)
+    with Recording(path) as rec:
+        assert {s.name for s in rec.snapshots} <= set(out["snapshots"])
+        assert rec.stream("steps").rows >= out["committed"]
