@@ -83,7 +83,7 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
 
     Args:
         env: the env to record.
-        path: the ``.h5`` file to write (replaced if it exists).
+        path: the ``.h5`` file to write; must not exist unless ``overwrite`` is true.
         seed: seed for the first reset (when ``reset`` gets none) and for the spaces.
         snapshot_at: global step counts after which to snapshot (``0`` = after the first reset).
         snapshot_every: also snapshot every this many steps.
@@ -98,6 +98,9 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
         direct_io: how snapshot arrays of 1 MiB and more reach the disk: ``None`` (default)
             with direct I/O only when the kernel's dirty pages are past their free-run
             limit, ``True`` always (bypassing the page cache), ``False`` never.
+        overwrite: replace an existing file at ``path``, once this recording is closed (it is
+            written under a temporary name beside it until then); ``False`` (default):
+            refuse an existing path with :class:`~replaykit.errors.UsageError`.
 
     Example:
         >>> import gymnasium as gym, torch, tempfile, os
@@ -133,6 +136,7 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
         metadata: Mapping[str, Any] | None = None,
         compression: str | None = None,
         direct_io: bool | None = None,
+        overwrite: bool = False,
     ) -> None:
         super().__init__(env)
         from replaykit._state import envs as envstate
@@ -159,6 +163,7 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
             fsync=fsync,
             compression=compression,
             direct_io=direct_io,
+            overwrite=overwrite,
         )
         self._obs_w: list[LeafWriter] | None = None
         self._act_w: list[LeafWriter] | None = None
