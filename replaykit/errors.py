@@ -6,6 +6,7 @@ subclass also inherits the builtin exception that existing handlers expect, so
 
     ReplaykitError
     ├── UsageError (ValueError)              bad arguments or API misuse
+    │   └── PrefixEndError                   a replay reached the end of an unclosed recording
     ├── FileFormatError (ValueError)         a file replaykit cannot read
     │   ├── NotARecordingError               not HDF5, or HDF5 not written by replaykit
     │   ├── TruncatedFileError               cut short, zero bytes, or never committed
@@ -39,6 +40,7 @@ __all__ = [
     "FileFormatError",
     "NondeterministicEnvError",
     "NotARecordingError",
+    "PrefixEndError",
     "ProvenanceError",
     "ReplaykitError",
     "ReplaykitWarning",
@@ -57,6 +59,16 @@ class ReplaykitError(Exception):
 
 class UsageError(ReplaykitError, ValueError):
     """The caller passed arguments replaykit cannot act on."""
+
+
+class PrefixEndError(UsageError):
+    """A replay reached the end of the committed prefix of a recording that was not closed.
+
+    A recorder killed (or interrupted) mid-run leaves the rows of its last commit; steps
+    and the training updates logged after them are separate streams, so the prefix may end
+    between a step and its update. Everything before that point was verified; catch this
+    error to treat the end of the prefix as the end of the replay.
+    """
 
 
 class FileFormatError(ReplaykitError, ValueError):
@@ -107,6 +119,10 @@ class RestoreError(ReplaykitError, ValueError):
     """A snapshot cannot be restored into the objects given."""
 
 
+# A state mismatch message names at most this many differences (then a count of the rest).
+_SHOWN_MISMATCHES = 8
+
+
 class StateMismatchError(RestoreError):
     """Saved state does not fit the live object (shape, dtype, keys, env id, ...).
 
@@ -116,8 +132,9 @@ class StateMismatchError(RestoreError):
 
     def __init__(self, what: str, mismatches: list[str]) -> None:
         self.mismatches = list(mismatches)
-        shown = "; ".join(self.mismatches[:8])
-        more = f"; ... and {len(self.mismatches) - 8} more" if len(self.mismatches) > 8 else ""
+        n = len(self.mismatches)
+        shown = "; ".join(self.mismatches[:_SHOWN_MISMATCHES])
+        more = f"; ... and {n - _SHOWN_MISMATCHES} more" if n > _SHOWN_MISMATCHES else ""
         super().__init__(
             f"{what} does not match the snapshot ({len(self.mismatches)} "
             f"difference{'s' if len(self.mismatches) != 1 else ''}): {shown}{more}; "

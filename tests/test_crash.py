@@ -279,6 +279,189 @@ def test_kills_leave_clean_prefix_many(
     _assert_campaign(stats)
 
 
+# ------------------------------------------------------------------ --policy mlp recordings
+# The CLI's `record --policy mlp` loop (rollout.drive with the built-in MLP policy): a
+# REINFORCE update every 32 steps, logged after the step that completes the batch. Commits
+# happen inside step(), so a commit often holds that step but not its update: a killed file
+# must still replay, from every snapshot, to the end of its committed prefix.
+MLP_STEPS = 900
+MLP_COMMIT_EVERY = 32  # = the policy's update_every: commits land on update-triggering steps
+MLP_SNAPSHOT_EVERY = 150
+
+
+def _record_mlp(path: Path, seed: int, report: Callable[[bytes, int], None] | None) -> None:
+    """Record CartPole with the built-in MLP policy as `replaykit record --policy mlp` does."""
+    from replaykit._session.policies import resolve_policy
+    from replaykit._session.rollout import drive, seed_everything
+
+    seed_everything(seed)
+    rec = RecordingWrapper(
+        gym.make("CartPole-v1"),
+        path,
+        seed=seed,
+        metadata={"policy": "mlp", "cli_seed": seed},
+        commit_every_steps=MLP_COMMIT_EVERY,
+        commit_every_seconds=3600.0,
+    )
+    policy = resolve_policy("mlp", rec, seed)
+    for name, obj in policy.state_objects().items():
+        rec.track(name, obj)
+
+    def at_top() -> None:
+        if rec.step_count % MLP_SNAPSHOT_EVERY == 0:
+            rec.snapshot()
+
+    def on_step() -> None:
+        if report is not None:
+            report(b"T", rec.step_count)
+
+    obs, _ = rec.reset()
+    needs_reset = False
+    while rec.step_count < MLP_STEPS:
+        obs = drive(
+            rec,
+            policy,
+            1,
+            obs=obs,
+            needs_reset=needs_reset,
+            on_probe=rec.probe,
+            on_update=rec.log_update,
+            at_top=at_top,
+            on_step=on_step,
+        )
+        needs_reset = rec.needs_reset
+    rec.close()
+
+
+def _mlp_child(path: Path, conn: Any) -> None:
+    _record_mlp(path, 5, lambda kind, step: conn.send_bytes(_MSG.pack(kind, step)))
+
+
+def _kill_mlp(ctx: Any, path: Path, target: int) -> dict[str, Any]:
+    """Start an MLP recorder and SIGKILL it as soon as it reports step ``target``."""
+    r, w = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_mlp_child, args=(path, w), daemon=True)
+    proc.start()
+    w.close()
+    last, sent = 0, False
+    give_up = time.monotonic() + 120.0
+    while True:
+        if time.monotonic() > give_up:
+            proc.kill()
+            raise AssertionError(f"recorder for {path.name} hung")
+        try:
+            msg = r.recv_bytes() if r.poll(0.05) else None
+        except EOFError:
+            break
+        if msg is not None:
+            last = _MSG.unpack(msg)[1]
+            if last >= target and not sent:
+                proc.kill()
+                sent = True
+    r.close()
+    proc.join(10)
+    return {"killed": proc.exitcode == -signal.SIGKILL, "last_step": last}
+
+
+def _replay_all(path: Path) -> dict[str, Any]:
+    """Replay every snapshot of ``path`` to its end, as `replaykit replay --all` does."""
+    from replaykit._session.rollout import replay_snapshot
+
+    with Recording(path) as rec:
+        names = [s.name for s in rec.snapshots]
+        steps = rec.stream(F.STEPS).rows
+    ends = []
+    for name in names:
+        summary = replay_snapshot(path, name)
+        ends.append(summary.step + summary.verified_steps)
+    return {"snapshots": len(names), "steps": steps, "ends": ends}
+
+
+def _mlp_campaign(ctx: Any, tmp_path: Path, targets: list[int]) -> dict[str, Any]:
+    failures: list[str] = []
+    killed = replayed = snapshots = 0
+    for i, target in enumerate(targets):
+        path = tmp_path / f"mlp-kill-{i:04d}.h5"
+        res = _kill_mlp(ctx, path, target)
+        killed += res["killed"]
+        where = f"{path.name} (kill after step {target}, reported {res['last_step']})"
+        try:
+            out = _replay_all(path)
+        except (ReplaykitError, OSError, AssertionError) as exc:
+            failures.append(f"{where}: {type(exc).__name__}: {exc}")
+            continue
+        snapshots += out["snapshots"]
+        # Each replay reaches the committed end, or stops at most one update batch before
+        # it (the step whose update the kill cut off).
+        short = [e for e in out["ends"] if e < out["steps"] - MLP_COMMIT_EVERY]
+        if short:
+            failures.append(f"{where}: replays ended at {short}, {out['steps']} steps committed")
+            continue
+        replayed += 1
+        path.unlink()
+    return {
+        "files": len(targets),
+        "killed_by_sigkill": killed,
+        "files_replayed_to_end": replayed,
+        "snapshots_replayed": snapshots,
+        "failures": failures[:10],
+    }
+
+
+def test_killed_mlp_prefix_replays_to_its_end(tmp_path: Path) -> None:
+    """A commit that holds the step triggering an update but not the update replays cleanly.
+
+    The file as it is on disk after 40 steps (a kill) holds 32 committed steps and no update;
+    replay stops at the end of that prefix and says so (exit 0), instead of "update 0 was not
+    recorded".
+    """
+    from typer.testing import CliRunner
+
+    from replaykit.cli import app
+
+    path = tmp_path / "mlp.h5"
+    image = tmp_path / "killed.h5"
+
+    def report(kind: bytes, step: int) -> None:
+        if step == 40 and not image.exists():
+            shutil.copyfile(path, image)
+
+    _record_mlp(path, 5, report)
+    with Recording(image) as rec:
+        assert rec.stream(F.STEPS).rows == 32
+        assert not rec.has_stream(F.UPDATES) or rec.stream(F.UPDATES).rows == 0
+    out = _replay_all(image)
+    assert out["ends"] == [32]
+    res = CliRunner().invoke(app, ["replay", str(image), "--all"])
+    assert res.exit_code == 0, res.output
+    assert "replayed to the end of the committed prefix" in res.output
+
+
+@pytest.mark.integration
+def test_killed_mlp_recordings_replay(tmp_path: Path, forkserver: Any) -> None:
+    """A few kills of an MLP recording, each file replayed from every snapshot to its end."""
+    targets = [int(t) for t in np.random.default_rng(18).integers(40, MLP_STEPS, 4)]
+    stats = _mlp_campaign(forkserver, tmp_path, targets)
+    print("\n[mlp kill x4] " + ", ".join(f"{k}={v}" for k, v in stats.items()))
+    assert not stats["failures"], stats["failures"]
+    assert stats["files_replayed_to_end"] == stats["files"]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_killed_mlp_recordings_replay_many(
+    tmp_path: Path, record_property: Any, forkserver: Any
+) -> None:
+    """The full run: 40 kills at seeded steps, every killed file replayed to its end."""
+    targets = [int(t) for t in np.random.default_rng(1818).integers(1, MLP_STEPS, 40)]
+    stats = _mlp_campaign(forkserver, tmp_path, targets)
+    print("\n[mlp kill x40] " + ", ".join(f"{k}={v}" for k, v in stats.items()))
+    for k, v in stats.items():
+        record_property(k, v)
+    assert not stats["failures"], stats["failures"]
+    assert stats["files_replayed_to_end"] == stats["files"]
+
+
 def _committed_steps(path: Path, tmp_path: Path) -> int:
     """Rows a reader sees in the file as it is on disk now (as if the writer were killed)."""
     image = tmp_path / "image.h5"

@@ -523,9 +523,14 @@ def replay_summary(summary: Any) -> str:
         'snapshot step-000200 (step 200): 5 steps reproduced bit-exactly'
     """
     updates = f" and {summary.verified_updates} updates" if summary.verified_updates else ""
+    end = (
+        "; replayed to the end of the committed prefix (the recording was not closed)"
+        if getattr(summary, "prefix_end", False)
+        else ""
+    )
     return (
         f"snapshot {summary.snapshot} (step {summary.step}): {summary.verified_steps} steps"
-        f"{updates} reproduced bit-exactly"
+        f"{updates} reproduced bit-exactly{end}"
     )
 
 

@@ -21,6 +21,7 @@ from replaykit._format.store import Recording
 from replaykit._session.policies import resolve_policy
 from replaykit._session.record import RecordingWrapper
 from replaykit._session.replay import Replay, make_env, register_env_namespace, restore
+from replaykit.errors import PrefixEndError
 
 __all__ = ["RecordSummary", "ReplaySummary", "drive", "record_rollout", "replay_snapshot"]
 
@@ -148,6 +149,9 @@ class ReplaySummary:
     step: int
     verified_steps: int
     verified_updates: int
+    # The replay stopped at the end of the committed prefix of a recording that was not
+    # closed (a killed recorder), before the update or reset that followed it.
+    prefix_end: bool = False
 
 
 def replay_snapshot(
@@ -179,15 +183,23 @@ def replay_snapshot(
         rep: Replay = restore(rec, snapshot_id, env=env, track=policy.state_objects(), rules=rules)
         n = rep.steps_left if steps is None else steps
         n = min(n, rep.steps_left)
-        drive(
-            rep.env,
-            policy,
-            n,
-            obs=rep.obs,
-            needs_reset=rep.needs_reset,
-            on_probe=rep.probe,
-            on_update=rep.log_update,
-        )
+        prefix_end = False
+        try:
+            drive(
+                rep.env,
+                policy,
+                n,
+                obs=rep.obs,
+                needs_reset=rep.needs_reset,
+                on_probe=rep.probe,
+                on_update=rep.log_update,
+            )
+        except PrefixEndError:
+            prefix_end = True
         return ReplaySummary(
-            rep.snapshot.name, rep.snapshot.step, rep.verified_steps, rep.verified_updates
+            rep.snapshot.name,
+            rep.snapshot.step,
+            rep.verified_steps,
+            rep.verified_updates,
+            prefix_end,
         )

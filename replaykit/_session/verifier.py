@@ -23,7 +23,7 @@ from replaykit._format import layout as F
 from replaykit._format.store import Recording, SnapshotInfo, StreamReader
 from replaykit._session.recorder import first_nonfinite_value, to_array
 from replaykit._state import spaces as _spaces
-from replaykit.errors import DivergenceError, UsageError
+from replaykit.errors import DivergenceError, PrefixEndError, UsageError
 
 __all__ = [
     "DEFAULT_IGNORE",
@@ -183,6 +183,9 @@ class UpdateChecker:
     def __init__(self, rec: Recording, verifier: Verifier) -> None:
         self._rows = Rows(rec, F.UPDATES) if rec.has_stream(F.UPDATES) else None
         self._v = verifier
+        # A recording that was never closed (killed, interrupted) is a committed prefix:
+        # its updates stream may end before the update its last committed step triggered.
+        self._prefix = rec.meta.get(F.META_CLOSED) is False
         self.first_nonfinite: dict[str, Any] | None = None
         self._base_note = verifier.note
         recorded = rec.meta.get(F.META_FIRST_NONFINITE_UPDATE)
@@ -205,6 +208,12 @@ class UpdateChecker:
         __tracebackhide__ = True
         rows = self._rows
         if rows is None or u >= rows.rows:
+            if self._prefix:
+                raise PrefixEndError(
+                    f"replayed to the end of the committed prefix: the recording was not "
+                    f"closed and holds {self.rows} updates, not update {u}; everything before "
+                    "was verified (record again and close it to replay further)"
+                )
             raise UsageError(
                 f"the recording holds {self.rows} updates; update {u} was not recorded"
             )
@@ -420,6 +429,12 @@ class ReplayCore:
         __tracebackhide__ = True
         rows = self._resets
         if r >= rows.rows:
+            if self.recording.meta.get(F.META_CLOSED) is False:
+                raise PrefixEndError(
+                    f"replayed to the end of the committed prefix: the recording was not "
+                    f"closed and holds {rows.rows} {what}, not reset {r}; everything before "
+                    "was verified (record again and close it to replay further)"
+                )
             raise UsageError(f"the recording holds {rows.rows} {what}; reset {r} was not recorded")
         start = int(rows.get(F.RESET_STEP, r)[0])
         if start != self.step:
