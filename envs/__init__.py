@@ -28,7 +28,7 @@ from replaykit_envs.drift import DriftEnv
 from replaykit_envs.nested_obs import NestedObsEnv
 from replaykit_envs.slippery_grid import SlipperyGridEnv
 
-__all__ = ["DriftEnv", "ENV_IDS", "NestedObsEnv", "SlipperyGridEnv", "register_envs"]
+__all__ = ["ENV_IDS", "DriftEnv", "NestedObsEnv", "SlipperyGridEnv", "register_envs"]
 
 #: env id -> (entry point, max_episode_steps)
 _SPECS: dict[str, tuple[str, int]] = {

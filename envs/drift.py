@@ -34,7 +34,7 @@ class DriftEnv(gym.Env[np.ndarray, np.ndarray]):
         (dtype('float32'), (3,))
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (gymnasium.Env declares it so)
 
     def __init__(self, action_dim: int = 2, dtype: str = "float64", noise: float = 0.05) -> None:
         if action_dim not in (1, 2):

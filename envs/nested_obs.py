@@ -41,7 +41,7 @@ class NestedObsEnv(gym.Env[dict[str, Any], np.ndarray]):
         ((16, 16, 3), ['mode', 'vec'])
     """
 
-    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 10}
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 10}  # noqa: RUF012 (gymnasium.Env declares it so)
 
     def __init__(self, render_mode: str | None = None) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:

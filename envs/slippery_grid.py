@@ -35,7 +35,7 @@ class SlipperyGridEnv(gym.Env[Any, np.int64]):
         [0, 0]
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012 (gymnasium.Env declares it so)
 
     def __init__(
         self,

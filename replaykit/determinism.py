@@ -59,7 +59,7 @@ def enable_determinism(seed: int | None = None, *, warn_only: bool = False) -> d
     torch.backends.cudnn.benchmark = False
     if _CUBLAS_ENV not in os.environ:
         os.environ[_CUBLAS_ENV] = CUBLAS_WORKSPACE_CONFIG
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
             warnings.warn(
                 f"set {_CUBLAS_ENV}={CUBLAS_WORKSPACE_CONFIG} after CUDA was initialised, so "
                 "cuBLAS may not see it; call enable_determinism() before any CUDA work, or set "

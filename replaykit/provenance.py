@@ -21,7 +21,7 @@ from typing import Any
 
 from replaykit._state.envs import families as _families
 
-__all__ = ["collect", "differences", "DRIFT_KEYS"]
+__all__ = ["DRIFT_KEYS", "collect", "differences"]
 
 _CORE_PACKAGES = ("replaykit", "numpy", "torch", "gymnasium", "h5py")
 # Core packages first, then every env family's distributions (the table in families.py).
@@ -95,7 +95,7 @@ def collect(*, git: bool = True) -> dict[str, Any]:
     device: dict[str, Any] = {"cuda": None, "cudnn": None, "names": ["cpu"]}
     if torch.cuda.is_available():
         device["cuda"] = torch.version.cuda
-        device["cudnn"] = torch.backends.cudnn.version()
+        device["cudnn"] = torch.backends.cudnn.version()  # type: ignore[no-untyped-call]
         device["names"] = ["cpu"] + [
             torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
         ]

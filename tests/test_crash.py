@@ -408,6 +408,7 @@ def _mlp_campaign(ctx: Any, tmp_path: Path, targets: list[int]) -> dict[str, Any
     }
 
 
+@pytest.mark.integration
 def test_killed_mlp_prefix_replays_to_its_end(tmp_path: Path) -> None:
     """A commit that holds the step triggering an update but not the update replays cleanly.
 

@@ -76,6 +76,7 @@ def _run(tmp_path: Path, limit: int, mode: str) -> tuple[Path, dict]:
 
 
 @pytest.mark.parametrize("limit", LIMITS)
+@pytest.mark.integration
 def test_file_size_limit_keeps_last_commit(tmp_path: Path, limit: int) -> None:
     path, out = _run(tmp_path, limit, "plain")
     assert out["error"] is not None, "the limit was never hit"
@@ -103,6 +104,7 @@ def test_file_size_limit_keeps_last_commit(tmp_path: Path, limit: int) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("limit", range(60_000, 6_000_000, 197_003))
 @pytest.mark.parametrize("mode", ["plain", "gzip"])
+@pytest.mark.integration
 def test_file_size_limit_sweep(tmp_path: Path, limit: int, mode: str) -> None:
     path, out = _run(tmp_path, limit, mode)
     if path.exists():
@@ -165,6 +167,7 @@ def small_tmpfs(tmp_path: Path) -> Any:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tmpfs mount")
 @pytest.mark.parametrize("size", ["1m", "3m", "5m"])
+@pytest.mark.integration
 def test_full_disk_keeps_last_commit(small_tmpfs: Any, size: str) -> None:
     path = small_tmpfs(size) / "r.h5"
     proc = subprocess.run(

@@ -192,6 +192,7 @@ def test_forged_field_is_one_clear_error(
     assert type(ei.value.__context__) is not RecursionError
 
 
+@pytest.mark.integration
 def test_forged_tensor_dtype_imports_nothing(small_recording: Path, tmp_path: Path) -> None:
     """A dtype name from a file is looked up in an allow-list, never with getattr on torch."""
     path = tmp_path / "forged.h5"

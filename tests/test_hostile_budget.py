@@ -114,6 +114,7 @@ def test_snapshot_bytes_budget_is_for_the_whole_file(rec: Path) -> None:
         Recording(rec)
 
 
+@pytest.mark.integration
 def test_huge_json_attribute_is_refused_before_parsing(rec: Path) -> None:
     with h5py.File(rec, "r+") as f:
         prov = json.loads(S._text(f.attrs[F.PROVENANCE_ATTR]))

@@ -43,6 +43,7 @@ _WRITER = textwrap.dedent(
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="HDF5 file locks are POSIX flock here")
+@pytest.mark.integration
 def test_reader_sees_last_commit_or_says_being_written(tmp_path: Path) -> None:
     path = tmp_path / "live.h5"
     writer = subprocess.Popen(

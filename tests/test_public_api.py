@@ -118,8 +118,7 @@ def test_no_public_name_is_left_out_of_all() -> None:
         for n, v in vars(replaykit).items()
         if not n.startswith("_")
         and not isinstance(v, type(sys))
-        and n != "annotations"
-        and n != "Any"
+        and n not in {"annotations", "Any"}
     }
     assert public <= set(replaykit.__all__), sorted(public - set(replaykit.__all__))
 

@@ -20,6 +20,9 @@ from replaykit.errors import UnsafeFileError
 SENTINELS = ("xxhash", "numpy", "h5py", "typer", "json", "replaykit", "sitecustomize")
 
 
+pytestmark = pytest.mark.integration  # every test starts a child process
+
+
 def _plant(d: Path) -> Path:
     """Write modules into ``d`` that leave a marker file if anything imports them."""
     marker = d / "IMPORTED"

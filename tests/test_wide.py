@@ -12,6 +12,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import pytest
 
 from replaykit import RecordingWrapper
 from replaykit._analysis.check import validate_file
@@ -55,6 +56,7 @@ def _record(path: Path, steps: int, report: Any = None) -> None:
     env.close()
 
 
+@pytest.mark.integration
 def test_thousand_info_keys_and_large_options(tmp_path: Path) -> None:
     path = tmp_path / "wide.h5"
     _record(path, 60)
@@ -109,6 +111,7 @@ def _writer_loop(path: Path, conn: Any) -> None:
         conn.send_bytes(i.to_bytes(4, "little"))
 
 
+@pytest.mark.integration
 def test_sigkill_leaves_last_commit(tmp_path: Path, forkserver: Any) -> None:
     """Kills at random moments while growing records spill: every file opens and checks."""
     rng = np.random.default_rng(0)

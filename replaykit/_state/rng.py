@@ -236,7 +236,7 @@ def _check_byte_state(what: str, saved: Any, live: torch.Tensor) -> torch.Tensor
 
 def _cuda_ready() -> bool:
     # Never initialise CUDA merely to capture: that costs seconds and changes the process.
-    return bool(torch.cuda.is_available() and torch.cuda.is_initialized())
+    return bool(torch.cuda.is_available() and torch.cuda.is_initialized())  # type: ignore[no-untyped-call]
 
 
 # --------------------------------------------------------------------------------------------

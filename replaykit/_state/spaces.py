@@ -10,7 +10,7 @@ import numpy as np
 
 from replaykit.errors import CaptureError
 
-__all__ = ["Leaf", "leaves_of", "flatten", "unflatten", "space_to_json"]
+__all__ = ["Leaf", "flatten", "leaves_of", "space_to_json", "unflatten"]
 
 Path = tuple[Any, ...]
 
@@ -18,7 +18,7 @@ Path = tuple[Any, ...]
 class Leaf:
     """One array-valued leaf of a (possibly nested) space."""
 
-    __slots__ = ("path", "name", "dtype", "shape", "space")
+    __slots__ = ("dtype", "name", "path", "shape", "space")
 
     def __init__(self, path: Path, space: gym.Space[Any]) -> None:
         self.path = path

@@ -55,6 +55,8 @@ __all__ = ["AtariEnvAdapter", "register"]
 
 # libstdc++ writes a std::mt19937 as its 624 state words and the index, space separated.
 _MT19937_TEXT = re.compile(rb"(?:\d+ ){624}\d+")
+# At most this many bytes (two ints and separators) follow the RNG text in a clone.
+_RNG_TAIL_MAX_BYTES = 32
 # A run of sticky frames longer than this is astronomically unlikely (0.25**64).
 _MAX_STICKY_FRAMES = 64
 
@@ -76,7 +78,7 @@ def _sticky_frames(ale_state: bytes, repeat_action_probability: float) -> int | 
         return 0
     matches = list(_MT19937_TEXT.finditer(ale_state))
     # The environment RNG is the last thing in the clone, followed only by two ints.
-    if not matches or len(ale_state) - matches[-1].end() > 32:
+    if not matches or len(ale_state) - matches[-1].end() > _RNG_TAIL_MAX_BYTES:
         return None
     words = [int(w) for w in matches[-1].group().split()]
     bit_generator = np.random.MT19937()
@@ -222,7 +224,7 @@ class AtariEnvAdapter:
                 settings than the one the snapshot was taken from.
         """
         what = f"Atari env {getattr(env, '_game', type(env).__name__)!r}"
-        if not isinstance(state, dict) or not _KEYS <= set(state):
+        if not isinstance(state, dict) or not set(state) >= _KEYS:
             found = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise StateMismatchError(what, [f"expected an Atari env snapshot, found {found}"])
         problems: list[str] = []

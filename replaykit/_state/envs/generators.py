@@ -11,8 +11,8 @@ from replaykit.errors import CaptureError, StateMismatchError
 
 __all__ = [
     "capture_env_generator",
-    "restore_env_generator",
     "capture_space_rng",
+    "restore_env_generator",
     "restore_space_rng",
 ]
 

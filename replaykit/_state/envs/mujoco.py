@@ -157,7 +157,8 @@ def _capture_np_random(env: Any) -> dict[str, Any]:
     # bit_generator.state is a dict of JSON scalars (ints of any size) and, for
     # some generators, numpy arrays; copy arrays so nothing is shared.
     state = env.np_random.bit_generator.state
-    return _copy_tree(state)
+    copied: dict[str, Any] = _copy_tree(state)
+    return copied
 
 
 def _copy_tree(tree: Any) -> Any:

@@ -23,9 +23,9 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from replaykit._state.envs import families
 
 __all__ = [
+    "STATELESS",
     "EnvAdapter",
     "WrapperAdapter",
-    "STATELESS",
     "find_env_adapter",
     "find_wrapper_adapter",
     "register_env_adapter",
@@ -120,15 +120,14 @@ def register_stateless_wrapper(wrapper_type: type) -> None:
 # adapters once its own module is imported (the caller built such an env), so importing
 # replaykit never imports gymnasium's envs, mujoco or ale_py. Both lists come from the fixed
 # table in families.py; no module name is ever read from a file.
-_builtins_registered = False
+_registered: set[str] = set()  # "builtins" once the built-in adapters are registered
 _LAZY: dict[str, str] = families.lazy_adapter_modules()
 
 
 def _register_builtins() -> None:
-    global _builtins_registered
-    if _builtins_registered:
+    if "builtins" in _registered:
         return
-    _builtins_registered = True  # first: the adapter modules call register_* as they import
+    _registered.add("builtins")  # first: the adapter modules call register_* as they import
     import importlib
 
     for module in families.eager_adapter_modules():

@@ -9,9 +9,11 @@ import numpy as np
 
 from replaykit.errors import CaptureError, StateMismatchError
 
-__all__ = ["AttrAdapter", "copy_value", "class_name", "get_path", "set_path", "values_equal"]
+__all__ = ["AttrAdapter", "class_name", "copy_value", "get_path", "set_path", "values_equal"]
 
 _SCALARS = (bool, int, float, str, type(None))
+# Longest repr of a value quoted in an error message.
+_DESCRIBE_MAX = 60
 
 
 def class_name(obj_or_type: Any) -> str:
@@ -72,7 +74,7 @@ def values_equal(a: Any, b: Any) -> bool:
     if type(a) is not type(b):
         return False
     if isinstance(a, (np.ndarray, np.generic)):
-        return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+        return bool(a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes())
     if isinstance(a, (tuple, list)):
         return len(a) == len(b) and all(values_equal(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict):
@@ -107,7 +109,7 @@ def _describe(value: Any) -> str:
     if isinstance(value, np.ndarray):
         return f"array(shape={value.shape}, dtype={value.dtype})"
     text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= _DESCRIBE_MAX else text[: _DESCRIBE_MAX - 3] + "..."
 
 
 class AttrAdapter:
