@@ -160,12 +160,14 @@ def _compare_tree(path: str, saved: Any, live: Any, out: list[str]) -> None:
         else:
             for i, (s, lv) in enumerate(zip(saved, live, strict=True)):
                 _compare_tree(f"{path}/{i}", s, lv, out)
-    elif isinstance(live, (torch.Tensor, np.ndarray)):
-        if (
+    elif isinstance(live, (torch.Tensor, np.ndarray)) and (
+        (
             type(saved) is not type(live)
             and not (isinstance(saved, torch.Tensor) and isinstance(live, torch.Tensor))
-        ) or (saved.dtype != live.dtype or tuple(saved.shape) != tuple(live.shape)):
-            out.append(f"{path or '/'}: expected {_describe(live)}, found {_describe(saved)}")
+        )
+        or (saved.dtype != live.dtype or tuple(saved.shape) != tuple(live.shape))
+    ):
+        out.append(f"{path or '/'}: expected {_describe(live)}, found {_describe(saved)}")
 
 
 def _unwrap(what: str, tree: Any, kind: str, live: Any) -> Any:
@@ -449,7 +451,9 @@ def _(obj: torch.optim.Optimizer) -> dict[str, Any]:
     return _wrap("optimizer", obj, obj.state_dict())
 
 
-def _optimizer_problems(obj: torch.optim.Optimizer, saved: Any) -> list[str]:
+# One check per rule an optimizer state must meet, in the order a reader would check them;
+# split up, the rules would no longer read as one list.
+def _optimizer_problems(obj: torch.optim.Optimizer, saved: Any) -> list[str]:  # noqa: C901, PLR0912
     if not isinstance(saved, dict) or "state" not in saved or "param_groups" not in saved:
         return ["expected a dict with 'state' and 'param_groups'"]
     problems: list[str] = []
@@ -495,14 +499,19 @@ def _optimizer_problems(obj: torch.optim.Optimizer, saved: Any) -> list[str]:
                     )
             for k, lv in live_state.items():
                 sv = pstate.get(k)
-                if isinstance(lv, torch.Tensor) and k in pstate:
-                    if not isinstance(sv, torch.Tensor) or (
-                        sv.dtype != lv.dtype or tuple(sv.shape) != tuple(lv.shape)
-                    ):
-                        problems.append(
-                            f"state of param {pid} [{k}]: expected {_describe(lv)}, "
-                            f"found {_describe(sv)}"
-                        )
+                if (
+                    isinstance(lv, torch.Tensor)
+                    and k in pstate
+                    and (
+                        not isinstance(sv, torch.Tensor)
+                        or sv.dtype != lv.dtype
+                        or tuple(sv.shape) != tuple(lv.shape)
+                    )
+                ):
+                    problems.append(
+                        f"state of param {pid} [{k}]: expected {_describe(lv)}, "
+                        f"found {_describe(sv)}"
+                    )
             continue
         # Fresh optimizer: per-element state has the param's shape and (floating) dtype.
         for k, sv in pstate.items():
