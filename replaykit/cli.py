@@ -3,8 +3,9 @@
 Exit codes (the public contract):
     0: match / ok.
     1: diverged / mismatch (a replay or diff found a difference).
-    2: usage or input error (bad arguments, a file that is not a sound recording); one line
-       ``replaykit: error: ...`` on stderr, no traceback.
+    2: usage or input error (bad arguments, a file that is not a sound recording, a write
+       that failed); one line ``replaykit: error: ...`` on stderr, no traceback.
+    130: interrupted (Ctrl-C); ``record`` says where the steps recorded so far are.
 
 Commands parse their arguments, call the library and print what
 :mod:`replaykit._analysis.render` makes of the result; no report is worded here.
@@ -12,32 +13,51 @@ Commands parse their arguments, call the library and print what
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import importlib
 import json
+import math
 import os
 import pathlib
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
-from typing import Annotated, Any
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, TypeVar
 
 import rich.console
 import typer
 
 from replaykit import errors
 
-__all__ = ["EXIT_CODES_HELP", "EXIT_DIVERGED", "EXIT_ERROR", "EXIT_OK", "app", "main"]
+__all__ = [
+    "EXIT_CODES_HELP",
+    "EXIT_DIVERGED",
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "app",
+    "main",
+]
 
 EXIT_OK = 0
 EXIT_DIVERGED = 1
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 match/ok; 1 diverged/mismatch; 2 usage or input error "
-    "(bad arguments, unreadable or damaged file)."
+    "(bad arguments, unreadable or damaged file, a failed write); 130 interrupted (Ctrl-C)."
 )
+
+# The largest --seed: seeds are stored and restored as int64.
+_SEED_MAX = (1 << 63) - 1
+# Seconds between two progress lines when stderr is not a terminal.
+_PROGRESS_EVERY_S = 5.0
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 app = typer.Typer(
     name="replaykit",
@@ -52,8 +72,20 @@ app = typer.Typer(
 # Rich falls back to 80 columns when stdout is not a terminal, which folds the diff and
 # inspect tables; pipes and CI logs get 120 unless COLUMNS says otherwise.
 _WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
-_out = rich.console.Console(highlight=False, markup=False, soft_wrap=True, width=_WIDTH)
-_err = rich.console.Console(stderr=True, highlight=False, markup=False)
+
+
+class _Console(rich.console.Console):
+    """A console that lets a closed pipe end the command with exit 0 (see :func:`_guarded`)."""
+
+    def on_broken_pipe(self) -> None:
+        # rich's own handler exits 1 (which means "diverged" here); stop writing and let the
+        # BrokenPipeError reach _guarded / main instead.
+        self.quiet = True
+        raise BrokenPipeError
+
+
+_out = _Console(highlight=False, markup=False, soft_wrap=True, width=_WIDTH)
+_err = _Console(stderr=True, highlight=False, markup=False)
 
 
 def _version(value: bool) -> None:
@@ -95,7 +127,7 @@ def _json_default(obj: Any) -> Any:
 
 def _finite(doc: Any) -> Any:
     """Replace NaN/inf floats with strings so the JSON stays standard."""
-    if isinstance(doc, float) and doc != doc or doc in (float("inf"), float("-inf")):
+    if isinstance(doc, float) and not math.isfinite(doc):
         return repr(doc)
     if isinstance(doc, dict):
         return {k: _finite(v) for k, v in doc.items()}
@@ -119,76 +151,257 @@ def _parse_steps_list(value: str | None) -> str | None:
     return value
 
 
-@contextlib.contextmanager
-def _progress(total: int, label: str, enabled: bool) -> Iterator[Any]:
-    if not enabled or total <= 0:
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+def _guarded(fn: _F) -> _F:
+    """Wrap a command so a closed pipe and Ctrl-C end it the way Unix tools end.
 
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=rich.console.Console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda: bar.advance(task)
+    ``replaykit inspect a.h5 | head -1``: once the reader has gone, the rest of the output
+    is dropped and the command exits 0 without a word. Ctrl-C: exit 130 with one line
+    (plus where a recording's steps so far are, when ``record`` was interrupted).
+    """
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BrokenPipeError:
+            _quiet_stdout()
+            raise typer.Exit(EXIT_OK) from None
+        except KeyboardInterrupt as exc:
+            _err.print(_with_notes("replaykit: interrupted", exc), markup=False, soft_wrap=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+    return run  # type: ignore[return-value]
 
 
-@app.command("record", epilog=EXIT_CODES_HELP)
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so flushing it at exit cannot fail on a closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # pragma: no cover - stdout without a descriptor
+        pass
+
+
+def _with_notes(message: str, exc: BaseException) -> str:
+    """``message`` followed by the notes attached to ``exc`` (e.g. where a partial file is)."""
+    notes = [str(n) for n in getattr(exc, "__notes__", ()) or ()]
+    return "; ".join([message, *notes])
+
+
+def _parse_compression(value: str) -> str:
+    """Validate ``--compression``: ``none``, ``lzf``, ``gzip`` or ``gzip:LEVEL`` (0-9)."""
+    v = value.strip().lower()
+    if v in ("none", "lzf", "gzip"):
+        return v
+    name, _, level = v.partition(":")
+    if name == "gzip" and level.isdigit() and 0 <= int(level) <= 9:  # noqa: PLR2004
+        return f"gzip:{int(level)}"
+    raise typer.BadParameter(f"expected none, lzf, gzip or gzip:LEVEL (LEVEL 0-9); got {value!r}")
+
+
+def _existing_file(path: pathlib.Path) -> pathlib.Path:
+    """Refuse a missing input file at once, before a command pays for its heavy imports."""
+    if not path.exists():
+        raise errors.UsageError(f"{path}: no such file; check the path")
+    return path
+
+
+class _RecordProgress:
+    """Recording progress on stderr: a bar on a terminal, else a line every few seconds.
+
+    Args:
+        env_id: the env being recorded (the label).
+        steps: the step cap, or ``None`` (the bar then shows no end).
+        episodes: the episode count asked for, or ``None``.
+        mode: ``"bar"``, ``"lines"`` or ``"off"``.
+        every_s: seconds between two lines (``"lines"`` mode).
+        clock: the time source (tests pass a fake one).
+        console: where to print (default: stderr).
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        steps: int | None,
+        episodes: int | None,
+        *,
+        mode: str,
+        every_s: float = _PROGRESS_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+        console: rich.console.Console | None = None,
+    ) -> None:
+        self.env_id, self.steps, self.episodes = env_id, steps, episodes
+        self.mode, self.every_s, self.clock = mode, every_s, clock
+        self.console = console or _err
+        self._bar: Any = None
+        self._task: Any = None
+        self._start = self._last_t = clock()
+        self._last_steps = 0
+        # A bar redraws at most this often; a line prints every ``every_s``.
+        self._gap = 0.1 if mode == "bar" else every_s
+
+    def __enter__(self) -> _RecordProgress:
+        self._start = self._last_t = self.clock()
+        if self.mode == "bar":
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TimeRemainingColumn(),
+                console=rich.console.Console(stderr=True),
+                transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self._text(0, 0, 0, 0.0), total=self.steps)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def _text(self, steps: int, episodes: int, snapshots: int, rate: float) -> str:
+        from replaykit._analysis import render
+
+        return render.record_progress(
+            self.env_id,
+            steps=steps,
+            steps_total=self.steps,
+            episodes=episodes,
+            episodes_total=self.episodes,
+            snapshots=snapshots,
+            steps_per_s=rate,
+        )
+
+    def update(self, steps: int, episodes: int, snapshots: int) -> None:
+        """Note the counts after a step; redraw or print when it is time."""
+        if self.mode == "off":
+            return
+        now = self.clock()
+        if now - self._last_t < self._gap:
+            return
+        if self.mode == "bar":
+            rate = steps / max(now - self._start, 1e-9)
+        else:
+            rate = (steps - self._last_steps) / max(now - self._last_t, 1e-9)
+        self._last_t, self._last_steps = now, steps
+        text = self._text(steps, episodes, snapshots, rate)
+        if self._bar is not None:
+            self._bar.update(self._task, completed=steps, description=text)
+        else:
+            self.console.print(f"replaykit: {text}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command(
+    "record",
+    epilog="Limits: --steps N alone records N steps; --episodes N alone records N whole "
+    "episodes, however long; with both, recording stops at whichever comes first; with "
+    "neither, 1000 steps. The file is written as OUT.partial-PID beside OUT and renamed "
+    "to OUT once complete. " + EXIT_CODES_HELP,
+)
+@_guarded
 def _record(
     env_id: Annotated[str, typer.Argument(help="A registered gymnasium env id, e.g. CartPole-v1.")],
-    out_path: Annotated[pathlib.Path, typer.Option("--out", "-o", help="The .h5 file to write.")],
+    out_path: Annotated[
+        pathlib.Path,
+        typer.Option("--out", "-o", help="The .h5 file to write (refused if it exists)."),
+    ],
     policy: Annotated[
-        str, typer.Option(help="random, mlp, or module:callable (a factory taking (env, seed)).")
+        str,
+        typer.Option(
+            help="random, mlp, or module:callable (a factory taking (env, seed)); the module "
+            "is looked up in the current directory first, as python -m does."
+        ),
     ] = "random",
-    seed: Annotated[int, typer.Option(help="Seed for the env, the policy and global RNGs.")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(min=0, max=_SEED_MAX, help="Seed for the env, the policy and global RNGs."),
+    ] = 0,
     steps: Annotated[
-        int, typer.Option(min=0, help="Steps to record (a cap with --episodes).")
-    ] = 1000,
+        int | None,
+        typer.Option(
+            min=0,
+            help="Step cap (default: 1000 without --episodes, none with it).",
+            show_default=False,
+        ),
+    ] = None,
     snapshot_at: Annotated[
         str | None,
         typer.Option(
             "--snapshot-at",
             callback=_parse_steps_list,
-            help="Comma-separated global steps to snapshot at: 200,300.",
+            help="Comma-separated global steps to snapshot at, each below --steps: 200,300.",
         ),
     ] = None,
     snapshot_every: Annotated[
         int | None, typer.Option("--snapshot-every", min=1, help="Also snapshot every N steps.")
     ] = None,
     episodes: Annotated[
-        int | None, typer.Option(min=1, help="Record this many whole episodes instead.")
+        int | None,
+        typer.Option(min=1, help="Record N whole episodes (no step cap unless --steps)."),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            "--overwrite",
+            help="Replace an existing --out file (only once the new recording is complete).",
+        ),
+    ] = False,
+    compression: Annotated[
+        str,
+        typer.Option(
+            callback=_parse_compression,
+            metavar="none|lzf|gzip[:LEVEL]",
+            help="Lossless compression of the recorded streams (lzf: fast, about 50x smaller "
+            "for Atari frames; gzip: smaller, slower; none: largest files).",
+        ),
+    ] = "lzf",
     progress: Annotated[
-        bool | None,
+        bool,
         typer.Option(
             "--progress/--no-progress",
-            help="Show a progress bar (default: when stderr is a terminal).",
+            help="Show progress on stderr: a bar on a terminal, else a line every 5 s.",
         ),
-    ] = None,
+    ] = True,
 ) -> None:
     """Record a seeded rollout of POLICY on ENV_ID, with snapshots, to one HDF5 file."""
     from replaykit._analysis import render
-    from replaykit._session.rollout import record_rollout
 
     at = [int(v) for v in (snapshot_at or "").replace(" ", "").split(",") if v]
-    show = sys.stderr.isatty() if progress is None else progress
-    total = episodes if episodes is not None else steps
-    with _progress(total if episodes is None else 0, f"recording {env_id}", show) as tick:
+    if steps is None and episodes is None:
+        steps = 1000
+    if ":" in policy and os.getcwd() not in sys.path:
+        # The user named this module on their own command line: find it the way `python -m`
+        # does, with the current directory first on the path.
+        sys.path.insert(0, os.getcwd())
+    from replaykit._session.rollout import record_rollout
+
+    mode = "off" if not progress else ("bar" if sys.stderr.isatty() else "lines")
+
+    def started(partial: pathlib.Path) -> None:
+        _err.print(
+            f"replaykit: writing {partial} (renamed to {out_path} once complete)",
+            markup=False,
+            soft_wrap=True,
+        )
+
+    with _RecordProgress(env_id, steps, episodes, mode=mode) as shown:
         summary = record_rollout(
             env_id,
             policy,
             seed=seed,
-            steps=steps if episodes is None else (steps if steps else 0),
+            steps=steps,
             out=out_path,
             snapshot_at=at,
             snapshot_every=snapshot_every,
             episodes=episodes,
-            on_step=tick,
+            overwrite=force,
+            compression=None if compression == "none" else compression,
+            on_start=started,
+            on_progress=shown.update,
         )
     _out.print(render.record_summary(summary))
 
@@ -204,6 +417,7 @@ def _snapshot_id(value: str, names: list[str]) -> str | int:
 
 
 @app.command("replay", epilog=EXIT_CODES_HELP)
+@_guarded
 def _replay(
     file: Annotated[pathlib.Path, typer.Argument(help="A recording made by `replaykit record`.")],
     snapshot: Annotated[
@@ -231,6 +445,9 @@ def _replay(
     ] = True,
 ) -> None:
     """Restore snapshot(s) in this process and verify the next steps bit-exactly."""
+    _existing_file(file)
+    if policy is not None and ":" in policy and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as for `record --policy`: the way `python -m` does
     from replaykit._analysis import render
     from replaykit._format.store import Recording
     from replaykit._session.rollout import replay_snapshot
@@ -262,6 +479,7 @@ def _replay(
 
 
 @app.command("diff", epilog=EXIT_CODES_HELP)
+@_guarded
 def _diff(
     a: Annotated[pathlib.Path, typer.Argument(help="The reference recording.")],
     b: Annotated[pathlib.Path, typer.Argument(help="The recording to compare with it.")],
@@ -279,6 +497,8 @@ def _diff(
     ] = None,
 ) -> None:
     """Compare two recordings key by key; report each key's first divergence (exit 1 if any)."""
+    _existing_file(a)
+    _existing_file(b)
     from replaykit._analysis import render
     from replaykit._analysis.compare import Rule, Rules, diff_recordings
 
@@ -294,11 +514,13 @@ def _diff(
 
 
 @app.command("inspect", epilog=EXIT_CODES_HELP)
+@_guarded
 def _inspect(
     file: Annotated[pathlib.Path, typer.Argument(help="A recording.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Show a recording's layout, episodes, snapshots, provenance and per-key statistics."""
+    _existing_file(file)
     from replaykit._analysis import render
     from replaykit._analysis.inspection import summarize
 
@@ -311,6 +533,7 @@ def _inspect(
 
 
 @app.command("check", epilog=EXIT_CODES_HELP)
+@_guarded
 def _check(
     file: Annotated[pathlib.Path, typer.Argument(help="The file to validate.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -340,17 +563,28 @@ def _check(
 
 
 @app.command("demo", epilog=EXIT_CODES_HELP)
+@_guarded
 def _demo(
     out_path: Annotated[
         pathlib.Path | None,
-        typer.Option("--out", "-o", help="Where to write the recording (default: a temp dir)."),
+        typer.Option(
+            "--out",
+            "-o",
+            help="Where to write the recording (default: a temp dir; refused if it exists).",
+        ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", "--overwrite", help="Replace an existing --out file."),
+    ] = False,
 ) -> None:
     """Record CartPole-v1 with the mlp policy, then restore mid-episode in a fresh process."""
-    from replaykit._session.rollout import record_rollout
+    from replaykit._session.rollout import check_output, record_rollout
 
     tmp = None
-    if out_path is None:
+    if out_path is not None:
+        check_output(out_path, overwrite=force)  # before the first line is printed
+    else:
         tmp = tempfile.TemporaryDirectory(prefix="replaykit-demo-")
         out_path = pathlib.Path(tmp.name) / "demo.h5"
     try:
@@ -359,7 +593,14 @@ def _demo(
             "snapshot at step 200 ..."
         )
         summary = record_rollout(
-            "CartPole-v1", "mlp", seed=0, steps=400, out=out_path, snapshot_at=[200]
+            "CartPole-v1",
+            "mlp",
+            seed=0,
+            steps=400,
+            out=out_path,
+            snapshot_at=[200],
+            overwrite=force,
+            compression="lzf",
         )
         _out.print(
             f"   {summary.steps} steps, {summary.episodes} episodes, {summary.updates} training "
@@ -368,7 +609,7 @@ def _demo(
         cmd = [sys.executable, "-m", "replaykit", "replay", str(out_path), "--steps", "100"]
         _out.print("2. restoring the step-200 snapshot in a fresh process and verifying 100 steps:")
         _out.print("   " + " ".join(["python", *cmd[1:]]))
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env())
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=_child_env())
         for line in (proc.stdout + proc.stderr).strip().splitlines():
             _out.print("   " + line)
         if proc.returncode == EXIT_OK:
@@ -406,7 +647,22 @@ def _click_exceptions() -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 1 diverged, 2 error)."""
+    """Run the command line; returns the exit code (0 ok, 1 diverged, 2 error, 130 Ctrl-C)."""
+    try:
+        code = _run(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader of our output went away (`replaykit inspect a.h5 | head -1`): done.
+        _quiet_stdout()
+        return EXIT_OK
+    except KeyboardInterrupt as exc:
+        _err.print(_with_notes("replaykit: interrupted", exc), markup=False, soft_wrap=True)
+        return EXIT_INTERRUPTED
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    """Run the app and turn every error a user can meet into its exit code and one line."""
     cx = _click_exceptions()
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -421,16 +677,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except cx.ClickException as exc:
         return _error(exc.format_message())
-    except errors.DivergenceError as exc:
+    except Exception as exc:
+        return _report(exc)
+    return int(rv) if isinstance(rv, int) else EXIT_OK
+
+
+def _report(exc: Exception) -> int:
+    """Print what went wrong and return the exit code for it."""
+    if isinstance(exc, errors.DivergenceError):
         from replaykit._analysis import render
 
         _out.print(render.divergence_report(exc.report))
         return EXIT_DIVERGED
-    except errors.ReplaykitError as exc:
-        return _error(str(exc))
-    except OSError as exc:
-        return _error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
-    return int(rv) if isinstance(rv, int) else EXIT_OK
+    if isinstance(exc, errors.ReplaykitError):
+        return _error(_with_notes(str(exc), exc))
+    if isinstance(exc, OSError):
+        what = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
+        return _error(_with_notes(what, exc))
+    if isinstance(exc, RuntimeError) and _raised_in_h5py(exc):
+        return _error(_with_notes(f"the HDF5 library failed: {exc}", exc))
+    return _unexpected(exc)
+
+
+def _raised_in_h5py(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside h5py (libhdf5 reports I/O failures that way)."""
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb.tb_frame.f_globals.get("__name__", "")
+        tb = tb.tb_next
+    return isinstance(last, str) and (last == "h5py" or last.startswith("h5py."))
+
+
+def _unexpected(exc: BaseException) -> int:
+    """Report a bug (in replaykit or in a policy's code): the traceback, then one line."""
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    return _error(
+        f"unexpected {type(exc).__name__}: {exc}; the traceback above shows where (report it "
+        "if it is in replaykit)"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

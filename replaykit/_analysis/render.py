@@ -57,6 +57,7 @@ __all__ = [
     "is_volatile",
     "layer_divergence",
     "location",
+    "record_progress",
     "record_summary",
     "replay_summary",
     "setup_differences",
@@ -491,21 +492,76 @@ def diff_renderables(result: DiffResult) -> list[RenderableType]:
 def record_summary(summary: Any) -> str:
     """One line for ``replaykit record``: what was written where.
 
+    Many snapshots are counted, with the first and last few named, never all listed.
+
     Args:
         summary: a ``RecordSummary`` (``path``, ``env_id``, ``steps``, ``episodes``,
-            ``updates``, ``snapshots``, ``bytes``).
+            ``updates``, ``snapshots``, ``bytes``; optionally ``missed_snapshots``).
 
     Example:
         >>> from types import SimpleNamespace as S
         >>> record_summary(S(path="a.h5", env_id="CartPole-v1", steps=4, episodes=1, updates=0,
         ...                  snapshots=[], bytes=2048))
         'recorded 4 steps, 1 episodes, 0 updates of CartPole-v1 to a.h5 (2 KiB); snapshots: none'
+        >>> names = [f"step-{i:06d}" for i in range(1, 1000)]
+        >>> record_summary(S(path="a.h5", env_id="CartPole-v1", steps=1000, episodes=9,
+        ...                  updates=0, snapshots=names, bytes=3 << 20)).split("; ")[1]
+        'snapshots: 999 (step-000001, step-000002, step-000003, ..., step-000998, step-000999)'
     """
-    snaps = ", ".join(summary.snapshots) if summary.snapshots else "none"
-    size = f"{summary.bytes / 1024:.0f} KiB"
+    snaps = _snapshot_list(list(summary.snapshots))
+    missed = list(getattr(summary, "missed_snapshots", None) or ())
+    tail = ""
+    if missed:
+        shown = ", ".join(str(s) for s in missed[:MAX_LISTED])
+        more = f" and {len(missed) - MAX_LISTED} more" if len(missed) > MAX_LISTED else ""
+        tail = f"; not reached (the run ended at step {summary.steps}): {shown}{more}"
     return (
         f"recorded {summary.steps} steps, {summary.episodes} episodes, {summary.updates} updates "
-        f"of {summary.env_id} to {summary.path} ({size}); snapshots: {snaps}"
+        f"of {summary.env_id} to {summary.path} ({_size(summary.bytes)}); snapshots: {snaps}"
+        f"{tail}"
+    )
+
+
+def _snapshot_list(names: list[str], head: int = 3, last: int = 2) -> str:
+    """``none``, every name when few, else the count with the first and last few names."""
+    if not names:
+        return "none"
+    if len(names) <= head + last + 1:
+        return ", ".join(names)
+    return f"{len(names)} ({', '.join([*names[:head], '...', *names[-last:]])})"
+
+
+def _size(n: int) -> str:
+    """Bytes in KiB, MiB or GiB: ``2 KiB``, ``31.9 MiB``."""
+    if n < 1 << 20:
+        return f"{n / 1024:.0f} KiB"
+    if n < 1 << 30:
+        return f"{n / (1 << 20):.1f} MiB"
+    return f"{n / (1 << 30):.2f} GiB"
+
+
+def record_progress(
+    env_id: str,
+    *,
+    steps: int,
+    steps_total: int | None,
+    episodes: int,
+    episodes_total: int | None,
+    snapshots: int,
+    steps_per_s: float,
+) -> str:
+    """One progress line for ``replaykit record`` (also the label of its progress bar).
+
+    Example:
+        >>> record_progress("CartPole-v1", steps=12000, steps_total=200000, episodes=3,
+        ...                 episodes_total=None, snapshots=2, steps_per_s=3456.7)
+        'recording CartPole-v1: 12,000/200,000 steps, 3,457 steps/s, 3 episodes, 2 snapshots'
+    """
+    of_steps = f"/{steps_total:,}" if steps_total is not None else ""
+    of_eps = f"/{episodes_total:,}" if episodes_total is not None else ""
+    return (
+        f"recording {env_id}: {steps:,}{of_steps} steps, {steps_per_s:,.0f} steps/s, "
+        f"{episodes:,}{of_eps} episodes, {snapshots:,} snapshot{'s' if snapshots != 1 else ''}"
     )
 
 
@@ -584,12 +640,14 @@ def inspection_renderables(s: dict[str, Any]) -> list[RenderableType]:
             f"episodes: {len(eps)} (steps per episode: min {min(lengths)}, max {max(lengths)}, "
             f"mean {sum(lengths) / len(lengths):.1f})"
         )
+        first = 10  # episodes listed in the table
         table = Table(
-            title="episodes" + (" (first 10)" if len(eps) > 10 else ""), title_justify="left"
+            title="episodes" + (f" (first {first})" if len(eps) > first else ""),
+            title_justify="left",
         )
         for col in ("episode", "steps", "return"):
             table.add_column(col, justify="right")
-        for e in eps[:10]:
+        for e in eps[:first]:
             table.add_row(str(e["episode"]), str(e["steps"]), format_value(e["return"]))
         parts.append(table)
     table = Table(title="snapshots", title_justify="left")

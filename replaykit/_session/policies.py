@@ -18,6 +18,8 @@ when you pass it on the command line, never because a file names it.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any, Protocol
 
 import gymnasium as gym
@@ -97,7 +99,8 @@ class _MLP(torch.nn.Module):
         self.log_std = torch.nn.Parameter(torch.full((n_out,), -0.5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        out: torch.Tensor = self.net(x)
+        return out
 
 
 class MLPPolicy:
@@ -240,10 +243,14 @@ def resolve_policy(spec: str, env: gym.Env[Any, Any], seed: int) -> Any:
             "taking (env, seed))"
         )
     mod_name, _, attr = spec.partition(":")
+    if not mod_name or not attr:
+        raise UsageError(
+            f"policy {spec!r} is not of the form module:callable (e.g. mypolicies:make)"
+        )
     try:
         module = importlib.import_module(mod_name)
     except ImportError as exc:
-        raise UsageError(f"cannot import policy module {mod_name!r}: {exc}") from None
+        raise UsageError(_import_failure(mod_name, exc)) from None
     factory: Any = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)
@@ -258,6 +265,23 @@ def resolve_policy(spec: str, env: gym.Env[Any, Any], seed: int) -> Any:
         if not hasattr(policy, method):
             raise UsageError(f"policy from {spec!r} has no {method}() method")
     return _Adapted(policy)
+
+
+def _import_failure(mod_name: str, exc: ImportError) -> str:
+    """Say why ``import mod_name`` failed: the module itself is missing, or an import in it."""
+    top = mod_name.split(".", maxsplit=1)[0]
+    if isinstance(exc, ModuleNotFoundError) and exc.name in (mod_name, top):
+        cwd = os.getcwd()
+        where = (
+            f"in the current directory ({cwd}) or on sys.path"
+            if cwd in sys.path or "" in sys.path
+            else "on sys.path"
+        )
+        return (
+            f"cannot import policy module {mod_name!r}: no module {exc.name!r} {where}; run "
+            f"from the directory that holds {top}.py, or add its directory to PYTHONPATH"
+        )
+    return f"cannot import policy module {mod_name!r}: {type(exc).__name__}: {exc}"
 
 
 class _CallablePolicy(RandomPolicy):
