@@ -283,7 +283,7 @@ def replay(path: str, verify_updates: int) -> Any:
             agent,
             obs=rep.obs,
             needs_reset=rep.needs_reset,
-            until_update=rep.update + verify_updates,
+            until_update=rep.update_count + verify_updates,
         )
     return rep
 

@@ -173,7 +173,7 @@ def replay(path: str, verify_updates: int) -> Any:
     agent = Reinforce(args)
     rep = replaykit.restore(path, "mid", env=gym.make(ENV_ID), track=agent.tracked())
     with rep:
-        train(rep.env, rep, agent, until_update=rep.update + verify_updates)
+        train(rep.env, rep, agent, until_update=rep.update_count + verify_updates)
     return rep
 
 

@@ -169,7 +169,7 @@ def replay(path: str, verify_updates: int) -> Any:
         args = argparse.Namespace(**rec.meta["user"])
     t = Trainer(args)
     with restore_training(path, "mid", track=t.tracked()) as rep:
-        train(rep, t, until_update=rep.update + verify_updates)
+        train(rep, t, until_update=rep.update_count + verify_updates)
     return rep
 
 

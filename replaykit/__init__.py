@@ -21,7 +21,7 @@ Example:
     >>> env.close()
     >>> rep = replaykit.restore(path, env=gym.make("CartPole-v1"))
     >>> for _ in range(5):
-    ...     _ = rep.env.step(rep.recorded_action(rep.step))
+    ...     _ = rep.env.step(rep.recorded_action(rep.step_count))
     >>> rep.verified_steps
     5
 """

@@ -111,7 +111,7 @@ def replay(path: str, env_id: str, steps: int, variant: str = "base", zero: floa
     try:
         rep = replaykit.restore(path, "mid", env=env, track={"policy": policy, "optimizer": opt})
         obs, needs_reset = rep.obs, rep.needs_reset
-        t = rep.step
+        t = rep.step_count
         for _ in range(steps):
             if needs_reset:
                 obs, _ = rep.env.reset()

@@ -277,5 +277,5 @@ def test_nested_info_dicts_are_verified(tmp_path: Path) -> None:
     for _ in range(100):
         if rep.needs_reset:
             rep.env.reset()
-        rep.env.step(rep.recorded_action(rep.step))
+        rep.env.step(rep.recorded_action(rep.step_count))
     assert rep.verified_steps == 100

@@ -184,7 +184,7 @@ def test_restore_fixture_and_assert_replay(pytester: pytest.Pytester) -> None:
 
         def test_same_policy_replays(replaykit_restore):
             rep = replaykit_restore("run.h5", env=gym.make("CartPole-v1"))
-            assert rep.step == 30
+            assert rep.step_count == 30
             assert assert_replay(rep, lambda obs: int(obs[2] > 0)) == 90
             assert rep.verified_steps == 90
 

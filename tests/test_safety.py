@@ -105,7 +105,7 @@ def _restore_tiny(path: Path) -> int:
         for _ in range(3):
             if rep.needs_reset or not rep.steps_left:
                 break
-            rep.env.step(rep.recorded_action(rep.step))
+            rep.env.step(rep.recorded_action(rep.step_count))
         return int(rep.verified_steps)
     finally:
         rep.close()

@@ -84,7 +84,7 @@ def test_loader_resumes_mid_epoch_with_exactly_the_remaining_batches(
     ds2.forbidden = {int(i) for b in seen[:3] for i in b[0]}
     loader2 = _loader(ds2, workers, seed=99)
     with restore_training(path, "mid", track={"loader": loader2}) as rep:
-        assert (loader2.epoch, rep.update) == (0, 3)
+        assert (loader2.epoch, rep.update_count) == (0, 3)
         rest = list(loader2)
         assert loader2.epoch == 1
         assert _same(seen[3:10], rest)  # the rest of epoch 0, in order, bit-identical

@@ -131,7 +131,7 @@ def test_wrong_action_is_reported_with_its_sub_env(tmp_path):
     vec = build("async", AutoresetMode.SAME_STEP)
     try:
         with restore_vector(path, 0, vec_env=vec) as rep:
-            actions = rep.recorded_action(rep.step)
+            actions = rep.recorded_action(rep.step_count)
             actions[1] = 1 - actions[1]
             with pytest.raises(DivergenceError) as exc:
                 rep.env.step(actions)

@@ -27,7 +27,7 @@ def main() -> None:
         rep = restore_vector(path, 0, vec_env=vec)
         for _ in range(steps):
             rep.env.step(rep.env.action_space.sample())
-        print(json.dumps({"verified": rep.verified_steps, "step": rep.step}))
+        print(json.dumps({"verified": rep.verified_steps, "step": rep.step_count}))
         rep.close()
     finally:
         vec.close()

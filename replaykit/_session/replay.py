@@ -151,7 +151,8 @@ class Replay(ReplayCore):
         obs: the observation at the snapshot (what your loop would hold next).
         info: the info that came with it.
         snapshot: which snapshot was restored.
-        step: the global step index of the next step.
+        step_count: the global step index of the next step.
+        update_count: the index of the next training update.
         needs_reset: ``True`` when the recorded episode had just ended at the snapshot.
     """
 
@@ -186,7 +187,7 @@ class Replay(ReplayCore):
     def _current_obs(self) -> tuple[Any, dict[str, Any]]:
         if self.step_in_episode == 0:
             return self._recorded_obs(self._resets, self.episode), {}
-        return self._recorded_obs(self._steps_rows(), self.step - 1), {}
+        return self._recorded_obs(self._steps_rows(), self.step_count - 1), {}
 
     def _recorded_obs(self, rows: Rows, i: int) -> Any:
         return self._recorded(rows, F.OBS, self._obs_leaves, self._obs_space, i)
@@ -198,6 +199,7 @@ class Replay(ReplayCore):
     # -------------------------------------------------------------- user API
     def probe(self, name: str, value: Any) -> None:
         """Give a probe for the next step; it is checked when the step is taken."""
+        __tracebackhide__ = True
         if name in self._probes:
             raise UsageError(f"probe {name!r} given twice before one step")
         self._probes[name] = value
@@ -206,7 +208,7 @@ class Replay(ReplayCore):
     def _where(self) -> dict[str, Any]:
         return {
             "stream": F.STEPS,
-            "row": self.step,
+            "row": self.step_count,
             "episode": self.episode,
             "k": self.step_in_episode,
         }
@@ -216,7 +218,7 @@ class Replay(ReplayCore):
     ) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
         __tracebackhide__ = True
         rows = self._next_step_rows()
-        t = self.step
+        t = self.step_count
         if self.needs_reset:
             self._v.fail(
                 "reset",
@@ -257,7 +259,7 @@ class Replay(ReplayCore):
         self._check_leaves(rows, t, F.ACTION, leaf_values(self._act_leaves, action), self._where())
         obs, reward, terminated, truncated, info = env.step(action)
         self._check_result(t, obs, reward, terminated, truncated, info)
-        self.step += 1
+        self.step_count += 1
         self.step_in_episode += 1
         self.verified_steps += 1
         self.needs_reset = bool(terminated or truncated)
@@ -351,6 +353,7 @@ def restore(
         StateMismatchError: the objects do not fit the snapshot (listed differences).
         NondeterministicEnvError: replay-from-reset found the env does not reproduce itself.
     """
+    __tracebackhide__ = True
     from replaykit import provenance
     from replaykit._state import envs as envstate
 
@@ -420,6 +423,7 @@ def _fast_forward(
     re-run step is checked (observation, reward, flags, infos) against the recording;
     the policy is not run, so probes are not compared here.
     """
+    __tracebackhide__ = True
     from replaykit._state import envs as envstate
 
     fb = tree.get(F.TREE_FALLBACK) or {}
@@ -454,6 +458,7 @@ def _fast_forward(
         note="replay-from-reset: the env did not reproduce its own recording given the same "
         "seed and actions; it is not deterministic (register an env adapter for it)",
     )
+    probe._v.hint = None  # no policy or training runs here: update counts say nothing
     ff = _FastForward(probe, env)
     base = env.unwrapped
     # Human rendering draws a window and sleeps to hold the frame rate on every step; none
@@ -471,19 +476,19 @@ def _fast_forward(
         if human:
             base.render_mode = "human"
     live = envstate.capture_wrappers_and_rngs(env).get("env_rng")
-    if live is not None and tree[F.TREE_ENV].get("env_rng") is not None:
-        if _rng_repr(live) != _rng_repr(tree[F.TREE_ENV]["env_rng"]):
-            probe._v.fail(
-                "env_rng",
-                Mismatch("value"),
-                EXACT,
-                stream=F.STEPS,
-                row=t,
-                episode=e,
-                k=probe.step_in_episode,
-                note="after replaying the episode's actions the env's RNG state differs from the "
-                "snapshot's: the env draws random numbers outside its own np_random",
-            )
+    saved = tree[F.TREE_ENV].get("env_rng")
+    if live is not None and saved is not None and _rng_repr(live) != _rng_repr(saved):
+        probe._v.fail(
+            "env_rng",
+            Mismatch("value"),
+            EXACT,
+            stream=F.STEPS,
+            row=t,
+            episode=e,
+            k=probe.step_in_episode,
+            note="after replaying the episode's actions the env's RNG state differs from the "
+            "snapshot's: the env draws random numbers outside its own np_random",
+        )
 
 
 def _python_reward(reward: Any, recorded: np.dtype) -> Any:
@@ -511,7 +516,7 @@ def _same(expected: np.ndarray, actual: Any) -> bool:
         elif not isinstance(actual, np.generic):
             return False
         actual = np.asarray(actual)
-    return (
+    return bool(
         actual.dtype == expected.dtype
         and actual.shape == expected.shape
         and actual.tobytes() == expected.tobytes()
@@ -558,11 +563,12 @@ class _FastForward:
         return ok
 
     def run(self, stop: int) -> None:
+        __tracebackhide__ = True
         p, st, env = self.p, self.stream, self.env
         space = p._act_space
         single = len(self.act) == 1 and not self.act[0][0]
-        while p.step < stop:
-            lo = p.step
+        while p.step_count < stop:
+            lo = p.step_count
             hi = min(stop, lo + self.block)
             acts = [(name, st.read(col, lo, hi)) for name, col in self.act]
             obs = [(get, st.read(col, lo, hi)) for get, col in self.obs]
@@ -603,7 +609,7 @@ class _FastForward:
                         ok = all(n in names or self._tolerate(n) for n in live)
                 if not ok:
                     p._check_result(lo + i, o, r, te, tr, inf)
-                p.step += 1
+                p.step_count += 1
                 p.step_in_episode += 1
                 p.verified_steps += 1
                 p.needs_reset = bool(te or tr)

@@ -118,7 +118,8 @@ def params_digest(module: torch.nn.Module) -> np.uint64:
     """Return the parameters digest of ``module`` as a number, ready for ``log_update``."""
     from replaykit._state.modelstate import parameters_digest
 
-    return np.uint64(int(parameters_digest(module), 16))
+    digest: np.uint64 = np.uint64(int(parameters_digest(module), 16))
+    return digest
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ Example:
     >>> vec.close()
     >>> rep = restore_vector(path, vec_env=SyncVectorEnv(fns))
     >>> for _ in range(5):
-    ...     _ = rep.env.step(rep.recorded_action(rep.step))
+    ...     _ = rep.env.step(rep.recorded_action(rep.step_count))
     >>> rep.verified_steps
     5
     >>> rep.close()
@@ -519,7 +519,7 @@ class VectorReplay(ReplayCore):
     Attributes:
         env: the vector env to step (raises ``DivergenceError`` at the first difference).
         obs: the batched observation at the snapshot.
-        step: the batched step index of the next step.
+        step_count: the batched step index of the next step.
         verified_steps: batched steps verified so far.
         autoreset: per sub-env, whether its next step is a ``NEXT_STEP`` reset step.
     """
@@ -558,7 +558,7 @@ class VectorReplay(ReplayCore):
         if bool(pos[F.SNAP_LAST_WAS_RESET]):
             rows, i = self._resets, self._reset_count - 1
         else:
-            rows, i = self._steps_rows(), self.step - 1
+            rows, i = self._steps_rows(), self.step_count - 1
         self.obs = self._recorded(rows, F.OBS, self._obs_leaves, vec.observation_space, i)
 
     def recorded_action(self, i: int) -> Any:
@@ -569,7 +569,7 @@ class VectorReplay(ReplayCore):
     def _where(self, stream: str = F.STEPS, row: int | None = None) -> dict[str, Any]:
         return {
             "stream": stream,
-            "row": self.step if row is None else row,
+            "row": self.step_count if row is None else row,
             "episode": None,
             "k": None,
         }
@@ -577,7 +577,7 @@ class VectorReplay(ReplayCore):
     def _step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         __tracebackhide__ = True
         rows = self._next_step_rows()
-        t = self.step
+        t = self.step_count
         where = self._where()
         self._check_leaves(rows, t, F.ACTION, _batch_dict(actions, self._act_leaves), where)
         if self._mode == AutoresetMode.NEXT_STEP and F.AUTORESET in rows.stream.columns:
@@ -604,7 +604,7 @@ class VectorReplay(ReplayCore):
         else:
             self.autoreset = done
         self._v.check(F.EPISODE, rows.get(F.EPISODE, t)[0], self.episodes, **where)
-        self.step += 1
+        self.step_count += 1
         self.verified_steps += 1
         self.obs = obs
         return obs, rewards, terms, truncs, infos

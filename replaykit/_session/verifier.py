@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import gymnasium as gym
@@ -70,7 +70,7 @@ class Rows:
     @property
     def rows(self) -> int:
         """Rows the stream holds."""
-        return self.stream.rows
+        return int(self.stream.rows)
 
     def get(self, column: str, i: int) -> tuple[np.ndarray, bool]:
         """Return row ``i`` of ``column`` and whether the row holds a value."""
@@ -108,6 +108,8 @@ class Verifier:
         self.error = error
         self.note = note
         self.compared = 0
+        # Called at a failure with (stream, row): a note on what else the replay did differently.
+        self.hint: Callable[[str, int | None], str] | None = None
 
     def ignored(self, key: str) -> bool:
         """Tell whether ``key`` matches one of the ignore patterns."""
@@ -126,6 +128,7 @@ class Verifier:
         logical: str | None = None,
     ) -> None:
         """Compare ``actual`` with the recorded ``expected`` under ``key``'s rule."""
+        __tracebackhide__ = True
         if self.ignored(key):
             return
         arr, alog = to_array(actual, key) if not isinstance(actual, np.ndarray) else (actual, None)
@@ -157,6 +160,7 @@ class Verifier:
         __tracebackhide__ = True
         from replaykit import provenance
 
+        hint = self.hint(stream, row) if self.hint is not None else ""
         report = DivergenceReport(
             key=key,
             mismatch=m,
@@ -168,7 +172,7 @@ class Verifier:
             episode=episode,
             step_in_episode=k,
             provenance=provenance.differences(self.rec.provenance, provenance.collect()),
-            note=note or self.note,
+            note=join_notes(note or self.note, hint),
         )
         raise self.error(report)
 
@@ -202,6 +206,13 @@ class UpdateChecker:
     def rows(self) -> int:
         """Updates the recording holds."""
         return 0 if self._rows is None else self._rows.rows
+
+    def logged_before(self, step: int) -> int:
+        """Count the recorded updates logged before step ``step`` (at step counts ``<= step``)."""
+        if self._rows is None or not self._rows.rows:
+            return 0
+        steps = self._rows.stream.read(F.UPDATE_STEP, 0, self._rows.rows)
+        return int(np.searchsorted(steps, step, side="right"))
 
     def check(self, u: int, values: Mapping[str, Any]) -> int:
         """Compare update ``u``'s values with the recording; raises at the first difference."""
@@ -249,6 +260,10 @@ class UpdateChecker:
         return u
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def join_notes(*notes: str) -> str:
     """Join the non-empty notes with ``"; "``."""
     return "; ".join(n for n in notes if n)
@@ -290,6 +305,7 @@ def restoring(
     Yields:
         ``(recording, owns)``.
     """
+    __tracebackhide__ = True
     owns = not isinstance(recording, Recording)
     rec = recording if isinstance(recording, Recording) else Recording(recording, verify=verify)
     try:
@@ -320,8 +336,9 @@ class ReplayCore:
         recording: the recording.
         snapshot: which snapshot was restored.
         extra: the ``extra`` tree given to ``snapshot``.
-        step: the step index of the next step.
-        update: the index of the next update.
+        step_count: the step index of the next step (steps taken so far, counting the
+            recorded ones before the snapshot), as on the recorders.
+        update_count: the index of the next update (updates so far), as on the recorders.
         verified_steps: steps verified since the restore.
         verified_updates: updates verified since the restore.
     """
@@ -340,25 +357,27 @@ class ReplayCore:
         self.snapshot = snap
         self.extra = extra
         self._owns = owns
-        self.step = int(position.get(F.SNAP_STEP, 0))
-        self.update = int(position.get(F.SNAP_UPDATES, 0))
+        self.step_count = int(position.get(F.SNAP_STEP, 0))
+        self.update_count = int(position.get(F.SNAP_UPDATES, 0))
         self.verified_steps = 0
         self.verified_updates = 0
         self._v = Verifier(rec, snap, **checks)
         self._steps = Rows(rec, F.STEPS) if rec.has_stream(F.STEPS) else None
         self._resets = Rows(rec, F.RESETS)
         self._update_check = UpdateChecker(rec, self._v)
+        self._snapshot_updates = self.update_count
+        self._v.hint = self._skipped_updates_hint
         self._skipped_info = frozenset(rec.meta.get(F.META_SKIPPED_INFO) or ())
 
     @property
     def steps_left(self) -> int:
         """Recorded steps after the current position."""
-        return 0 if self._steps is None else self._steps.rows - self.step
+        return 0 if self._steps is None else self._steps.rows - self.step_count
 
     @property
     def updates_left(self) -> int:
         """Recorded updates after the current position."""
-        return self._update_check.rows - self.update
+        return self._update_check.rows - self.update_count
 
     @property
     def first_nonfinite(self) -> dict[str, Any] | None:
@@ -372,8 +391,8 @@ class ReplayCore:
             DivergenceError: a value differs from the recorded one.
         """
         __tracebackhide__ = True
-        u = self._update_check.check(self.update, values)
-        self.update += 1
+        u = self._update_check.check(self.update_count, values)
+        self.update_count += 1
         self.verified_updates += 1
         return u
 
@@ -388,6 +407,24 @@ class ReplayCore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _skipped_updates_hint(self, stream: str, row: int | None) -> str:
+        """At a step that diverges, say so when the recording had logged more updates by then.
+
+        A loop resumed from a snapshot taken mid-rollout that skips the rest of the rollout
+        (and its updates) diverges steps later at some probe; the update counts say why.
+        """
+        if stream != F.STEPS or row is None:
+            return ""
+        recorded = self._update_check.logged_before(row) - self._snapshot_updates
+        replayed = self.update_count - self._snapshot_updates
+        if recorded <= replayed:
+            return ""
+        return (
+            f"the recording logged {_count(recorded, 'update')} after the snapshot and before "
+            f"this step; this replay logged {_count(replayed, 'update') if replayed else 'none'}"
+            " — did the resumed loop skip an update?"
+        )
+
     # ------------------------------------------------------------------ for subclasses
     def _where(self) -> dict[str, Any]:
         """Return where the next step is, for reports: ``stream``, ``row``, ``episode``, ``k``."""
@@ -401,7 +438,7 @@ class ReplayCore:
     def _next_step_rows(self) -> Rows:
         """Return the steps' rows, refusing a step past the recording's end."""
         rows = self._steps_rows()
-        if self.step >= rows.rows:
+        if self.step_count >= rows.rows:
             raise UsageError(
                 f"the recording ends at step {rows.rows}; {self.verified_steps} steps were "
                 "verified after the snapshot — step fewer times or record longer"
@@ -437,7 +474,7 @@ class ReplayCore:
                 )
             raise UsageError(f"the recording holds {rows.rows} {what}; reset {r} was not recorded")
         start = int(rows.get(F.RESET_STEP, r)[0])
-        if start != self.step:
+        if start != self.step_count:
             self._v.fail(
                 "reset",
                 Mismatch("extra"),
