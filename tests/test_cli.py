@@ -228,3 +228,12 @@ def test_version_and_help_list_exit_codes() -> None:
     for verb in ("record", "replay", "diff", "inspect", "check", "demo"):
         assert verb in res.output
     assert "--no-verify" in RUNNER.invoke(app, ["replay", "--help"]).output
+
+
+def test_record_help_documents_limits_and_interrupt() -> None:
+    out = " ".join(RUNNER.invoke(app, ["record", "--help"], env={"COLUMNS": "200"}).output.split())
+    assert "130 interrupted (Ctrl-C)" in out
+    assert "--episodes N alone records N whole episodes, however long" in out
+    assert "with both, recording stops at whichever comes first" in out
+    for option in ("--force, --overwrite", "--compression", "--progress / --no-progress"):
+        assert option in out

@@ -421,7 +421,12 @@ def _stream_filters(path: Path) -> set[str | None]:
 
 @pytest.mark.parametrize(
     ("option", "expected"),
-    [([], "lzf"), (["--compression", "gzip"], "gzip"), (["--compression", "none"], None)],
+    [
+        ([], "lzf"),
+        (["--compression", "gzip"], "gzip"),
+        (["--compression", "gzip:4"], "gzip"),
+        (["--compression", "none"], None),
+    ],
 )
 def test_compression_option(tmp_path: Path, option: list[str], expected: str | None) -> None:
     out = tmp_path / "c.h5"

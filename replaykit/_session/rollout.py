@@ -327,6 +327,34 @@ class _DeferInterrupt:
             signal.signal(signal.SIGINT, self._old)
 
 
+# h5py's gzip level when none is given: ``gzip:4`` is plain ``gzip``.
+_GZIP_DEFAULT_LEVEL = 4
+
+
+def _open_recording(
+    env: Any, tmp: Path, seed: int, policy_spec: str, compression: str | None
+) -> RecordingWrapper:
+    """Create the recording at ``tmp``; ``compression`` may be ``gzip:LEVEL``."""
+    if compression == f"gzip:{_GZIP_DEFAULT_LEVEL}":
+        compression = "gzip"
+    try:
+        return RecordingWrapper(
+            env,
+            tmp,
+            seed=seed,
+            metadata={"policy": policy_spec, "cli_seed": seed},
+            compression=compression,
+        )
+    except UsageError:
+        if compression is None or not compression.startswith("gzip:"):
+            raise
+        # The writer refuses a level before it creates the file.
+        raise UsageError(
+            f"compression {compression} is not available: this version's writer compresses "
+            f"gzip at level {_GZIP_DEFAULT_LEVEL} only; pass --compression gzip, lzf or none"
+        ) from None
+
+
 def record_rollout(
     env_id: str,
     policy_spec: str,
@@ -362,7 +390,8 @@ def record_rollout(
         episodes: stop when this many episodes have ended (or at ``steps``, if sooner).
         env_kwargs: keyword arguments for ``gymnasium.make``.
         overwrite: replace an existing ``out`` (only once the new recording is complete).
-        compression: the writer's stream compression (``None``, ``"lzf"``, ``"gzip"``).
+        compression: the writer's stream compression (``None``, ``"lzf"``, ``"gzip"``, or
+            ``"gzip:LEVEL"`` where the writer takes levels).
         on_start: called with the temporary path once the file is created.
         on_progress: called after each step with (steps, episodes, snapshots) so far.
 
@@ -385,13 +414,7 @@ def record_rollout(
     try:
         policy = resolve_policy(policy_spec, env, seed)
         tmp = partial_path(out_path)
-        rec = RecordingWrapper(
-            env,
-            tmp,
-            seed=seed,
-            metadata={"policy": policy_spec, "cli_seed": seed},
-            compression=compression,
-        )
+        rec = _open_recording(env, tmp, seed, policy_spec, compression)
     except BaseException:
         env.close()
         raise
