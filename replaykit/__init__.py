@@ -83,6 +83,7 @@ if typing.TYPE_CHECKING:
         capturable,
         restore_vector,
     )
+    from replaykit._state.arrays import ArrayState
     from replaykit._state.envs import (
         AttrAdapter,
         EnvAdapter,
@@ -131,6 +132,7 @@ _LAZY: dict[str, str] = {
     "VectorReplay": "replaykit._session.vector",
     "capturable": "replaykit._session.vector",
     "restore_vector": "replaykit._session.vector",
+    "ArrayState": "replaykit._state.arrays",
     "AttrAdapter": "replaykit._state.envs",
     "EnvAdapter": "replaykit._state.envs",
     "WrapperAdapter": "replaykit._state.envs",
@@ -159,6 +161,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "ArrayState",
     "AttrAdapter",
     "CaptureError",
     "CheckReport",
@@ -208,9 +211,9 @@ __all__ = [
     "make_env",
     "params_digest",
     "register_env_adapter",
+    "register_state_type",
     "register_stateless_wrapper",
     "register_wrapper_adapter",
-    "register_state_type",
     "restore",
     "restore_generator",
     "restore_training",
