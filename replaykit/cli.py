@@ -248,13 +248,18 @@ class _RecordProgress:
 
             self._bar = Progress(
                 TextColumn("{task.description}"),
-                BarColumn(),
+                BarColumn(bar_width=20),
+                TextColumn("{task.fields[counts]}"),
                 TimeRemainingColumn(),
                 console=rich.console.Console(stderr=True),
                 transient=True,
             )
             self._bar.start()
-            self._task = self._bar.add_task(self._text(0, 0, 0, 0.0), total=self.steps)
+            self._task = self._bar.add_task(
+                f"recording {self.env_id}",
+                total=self.steps,
+                counts=self._text(0, 0, 0, 0.0, label=False),
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -262,7 +267,9 @@ class _RecordProgress:
             self._bar.stop()
             self._bar = None
 
-    def _text(self, steps: int, episodes: int, snapshots: int, rate: float) -> str:
+    def _text(
+        self, steps: int, episodes: int, snapshots: int, rate: float, *, label: bool = True
+    ) -> str:
         from replaykit._analysis import render
 
         return render.record_progress(
@@ -273,6 +280,7 @@ class _RecordProgress:
             episodes_total=self.episodes,
             snapshots=snapshots,
             steps_per_s=rate,
+            label=label,
         )
 
     def update(self, steps: int, episodes: int, snapshots: int) -> None:
@@ -287,10 +295,11 @@ class _RecordProgress:
         else:
             rate = (steps - self._last_steps) / max(now - self._last_t, 1e-9)
         self._last_t, self._last_steps = now, steps
-        text = self._text(steps, episodes, snapshots, rate)
         if self._bar is not None:
-            self._bar.update(self._task, completed=steps, description=text)
+            counts = self._text(steps, episodes, snapshots, rate, label=False)
+            self._bar.update(self._task, completed=steps, counts=counts)
         else:
+            text = self._text(steps, episodes, snapshots, rate)
             self.console.print(f"replaykit: {text}", markup=False, highlight=False, soft_wrap=True)
 
 

@@ -209,8 +209,13 @@ def value_lines(
     b_name: str = "actual",
     a_place: str = "the recording",
     b_place: str = "the replay",
+    key: str = "",
 ) -> list[str]:
     """Both values of a mismatch with their bits and dtypes, and the difference.
+
+    A digest (a ``uint64`` value whose key names a digest, such as ``params_digest``) is
+    spelled as 16 hex digits, with no arithmetic difference: the distance between two hashes
+    means nothing.
 
     Args:
         m: the mismatch.
@@ -218,11 +223,19 @@ def value_lines(
         b_name: label of the actual value.
         a_place: where the expected values come from (``"value not in ..."``).
         b_place: where the actual values come from (``"value missing from ..."``).
+        key: the key that differs (digests are recognised by it).
 
     Example:
         >>> from replaykit._analysis.compare import Mismatch
         >>> value_lines(Mismatch("missing"), b_place="b")
         ['value missing from b']
+        >>> m = Mismatch("value", expected=2**63, actual=5, expected_dtype="uint64",
+        ...              actual_dtype="uint64", total=1, count=1)
+        >>> for line in value_lines(m, key="update/params_digest"):
+        ...     print(line)
+        expected: digest 8000000000000000 [uint64]
+        actual:   digest 0000000000000005 [uint64]
+        difference: the digests differ
     """
     if m.reason == "dtype":
         return [f"expected dtype {m.expected_dtype}, found {m.actual_dtype}"]
@@ -233,6 +246,13 @@ def value_lines(
     if m.reason == "extra":
         return [f"value not in {a_place}"]
     width = max(len(a_name), len(b_name)) + 1
+    if _is_digest(m, key):
+        return [
+            f"{a_name + ':':<{width}} digest {int(m.expected):016x} [{m.expected_dtype}]",
+            f"{b_name + ':':<{width}} digest {int(m.actual):016x} [{m.actual_dtype}]",
+            "difference: the digests differ"
+            + (f", {m.count} of {m.total} elements differ" if m.total > 1 else ""),
+        ]
     lines = [
         f"{a_name + ':':<{width}} {_value_with_bits(m.expected, m.expected_dtype)}",
         f"{b_name + ':':<{width}} {_value_with_bits(m.actual, m.actual_dtype)}",
@@ -251,6 +271,17 @@ def value_lines(
     if diff:
         lines.append("difference: " + ", ".join(diff))
     return lines
+
+
+def _is_digest(m: Mismatch, key: str) -> bool:
+    """Whether a value mismatch is between two digests (uint64 under a key naming one)."""
+    return (
+        "digest" in key.rsplit("/", 1)[-1].lower()
+        and m.expected_dtype in ("uint64", "<u8")
+        and m.actual_dtype in ("uint64", "<u8")
+        and isinstance(m.expected, (int, np.integer))
+        and isinstance(m.actual, (int, np.integer))
+    )
 
 
 def _listed(items: Sequence[str], limit: int = MAX_LISTED) -> str:
@@ -301,7 +332,7 @@ def divergence_report(report: DivergenceReport) -> str:
     """
     src = f" from {report.source}" if report.source else ""
     lines = [f"diverged{src} at {divergence_location(report)}"]
-    lines += ["  " + s for s in value_lines(report.mismatch)]
+    lines += ["  " + s for s in value_lines(report.mismatch, key=report.key)]
     lines.append(f"  rule: {report.rule}")
     if report.note:
         lines.append(f"  note: {report.note}")
@@ -360,7 +391,12 @@ def _summary_lines(result: DiffResult, a_name: str, b_name: str) -> list[str]:
         first = ordered[0]
         lines.append("first divergence at " + _key_location(first))
         values = value_lines(
-            first.mismatch, a_name=a_name, b_name=b_name, a_place=a_name, b_place=b_name
+            first.mismatch,
+            a_name=a_name,
+            b_name=b_name,
+            a_place=a_name,
+            b_place=b_name,
+            key=first.key,
         )
         lines += ["  " + s for s in values]
         lines.append(f"  rule: {first.rule}")
@@ -549,8 +585,9 @@ def record_progress(
     episodes_total: int | None,
     snapshots: int,
     steps_per_s: float,
+    label: bool = True,
 ) -> str:
-    """One progress line for ``replaykit record`` (also the label of its progress bar).
+    """One progress line for ``replaykit record`` (``label=False``: the counts beside its bar).
 
     Example:
         >>> record_progress("CartPole-v1", steps=12000, steps_total=200000, episodes=3,
@@ -559,10 +596,11 @@ def record_progress(
     """
     of_steps = f"/{steps_total:,}" if steps_total is not None else ""
     of_eps = f"/{episodes_total:,}" if episodes_total is not None else ""
-    return (
-        f"recording {env_id}: {steps:,}{of_steps} steps, {steps_per_s:,.0f} steps/s, "
-        f"{episodes:,}{of_eps} episodes, {snapshots:,} snapshot{'s' if snapshots != 1 else ''}"
+    counts = (
+        f"{steps:,}{of_steps} steps, {steps_per_s:,.0f} steps/s, {episodes:,}{of_eps} episodes, "
+        f"{snapshots:,} snapshot{'s' if snapshots != 1 else ''}"
     )
+    return f"recording {env_id}: {counts}" if label else counts
 
 
 def replay_summary(summary: Any) -> str:
