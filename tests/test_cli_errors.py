@@ -214,6 +214,31 @@ def test_policy_module_in_current_directory(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.integration
+def test_policy_code_that_raises_keeps_its_traceback(precious: Path) -> None:
+    """A bug in the user's policy: its traceback (they need it), one error line, exit 2."""
+    (precious.parent / "broken_policy.py").write_text(
+        "def make(env, seed):\n    raise ValueError('bad layer size')\n"
+    )
+    proc = run_cli(
+        "record",
+        "CartPole-v1",
+        "--policy",
+        "broken_policy:make",
+        "--out",
+        "a.h5",
+        "--force",
+        cwd=precious.parent,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" in proc.stderr and "broken_policy.py" in proc.stderr
+    errs = [ln for ln in proc.stderr.splitlines() if ln.startswith("replaykit: error: ")]
+    assert errs == [
+        "replaykit: error: unexpected ValueError: bad layer size; the traceback above shows "
+        "where (report it if it is in replaykit)"
+    ]
+
+
 # --------------------------------------------------------------------------- fast errors, pipes
 
 
