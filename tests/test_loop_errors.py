@@ -108,3 +108,46 @@ def test_pytest_tracebacks_show_no_replaykit_frame(
     assert "rep.env.step(rep.recorded_action" in out
     shown = [line for line in out.splitlines() if "/replaykit/" in line and ".py:" in line]
     assert not shown, shown
+
+
+def test_digest_mismatch_prints_both_digests(tmp_path: Path) -> None:
+    import torch
+
+    path = tmp_path / "digest.h5"
+    net = torch.nn.Linear(2, 2)
+    with replaykit.TrainingRecorder(path, track={"net": net}) as rec:
+        rec.snapshot("s")
+        recorded = int(replaykit.params_digest(net))
+        rec.log_update(params_digest=replaykit.params_digest(net))
+    with replaykit.restore_training(path, "s", track={"net": net}) as rep:
+        with torch.no_grad():
+            net.weight.add_(1.0)
+        replayed = int(replaykit.params_digest(net))
+        with pytest.raises(DivergenceError) as info:
+            rep.log_update(params_digest=replaykit.params_digest(net))
+    msg = str(info.value)
+    assert f"expected: digest {recorded:016x} [uint64]" in msg
+    assert f"actual:   digest {replayed:016x} [uint64]" in msg
+    assert "the digests differ" in msg and "abs " not in msg and "rel " not in msg
+
+
+def test_cli_replay_of_a_python_loop_recording_says_how(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from replaykit.cli import main
+
+    path = tmp_path / "loop.h5"
+    net = torch.nn.Linear(4, 2)
+    with RecordingWrapper(gym.make("CartPole-v1"), path, seed=0, track={"q": net}) as env:
+        env.reset()
+        env.step(0)
+        env.snapshot("s")
+        env.step(1)
+    assert main(["replay", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err, err
+    assert "recorded by a Python loop that tracks ['q']" in err
+    assert "replaykit.restore(path, env=..., track={...})" in err and "--policy" in err
+    assert "build the object exactly" not in err

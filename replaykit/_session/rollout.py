@@ -21,6 +21,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from replaykit._format import layout as F
 from replaykit._format.store import Recording
 from replaykit._session.policies import resolve_policy
 from replaykit._session.record import RecordingWrapper
@@ -112,6 +113,13 @@ class RecordSummary:
 
 #: Largest seed ``record_rollout`` accepts: seeds are stored and restored as int64.
 SEED_MAX = (1 << 63) - 1
+
+#: Message for ``replaykit replay`` on a recording made by a user's Python loop.
+REPLAY_NEEDS_OWN_LOOP = (
+    "{path} was recorded by a Python loop that tracks {tracked}, which the command line "
+    "cannot rebuild; replay it with its own loop in Python (replaykit.restore(path, env=..., "
+    "track={{...}}), then step rep.env), or pass --policy module:function to build them"
+)
 
 
 def check_record_args(
@@ -534,7 +542,12 @@ def replay_snapshot(
     ``verify=False`` skips checksum checks (for experiments on hand-edited files).
     """
     with Recording(path, verify=verify) as rec:
-        spec = policy_spec or (rec.meta.get("user") or {}).get("policy") or "random"
+        recorded_policy = (rec.meta.get("user") or {}).get("policy")
+        if policy_spec is None and not recorded_policy:
+            tracked = sorted({n for s in rec.snapshots for n in s.meta.get(F.SNAP_TRACKED) or ()})
+            if tracked:
+                raise UsageError(REPLAY_NEEDS_OWN_LOOP.format(path=path, tracked=tracked))
+        spec = policy_spec or recorded_policy or "random"
         if ":" in spec and policy_spec is None:
             raise UsageError(
                 f"{path} was recorded with policy {spec!r}; replaykit never imports names from a "
