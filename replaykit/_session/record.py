@@ -27,11 +27,13 @@ from replaykit._format.store import Column, StreamWriter
 from replaykit._session.recorder import (
     RECORDING_CLOSED,
     LeafWriter,
+    NotRecordableError,
     RecorderCore,
     check_seed_and_schedule,
     column_writer,
     env_spec_json,
-    flat_info,
+    exact_into,
+    info_key_problem,
     json_options,
     to_array,
 )
@@ -213,6 +215,8 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
         """
         if name in self._probes:
             raise UsageError(f"probe {name!r} logged twice before one step")
+        if name not in self._probe_w and (problem := info_key_problem(name)) is not None:
+            raise UsageError(f"probe name {name!r} {problem}; rename it")
         self._probes[name] = value
 
     def log_update(self, **values: Any) -> int:
@@ -346,18 +350,7 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
                 ob = None
             else:
                 ob = obs.tobytes()
-            iv = None
-            if info:
-                # An info dict with the keys, order and value classes seen before (MuJoCo's
-                # four floats every step) is batched too: ~0.4 us instead of ~0.7 us a key.
-                if tuple(info) == self._info_keys:
-                    iv = tuple(info.values())
-                    if tuple(map(type, iv)) != self._info_types:
-                        iv = None
-                if iv is None:
-                    self._write_info(s, self._info_w, info, p)
-                    if self._info_keys is None:
-                        self._learn_info_keys(info)
+            iv = self._fast_extras(info, p) if info or self._probes else None
             self._pending.append(
                 (
                     action if a_dt is None else action.tobytes(),
@@ -370,24 +363,11 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
                 )
             )
         else:
-            if self._obs_w is None:
-                self._init_step_columns(action, obs, reward, terminated, truncated)
-            elif fast is not None:
-                self._fill_pending()  # rows before this one, so they stay in order
-            assert self._obs_w is not None and self._act_w is not None and self._scalar_cols
-            for w, get in zip(self._act_w, self._act_get, strict=True):
-                w.write(get(action), p)
-            for w, get in zip(self._obs_w, self._obs_get, strict=True):
-                w.write(get(obs), p)
-            rew, term, trunc, ep = self._scalar_cols
-            rew.buf[p] = reward
-            term.buf[p] = terminated
-            trunc.buf[p] = truncated
-            ep.buf[p] = self._episode
-            if info:
-                self._write_info(s, self._info_w, info, p)
-        if self._probes:
-            self._write_probes(p)
+            try:
+                self._write_step_slow(action, obs, reward, terminated, truncated, info, p)
+            except CaptureError:
+                self._discard_row(p)
+                raise
         # StreamWriter.end_row, inlined: one method call is ~5% of the per-step budget.
         s.pos = p = p + 1
         s.rows += 1
@@ -401,7 +381,101 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
             self._snapshot_if_due(t)
         return obs, reward, terminated, truncated, info
 
+    def _fast_extras(self, info: Mapping[str, Any], p: int) -> tuple[Any, ...] | None:
+        """Write row ``p``'s infos and probes for the fast path of :meth:`step`.
+
+        Returns:
+            The info values to batch (keys, order and value classes as learned), or ``None``
+            when they were written here.
+        """
+        iv = None
+        try:
+            if info:
+                # An info dict with the keys, order and value classes seen before (MuJoCo's
+                # four floats every step) is batched too: ~0.4 us instead of ~0.7 us a key.
+                if tuple(info) == self._info_keys:
+                    iv = tuple(info.values())
+                    if tuple(map(type, iv)) != self._info_types:
+                        iv = None
+                if iv is None:
+                    self._write_info(self._steps, self._info_w, info, p)
+                    if self._info_keys is None:
+                        self._learn_info_keys(info)
+            if self._probes:
+                self._write_probes(p)
+        except CaptureError:
+            self._discard_row(p)
+            raise
+        return iv
+
+    def _write_step_slow(
+        self,
+        action: Any,
+        obs: Any,
+        reward: Any,
+        terminated: Any,
+        truncated: Any,
+        info: Mapping[str, Any],
+        p: int,
+    ) -> None:
+        """Write step row ``p`` value by value (first step; rows the fast path cannot take)."""
+        if self._obs_w is None:
+            self._init_step_columns(action, obs, reward, terminated, truncated)
+        elif self._fast is not None:
+            self._fill_pending()  # rows before this one, so they stay in order
+        assert self._obs_w is not None and self._act_w is not None and self._scalar_cols
+        for w, get in zip(self._act_w, self._act_get, strict=True):
+            w.write(get(action), p)
+        for w, get in zip(self._obs_w, self._obs_get, strict=True):
+            w.write(get(obs), p)
+        rew, term, trunc, ep = self._scalar_cols
+        rew.buf[p] = self._checked_reward(reward, rew.dtype)
+        term.buf[p] = terminated
+        trunc.buf[p] = truncated
+        ep.buf[p] = self._episode
+        if info:
+            self._write_info(self._steps, self._info_w, info, p)
+        if self._probes:
+            self._write_probes(p)
+
+    def _checked_reward(self, reward: Any, dt: np.dtype) -> np.ndarray:
+        """Return ``reward`` as a 0-d array of ``dt``, refusing any value that would change.
+
+        A reward of another type than the column's is stored only when every value of its
+        type converts exactly (float32 into float64, a Python int that fits); otherwise it
+        is refused at this step, never rounded: replay would then blame the env for a
+        difference the recorder made.
+        """
+        arr, logical = to_array(reward, "reward")
+        if reward.__class__ is int and not exact_into(reward, arr, dt):
+            raise CaptureError(
+                f"reward {reward} at step {self._t} does not fit the reward column's {dt} "
+                "exactly; replaykit never rounds: return smaller int rewards, or floats"
+            )
+        if logical is not None or arr.shape != () or not exact_into(reward, arr, dt):
+            got = f"{logical or arr.dtype}{list(arr.shape) if arr.shape else ''}"
+            raise CaptureError(
+                f"reward changed from {dt} to {got} ({reward!r}) at step {self._t}; replaykit "
+                f"stores rewards with the first step's dtype and never rounds: return rewards "
+                f"of one type (cast them consistently, e.g. with float() or np.{dt}())"
+            )
+        return arr.astype(dt)
+
+    def _discard_row(self, p: int) -> None:
+        """Undo what a refused step wrote into row ``p`` of the optional columns.
+
+        Required columns are overwritten by the next step; an optional column's present
+        flag (and its value) would otherwise stay set, and show up in the next row.
+        """
+        for col in self._steps.optional:
+            assert col.present is not None
+            col.present[p] = False
+            col.buf[p] = 0
+        self._probes.clear()
+
     def _final_meta(self) -> dict[str, Any]:
+        if self._fast is not None:
+            self._fill_pending()  # batched info rows may add skipped keys
         return {
             F.META_SKIPPED_INFO: sorted(self._skipped_info),
             F.META_STEPS: self._t,
@@ -441,12 +515,16 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
         self, action: Any, obs: Any, reward: Any, terminated: Any, truncated: Any
     ) -> None:
         s = self._steps
-        self._act_w = self._make_writers(s, F.ACTION, self._act_leaves, self._act_get, action)
-        self._obs_w = self._make_writers(s, F.OBS, self._obs_leaves, self._obs_get, obs)
-        rarr, _ = to_array(reward, "reward")
-        if rarr.shape != ():
-            raise CaptureError(f"reward has shape {rarr.shape}; a gymnasium reward is a scalar")
+        rarr, logical = to_array(reward, "reward")
+        if rarr.shape != () or logical is not None:
+            raise CaptureError(
+                f"reward has shape {rarr.shape} and dtype {logical or rarr.dtype}; a gymnasium "
+                "reward is a scalar number"
+            )
         rdt = np.dtype(np.float64) if isinstance(reward, (int, float)) else rarr.dtype
+        act_w = self._make_writers(s, F.ACTION, self._act_leaves, self._act_get, action)
+        obs_w = self._make_writers(s, F.OBS, self._obs_leaves, self._obs_get, obs)
+        self._act_w, self._obs_w = act_w, obs_w
         self._scalar_cols = (
             s.column(F.REWARD, rdt, ()),
             s.column(F.TERMINATED, np.dtype(np.bool_), ()),
@@ -461,9 +539,12 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
         ):
             a, o = self._act_w[0], self._obs_w[0]
             a_arr = a.fast_type is None  # an ndarray action (Box, MultiDiscrete, ...)
-            # Reward classes whose values the batched np.array(..., dtype) converts exactly as
-            # a per-row buffer store would.
-            r_types = frozenset({type(reward), float, int, np.float64, np.float32})
+            # Reward classes whose every value the batched np.array(..., dtype) converts
+            # exactly; any other class (a Python int: beyond 2**53 it would round) takes the
+            # per-row path, which stores what fits exactly and refuses the rest at its step.
+            r_types = frozenset(
+                {float, np.float64, np.float32} if rdt == np.float64 else {type(reward)}
+            ) - {int}
             self._fast = (
                 _ndarray if a_arr else a.fast_type,
                 a.dt if a_arr else None,
@@ -540,50 +621,140 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
             try:
                 w.buf[rows] = np.array(values, dtype=w.dt)
             except OverflowError:
-                # A Python int beyond int64: store row by row, so the error is the one the
-                # per-step path raises (only later, at the block's end).
+                # A Python int beyond int64: not recordable, so that row is skipped (its
+                # present flag stays false), as the per-step path does.
+                assert w.col.present is not None
                 for (r, _), value in zip(infos, values, strict=True):
-                    w.write(value, r)
+                    try:
+                        w.write(value, r)
+                    except NotRecordableError:
+                        self._skipped_info.add(w.name)
+                    else:
+                        w.col.present[r] = True
+                continue
             w.col.present[rows] = True  # type: ignore[index]  # info columns are optional
 
     def _write_info(
         self,
         s: StreamWriter,
-        writers: dict[str, LeafWriter | None],
+        writers: dict[Any, LeafWriter | None],
         info: Mapping[str, Any],
         p: int,
     ) -> None:
         # Hot path (an env's info every step): a flat key seen before goes straight to its
-        # writer; new, skipped and nested keys take the general path.
+        # writer; new, skipped and nested keys take the general path. Writers of nested keys
+        # are stored under a tuple of the key's parts, so a flat key that holds '/' never
+        # reaches a nested key's column (nor the other way round).
+        rest: list[tuple[Any, Any]] | None = None
         for k, value in info.items():
             w = writers.get(k, _MISSING)
             if w.__class__ is LeafWriter:
-                w.write(value, p)
+                try:
+                    w.write(value, p)
+                except NotRecordableError:
+                    if isinstance(value, Mapping):  # a dict where a value was: refused below
+                        rest = [*(rest or ()), (k, value)]
+                        continue
+                    # FORMAT.md: non-numeric values are skipped; @present records the absence.
+                    self._skipped_info.add(k)
+                    continue
                 w.col.present[p] = True  # type: ignore[index]  # info columns are optional
             elif w is not None:
-                if isinstance(value, Mapping):
-                    for key, v in flat_info(value, str(k)):
-                        self._write_info_key(s, writers, key, v, p)
-                else:
-                    self._write_info_key(s, writers, str(k), value, p)
+                rest = [*(rest or ()), (k, value)]
+        if rest is not None:
+            self._write_info_rest(s, writers, rest, p)
+
+    def _write_info_rest(
+        self,
+        s: StreamWriter,
+        writers: dict[Any, LeafWriter | None],
+        rest: list[tuple[Any, Any]],
+        p: int,
+    ) -> None:
+        """Write the info items the hot path left: new keys, nested dicts, skipped keys.
+
+        Every new key is checked before any column is created, so a refused key leaves
+        the file as it was.
+        """
+        leaves: list[tuple[tuple[Any, ...], Any]] = []
+        for k, value in rest:
+            if isinstance(value, Mapping):
+                leaves.extend(_flat_parts(value, (k,)))
+            else:
+                leaves.append(((k,), value))
+        for parts, _ in leaves:
+            if (parts[0] if len(parts) == 1 else parts) not in writers:
+                self._check_info_key(s, parts)
+        for parts, value in leaves:
+            self._write_info_key(s, writers, parts, value, p)
 
     def _write_info_key(
-        self, s: StreamWriter, writers: dict[str, LeafWriter | None], key: str, value: Any, p: int
+        self,
+        s: StreamWriter,
+        writers: dict[Any, LeafWriter | None],
+        parts: tuple[Any, ...],
+        value: Any,
+        p: int,
     ) -> None:
-        w = writers.get(key, _MISSING)
+        lookup: Any = parts[0] if len(parts) == 1 else parts
+        w = writers.get(lookup, _MISSING)
         if w is _MISSING:
-            w = writers[key] = column_writer(
-                s,
-                F.column_path(F.INFO, key),
-                f"info {key!r}",
-                value,
-                optional=True,
-                name=key,
-                ignore=self._ignore_info,
-                skipped=self._skipped_info,
+            w = writers[lookup] = self._info_writer(s, parts, value)
+        if w is None:
+            return
+        assert w.col.present is not None
+        if w.col.present[p]:
+            key = "/".join(map(str, parts))
+            raise CaptureError(
+                f"info key {key!r} at step {self._t} names a column another key of the same "
+                "info dict already filled; rename one of them"
             )
-        if w is not None:
-            w.write_present(value, p)
+        try:
+            w.write(value, p)
+        except NotRecordableError:
+            self._skipped_info.add(w.name)
+            return
+        w.col.present[p] = True
+
+    def _info_writer(
+        self, s: StreamWriter, parts: tuple[Any, ...], value: Any
+    ) -> LeafWriter | None:
+        """Create the column of a new info key (checked by :meth:`_check_info_key`)."""
+        key = "/".join(map(str, parts))
+        if key in self._ignore_info:
+            return None
+        return column_writer(
+            s,
+            F.column_path(F.INFO, key),
+            f"info {key!r}",
+            value,
+            optional=True,
+            name=key,
+            skipped=self._skipped_info,
+        )
+
+    def _check_info_key(self, s: StreamWriter, parts: tuple[Any, ...]) -> None:
+        """Refuse a new info key that cannot name a column of its own."""
+        key = "/".join(map(str, parts))
+        if key in self._ignore_info:
+            return
+        for part in parts:
+            problem = info_key_problem(part)
+            if problem is not None:
+                raise CaptureError(
+                    f"info key {key!r} at step {self._t}: {part!r} {problem}; rename it, or "
+                    f"exclude it with ignore_info=[{key!r}]"
+                )
+        column = F.column_path(F.INFO, key)
+        # A key may not be both a value and a dict of values ('a' then {'a': {'b': ...}}):
+        # both would need the path info/a.
+        for other in s.columns:
+            if other.startswith(column + "/") or column.startswith(other + "/"):
+                raise CaptureError(
+                    f"info key {key!r} at step {self._t} collides with the recorded column "
+                    f"{other!r} (a key that is a number in one step and a dict in another); "
+                    f"keep each key's structure, or exclude it with ignore_info=[{key!r}]"
+                )
 
     def _write_probes(self, p: int) -> None:
         s = self._steps
@@ -599,3 +770,12 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
 
 
 _MISSING: Any = object()
+
+
+def _flat_parts(info: Mapping[Any, Any], prefix: tuple[Any, ...]) -> Any:
+    """Yield ``(key parts, value)`` for every leaf of a nested info dict under ``prefix``."""
+    for k, v in info.items():
+        if isinstance(v, Mapping):
+            yield from _flat_parts(v, (*prefix, k))
+        else:
+            yield (*prefix, k), v

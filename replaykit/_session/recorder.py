@@ -22,14 +22,17 @@ from replaykit.errors import CaptureError, ReplaykitWarning, UsageError
 __all__ = [
     "RECORDING_CLOSED",
     "LeafWriter",
+    "NotRecordableError",
     "RecorderCore",
     "UpdateLog",
     "check_seed_and_schedule",
     "column_writer",
     "env_fields",
     "env_spec_json",
+    "exact_into",
     "first_nonfinite_value",
     "flat_info",
+    "info_key_problem",
     "json_options",
     "nonfinite_meta",
     "open_writer",
@@ -40,9 +43,29 @@ _S = TypeVar("_S")
 
 RECORDING_CLOSED = "the recording is closed"
 
+# Integers below this magnitude convert to float64 exactly (53-bit significand).
+_FLOAT64_EXACT_INT = 1 << 53
+# Significand bits (with the implicit one) of each float width, in bytes: an integer dtype
+# of at most this many value bits converts into the float exactly, every value.
+_SIGNIFICAND_BITS = {2: 11, 4: 24, 8: 53, 16: 64}
+
+
+class NotRecordableError(CaptureError):
+    """A value replaykit cannot store: not a number, or an integer beyond int64.
+
+    Info values like this are skipped for their row (FORMAT.md: non-numeric values are
+    skipped; the column's ``@present`` mask records the absence); anywhere else it is an
+    error.
+    """
+
 
 def to_array(value: Any, what: str) -> tuple[np.ndarray, str | None]:
-    """Convert a recorded value to ``(array, logical dtype)`` without changing its bits."""
+    """Convert a recorded value to ``(array, logical dtype)`` without changing its bits.
+
+    Raises:
+        NotRecordableError: ``value`` is not a number, array or tensor of numbers, or is
+            a Python int beyond int64.
+    """
     if isinstance(value, np.ndarray):
         arr = value
     elif isinstance(value, np.generic):
@@ -50,7 +73,13 @@ def to_array(value: Any, what: str) -> tuple[np.ndarray, str | None]:
     elif isinstance(value, bool):
         arr = np.asarray(value, dtype=np.bool_)
     elif isinstance(value, int):
-        arr = np.asarray(value, dtype=np.int64)
+        try:
+            arr = np.asarray(value, dtype=np.int64)
+        except OverflowError:
+            raise NotRecordableError(
+                f"{what} is the int {value}, beyond int64; replaykit stores integers of at most "
+                "64 bits exactly (convert it to a float or a string yourself if rounding is fine)"
+            ) from None
     elif isinstance(value, float):
         arr = np.asarray(value, dtype=np.float64)
     elif type(value).__module__.startswith("torch") and hasattr(value, "dtype"):
@@ -65,14 +94,64 @@ def to_array(value: Any, what: str) -> tuple[np.ndarray, str | None]:
     ):
         arr = np.asarray(value)
     else:
-        raise CaptureError(
+        raise NotRecordableError(
             f"{what} is a {type(value).__name__}; replaykit records numbers, arrays and tensors"
         )
     if arr.dtype.kind not in F.ALLOWED_KINDS:
-        raise CaptureError(
+        raise NotRecordableError(
             f"{what} has dtype {arr.dtype}; only numeric and bool values are recorded"
         )
     return arr, None
+
+
+def exact_into(value: Any, arr: np.ndarray, dt: np.dtype) -> bool:
+    """Tell whether every value of ``arr``'s dtype converts into ``dt`` exactly.
+
+    The rule is by dtype, not by value, so a run that mixes types fails at the first step
+    that mixes them, never hours later at the first value that happens to round. The one
+    exception is a Python int (``arr`` is int64): Python numbers are one family (FORMAT.md:
+    a reward column is float64 when the env returns Python numbers), so its value is checked.
+
+    Args:
+        value: the value as the caller passed it (a Python int is checked by value).
+        arr: ``value`` as :func:`to_array` converted it.
+        dt: the column's dtype.
+    """
+    src = arr.dtype
+    if src == dt:
+        return True
+    if value.__class__ is int:
+        try:
+            # Back to a Python number: Python compares an int with a float exactly.
+            return bool(dt.type(value).item() == value)
+        except OverflowError:
+            return False
+    if src.kind == "b":
+        return True
+    if src.kind == dt.kind == "f" or (src.kind in "iu" and dt.kind in "iu"):
+        return bool(np.can_cast(src, dt, "safe"))
+    if src.kind in "iu" and dt.kind == "f":
+        value_bits = src.itemsize * 8 - (src.kind == "i")
+        return value_bits <= _SIGNIFICAND_BITS.get(dt.itemsize, 0)
+    return False
+
+
+def info_key_problem(key: Any) -> str | None:
+    """Say why an info key cannot name a column, or ``None`` when it can.
+
+    Nested info keys are ``/``-joined into column paths and each optional column has a
+    ``<name>@present`` companion, so a key holding ``/`` or ending in ``@present`` would
+    share a column with another key; non-str keys (``1`` and ``"1"``) likewise.
+    """
+    if not isinstance(key, str):
+        return f"is a {type(key).__name__}, not a str"
+    if "/" in key:
+        return "contains '/', which joins nested info keys into column paths"
+    if key.endswith(F.PRESENT_SUFFIX):
+        return f"ends with {F.PRESENT_SUFFIX!r}, the suffix of replaykit's presence columns"
+    if not F.is_valid_name(key):
+        return "is empty, starts with '.' or holds unprintable characters"
+    return None
 
 
 def flat_info(info: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
@@ -188,19 +267,23 @@ class LeafWriter:
     """Writes one leaf value per row into a column, refusing silent dtype or shape changes."""
 
     __slots__ = (
-        "col",
         "buf",
+        "col",
         "dt",
-        "shape",
-        "what",
-        "stream",
         "fast_type",
-        "tensor_type",
+        "name",
+        "shape",
+        "stream",
         "tdtype",
+        "tensor_type",
+        "what",
     )
 
-    def __init__(self, stream: StreamWriter, col: Column, what: str, first: Any = None) -> None:
+    def __init__(
+        self, stream: StreamWriter, col: Column, what: str, first: Any = None, name: str = ""
+    ) -> None:
         self.stream = stream
+        self.name = name  # the key an info writer records (meta.skipped_info names it)
         self.col = col
         self.buf = col.buf
         self.dt = col.buf.dtype
@@ -217,10 +300,14 @@ class LeafWriter:
         # CPU tensors of a dtype numpy shares (probes such as logits) copy straight in.
         self.tensor_type: type | None = None
         self.tdtype: Any = None
-        if col.logical is None and type(first).__module__.startswith("torch"):
-            if getattr(first, "device", None) is not None and first.device.type == "cpu":
-                self.tensor_type = type(first)
-                self.tdtype = first.dtype
+        if (
+            col.logical is None
+            and type(first).__module__.startswith("torch")
+            and getattr(first, "device", None) is not None
+            and first.device.type == "cpu"
+        ):
+            self.tensor_type = type(first)
+            self.tdtype = first.dtype
 
     def write(self, v: Any, p: int) -> None:
         """Store ``v`` at row ``p`` of the column's buffer."""
@@ -230,7 +317,13 @@ class LeafWriter:
                 self.buf[p] = v
                 return
         elif c is self.fast_type:
-            self.buf[p] = v
+            try:
+                self.buf[p] = v
+            except OverflowError:
+                raise NotRecordableError(
+                    f"{self.what} is the int {v} at row {self.stream.rows}, beyond int64; "
+                    "replaykit stores integers of at most 64 bits exactly"
+                ) from None
             return
         elif (
             c is self.tensor_type
@@ -244,12 +337,14 @@ class LeafWriter:
         if (logical or arr.dtype) != (
             self.col.logical or self.col.dtype
         ) or arr.shape != self.shape:
+            # Refused, never converted: a column has one dtype (FORMAT.md, "Ragged values"),
+            # and storing a float64 into a float32 column would round it silently.
             raise CaptureError(
                 f"{self.what} changed from {self.col.logical or self.col.dtype}"
                 f"{list(self.shape)} to "
                 f"{logical or arr.dtype}{list(arr.shape)} at row {self.stream.rows}; replaykit "
-                "records each key with one dtype and shape (exclude ragged info keys with "
-                "ignore_info=...)"
+                "records each key with one dtype and shape and never rounds: cast it "
+                "consistently (or exclude a ragged info key with ignore_info=...)"
             )
         self.buf[p] = arr
 
@@ -297,7 +392,7 @@ def column_writer(
         skipped.add(name)
         return None
     col = s.column(column, arr.dtype, arr.shape, logical=logical, optional=optional)
-    return LeafWriter(s, col, what, value)
+    return LeafWriter(s, col, what, value, name)
 
 
 def nonfinite_meta(tracked: Any, snapshot_name: str, stacklevel: int = 3) -> dict[str, Any] | None:
@@ -367,18 +462,41 @@ class UpdateLog:
         s = self._stream
         if s is None:
             s = self._stream = self._writer.stream(F.UPDATES)
+        # Every value is checked before anything is written: a refused update leaves no
+        # half-filled row (a stale present flag would show up in the next update).
+        rows = self.count
+        checked = []
+        for name, value in values.items():
+            what = f"update value {name!r}"
+            problem = info_key_problem(name)
+            if problem is not None:
+                raise CaptureError(
+                    f"{what} (update {rows}) {problem}; rename it: update names are column names"
+                )
+            arr, logical = to_array(value, what)
+            key = F.column_path(F.PROBE, name)
+            col = s.columns.get(key)
+            if col is not None and (
+                (logical or arr.dtype) != (col.logical or col.dtype) or arr.shape != col.shape
+            ):
+                raise CaptureError(
+                    f"{what} changed from {col.logical or col.dtype}{list(col.shape)} to "
+                    f"{logical or arr.dtype}{list(arr.shape)} at update {rows}; replaykit "
+                    "records each value with one dtype and shape and never rounds: cast it "
+                    "consistently"
+                )
+            checked.append((name, key, what, arr, logical))
         p = s.pos
         step_col = s.column(F.UPDATE_STEP, np.dtype(np.int64), ())
         step_col.buf[p] = step
-        for name, value in values.items():
-            key = F.column_path(F.PROBE, name)
-            what = f"update value {name!r}"
-            arr, logical = to_array(value, what)
+        for name, key, _what, arr, logical in checked:
             if key not in s.columns:
                 self._order.append(name)
                 self._writer.update_meta(**{F.META_UPDATE_PROBE_ORDER: list(self._order)})
             col = s.column(key, arr.dtype, arr.shape, logical=logical, optional=True)
-            LeafWriter(s, col, what).write_present(value, p)
+            col.buf[p] = arr
+            assert col.present is not None
+            col.present[p] = True
         s.end_row()
         if self.first_nonfinite is None:
             bad = first_nonfinite_value(values)
