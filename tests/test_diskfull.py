@@ -106,7 +106,7 @@ def test_file_size_limit_keeps_last_commit(tmp_path: Path, limit: int) -> None:
 @pytest.mark.parametrize("mode", ["plain", "gzip"])
 @pytest.mark.integration
 def test_file_size_limit_sweep(tmp_path: Path, limit: int, mode: str) -> None:
-    path, out = _run(tmp_path, limit, mode)
+    path, _ = _run(tmp_path, limit, mode)
     if path.exists():
         validate_file(path)
 

@@ -110,7 +110,7 @@ def test_snapshot_bytes_budget_is_for_the_whole_file(rec: Path) -> None:
         for i in range(4):
             # Unallocated contiguous datasets: declared, never stored.
             snap.create_dataset(f"b{i}", shape=(int(size * 0.6),), dtype=np.uint8)
-    with pytest.raises(UnsafeFileError, match="declare .* bytes in all"):
+    with pytest.raises(UnsafeFileError, match=r"declare .* bytes in all"):
         Recording(rec)
 
 

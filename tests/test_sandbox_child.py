@@ -152,6 +152,6 @@ def test_child_cpu_limit_holds_without_parent_timeout(
     # The CPU cap is timeout + 1 + CPU_STARTUP_S seconds: 3 s here, against a 20 s timeout.
     monkeypatch.setattr(check, "CPU_STARTUP_S", -18)
     t0 = time.monotonic()
-    with pytest.raises(UnsafeFileError, match="SIGXCPU|SIGKILL"):
+    with pytest.raises(UnsafeFileError, match=r"SIGXCPU|SIGKILL"):
         check.validate_file(small_recording, sandbox=True, timeout=20.0)
     assert time.monotonic() - t0 < 30

@@ -48,6 +48,8 @@ _READY = "replaykit-check-ready"
 # CPU seconds the sandbox child may spend beyond the validation timeout (interpreter start,
 # imports): its RLIMIT_CPU, which holds even when the parent is gone.
 CPU_STARTUP_S = 60
+# Snapshot names a report's summary line lists.
+_SHOWN_SNAPSHOTS = 8
 
 # Error classes a sandboxed child may report, by name. A fixed table: a name read
 # from the child's output is looked up here, never imported.
@@ -111,14 +113,14 @@ class CheckReport:
         terminal escape sequences must not clear or recolour the reader's screen.
         """
         streams = ", ".join(f"{printable(k)}: {v} rows" for k, v in self.streams.items()) or "none"
-        snaps = [printable(n) for n in self.snapshots[:8]]
+        snaps = [printable(n) for n in self.snapshots[:_SHOWN_SNAPSHOTS]]
         lines = [
             f"{printable(self.path)}: OK (format v{self.format_version}, env "
             f"{printable(str(self.env_id))}, recorded {printable(self.created)})",
             f"  streams: {streams}",
             f"  snapshots: {len(self.snapshots)}"
             + (
-                f" ({', '.join(snaps)}{', ...' if len(self.snapshots) > 8 else ''})"
+                f" ({', '.join(snaps)}{', ...' if len(self.snapshots) > _SHOWN_SNAPSHOTS else ''})"
                 if self.snapshots
                 else ""
             ),
@@ -291,7 +293,8 @@ def _sandboxed(path: Path, timeout: float, memory_mb: int) -> CheckReport:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
-        preexec_fn=_child_limits(timeout),
+        # Only async-signal-safe C calls resolved in the parent (see _child_limits).
+        preexec_fn=_child_limits(timeout),  # noqa: PLW1509
     )
     assert proc.stdout is not None and proc.stderr is not None
     out = b""

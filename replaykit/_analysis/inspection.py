@@ -46,10 +46,11 @@ def _column_stats(stream: Any, column: str, block_rows: int) -> dict[str, Any]:
     lo_v: float | None = None
     hi_v: float | None = None
     numeric = True
-    for start, block in stream.blocks(column, block_rows):
+    for start, rows in stream.blocks(column, block_rows):
+        block = rows
         if out["optional"]:
-            mask = stream.present(column, start, start + len(block))
-            block = block[mask] if mask is not None else block
+            mask = stream.present(column, start, start + len(rows))
+            block = rows[mask] if mask is not None else rows
         present_rows += len(block)
         if logical == "bfloat16":
             values = bf16_to_float(block)

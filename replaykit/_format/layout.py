@@ -39,6 +39,8 @@ FORMAT_NAME: Final = "replaykit.recording"
 # files that do not need version 3 stay readable by version 2 readers.
 FORMAT_VERSION: Final = 3
 BASE_VERSION: Final = 2
+# Version 2: small snapshot arrays packed, names inside checksummed records.
+PACK_VERSION: Final = 2
 SPILL_VERSION: Final = 3
 # Oldest version readers accept (version 1 stores every snapshot array as a dataset).
 OLDEST_VERSION: Final = 1

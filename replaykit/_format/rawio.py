@@ -22,6 +22,7 @@ writes back in the background), so by default the store uses direct I/O only whe
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -167,10 +168,9 @@ class DirectWriter:
                 os.close(fd)
         self._fd = self._tail_fd = None
         for b in self._bufs:
-            try:
+            # A view may still live (a traceback's frame): the GC unmaps it then.
+            with contextlib.suppress(BufferError):
                 b.close()
-            except BufferError:  # a view still lives (a traceback's frame): GC unmaps it
-                pass
         self._bufs = []
 
     def __enter__(self) -> DirectWriter:

@@ -131,12 +131,18 @@ def _parse_layout(layout: Any) -> tuple[np.dtype, tuple[int, ...], int]:
     if any(x < 0 for x in shape):
         raise ValueError(f"bad shape {shape}")
     hit = dtype, shape, dtype.itemsize * math.prod(shape)
-    if len(_LAYOUTS) < 4096:  # the few layouts a process meets, parsed once
+    if len(_LAYOUTS) < _CACHE_MAX:  # the few layouts a process meets, parsed once
         _LAYOUTS[layout] = hit
     return hit
 
 
 _LAYOUTS: dict[str, tuple[np.dtype, tuple[int, ...], int]] = {}
+# Entries a per-process parse cache keeps (layouts, column dtype spellings).
+_CACHE_MAX = 4096
+# Row shapes have at most this many dimensions (numpy's own limit is 64).
+_MAX_NDIM = 32
+# dtype.str spellings are at most this long ("<f8", "|b1", "<c16").
+_DTYPE_STR_MAX = 8
 
 
 def _read_rows(dsid: h5py.h5d.DatasetID, start: int, out: np.ndarray) -> None:
@@ -174,7 +180,7 @@ def _now() -> str:
 
 def _storage_dtype(dtype: np.dtype, logical: str | None) -> np.dtype:
     if logical is not None:
-        return cast(np.dtype, F.LOGICAL_DTYPES[logical])
+        return F.LOGICAL_DTYPES[logical]
     return dtype
 
 
@@ -203,7 +209,7 @@ class Column:
     disk. ``present`` (optional columns only) marks the rows that hold a value.
     """
 
-    __slots__ = ("name", "dtype", "shape", "logical", "buf", "present", "ds", "pds", "_h", "_ph")
+    __slots__ = ("_h", "_ph", "buf", "ds", "dtype", "logical", "name", "pds", "present", "shape")
 
     def __init__(
         self, name: str, dtype: np.dtype, shape: tuple[int, ...], logical: str | None, block: int
@@ -722,10 +728,9 @@ class RecordingWriter:
                 os.close(ro)
         except (OSError, RuntimeError, ValueError, TypeError):
             pass
-        try:
+        # libhdf5's flush at close fails on the read-only descriptor: nothing left to save.
+        with contextlib.suppress(Exception):
             self._file.close()
-        except Exception:  # noqa: BLE001 - libhdf5's failed flush at close: nothing to save
-            pass
         return self._broken
 
     def _commit(self) -> None:
@@ -1024,7 +1029,7 @@ _RAW_ERRORS = (
 class _guard:  # noqa: N801 - used as a context manager, reads like a keyword
     """Turn a raw library error into a :class:`FileFormatError` naming file and object."""
 
-    __slots__ = ("path", "obj", "what")
+    __slots__ = ("obj", "path", "what")
 
     def __init__(self, path: Path, obj: str | None, what: str) -> None:
         self.path, self.obj, self.what = path, obj, what
@@ -1304,7 +1309,9 @@ def _check_columns(columns: Any, checksums: Any, path: Path, obj: str) -> None:
             if not _column_dtype_ok(d):
                 problem = f"has dtype {str(d)[:40]!r}, expected a bool/int/float/complex dtype"
             elif not (
-                isinstance(shape, list) and len(shape) <= 32 and all(_is_count(x) for x in shape)
+                isinstance(shape, list)
+                and len(shape) <= _MAX_NDIM
+                and all(_is_count(x) for x in shape)
             ):
                 problem = f"has shape {str(shape)[:40]!r}, expected a list of sizes"
             elif not isinstance(spec.get(F.COLUMN_OPTIONAL, False), bool):
@@ -1333,7 +1340,12 @@ def _column_dtype_ok(d: Any) -> bool:
     if hit is None:
         if d in F.LOGICAL_DTYPES:
             hit = True
-        elif len(d) > 8 or d[:1] not in "<>|=" or not d[1:2].isalpha() or not d[2:].isdigit():
+        elif (
+            len(d) > _DTYPE_STR_MAX
+            or d[:1] not in "<>|="
+            or not d[1:2].isalpha()
+            or not d[2:].isdigit()
+        ):
             hit = False  # only dtype.str spellings ("<f8", "|b1"): no field lists, no names
         else:
             try:
@@ -1341,7 +1353,7 @@ def _column_dtype_ok(d: Any) -> bool:
                 hit = dt.kind in F.ALLOWED_KINDS and dt.fields is None and dt.subdtype is None
             except (TypeError, ValueError):
                 hit = False
-        if len(_COLUMN_DTYPES) < 256:
+        if len(_COLUMN_DTYPES) < _CACHE_MAX:
             _COLUMN_DTYPES[d] = hit
     return hit
 
@@ -1399,7 +1411,11 @@ class StreamReader:
         if rows < 0:
             raise FileFormatError(f"commit record claims {rows} rows", path=rec.path, obj=where)
         _check_columns(columns, checksums, rec.path, where)
-        if rec.verify and rec.format_version >= 2 and commit.get(F.COMMIT_STREAM) != name:
+        if (
+            rec.verify
+            and rec.format_version >= F.PACK_VERSION
+            and commit.get(F.COMMIT_STREAM) != name
+        ):
             raise ChecksumError(
                 f"stream group {name!r} holds the commit record of stream "
                 f"{commit.get(F.COMMIT_STREAM)!r} (a damaged name); re-record it or use a good "
@@ -1431,7 +1447,7 @@ class StreamReader:
             return np.dtype(bool), ()
         spec = self.columns[name]
         d = spec[F.COLUMN_DTYPE]
-        dtype = cast(np.dtype, F.LOGICAL_DTYPES[d]) if d in F.LOGICAL_DTYPES else np.dtype(d)
+        dtype = F.LOGICAL_DTYPES[d] if d in F.LOGICAL_DTYPES else np.dtype(d)
         return dtype, tuple(int(x) for x in spec[F.COLUMN_SHAPE])
 
     def _dataset(self, name: str) -> h5py.h5d.DatasetID:
@@ -1868,7 +1884,7 @@ class Recording:
         for n in gid:
             if h5a.exists(h5py.h5o.open(gid, n), commit):
                 names.append(n.decode("utf-8", "replace"))
-            elif self.format_version >= 2:
+            elif self.format_version >= F.PACK_VERSION:
                 # Version 2 writers give each stream its record when they create it.
                 raise FileFormatError(
                     "stream group has no commit record (version 2 writers create it with the "
@@ -1892,7 +1908,7 @@ class Recording:
                 return False
             if h5a.exists(oid, F.COMMIT_ATTR.encode()):
                 return True
-        if self.format_version >= 2:
+        if self.format_version >= F.PACK_VERSION:
             self._list_streams()  # raises: a version 2 stream group always has a record
         return False
 
@@ -1915,7 +1931,7 @@ class Recording:
             g = self._file.get(F.SNAPSHOTS_GROUP)
             if not isinstance(g, h5py.Group):
                 return []
-            return [n for n in g.keys() if n.startswith(F.TMP_PREFIX)]
+            return [n for n in g if n.startswith(F.TMP_PREFIX)]
 
     @property
     def snapshots(self) -> list[SnapshotInfo]:
@@ -1943,7 +1959,11 @@ class Recording:
                     "snapshot is not a group; the file is damaged", path=self.path, obj=where
                 )
             meta, _, _ = self._snapshot_attrs(sid, where)
-            if self.verify and self.format_version >= 2 and meta.get(F.SNAP_NAME) != name:
+            if (
+                self.verify
+                and self.format_version >= F.PACK_VERSION
+                and meta.get(F.SNAP_NAME) != name
+            ):
                 raise ChecksumError(
                     f"snapshot {name!r} holds the metadata of snapshot {meta.get(F.SNAP_NAME)!r} "
                     "(a damaged name); re-record it or use a good copy",
@@ -1992,7 +2012,7 @@ class Recording:
             ) from None
         if self.verify:
             attrs = {F.SNAPSHOT_ATTR: meta_json, F.TREE_ATTR: tree_json}
-            if self.format_version >= 2:
+            if self.format_version >= F.PACK_VERSION:
                 expected = _attrs_digest(
                     attrs,
                     checksums.get(F.LOGICAL_KEY),
@@ -2083,7 +2103,7 @@ class Recording:
                     obj=where,
                 )
             layouts = None
-        offsets = checksums.get(F.PACK_KEY) if self.format_version >= 2 else {}
+        offsets = checksums.get(F.PACK_KEY) if self.format_version >= F.PACK_VERSION else {}
         if not isinstance(offsets, dict):
             raise FileFormatError(
                 "snapshot checksums lack the pack offsets; the file is damaged or edited",
@@ -2180,7 +2200,8 @@ class Recording:
                 path=self.path,
                 obj=f"{where}/{F.PACK_DATASET}",
             ) from None
-        return pack[off : off + n].view(dtype).reshape(shape).copy()
+        out: np.ndarray = pack[off : off + n].view(dtype).reshape(shape).copy()
+        return out
 
     # layout
     def layout(self) -> dict[str, Any]:

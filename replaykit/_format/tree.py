@@ -35,7 +35,7 @@ import numpy as np
 from replaykit._format.layout import ALLOWED_KINDS, LOGICAL_DTYPES
 from replaykit.errors import CaptureError, FileFormatError
 
-__all__ = ["encode", "decode", "tensor_to_numpy", "numpy_to_tensor"]
+__all__ = ["decode", "encode", "numpy_to_tensor", "tensor_to_numpy"]
 
 _TORCH_LOGICAL = {"bfloat16", "float8_e4m3fn", "float8_e5m2"}
 # Every tensor dtype name a file may hold. A name read from a file is looked up here, never
@@ -136,7 +136,8 @@ class _Encoder:
         self.arrays.append(arr)
         return len(self.arrays) - 1
 
-    def node(self, obj: Any, path: str) -> Any:
+    # One return per node kind, in the order the document table lists them.
+    def node(self, obj: Any, path: str) -> Any:  # noqa: PLR0911
         # bool before int: bool is an int subclass.
         if obj is None or isinstance(obj, (bool, str)):
             return obj
@@ -222,9 +223,12 @@ def decode(doc: Any, arrays: list[np.ndarray]) -> Any:
 
 
 _MAX_DEPTH = 200
+# A tree mapping entry is a [key, value] pair.
+_PAIR = 2
 
 
-def _decode(doc: Any, arrays: list[np.ndarray], depth: int) -> Any:
+# One branch per tag of the table in the module docstring: a flat, closed dispatch.
+def _decode(doc: Any, arrays: list[np.ndarray], depth: int) -> Any:  # noqa: C901, PLR0911
     if depth > _MAX_DEPTH:
         raise FileFormatError("state tree nests deeper than 200 levels")
     if doc is None or isinstance(doc, (bool, int, float, str)):
@@ -237,7 +241,7 @@ def _decode(doc: Any, arrays: list[np.ndarray], depth: int) -> Any:
     if "M" in doc and len(doc) == 1 and isinstance(doc["M"], list):
         out = {}
         for pair in doc["M"]:
-            if not isinstance(pair, list) or len(pair) != 2:
+            if not isinstance(pair, list) or len(pair) != _PAIR:
                 raise FileFormatError("malformed state tree mapping entry")
             key = _decode(pair[0], arrays, d)
             if isinstance(key, (dict, list)):
