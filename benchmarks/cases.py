@@ -130,6 +130,74 @@ def _throughput_row(
     )
 
 
+def _image_rows(steps: int, reps: int, tmp: Path) -> list[Row]:
+    """ALE/Pong-v5 recorded with each compression filter: CPU time of the whole recording.
+
+    Each rep records ``steps`` steps into a new file, close included (blocks are compressed
+    as they fill, so a per-round median would skip them), against the same loop unrecorded;
+    the median rep is reported with the file size.
+    """
+    import gymnasium as gym
+
+    from replaykit._session.record import RecordingWrapper
+
+    name = "Recording, ALE/Pong-v5 image obs, compression={}"
+    try:
+        import ale_py
+
+        gym.register_envs(ale_py)
+        gym.make("ALE/Pong-v5").close()
+    except Exception as exc:  # the atari extra is not installed
+        why = f"{type(exc).__name__}: {exc}"[:60]
+        return [_row(name.format(c), "skipped", why, None, "", None) for c in ("None", "lzf")]
+
+    def plain() -> float:
+        env = gym.make("ALE/Pong-v5")
+        env.action_space.seed(0)
+        env.reset(seed=0)
+        took = _random_loop(env)(steps)
+        env.close()
+        return took
+
+    def recorded(comp: str | None, path: Path) -> float:
+        t0 = time.process_time()
+        rec = RecordingWrapper(gym.make("ALE/Pong-v5"), path, seed=0, compression=comp)
+        rec.reset()
+        _random_loop(rec)(steps)
+        rec.close()
+        return time.process_time() - t0
+
+    rows = []
+    comps: tuple[str | None, ...] = (None, "lzf", "gzip")
+    base, rec_s, sizes = [], {c: [] for c in comps}, {}  # type: ignore[var-annotated]
+    for _ in range(reps):
+        base.append(plain())
+        for comp in comps:
+            path = tmp / f"pong-{comp}.h5"
+            rec_s[comp].append(recorded(comp, path))
+            sizes[comp] = path.stat().st_size
+            path.unlink()
+    b = statistics.median(base)
+    for comp in comps:
+        r = statistics.median(rec_s[comp])
+        rows.append(
+            _row(
+                name.format(comp),
+                f"{steps / r:,.0f} steps/s, {sizes[comp] / 1e6:.1f} MB for {steps} steps "
+                f"({sizes[comp] / steps / 1e3:.1f} kB/step)",
+                f"{steps / b:,.0f} steps/s without replaykit",
+                b / r,
+                "reported (lossless)",
+                None,
+                bytes=sizes[comp],
+                steps=steps,
+                base_s=b,
+                rec_s=r,
+            )
+        )
+    return rows
+
+
 def _mlp_row(steps: int, rounds: int, tmp: Path) -> Row:
     import gymnasium as gym
     import torch
@@ -228,6 +296,9 @@ def case_throughput(quick: bool, tmp: Path) -> list[Row]:
         ),
         _mlp_row(400 if quick else 8_000, 2 if quick else 40, tmp),
     ]
+    # Image observations (210x160x3 uint8 frames): speed and size per compression filter,
+    # the figures behind `replaykit record --compression` defaulting to lzf.
+    rows += _image_rows(60 if quick else 3_000, 1 if quick else 3, tmp)
     return rows
 
 
@@ -276,13 +347,13 @@ def _best(fn: Callable[[], Any], reps: int) -> float:
 def _snapshot_rows(quick: bool, tmp: Path, device: str) -> list[Row]:
     import torch
 
-    import replaykit._format.store as store
     from replaykit import provenance
+    from replaykit._format import store
     from replaykit._state.modelstate import sharing
     from replaykit._state.snapshot import capture_tracked
 
     params = 200_000 if quick else 100_000_000
-    reps = 2 if quick else 2
+    reps = 2
     model, opt = _mlp_and_adam(params, device)
     tensors = _tensors(model, opt)
     nbytes = sum(t.numel() * t.element_size() for t in tensors)

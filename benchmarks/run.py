@@ -32,6 +32,7 @@ ROW_KEYS = (
     "Recording throughput, CartPole-v1",
     "Recording throughput, HalfCheetah-v5",
     "Recording, CartPole-v1 + mlp torch policy",
+    "Recording, ALE/Pong-v5 image obs",
     "Snapshot save:",
     "Snapshot load:",
     "Snapshot save/load [cuda]",
