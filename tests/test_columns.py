@@ -266,3 +266,55 @@ def test_skipped_rows_replay_cleanly(tmp_path: Path) -> None:
         if term or trunc:
             rep.env.reset()
     assert rep.verified_steps == 12
+
+
+# ------------------------------------------------------------------ item: block buffers by bytes
+def test_block_buffers_are_sized_by_bytes(tmp_path: Path) -> None:
+    """A 1 MiB info array buffers a few rows, not 4,096 (4 GiB); every row still lands."""
+    from replaykit._format.store import WRITE_BLOCK_MAX_BYTES
+
+    big = 1 << 17  # float64 elements: 1 MiB a row
+
+    def fn(t: int) -> tuple[Any, dict[str, Any]]:
+        return None, {"arr": np.full(big, float(t))}
+
+    env = _recorder(tmp_path / "big.h5", fn)
+    _run(env, 3)
+    s = env._steps
+    col = s.columns["info/arr"]
+    assert s.block == WRITE_BLOCK_MAX_BYTES // (big * 8) and col.buf.nbytes <= WRITE_BLOCK_MAX_BYTES
+    _run(env, 20)
+    _closed_and_valid(env)
+    with Recording(env.path) as rec:
+        arr = rec.stream(F.STEPS).read("info/arr")
+    assert arr.shape == (23, big) and arr[:, 0].tolist() == [float(t) for t in range(23)]
+    assert (arr == arr[:, :1]).all()
+
+
+def test_large_column_arriving_mid_block(tmp_path: Path) -> None:
+    """A large column first seen at row 100 ends that block early; rows stay in order."""
+    big = 1 << 17
+
+    def fn(t: int) -> tuple[Any, dict[str, Any]]:
+        info: dict[str, Any] = {"small": t}
+        if t >= 100:
+            info["arr"] = np.full(big, float(t))
+        return None, info
+
+    env = _recorder(tmp_path / "mid.h5", fn)
+    _run(env, 100)
+    assert env._steps.block == 4096
+    _run(env, 30)
+    s = env._steps
+    assert s.block == 8
+    # The buffer that spans the first block holds 101 rows, but only the rows written
+    # since were touched (zeroing at the block's end touched only the present row).
+    _run(env, 10)
+    _closed_and_valid(env)
+    with Recording(env.path) as rec:
+        st = rec.stream(F.STEPS)
+        assert st.read("info/small").tolist() == list(range(140))
+        present = st.present("info/arr")
+        assert present is not None and np.flatnonzero(present).tolist() == list(range(100, 140))
+        arr = st.read("info/arr")
+        assert arr[:100].sum() == 0 and arr[100:, 0].tolist() == [float(t) for t in range(100, 140)]

@@ -82,6 +82,10 @@ BLOCK_BYTES = 1 << 20
 # A stream looks at the clock (for time-based commits) once every this many rows.
 CLOCK_CHECK_ROWS = 64
 
+# Bytes a writer buffers per column before a block write: a stream's block holds fewer rows
+# when one of its columns has large rows (a 1 MiB info array: 8 rows, not 4,096 = 4 GiB).
+WRITE_BLOCK_MAX_BYTES = 8 << 20
+
 
 def _digest(data: bytes | memoryview | np.ndarray) -> str:
     return xxhash.xxh3_64_hexdigest(cast(Any, data))
@@ -238,6 +242,8 @@ class StreamWriter:
         self._writer = writer
         self.name = name
         self.block = block
+        self._base_block = block  # the block before large columns shrank it (chunk sizes)
+        self._next_block = 0  # the block to take at the end of this one, when it must shrink
         self.group = writer._file.require_group(F.stream_path(name))
         self.columns: dict[str, Column] = {}
         self.pos = 0  # row index inside the block buffers
@@ -274,20 +280,44 @@ class StreamWriter:
                 f"column {self.name}/{name} would have dtype {dtype}; only bool, int, float and "
                 "complex values are recorded"
             )
-        col = Column(name, dtype, shape, logical, self.block)
+        rows = self._block_for(dtype, shape, logical)
+        col = Column(name, dtype, shape, logical, rows)
         if optional:
-            col.present = np.zeros(self.block, dtype=bool)
+            col.present = np.zeros(rows, dtype=bool)
             col._ph = xxhash.xxh3_64()
             self.optional.append(col)
         self.columns[name] = col
         self._create_datasets(col)
         return col
 
+    def _block_for(self, dtype: np.dtype, shape: tuple[int, ...], logical: str | None) -> int:
+        """Shrink the stream's block for a new column of large rows; return its buffer rows.
+
+        Buffers stay bound where writers hold them (no reallocation): the existing ones are
+        only used up to the smaller block. When the current row lies past the new block,
+        this block ends after the current row instead: the new column's buffer then spans
+        it, allocated zeroed (pages untouched until written), and the block shrinks at the
+        end of this one.
+        """
+        row_bytes = _storage_dtype(dtype, logical).itemsize * int(np.prod(shape, dtype=np.int64))
+        rows = max(1, min(self._base_block, WRITE_BLOCK_MAX_BYTES // max(1, row_bytes)))
+        if rows >= self.block:
+            return self.block
+        if self.pos < rows:
+            self.block = rows
+        else:
+            self._next_block = min(rows, self._next_block or rows)
+            self.block = rows = self.pos + 1
+        self.check_at = self._next_check()
+        return rows
+
     def _create_datasets(self, col: Column) -> None:
         sdtype = col.buf.dtype
         row_bytes = max(1, sdtype.itemsize * int(np.prod(col.shape, dtype=np.int64)))
-        # ~16 KiB chunks: small files stay small, and block writes still span whole chunks.
-        chunk_rows = int(max(16, min(self.block, (16 << 10) // row_bytes)))
+        # ~16 KiB chunks: small files stay small, and block writes still span whole chunks
+        # (rows of more than 1 KiB: 16 rows a chunk, or the rows of one block if fewer).
+        big = max(1, min(16, WRITE_BLOCK_MAX_BYTES // row_bytes))
+        chunk_rows = int(max(big, min(self._base_block, (16 << 10) // row_bytes)))
         if all(col.shape):
             col.ds = self.group.create_dataset(
                 col.name,
@@ -372,12 +402,21 @@ class StreamWriter:
             self.rows_on_disk = stop
             self._flushed_pos = hi
         if self.pos == self.block:
+            used = self.pos
             self.pos = 0
             self._flushed_pos = 0
             for col in self.optional:
-                col.buf.fill(0)
                 assert col.present is not None
-                col.present.fill(False)
+                if col.buf.nbytes > WRITE_BLOCK_MAX_BYTES:
+                    # A buffer made to span a block that had to end (see _block_for): zero
+                    # only the rows written, so its untouched pages stay unallocated.
+                    col.buf[: len(col.present)][col.present] = 0
+                else:
+                    col.buf[:used].fill(0)
+                col.present[:used].fill(False)
+            if self._next_block:
+                self.block, self._next_block = self._next_block, 0
+            self.check_at = self._next_check()
             # Only a block that just filled may trigger a commit: firing on every call with
             # pos == 0 made commit -> write_pending -> maybe_commit -> commit recurse.
             if self.on_block_full is not None:
