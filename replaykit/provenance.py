@@ -84,14 +84,14 @@ def _git(cwd: str | None = None) -> dict[str, Any]:
 
 def collect(*, git: bool = True) -> dict[str, Any]:
     """Describe this process's setup as JSON-able data."""
-    import h5py
     import torch
 
+    from replaykit._format.store import library_versions
     from replaykit.determinism import determinism_flags
 
     versions: dict[str, Any] = {p: _version(p) for p in _PACKAGES}
     versions["python"] = platform.python_version()
-    versions["hdf5"] = h5py.version.hdf5_version
+    versions["hdf5"] = library_versions()["hdf5"]
     device: dict[str, Any] = {"cuda": None, "cudnn": None, "names": ["cpu"]}
     if torch.cuda.is_available():
         device["cuda"] = torch.version.cuda

@@ -38,6 +38,8 @@ __all__ = [
 # they start with LAYER_KEY_PREFIX.
 LAYER_PROBE_PREFIX = "layer/"
 LAYER_KEY_PREFIX = f"{F.UPDATES}/{F.column_path(F.PROBE, LAYER_PROBE_PREFIX)}"
+# A layer probe column read for one row: shape (1, 2) = [[execution index, digest]].
+_ROW_NDIM = 2
 
 
 def _tensors(x: Any) -> list[torch.Tensor]:
@@ -55,12 +57,12 @@ def _tensors(x: Any) -> list[torch.Tensor]:
 def _digest(tensors: list[torch.Tensor]) -> int:
     import xxhash
 
-    from replaykit._state.modelstate import _raw_bytes
+    from replaykit._state.modelstate import raw_bytes
 
     h = xxhash.xxh3_64()
     for t in tensors:
         h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(_raw_bytes(t))
+        h.update(raw_bytes(t))
     return h.intdigest()
 
 
@@ -227,7 +229,8 @@ def locate_first_module(divergences: list[KeyDivergence], updates: Any) -> Layer
                 continue
             present = updates.present(col, row, row + 1)
             value = updates.read(col, row, row + 1)
-            if (present is None or bool(present[0])) and value.ndim == 2 and value.shape[1] >= 1:
+            is_event = value.ndim == _ROW_NDIM and value.shape[1] >= 1
+            if (present is None or bool(present[0])) and is_event:
                 seq[d.key] = int(value[0][0])
     first = min(at_row, key=lambda d: (seq.get(d.key, 1 << 62), d.key))
     module, _, kind = first.key[len(LAYER_KEY_PREFIX) :].rpartition("/")

@@ -51,6 +51,7 @@ __all__ = [
     "capture_object",
     "first_nonfinite",
     "parameters_digest",
+    "raw_bytes",
     "register_state_type",
     "restore_object",
     "tensor_digest",
@@ -611,7 +612,8 @@ def _(obj: torch.amp.GradScaler, tree: Any) -> None:
 # digests and non-finite checks
 
 
-def _raw_bytes(t: torch.Tensor) -> Any:
+def raw_bytes(t: torch.Tensor) -> Any:
+    """Return the bytes of ``t``'s elements (on the CPU, contiguous), for hashing."""
     t = t.detach().to("cpu").contiguous().reshape(-1)
     # Viewing as bytes works for every dtype, including bfloat16 and float8 that NumPy lacks.
     # (typed Any: numpy's stubs do not declare the buffer protocol xxhash's stubs ask for)
@@ -629,7 +631,7 @@ def tensor_digest(t: torch.Tensor) -> str:
     Returns:
         16 hex characters.
     """
-    return xxhash.xxh3_64_hexdigest(_raw_bytes(t))
+    return xxhash.xxh3_64_hexdigest(raw_bytes(t))
 
 
 def parameters_digest(module: torch.nn.Module) -> str:
@@ -647,7 +649,7 @@ def parameters_digest(module: torch.nn.Module) -> str:
     h = xxhash.xxh3_64()
     for name, p in module.named_parameters():
         h.update(f"{name}|{p.dtype}|{tuple(p.shape)}|".encode())
-        h.update(_raw_bytes(p))
+        h.update(raw_bytes(p))
     return h.hexdigest()
 
 
