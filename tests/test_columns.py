@@ -318,3 +318,42 @@ def test_large_column_arriving_mid_block(tmp_path: Path) -> None:
         assert present is not None and np.flatnonzero(present).tolist() == list(range(100, 140))
         arr = st.read("info/arr")
         assert arr[:100].sum() == 0 and arr[100:, 0].tolist() == [float(t) for t in range(100, 140)]
+
+
+# ------------------------------------------------------------------ vector recordings: same rules
+def _vector(path: Path, fn: Callable[[int], dict[str, Any]]) -> Any:
+    """Two CartPoles whose infos are ``fn(t)``; the vector env batches them per key."""
+    from replaykit._session.vector import VectorRecordingWrapper, capturable
+
+    def make() -> gym.Env[Any, Any]:
+        return _Rewrite(gym.make("CartPole-v1"), lambda t: (None, fn(t)))
+
+    vec = VectorRecordingWrapper(gym.vector.SyncVectorEnv(capturable([make] * 2)), path, seed=3)
+    vec.reset()
+    return vec
+
+
+def test_vector_colliding_info_key_refused_before_writing(tmp_path: Path) -> None:
+    two = np.zeros(2)
+    vec = _vector(tmp_path / "v.h5", lambda t: {"ok": two} if t < 2 else {"new": two, "a/b": two})
+    for _ in range(2):
+        vec.step(np.zeros(2, np.int64))
+    with pytest.raises(CaptureError, match=r"info key 'a/b'.*contains '/'"):
+        vec.step(np.zeros(2, np.int64))
+    vec.close()
+    replaykit.validate_file(vec.path)
+    with Recording(vec.path) as rec:
+        cols = [c for c in rec.stream(F.STEPS).columns if c.startswith("info/")]
+    assert cols == ["info/_ok", "info/ok"]  # the value and the vector env's mask
+
+
+def test_vector_non_numeric_later_value_is_skipped(tmp_path: Path) -> None:
+    vec = _vector(tmp_path / "v.h5", lambda t: {"v": None if t == 3 else np.full(2, t, np.int64)})
+    for _ in range(6):
+        vec.step(np.zeros(2, np.int64))
+    vec.close()
+    replaykit.validate_file(vec.path)
+    with Recording(vec.path) as rec:
+        present = rec.stream(F.STEPS).present("info/v")
+        assert present is not None and np.flatnonzero(~present).tolist() == [3]
+        assert rec.meta[F.META_SKIPPED_INFO] == ["v"]

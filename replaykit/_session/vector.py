@@ -51,10 +51,12 @@ from replaykit._format import layout as F
 from replaykit._format.store import Recording, SnapshotInfo, StreamWriter
 from replaykit._session.recorder import (
     LeafWriter,
+    NotRecordableError,
     RecorderCore,
     check_seed_and_schedule,
     column_writer,
     env_spec_json,
+    info_key_problem,
     json_options,
 )
 from replaykit._session.verifier import (
@@ -230,23 +232,42 @@ def _seeds(seed: int | Sequence[int | None] | None, n: int) -> list[int | None]:
 
 
 def _info_items(
-    infos: Mapping[str, Any], obs_leaves: list[_spaces.Leaf], batch: Mapping[str, np.ndarray]
-) -> Iterator[tuple[str, Any]]:
-    """Flatten batched vector infos; ``final_obs`` object arrays become zero-filled batches."""
+    infos: Mapping[Any, Any],
+    obs_leaves: list[_spaces.Leaf],
+    batch: Mapping[str, np.ndarray],
+    prefix: tuple[Any, ...] = (),
+) -> Iterator[tuple[tuple[Any, ...], Any]]:
+    """Flatten batched vector infos to ``(key parts, value)``.
+
+    ``final_obs`` object arrays become zero-filled batches, one per observation leaf, keyed
+    ``(("final_obs/<leaf>",),)``: a one-string tuple, the path replaykit made (never a
+    user's key, which is a tuple of the user's keys).
+    """
     for key, value in infos.items():
         if isinstance(value, Mapping):
-            for sub, v in _info_items(value, obs_leaves, batch):
-                yield f"{key}/{sub}", v
-        elif key == F.FINAL_OBS and isinstance(value, np.ndarray) and value.dtype == object:
+            yield from _info_items(value, obs_leaves, batch, (*prefix, key))
+        elif (
+            not prefix
+            and key == F.FINAL_OBS
+            and isinstance(value, np.ndarray)
+            and value.dtype == object
+        ):
             for leaf in obs_leaves:
                 out = np.zeros_like(batch[leaf.name])
                 get = _spaces.getter(leaf.path)
                 for i, o in enumerate(value):
                     if o is not None:
                         out[i] = get(o)
-                yield F.column_path(F.FINAL_OBS, leaf.name), out
+                yield (F.column_path(F.FINAL_OBS, leaf.name),), out
         else:
-            yield str(key), value
+            yield (*prefix, key), value
+
+
+def _flat_infos(
+    infos: Mapping[Any, Any], obs_leaves: list[_spaces.Leaf], batch: Mapping[str, np.ndarray]
+) -> dict[str, Any]:
+    """Flattened infos keyed by their ``/``-joined column names (what replay compares)."""
+    return {"/".join(map(str, k)): v for k, v in _info_items(infos, obs_leaves, batch)}
 
 
 def _batch_dict(value: Any, leaves: list[_spaces.Leaf]) -> dict[str, np.ndarray]:
@@ -339,7 +360,8 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
             commit_every_steps=commit_every_steps,
             commit_every_seconds=commit_every_seconds,
         )
-        self._writers: dict[tuple[str, str], LeafWriter | None] = {}
+        # (stream, column path) for obs, actions and scalars; (stream, key parts) for infos.
+        self._writers: dict[tuple[str, Any], LeafWriter | None] = {}
         self._skipped: set[str] = set()
         self._t = 0
         self._reset_count = 0
@@ -404,8 +426,75 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
         batch = _batch_dict(obs, self._obs_leaves)
         for leaf in self._obs_leaves:
             self._write(s, F.column_path(F.OBS, leaf.name), batch[leaf.name], p, False)
-        for key, value in _info_items(infos, self._single_obs_leaves, batch):
-            self._write(s, F.column_path(F.INFO, key), value, p, True)
+        items = list(_info_items(infos, self._single_obs_leaves, batch))
+        # Every new key is checked before any column is created: a refused key leaves the
+        # file as it was. Writers are looked up by the key's parts, so a key holding '/'
+        # never reaches a nested key's column.
+        for parts, _ in items:
+            if (s.name, parts) not in self._writers:
+                self._check_info_key(s, parts)
+        for parts, value in items:
+            self._write_info(s, parts, value, p)
+
+    def _check_info_key(self, s: StreamWriter, parts: tuple[Any, ...]) -> None:
+        """Refuse a new info key that cannot name a column of its own (see record.py)."""
+        key = "/".join(map(str, parts))
+        generated = len(parts) == 1 and key.startswith(F.FINAL_OBS + "/")
+        if key in self._ignore_info or generated:
+            return
+        for part in parts:
+            problem = info_key_problem(part)
+            if problem is not None:
+                raise CaptureError(
+                    f"info key {key!r} at step {self._t}: {part!r} {problem}; rename it, or "
+                    f"exclude it with ignore_info=[{key!r}]"
+                )
+        column = F.column_path(F.INFO, key)
+        for other in s.columns:
+            if other.startswith(column + "/") or column.startswith(other + "/"):
+                raise CaptureError(
+                    f"info key {key!r} at step {self._t} collides with the recorded column "
+                    f"{other!r} (a key that is a number in one step and a dict in another); "
+                    f"keep each key's structure, or exclude it with ignore_info=[{key!r}]"
+                )
+
+    def _write_info(self, s: StreamWriter, parts: tuple[Any, ...], value: Any, p: int) -> None:
+        """Write one info value; a value that is not recordable is skipped for this row."""
+        w = self._writers.get((s.name, parts), _MISSING)
+        name = "/".join(map(str, parts))
+        if w is _MISSING:
+            w = self._writers[(s.name, parts)] = column_writer(
+                s,
+                F.column_path(F.INFO, name),
+                F.column_path(F.INFO, name),
+                value,
+                optional=True,
+                name=name,
+                ignore=self._ignore_info,
+                skipped=self._skipped,
+            )
+        if w is None:
+            return
+        assert w.col.present is not None
+        if w.col.present[p]:
+            raise CaptureError(
+                f"info key {name!r} at step {self._t} names a column another key of the same "
+                "info dict already filled; rename one of them"
+            )
+        try:
+            w.write(value, p)
+        except NotRecordableError:
+            # FORMAT.md: non-numeric values are skipped; @present records the absence.
+            self._skipped.add(name)
+            return
+        w.col.present[p] = True
+
+    def _discard_row(self, s: StreamWriter, p: int) -> None:
+        """Undo what a refused call wrote into row ``p`` of the stream's optional columns."""
+        for col in s.optional:
+            assert col.present is not None
+            col.present[p] = False
+            col.buf[p] = 0
 
     # ---------------------------------------------------------------- gymnasium API
     def reset(
@@ -453,13 +542,17 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
         obs, rewards, terms, truncs, infos = self.env.step(actions)
         s = self._steps
         p = s.pos
-        act = _batch_dict(actions, self._act_leaves)
-        for leaf in self._act_leaves:
-            self._write(s, F.column_path(F.ACTION, leaf.name), act[leaf.name], p, False)
-        self._write_obs_info(s, obs, infos, p)
-        self._write(s, F.REWARD, np.asarray(rewards), p, False)
-        self._write(s, F.TERMINATED, np.asarray(terms, dtype=np.bool_), p, False)
-        self._write(s, F.TRUNCATED, np.asarray(truncs, dtype=np.bool_), p, False)
+        try:
+            act = _batch_dict(actions, self._act_leaves)
+            for leaf in self._act_leaves:
+                self._write(s, F.column_path(F.ACTION, leaf.name), act[leaf.name], p, False)
+            self._write_obs_info(s, obs, infos, p)
+            self._write(s, F.REWARD, np.asarray(rewards), p, False)
+            self._write(s, F.TERMINATED, np.asarray(terms, dtype=np.bool_), p, False)
+            self._write(s, F.TRUNCATED, np.asarray(truncs, dtype=np.bool_), p, False)
+        except CaptureError:
+            self._discard_row(s, p)
+            raise
         done = np.logical_or(terms, truncs)
         if pending is not None:
             self._episodes[pending] += 1
@@ -593,7 +686,7 @@ class VectorReplay(ReplayCore):
         self._v.check(
             F.TRUNCATED, rows.get(F.TRUNCATED, t)[0], np.asarray(truncs, np.bool_), **where
         )
-        live = dict(_info_items(infos, self._single_obs_leaves, batch))
+        live = _flat_infos(infos, self._single_obs_leaves, batch)
         self._check_info(rows, t, live, "info", where)
         done = np.logical_or(terms, truncs)
         if self._mode == AutoresetMode.NEXT_STEP:
@@ -628,7 +721,7 @@ class VectorReplay(ReplayCore):
         obs, infos = self._vec.reset(seed=cast(Any, seed), options=options)
         batch = _batch_dict(obs, self._obs_leaves)
         self._check_leaves(rows, r, F.OBS, batch, where, key_prefix="reset/")
-        live = dict(_info_items(infos, self._single_obs_leaves, batch))
+        live = _flat_infos(infos, self._single_obs_leaves, batch)
         self._check_info(rows, r, live, "reset/info", where)
         which = np.ones(self._n, np.bool_) if mask is None else np.asarray(mask, np.bool_)
         self.episodes[which] += 1
