@@ -138,7 +138,7 @@ def test_qpos_qvel_restore_diverges_but_full_state_does_not() -> None:
     env_id = "Hopper-v5"
     diverged: dict[int, int | None] = {}
     for warmup in LANDING_WARMUPS:
-        env, state, actions, reference = _snapshot(env_id, warmup)
+        _env, state, actions, reference = _snapshot(env_id, warmup)
         full = _fresh(env_id, warmup)
         rk_mujoco.MujocoEnvAdapter().restore(full.unwrapped, copy.deepcopy(state))
         assert _first_divergence(reference, _rollout(full, actions)) is None

@@ -116,7 +116,7 @@ def test_killed_direct_io_snapshot_is_never_published(
     if not _direct_io_works(tmp_path):
         pytest.skip("this file system has no direct I/O")
 
-    class Boom(Exception):
+    class BoomError(Exception):
         pass
 
     p = tmp_path / "k.h5"
@@ -125,10 +125,10 @@ def test_killed_direct_io_snapshot_is_never_published(
 
     def die(self: _rawio.DirectWriter, offset: int, data: np.ndarray, hasher: Any = None) -> bool:
         real(self, offset, data, hasher)
-        raise Boom
+        raise BoomError
 
     monkeypatch.setattr(_rawio.DirectWriter, "write", die)
-    with pytest.raises(Boom):
+    with pytest.raises(BoomError):
         w.write_snapshot("s", _tree(), {"step": 0, "episode": 0})
     monkeypatch.undo()
     w.close()

@@ -127,7 +127,7 @@ def run_loaders(path: Path, original: Path, replay: str | None) -> dict[str, Any
             out[name] = ("ok", fn())
         except ReplaykitError as exc:
             out[name] = ("error", type(exc).__name__, str(exc))
-        except BaseException as exc:  # noqa: BLE001 - the point is to see what escapes
+        except BaseException as exc:
             out[name] = ("raw", type(exc).__name__, str(exc)[:300])
 
     attempt("recording", lambda: load_everything(path))
@@ -167,7 +167,7 @@ class Pool:
         while workers:
             time.sleep(0.002)
             for wk in list(workers):
-                proc, conn, todo, current, since = wk
+                proc, conn, todo, _current, _since = wk
                 got = False
                 try:
                     while conn.poll():
@@ -482,9 +482,8 @@ def test_entry_point_names_are_never_imported(tmp_path: Path, sentinel: dict[str
         env_id=f"{SENTINEL_MODULE}:boom",
         user={"policy": f"{SENTINEL_MODULE}:boom"},
     )
-    with Recording(path) as rec:
-        with pytest.raises(ReplaykitError, match="never imports|registered"):
-            make_env(rec)
+    with Recording(path) as rec, pytest.raises(ReplaykitError, match=r"never imports|registered"):
+        make_env(rec)
     with pytest.raises(ReplaykitError):
         restore(path)
     with pytest.raises(ReplaykitError):
@@ -663,14 +662,18 @@ def mutant_campaign(
         for loader, outcome in res.items():
             if outcome[0] == "raw":
                 failures.append(f"{name}/{loader}: raw {outcome[1]}: {outcome[2]}")
-            elif outcome[0] == "error" and not re.search(re.escape(str(path)), outcome[2]):
-                if outcome[1] not in (
+            elif (
+                outcome[0] == "error"
+                and not re.search(re.escape(str(path)), outcome[2])
+                and outcome[1]
+                not in (
                     "DivergenceError",
                     "UsageError",
                     "RestoreError",
                     "StateMismatchError",
-                ):
-                    failures.append(f"{name}/{loader}: message does not name the file: {outcome}")
+                )
+            ):
+                failures.append(f"{name}/{loader}: message does not name the file: {outcome}")
     # A libhdf5 hang or crash in-process is out of our hands; the sandbox must contain it.
     for name, path in hung:
         try:

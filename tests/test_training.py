@@ -190,9 +190,11 @@ def test_training_recorder_restores_in_fresh_objects_and_verifies(tmp_path: Path
     # A changed loss is caught at the first update after the snapshot, naming the probe.
     net3 = _net()
     opt3 = torch.optim.Adam(net3.parameters(), lr=0.01)
-    with restore_training(path, name, track={"net": net3, "opt": opt3}) as rep:
-        with pytest.raises(DivergenceError) as exc:
-            _steps(net3, opt3, rep.log_update, 6, lr_scale=1.5)
+    with (
+        restore_training(path, name, track={"net": net3, "opt": opt3}) as rep,
+        pytest.raises(DivergenceError) as exc,
+    ):
+        _steps(net3, opt3, rep.log_update, 6, lr_scale=1.5)
     report = exc.value.report
     assert (report.stream, report.row, report.key) == ("updates", 4, "update/loss")
 

@@ -116,6 +116,7 @@ class Rules:
 
 
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64, 16: np.uint64}
+_INT64_BYTES = 8
 _FLOAT_WIDTH = {"bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
 
 
@@ -128,14 +129,16 @@ def _bits(a: np.ndarray) -> np.ndarray:
 
 def _ordered(bits: np.ndarray, width: int) -> np.ndarray:
     """Map float bit patterns to integers whose difference is the ULP distance."""
-    signed = bits.astype(np.int64) if width < 8 else bits.view(np.int64)
-    if width < 8:
+    signed = bits.astype(np.int64) if width < _INT64_BYTES else bits.view(np.int64)
+    if width < _INT64_BYTES:
         sign = np.int64(1) << (8 * width - 1)
         neg = signed >= sign
         mag = signed & (sign - 1)
-        return np.where(neg, -mag, mag)
+        out: np.ndarray = np.where(neg, -mag, mag)
+        return out
     mag = signed & np.int64(0x7FFFFFFFFFFFFFFF)
-    return np.where(signed < 0, -mag, mag)
+    wide: np.ndarray = np.where(signed < 0, -mag, mag)
+    return wide
 
 
 def bf16_to_float(bits: np.ndarray) -> np.ndarray:

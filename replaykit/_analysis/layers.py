@@ -127,7 +127,7 @@ class LayerTracer:
             for i, t in enumerate(grads):
                 name = "grad" if len(grads) == 1 else f"grad.{i}"
                 key = f"{LAYER_PROBE_PREFIX}{path}/{name}{suffix}"
-                t.register_hook(self._grad_hook(key))
+                t.register_hook(self._grad_hook(key))  # type: ignore[no-untyped-call]
 
         return hook
 
