@@ -452,6 +452,15 @@ def _replay(
             help="Check stored checksums (--no-verify: for experiments on hand-edited files).",
         ),
     ] = True,
+    allow_env_kwarg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-env-kwarg",
+            metavar="NAME",
+            help="Build the env with this recorded kwarg although it names a file, a module "
+            "or a display (refused by default: a recording is untrusted input). Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Restore snapshot(s) in this process and verify the next steps bit-exactly."""
     _existing_file(file)
@@ -477,7 +486,14 @@ def _replay(
     failed = 0
     for sid in ids:
         try:
-            s = replay_snapshot(file, sid, policy_spec=policy, steps=steps, verify=verify)
+            s = replay_snapshot(
+                file,
+                sid,
+                policy_spec=policy,
+                steps=steps,
+                verify=verify,
+                allow_env_kwargs=allow_env_kwarg or (),
+            )
         except errors.DivergenceError as exc:
             failed += 1
             _out.print(render.divergence_report(exc.report))
@@ -615,9 +631,13 @@ def _demo(
             f"   {summary.steps} steps, {summary.episodes} episodes, {summary.updates} training "
             f"updates -> {out_path} ({summary.bytes / 1024:.0f} KiB)"
         )
-        cmd = [sys.executable, "-m", "replaykit", "replay", str(out_path), "--steps", "100"]
+        from replaykit._analysis.child import python_child_argv
+
+        args = ["replay", str(out_path), "--steps", "100"]
+        # Isolated mode: nothing in the current directory is imported by the child.
+        cmd = python_child_argv("replaykit", *args)
         _out.print("2. restoring the step-200 snapshot in a fresh process and verifying 100 steps:")
-        _out.print("   " + " ".join(["python", *cmd[1:]]))
+        _out.print("   " + " ".join(["python", "-m", "replaykit", *args]))
         proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=_child_env())
         for line in (proc.stdout + proc.stderr).strip().splitlines():
             _out.print("   " + line)

@@ -133,3 +133,35 @@ def test_atari_kwargs_are_plain_data_and_replay(tmp_path: Path) -> None:
     obs, _ = rebuilt.reset(seed=0)
     assert np.asarray(obs).shape == (128,)
     rebuilt.close()
+
+
+@pytest.mark.mujoco
+@pytest.mark.integration
+def test_cli_replay_refuses_a_file_kwarg_unless_allowed(tmp_path: Path) -> None:
+    pytest.importorskip("mujoco")
+    import subprocess
+    import sys
+
+    assets = Path(gym.__file__).parent / "envs" / "mujoco" / "assets" / "hopper.xml"
+    xml = tmp_path / "my_hopper.xml"
+    shutil.copyfile(assets, xml)
+    path = tmp_path / "hopper.h5"
+    env = replaykit.RecordingWrapper(
+        gym.make("Hopper-v5", xml_file=str(xml)), path, seed=0, snapshot_at=[5]
+    )
+    env.reset()
+    for _ in range(15):
+        env.step(env.action_space.sample())
+    env.close()
+    cli = [sys.executable, "-m", "replaykit", "replay", str(path)]
+
+    refused = subprocess.run(cli, capture_output=True, text=True, cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("replaykit: error:"), refused.stderr
+    assert "xml_file" in lines[0] and "--allow-env-kwarg xml_file" in lines[0]
+
+    allowed = subprocess.run(
+        [*cli, "--allow-env-kwarg", "xml_file"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert allowed.returncode == 0, allowed.stderr + allowed.stdout

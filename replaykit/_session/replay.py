@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -20,6 +20,7 @@ import numpy as np
 from replaykit._analysis.compare import EXACT, Mismatch, Rule, Rules
 from replaykit._format import layout as F
 from replaykit._format.store import Recording, SnapshotInfo
+from replaykit._session.envkwargs import vet_env_kwargs
 from replaykit._session.recorder import env_spec_json, flat_info
 from replaykit._session.verifier import (
     DEFAULT_IGNORE,
@@ -78,11 +79,29 @@ def register_env_namespace(env_id: str) -> None:
     gym.register_envs(module)
 
 
-def make_env(recording: Recording | str | os.PathLike[str], **overrides: Any) -> gym.Env[Any, Any]:
+def make_env(
+    recording: Recording | str | os.PathLike[str],
+    *,
+    allow_kwargs: Collection[str] = (),
+    **overrides: Any,
+) -> gym.Env[Any, Any]:
     """Build the recorded env with ``gymnasium.make`` from its recorded id and kwargs.
 
     Only ids already registered with gymnasium are accepted: nothing named in
     the file is ever imported. Import the package that registers the env first.
+    Recorded kwargs are used only when they are plain data (see
+    :func:`~replaykit._session.envkwargs.vet_env_kwargs`): one that names a file, a
+    module or a display is refused unless you pass its value yourself (``overrides``)
+    or name it in ``allow_kwargs``.
+
+    Args:
+        recording: the recording (or its path).
+        allow_kwargs: recorded kwarg names to use as recorded without checks.
+        **overrides: kwargs that replace the recorded ones (trusted: they are your code).
+
+    Raises:
+        UsageError: the env id is missing, names a module, or is not registered.
+        UnsafeFileError: a recorded kwarg is not plain data and was not allowed.
     """
     rec = recording if isinstance(recording, Recording) else Recording(recording)
     try:
@@ -101,11 +120,12 @@ def make_env(recording: Recording | str | os.PathLike[str], **overrides: Any) ->
                 f"env id {env_id!r} is not registered with gymnasium; import the package that "
                 "registers it (e.g. ale_py, replaykit_envs) or install its extra"
             )
-        kwargs: dict[str, Any] = {
+        recorded = {
             k: v
             for k, v in (spec.get(F.SPEC_KWARGS) or {}).items()
-            if not isinstance(v, dict) or F.REPR_TAG not in v
+            if (not isinstance(v, dict) or F.REPR_TAG not in v) and k not in overrides
         }
+        kwargs = vet_env_kwargs(env_id, recorded, allow_kwargs)
         kwargs.update(overrides)
         max_steps = spec.get(F.SPEC_MAX_EPISODE_STEPS)
         if max_steps is not None and "max_episode_steps" not in kwargs:

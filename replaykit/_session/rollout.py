@@ -13,7 +13,7 @@ import os
 import random
 import signal
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -535,11 +535,14 @@ def replay_snapshot(
     steps: int | None = None,
     rules: Any = None,
     verify: bool = True,
+    allow_env_kwargs: Collection[str] = (),
 ) -> ReplaySummary:
     """Restore one snapshot and verify the next ``steps`` steps (default: up to 100 or the end).
 
     Raises :class:`~replaykit.errors.DivergenceError` at the first difference.
     ``verify=False`` skips checksum checks (for experiments on hand-edited files).
+    ``allow_env_kwargs`` names recorded env kwargs to use although they are not plain data
+    (see :func:`~replaykit._session.replay.make_env`).
     """
     with Recording(path, verify=verify) as rec:
         recorded_policy = (rec.meta.get("user") or {}).get("policy")
@@ -554,7 +557,7 @@ def replay_snapshot(
                 "file: pass --policy again to replay it"
             )
         seed = int((rec.meta.get("user") or {}).get("cli_seed") or rec.meta.get("seed") or 0)
-        env = make_env(rec)
+        env = make_env(rec, allow_kwargs=allow_env_kwargs)
         policy = resolve_policy(spec, env, seed)
         rep: Replay = restore(rec, snapshot_id, env=env, track=policy.state_objects(), rules=rules)
         n = rep.steps_left if steps is None else steps
