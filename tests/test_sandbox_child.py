@@ -85,6 +85,21 @@ def test_check_console_script_imports_nothing_from_cwd(
     assert not marker.exists(), marker.read_text()
 
 
+def test_demo_child_imports_nothing_from_cwd(hostile_cwd: tuple[Path, Path]) -> None:
+    # `replaykit demo` replays its recording in a fresh Python process: that child must
+    # not import the sentinels planted in the directory the user runs it from.
+    d, marker = hostile_cwd
+    exe = shutil.which("replaykit", path=os.path.dirname(sys.executable))
+    if exe is None:
+        pytest.skip("replaykit console script not installed")
+    out = subprocess.run(
+        [exe, "demo", "--out", "demo.h5"], cwd=d, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "bit-exact" in out.stdout
+    assert not marker.exists(), marker.read_text()
+
+
 # --------------------------------------------------------------------------- orphans
 
 _PARENT = textwrap.dedent(
