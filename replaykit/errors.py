@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from replaykit._analysis.compare import DivergenceReport
 
 __all__ = [
+    "REGISTER_ADAPTER_FIX",
+    "STATE_MISMATCH_FIX",
     "CaptureError",
     "ChecksumError",
     "DivergenceError",
@@ -123,23 +125,53 @@ class RestoreError(ReplaykitError, ValueError):
 _SHOWN_MISMATCHES = 8
 
 
+#: How to fix a :class:`StateMismatchError` unless the raiser knows better.
+STATE_MISMATCH_FIX = "build the object exactly as it was when recorded, or record again"
+
+#: The fix when the recording's adapter is not registered in the restoring process.
+REGISTER_ADAPTER_FIX = (
+    "the recording's state was captured by adapter {adapter!r}, which is not registered in "
+    "this process: register it in this process before restoring, "
+    "replaykit.{register}({cls}, adapter) with the adapter object named {adapter!r} "
+    "(or import the module that registers it)"
+)
+
+
 class StateMismatchError(RestoreError):
     """Saved state does not fit the live object (shape, dtype, keys, env id, ...).
 
+    Each difference reads ``<where>: recorded X, got Y``: *recorded* is the snapshot,
+    *got* the live object.
+
+    Args:
+        what: the object that does not fit (``"model QNet"``, ``"tracked 'q' (model QNet)"``).
+        mismatches: one line per difference.
+        fix: what to do about it (default :data:`STATE_MISMATCH_FIX`).
+
     Attributes:
+        what: the object that does not fit.
         mismatches: one human-readable line per difference.
+        fix: what to do about it.
     """
 
-    def __init__(self, what: str, mismatches: list[str]) -> None:
+    def __init__(self, what: str, mismatches: list[str], *, fix: str = STATE_MISMATCH_FIX) -> None:
+        self.what = what
         self.mismatches = list(mismatches)
+        self.fix = fix
         n = len(self.mismatches)
         shown = "; ".join(self.mismatches[:_SHOWN_MISMATCHES])
         more = f"; ... and {n - _SHOWN_MISMATCHES} more" if n > _SHOWN_MISMATCHES else ""
         super().__init__(
-            f"{what} does not match the snapshot ({len(self.mismatches)} "
-            f"difference{'s' if len(self.mismatches) != 1 else ''}): {shown}{more}; "
-            "build the object exactly as it was when recorded, or record again"
+            f"{what} does not match the snapshot ({n} "
+            f"difference{'s' if n != 1 else ''}): {shown}{more}; {fix}"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_state_mismatch, (self.what, self.mismatches, self.fix))
+
+
+def _state_mismatch(what: str, mismatches: list[str], fix: str) -> StateMismatchError:
+    return StateMismatchError(what, mismatches, fix=fix)
 
 
 class ProvenanceError(ReplaykitError, RuntimeError):

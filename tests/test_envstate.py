@@ -184,7 +184,7 @@ OWN = [
 
 @pytest.mark.parametrize(("env_id", "kwargs"), CLASSIC + OWN)
 def test_env_roundtrip(env_id, kwargs):
-    env, seen = check_roundtrip(lambda: gym.make(env_id, **kwargs))
+    env, _seen = check_roundtrip(lambda: gym.make(env_id, **kwargs))
     assert find_env_adapter(env.unwrapped) is not None
 
 
@@ -521,10 +521,10 @@ def test_mismatched_chain_raises():
         restore_chain(other, tree)
     lines = info.value.mismatches
     assert lines[0] == (
-        "layer 0: expected gymnasium.wrappers.common.TimeLimit, "
-        "found gymnasium.wrappers.common.RecordEpisodeStatistics"
+        "layer 0: recorded gymnasium.wrappers.common.TimeLimit, "
+        "got gymnasium.wrappers.common.RecordEpisodeStatistics"
     )
-    assert "layer 3: expected (no layer), found gymnasium.wrappers.common.PassiveEnvChecker" in (
+    assert "layer 3: recorded (no layer), got gymnasium.wrappers.common.PassiveEnvChecker" in (
         lines
     )
 
@@ -547,7 +547,7 @@ def test_env_class_mismatch_raises():
     tree = capture_chain(env)
     other = gym.make("Acrobot-v1")
     other.reset(seed=0)
-    with pytest.raises(StateMismatchError, match="env class: expected"):
+    with pytest.raises(StateMismatchError, match="env class: recorded"):
         restore_chain(other, tree)
 
 
@@ -674,7 +674,7 @@ def test_uncapturable_value_raises():
     env = gym.make("CartPole-v1")
     env.reset(seed=0)
     env.unwrapped.state = object()
-    with pytest.raises(CaptureError, match="CartPoleEnv.state"):
+    with pytest.raises(CaptureError, match=r"CartPoleEnv\.state"):
         capture_chain(env)
 
 

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -39,7 +40,7 @@ from replaykit._session.recorder import (
 )
 from replaykit._state import spaces as _spaces
 from replaykit._state.envs import families
-from replaykit.errors import CaptureError, UsageError
+from replaykit.errors import CaptureError, ReplaykitWarning, UsageError
 
 __all__ = ["RecordingWrapper", "replay_scope"]
 
@@ -153,6 +154,17 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
         self._act_leaves = _spaces.leaves_of(env.action_space, "action")
         self._has_adapter = envstate.find_env_adapter(env.unwrapped) is not None
         self._replay_scope = replay_scope(env)
+        # A wrapper no snapshot could capture is refused now, before the file exists, when
+        # snapshots or tracked objects are asked for (not at a snapshot 90,000 steps in).
+        self._uncapturable = envstate.uncapturable_layer(env)
+        if self._uncapturable is not None:
+            if self._snapshot_at or snapshot_every is not None or track:
+                raise CaptureError(self._uncapturable)
+            warnings.warn(
+                f"{self._uncapturable}; recording steps without snapshots",
+                ReplaykitWarning,
+                stacklevel=2,
+            )
         self._open_env(
             env,
             env_spec_json(env),
@@ -193,6 +205,19 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
             self.track(name, obj)
 
     # ------------------------------------------------------------------ public API
+    def track(self, name: str, obj: Any) -> None:
+        """Include ``obj`` in every snapshot under ``name`` (see :meth:`RecorderCore.track`).
+
+        Raises:
+            CaptureError: ``obj`` cannot be captured, or a wrapper of the env has no state
+                adapter, so no snapshot could be taken.
+        """
+        if self._uncapturable is not None:
+            raise CaptureError(
+                f"cannot track {name!r}: no snapshot of this env can be taken: {self._uncapturable}"
+            )
+        super().track(name, obj)
+
     @property
     def step_count(self) -> int:
         """Steps recorded so far (the global step index of the next step)."""
@@ -283,7 +308,7 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
             raise UsageError(
                 f"probes {sorted(self._probes)} logged before reset(); log them before step()"
             )
-        if not self._has_adapter:
+        if not self._has_adapter and self._uncapturable is None:
             from replaykit._state import envs as envstate
 
             self._episode_start_state = envstate.capture_wrappers_and_rngs(self.env)

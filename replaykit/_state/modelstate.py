@@ -144,7 +144,7 @@ def _compare_tree(path: str, saved: Any, live: Any, out: list[str]) -> None:
     """Append one line per structural difference (keys, lengths, tensor shapes/dtypes)."""
     if isinstance(live, dict):
         if not isinstance(saved, dict):
-            out.append(f"{path or '/'}: expected a dict, found {type(saved).__name__}")
+            out.append(f"{path or '/'}: recorded a {type(saved).__name__}, got a dict")
             return
         missing = [k for k in live if k not in saved]
         extra = [k for k in saved if k not in live]
@@ -155,9 +155,9 @@ def _compare_tree(path: str, saved: Any, live: Any, out: list[str]) -> None:
                 _compare_tree(f"{path}/{k}", saved[k], live[k], out)
     elif isinstance(live, (list, tuple)):
         if not isinstance(saved, (list, tuple)):
-            out.append(f"{path or '/'}: expected a sequence, found {type(saved).__name__}")
+            out.append(f"{path or '/'}: recorded a {type(saved).__name__}, got a sequence")
         elif len(saved) != len(live):
-            out.append(f"{path or '/'}: expected {len(live)} entries, found {len(saved)}")
+            out.append(f"{path or '/'}: recorded {len(saved)} entries, got {len(live)}")
         else:
             for i, (s, lv) in enumerate(zip(saved, live, strict=True)):
                 _compare_tree(f"{path}/{i}", s, lv, out)
@@ -168,20 +168,20 @@ def _compare_tree(path: str, saved: Any, live: Any, out: list[str]) -> None:
         )
         or (saved.dtype != live.dtype or tuple(saved.shape) != tuple(live.shape))
     ):
-        out.append(f"{path or '/'}: expected {_describe(live)}, found {_describe(saved)}")
+        out.append(f"{path or '/'}: recorded {_describe(saved)}, got {_describe(live)}")
 
 
 def _unwrap(what: str, tree: Any, kind: str, live: Any) -> Any:
     """Check a wrapped capture's kind and class; return its ``state_dict`` payload."""
     if not isinstance(tree, dict) or "kind" not in tree or "state_dict" not in tree:
         raise StateMismatchError(
-            what, [f"expected a captured {kind} (dict with 'kind'), found {type(tree).__name__}"]
+            what, [f"recorded a {type(tree).__name__}, got a {kind} (a captured {kind} expected)"]
         )
     problems = []
     if tree["kind"] != kind:
-        problems.append(f"kind: expected {kind!r}, found {tree['kind']!r}")
+        problems.append(f"kind: recorded {tree['kind']!r}, got {kind!r}")
     if tree.get("class") != _type_name(live):
-        problems.append(f"class: expected {_type_name(live)}, found {tree.get('class')}")
+        problems.append(f"class: recorded {tree.get('class')}, got {_type_name(live)}")
     if problems:
         raise StateMismatchError(what, problems)
     return tree["state_dict"]
@@ -306,7 +306,7 @@ def _(obj: np.ndarray) -> np.ndarray:
 @_restore.register
 def _(obj: np.ndarray, tree: Any) -> None:
     if not isinstance(tree, np.ndarray) or tree.dtype != obj.dtype or tree.shape != obj.shape:
-        raise StateMismatchError("array", [f"expected {_describe(obj)}, found {_describe(tree)}"])
+        raise StateMismatchError("array", [f"recorded {_describe(tree)}, got {_describe(obj)}"])
     if not obj.flags.writeable:
         raise RestoreError(
             f"cannot restore into a read-only {_describe(obj)}; pass a writeable array"
@@ -326,7 +326,7 @@ def _(obj: torch.Tensor, tree: Any) -> None:
         or tree.dtype != obj.dtype
         or tuple(tree.shape) != tuple(obj.shape)
     ):
-        raise StateMismatchError("tensor", [f"expected {_describe(obj)}, found {_describe(tree)}"])
+        raise StateMismatchError("tensor", [f"recorded {_describe(tree)}, got {_describe(obj)}"])
     with torch.no_grad():
         obj.copy_(tree)
 
@@ -347,7 +347,7 @@ def _(obj: dict[Any, Any]) -> dict[Any, Any]:
 @_restore.register(dict)
 def _(obj: dict[Any, Any], tree: Any) -> None:
     if not isinstance(tree, dict):
-        raise StateMismatchError("dict", [f"expected a dict, found {type(tree).__name__}"])
+        raise StateMismatchError("dict", [f"recorded a {type(tree).__name__}, got a dict"])
     problems = [f"key {k!r}: missing in snapshot" for k in obj if k not in tree]
     problems += [f"key {k!r}: in snapshot but not in the live dict" for k in tree if k not in obj]
     # Check arrays up front so the common dict-of-arrays case is restored all or nothing.
@@ -355,7 +355,7 @@ def _(obj: dict[Any, Any], tree: Any) -> None:
         if k in tree and isinstance(v, np.ndarray):
             s = tree[k]
             if not isinstance(s, np.ndarray) or s.dtype != v.dtype or s.shape != v.shape:
-                problems.append(f"key {k!r}: expected {_describe(v)}, found {_describe(s)}")
+                problems.append(f"{k}: recorded {_describe(s)}, got {_describe(v)}")
     if problems:
         raise StateMismatchError("dict", problems)
     for k, v in obj.items():
@@ -373,7 +373,7 @@ def _(obj: list[Any] | tuple[Any, ...]) -> list[Any]:
 def _(obj: list[Any] | tuple[Any, ...], tree: Any) -> None:
     if not isinstance(tree, (list, tuple)) or len(tree) != len(obj):
         found = f"{len(tree)} entries" if isinstance(tree, (list, tuple)) else type(tree).__name__
-        raise StateMismatchError("sequence", [f"expected {len(obj)} entries, found {found}"])
+        raise StateMismatchError("sequence", [f"recorded {found}, got {len(obj)} entries"])
     for v, s in zip(obj, tree, strict=True):
         restore_object(v, s)
 
@@ -402,35 +402,35 @@ def _(obj: torch.nn.Module, tree: Any) -> None:
     what = f"model {type(obj).__name__}"
     if not isinstance(tree, dict) or tree.get("kind") != "module":
         found = tree.get("kind") if isinstance(tree, dict) else type(tree).__name__
-        raise StateMismatchError(what, [f"expected a captured module, found {found!r}"])
+        raise StateMismatchError(what, [f"recorded {found!r}, got a module"])
     saved = tree["state_dict"]
     live = obj.state_dict(keep_vars=False)
     problems: list[str] = []
     for k, v in live.items():
         if k not in saved:
-            problems.append(f"missing key {k!r} ({_describe(v)})")
+            problems.append(f"{k}: not in the snapshot (got {_describe(v)})")
     for k, v in saved.items():
         if k not in live:
-            problems.append(f"unexpected key {k!r} ({_describe(v)})")
+            problems.append(f"{k}: recorded {_describe(v)}, not in the live model")
     for k, v in live.items():
         if k not in saved or not isinstance(v, torch.Tensor):
             continue
         s = saved[k]
         if not isinstance(s, torch.Tensor):
-            problems.append(f"{k}: expected {_describe(v)}, found {_describe(s)}")
+            problems.append(f"{k}: recorded {_describe(s)}, got {_describe(v)}")
             continue
         if tuple(s.shape) != tuple(v.shape):
-            problems.append(f"{k}: expected shape {tuple(v.shape)}, found {tuple(s.shape)}")
+            problems.append(f"{k}: recorded shape {tuple(s.shape)}, got {tuple(v.shape)}")
         if s.dtype != v.dtype:
             # load_state_dict would silently cast; a cast is not a bit-exact restore.
-            problems.append(f"{k}: expected dtype {v.dtype}, found {s.dtype}")
+            problems.append(f"{k}: recorded dtype {s.dtype}, got {v.dtype}")
     modules = list(obj.named_modules())
     training = tree.get("training")
     live_names = [n for n, _ in modules]
     if training is not None and list(training["names"]) != live_names:
         problems.append(
-            f"submodules: expected {len(live_names)} named {live_names[:4]}..., found "
-            f"{len(training['names'])} named {list(training['names'])[:4]}..."
+            f"submodules: recorded {len(training['names'])} named "
+            f"{list(training['names'])[:4]}..., got {len(live_names)} named {live_names[:4]}..."
         )
     if problems:
         raise StateMismatchError(what, problems)
@@ -462,14 +462,14 @@ def _optimizer_problems(obj: torch.optim.Optimizer, saved: Any) -> list[str]:  #
     saved_groups = saved["param_groups"]
     if len(saved_groups) != len(live_groups):
         problems.append(
-            f"param groups: expected {len(live_groups)}, found {len(saved_groups)}; create the "
+            f"param groups: recorded {len(saved_groups)}, got {len(live_groups)}; create the "
             "optimizer with the same parameter groups as when recorded"
         )
     id_to_param: dict[Any, torch.Tensor] = {}
     for gi, (sg, lg) in enumerate(zip(saved_groups, live_groups, strict=False)):
         n_live, n_saved = len(lg["params"]), len(sg["params"])
         if n_live != n_saved:
-            problems.append(f"param group {gi}: expected {n_live} params, found {n_saved}")
+            problems.append(f"param group {gi}: recorded {n_saved} params, got {n_live}")
         live_keys = set(lg) - {"params"}
         saved_keys = set(sg) - {"params"}
         for k in sorted(live_keys - saved_keys):
@@ -485,19 +485,17 @@ def _optimizer_problems(obj: torch.optim.Optimizer, saved: Any) -> list[str]:  #
             problems.append(f"state for param id {pid!r}: no such param in the param groups")
             continue
         if not isinstance(pstate, dict):
-            problems.append(f"state of param {pid}: expected a dict, found {type(pstate).__name__}")
+            problems.append(f"state.{pid}: recorded a {type(pstate).__name__}, got a dict")
             continue
         live_state = obj.state.get(p)
         if live_state:
             # The live optimizer has stepped: its state is the exact template.
             for k in live_state:
                 if k not in pstate:
-                    problems.append(f"state of param {pid}: key {k!r} missing in snapshot")
+                    problems.append(f"state.{pid}: key {k!r} missing in snapshot")
             for k in pstate:
                 if k not in live_state:
-                    problems.append(
-                        f"state of param {pid}: key {k!r} not used by {type(obj).__name__}"
-                    )
+                    problems.append(f"state.{pid}: key {k!r} not used by {type(obj).__name__}")
             for k, lv in live_state.items():
                 sv = pstate.get(k)
                 if (
@@ -510,8 +508,7 @@ def _optimizer_problems(obj: torch.optim.Optimizer, saved: Any) -> list[str]:  #
                     )
                 ):
                     problems.append(
-                        f"state of param {pid} [{k}]: expected {_describe(lv)}, "
-                        f"found {_describe(sv)}"
+                        f"state.{pid}.{k}: recorded {_describe(sv)}, got {_describe(lv)}"
                     )
             continue
         # Fresh optimizer: per-element state has the param's shape and (floating) dtype.
@@ -520,14 +517,13 @@ def _optimizer_problems(obj: torch.optim.Optimizer, saved: Any) -> list[str]:  #
                 continue
             if not irregular and tuple(sv.shape) != tuple(p.shape):
                 problems.append(
-                    f"state of param {pid} [{k}]: expected shape {tuple(p.shape)} like the param, "
-                    f"found {tuple(sv.shape)}"
+                    f"state.{pid}.{k}: recorded shape {tuple(sv.shape)}, "
+                    f"got {tuple(p.shape)} (the param's)"
                 )
             if p.is_floating_point() and sv.is_floating_point() and sv.dtype != p.dtype:
                 # Optimizer.load_state_dict would silently cast it to the param's dtype.
                 problems.append(
-                    f"state of param {pid} [{k}]: expected dtype {p.dtype} like the param, "
-                    f"found {sv.dtype}"
+                    f"state.{pid}.{k}: recorded dtype {sv.dtype}, got {p.dtype} (the param's)"
                 )
     return problems
 
@@ -538,7 +534,7 @@ def _(obj: torch.optim.Optimizer, tree: Any) -> None:
     if isinstance(tree, dict) and tree.get("kind") == "optimizer":
         problems = []
         if tree.get("class") != _type_name(obj):
-            problems.append(f"class: expected {_type_name(obj)}, found {tree.get('class')}")
+            problems.append(f"class: recorded {tree.get('class')}, got {_type_name(obj)}")
         problems += _optimizer_problems(obj, tree.get("state_dict"))
         if problems:
             raise StateMismatchError(what, problems)
@@ -601,7 +597,7 @@ def _(obj: torch.amp.GradScaler, tree: Any) -> None:
         raise StateMismatchError(
             what,
             [
-                f"enabled: expected {obj.is_enabled()}, found {bool(saved)}; create the scaler "
+                f"enabled: recorded {bool(saved)}, got {obj.is_enabled()}; create the scaler "
                 "with the same enabled= setting as when recorded"
             ],
         )

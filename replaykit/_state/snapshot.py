@@ -70,10 +70,36 @@ def restore_tracked(obj: Any, state: Any, name: str) -> None:
     """Restore one tracked object from its captured ``state``."""
     from replaykit._state import modelstate, rng
 
-    if _is_generator(obj):
-        rng.restore_generator(obj, state)
-    else:
-        modelstate.restore_object(obj, state)
+    try:
+        if _is_generator(obj):
+            rng.restore_generator(obj, state)
+        else:
+            modelstate.restore_object(obj, state)
+    except StateMismatchError as exc:
+        # Two tracked objects of one class (q and target nets) must be told apart.
+        raise StateMismatchError(
+            f"tracked {name!r} ({exc.what})",
+            [_under(name, line) for line in exc.mismatches],
+            fix=exc.fix,
+        ) from None
+
+
+# Mismatch lines that name an aspect of the object itself, not a path inside it.
+_ASPECTS = frozenset({"class", "kind", "enabled", "submodules", "names", "filled", "values"})
+
+
+def _under(name: str, line: str) -> str:
+    """Put a mismatch line under a tracked object's name.
+
+    A line about a path inside the object gets the path joined on (``q.net.0.weight: ...``,
+    ``buffer/obs: ...``); any other line is prefixed (``optimizer: param groups: ...``).
+    """
+    if line.startswith("/"):
+        return f"{name}{line}"
+    head, sep, _ = line.partition(": ")
+    if sep and head and " " not in head and head not in _ASPECTS:
+        return f"{name}.{line}"
+    return f"{name}: {line}"
 
 
 def build(

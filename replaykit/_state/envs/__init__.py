@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         chain_layers,
         restore_chain,
         restore_wrappers_and_rngs,
+        uncapturable_layer,
     )
     from replaykit._state.envs.registry import (
         STATELESS,
@@ -59,6 +60,7 @@ __all__ = [
     "register_wrapper_adapter",
     "restore_chain",
     "restore_wrappers_and_rngs",
+    "uncapturable_layer",
 ]
 
 

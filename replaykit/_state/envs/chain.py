@@ -14,7 +14,12 @@ from replaykit._state.envs.generators import (
 )
 from replaykit._state.envs.registry import find_env_adapter, find_wrapper_adapter
 from replaykit._state.envs.values import class_name
-from replaykit.errors import CaptureError, RestoreError, StateMismatchError
+from replaykit.errors import (
+    REGISTER_ADAPTER_FIX,
+    CaptureError,
+    RestoreError,
+    StateMismatchError,
+)
 
 __all__ = [
     "CAPTURE_UNKNOWN_WRAPPER",
@@ -23,13 +28,15 @@ __all__ = [
     "chain_layers",
     "restore_chain",
     "restore_wrappers_and_rngs",
+    "uncapturable_layer",
 ]
 
 #: Message template for a wrapper layer that has no adapter.
 CAPTURE_UNKNOWN_WRAPPER = (
-    "wrapper {cls} has no state adapter, so its state cannot be captured; register one with "
-    "replaykit._state.envs.register_wrapper_adapter({name}, adapter), or "
-    "replaykit._state.envs.register_stateless_wrapper({name}) if it holds no state between steps"
+    "wrapper {cls} has no state adapter, so snapshots cannot capture its state; register one "
+    "before recording: replaykit.register_wrapper_adapter({name}, adapter) (see "
+    "replaykit.AttrAdapter), or replaykit.register_stateless_wrapper({name}) if it holds no "
+    "state between steps"
 )
 
 _RECORDING_WRAPPER = "replaykit._session.record.RecordingWrapper"
@@ -78,6 +85,31 @@ def _capture_spaces(env: Any) -> dict[str, Any]:
     ):
         out[key] = None if inner is outer else capture_space_rng(inner, f"unwrapped.{key}")
     return out
+
+
+def uncapturable_layer(env: Any) -> str | None:
+    """Say why no snapshot of ``env`` could be taken: the first wrapper with no adapter.
+
+    Checked when a recording starts, so a chain no snapshot could capture is refused
+    before the run, not at its first snapshot.
+
+    Returns:
+        The :data:`CAPTURE_UNKNOWN_WRAPPER` message for the outermost such wrapper, or
+        ``None`` when every wrapper layer has an adapter.
+
+    Example:
+        >>> import gymnasium as gym
+        >>> uncapturable_layer(gym.make("CartPole-v1")) is None
+        True
+    """
+    for layer in _wrappers(env):
+        if find_wrapper_adapter(layer) is None:
+            return CAPTURE_UNKNOWN_WRAPPER.format(cls=class_name(layer), name=type(layer).__name__)
+    return None
+
+
+def _register_fix(register: str, cls: type, adapter: str) -> str:
+    return REGISTER_ADAPTER_FIX.format(register=register, cls=cls.__name__, adapter=adapter)
 
 
 def capture_wrappers_and_rngs(env: Any) -> dict[str, Any]:
@@ -155,18 +187,20 @@ def _check_tree(env: Any, state: Any) -> list[Any]:
         expected = saved[i]["class"] if i < len(saved) else "(no layer)"
         found = class_name(live[i]) if i < len(live) else "(no layer)"
         if expected != found:
-            problems.append(f"layer {i}: expected {expected}, found {found}")
+            problems.append(f"layer {i}: recorded {expected}, got {found}")
     if problems:
         raise StateMismatchError("env wrapper chain", problems)
+    fix = ""
     for i, (layer, entry) in enumerate(zip(live, saved, strict=True)):
         adapter = find_wrapper_adapter(layer)
         if adapter is None or adapter.name != entry["adapter"]:
             problems.append(
-                f"layer {i} ({entry['class']}): expected adapter {entry['adapter']}, "
-                f"found {adapter.name if adapter is not None else 'none'}"
+                f"layer {i} ({entry['class']}): recorded adapter {entry['adapter']!r}, got "
+                f"{repr(adapter.name) if adapter is not None else 'none registered'}"
             )
+            fix = fix or _register_fix("register_wrapper_adapter", type(layer), entry["adapter"])
     if problems:
-        raise StateMismatchError("env wrapper chain", problems)
+        raise StateMismatchError("env wrapper chain", problems, fix=fix)
     return live
 
 
@@ -232,13 +266,15 @@ def restore_chain(env: Any, state: Any) -> None:
         )
     if saved_env["class"] != class_name(base):
         raise StateMismatchError(
-            "env", [f"env class: expected {saved_env['class']}, found {class_name(base)}"]
+            "env", [f"env class: recorded {saved_env['class']}, got {class_name(base)}"]
         )
     adapter = find_env_adapter(base)
     if adapter is None or adapter.name != saved_env["adapter"]:
-        found = adapter.name if adapter is not None else "none"
+        found = repr(adapter.name) if adapter is not None else "none registered"
         raise StateMismatchError(
-            "env", [f"env adapter: expected {saved_env['adapter']}, found {found}"]
+            "env",
+            [f"env adapter: recorded {saved_env['adapter']!r}, got {found}"],
+            fix=_register_fix("register_env_adapter", type(base), saved_env["adapter"]),
         )
     # Check the wrappers before touching anything, so a mismatch leaves the env as it was.
     _check_tree(env, state)
