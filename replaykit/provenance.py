@@ -21,11 +21,25 @@ from typing import Any
 
 from replaykit._state.envs import families as _families
 
-__all__ = ["DRIFT_KEYS", "collect", "differences"]
+__all__ = ["DRIFT_KEYS", "INFORMATIONAL_PREFIXES", "RL_LIBRARIES", "collect", "differences"]
 
 _CORE_PACKAGES = ("replaykit", "numpy", "torch", "gymnasium", "h5py")
 # Core packages first, then every env family's distributions (the table in families.py).
 _PACKAGES = _CORE_PACKAGES + tuple(d for d in _families.distributions() if d not in _CORE_PACKAGES)
+# RL libraries whose version is recorded when the recording process has imported them
+# (import name -> distribution name); a library never imported cannot have shaped the run.
+RL_LIBRARIES: dict[str, str] = {
+    "stable_baselines3": "stable-baselines3",
+    "sb3_contrib": "sb3-contrib",
+    "cleanrl": "cleanrl",
+    "torchrl": "torchrl",
+    "tianshou": "tianshou",
+    "envpool": "envpool",
+    "pettingzoo": "pettingzoo",
+}
+# Keys that describe a run but never explain a divergence (the code's own revision is a
+# different code, not a different setup): shown as information, not as setup differences.
+INFORMATIONAL_PREFIXES: tuple[str, ...] = ("git.",)
 
 # Keys whose difference most often explains a divergence, most likely first.
 DRIFT_KEYS: tuple[str, ...] = (
@@ -37,14 +51,13 @@ DRIFT_KEYS: tuple[str, ...] = (
     "versions.numpy",
     "versions.gymnasium",
     *(f"versions.{d}" for d in _PACKAGES if d not in _CORE_PACKAGES),
+    *(f"versions.{d}" for d in RL_LIBRARIES.values()),
     "versions.python",
     "platform.machine",
     "platform.system",
     "versions.replaykit",
     "versions.h5py",
     "versions.hdf5",
-    "git.revision",
-    "git.dirty",
 )
 
 
@@ -82,6 +95,18 @@ def _git(cwd: str | None = None) -> dict[str, Any]:
         return {}
 
 
+def _script_dir() -> str | None:
+    """Return the directory of the running script (``sys.argv[0]``), or ``None`` for the cwd.
+
+    The revision that matters is the one of the code that ran, which need not be the
+    current directory's (a script run as ``python ~/proj/train.py`` from elsewhere).
+    """
+    script = sys.argv[0] if sys.argv else ""
+    if script and script not in ("-c", "-m") and os.path.isfile(script):
+        return os.path.dirname(os.path.abspath(script))
+    return None
+
+
 def collect(*, git: bool = True) -> dict[str, Any]:
     """Describe this process's setup as JSON-able data."""
     import torch
@@ -90,6 +115,9 @@ def collect(*, git: bool = True) -> dict[str, Any]:
     from replaykit.determinism import determinism_flags
 
     versions: dict[str, Any] = {p: _version(p) for p in _PACKAGES}
+    for module, dist in RL_LIBRARIES.items():
+        if module in sys.modules:
+            versions[dist] = _version(dist)
     versions["python"] = platform.python_version()
     versions["hdf5"] = library_versions()["hdf5"]
     device: dict[str, Any] = {"cuda": None, "cudnn": None, "names": ["cpu"]}
@@ -113,7 +141,7 @@ def collect(*, git: bool = True) -> dict[str, Any]:
         "pid": os.getpid(),
     }
     if git:
-        g = _git()
+        g = _git(_script_dir())
         if g:
             out["git"] = g
     return out
@@ -129,17 +157,26 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def differences(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+def differences(
+    a: dict[str, Any], b: dict[str, Any], *, informational: bool = False
+) -> list[tuple[str, Any, Any]]:
     """Return ``(key, value in a, value in b)`` for setup keys that differ, likeliest cause first.
 
-    Keys that always differ between runs (creation time, pid, argv) are ignored.
+    Keys that always differ between runs (creation time, pid, argv) are ignored, and so are
+    informational keys (the git revision) unless ``informational`` is true. An RL library
+    recorded by one side only was not imported by the other: not a difference either.
     """
     fa, fb = _flatten(a), _flatten(b)
-    ignore = ("created", "pid", "argv")
+    ignore: tuple[str, ...] = ("created", "pid", "argv")
+    if not informational:
+        ignore += INFORMATIONAL_PREFIXES
+    one_sided = {f"versions.{d}" for d in RL_LIBRARIES.values()}
     diffs = [
         (k, fa.get(k), fb.get(k))
         for k in sorted(set(fa) | set(fb))
-        if not k.startswith(ignore) and fa.get(k) != fb.get(k)
+        if not k.startswith(ignore)
+        and fa.get(k) != fb.get(k)
+        and not (k in one_sided and (k not in fa or k not in fb))
     ]
 
     def rank(item: tuple[str, Any, Any]) -> tuple[int, str]:

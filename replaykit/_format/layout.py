@@ -335,6 +335,14 @@ PROV_VERSION_KEYS: Final = frozenset(
         "box2d",
         "python",
         "hdf5",
+        # RL libraries, present only when the recording process had imported them.
+        "stable-baselines3",
+        "sb3-contrib",
+        "cleanrl",
+        "torchrl",
+        "tianshou",
+        "envpool",
+        "pettingzoo",
     }
 )
 DEVICE_CUDA: Final = "cuda"
