@@ -338,3 +338,29 @@ def test_dqn_buffer_of_another_capacity_is_caught(dqn_recording: Path) -> None:
     msg = str(info.value)
     assert "buffer.obs: recorded ndarray float32 (10000, 4), got ndarray float32 (5000, 4)" in msg
     assert rb.size == 0
+
+
+def _state_class() -> type:
+    class Tally:
+        def __init__(self) -> None:
+            self.n = 0
+
+    return Tally
+
+
+def test_restore_without_the_state_type_says_register_it(tmp_path: Path) -> None:
+    recorded_cls = _state_class()
+
+    def restore_tally(obj: Any, tree: Any) -> None:
+        obj.n = tree["n"]
+
+    replaykit.register_state_type(recorded_cls, lambda t: {"n": t.n}, restore_tally)
+    path = tmp_path / "tally.h5"
+    with replaykit.TrainingRecorder(path, track={"tally": recorded_cls()}) as rec:
+        rec.snapshot("s")
+    with pytest.raises(CaptureError) as info:
+        replaykit.restore_training(path, "s", track={"tally": _state_class()()})
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "registered for it in this process" in msg
+    assert "replaykit.register_state_type(Tally, capture, restore)" in msg

@@ -222,7 +222,13 @@ def _restore(obj: Any, tree: Any) -> None:
                 raise StateMismatchError(what, problems)
         load(_clone_tree(saved))
         return
-    raise CaptureError(f"cannot restore state into {_type_name(obj)}: " + _HOW_TO_FIX)
+    name = type(obj).__name__
+    raise CaptureError(
+        f"cannot restore state into {_type_name(obj)}: no state type is registered for it in "
+        f"this process; register it before restoring, as the recording process did: "
+        f"replaykit.register_state_type({name}, capture, restore) (or implement "
+        "state_dict()/load_state_dict() or __replaykit_state__()/__replaykit_restore__(tree) on it)"
+    )
 
 
 def capture_object(obj: Any) -> Any:

@@ -165,7 +165,7 @@ def check_tracked_names(
     for name in given:
         if name not in saved:
             problems.append(f"restore got {name!r} but the snapshot does not track it")
-        elif kinds.get(name) and kinds[name].rsplit(".", 1)[-1] != type(given[name]).__qualname__:
+        elif kinds.get(name) and kinds[name].rsplit(".", 1)[-1] != type(given[name]).__name__:
             # Only the class name: a class recorded from a script's __main__ is the same
             # class when a test imports it from its module.
             problems.append(f"{name!r}: recorded a {kinds[name]}, got a {kind_of(given[name])}")
