@@ -6,8 +6,10 @@ explains it.
 
 Example:
     >>> p = collect()
-    >>> sorted(p)[:3]
-    ['created', 'determinism', 'device']
+    >>> sorted(p)[:4]
+    ['argv', 'created', 'determinism', 'device']
+    >>> differences(p, p)
+    []
 """
 
 from __future__ import annotations
