@@ -22,6 +22,10 @@ from replaykit._session.record import RecordingWrapper
 from replaykit._session.recorder import UpdateLog, exact_into, to_array
 from replaykit.errors import CaptureError
 
+# The rewriting wrappers below hold no snapshot-relevant state in these tests (no snapshots
+# are taken except where a stateless one is registered).
+pytestmark = pytest.mark.filterwarnings("ignore:wrapper .* has no state adapter")
+
 
 class _Rewrite(gym.Wrapper[Any, Any, Any, Any]):
     """Replaces step ``t``'s reward and info with ``fn(t)`` = ``(reward or None, info)``."""
@@ -145,6 +149,11 @@ def test_update_log_refuses_column_like_names(tmp_path: Path) -> None:
     log: UpdateLog = env._update_log
     with pytest.raises(CaptureError, match=r"'x@present'.*ends with '@present'"):
         log.log(0, {"x@present": 1.0})
+    log.log(0, {"layer/net.0/out": 1.0})  # layer digests nest their names
+    with pytest.raises(
+        CaptureError, match=r"'layer/net.0'.*collides with .*'probe/layer/net.0/out'"
+    ):
+        log.log(1, {"layer/net.0": 2.0})
     _closed_and_valid(env)
 
 

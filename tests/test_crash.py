@@ -370,16 +370,17 @@ def _replay_all(path: Path) -> dict[str, Any]:
     with Recording(path) as rec:
         names = [s.name for s in rec.snapshots]
         steps = rec.stream(F.STEPS).rows
-    ends = []
+    ends, at_prefix_end = [], 0
     for name in names:
         summary = replay_snapshot(path, name)
         ends.append(summary.step + summary.verified_steps)
-    return {"snapshots": len(names), "steps": steps, "ends": ends}
+        at_prefix_end += summary.prefix_end
+    return {"snapshots": len(names), "steps": steps, "ends": ends, "prefix_end": at_prefix_end}
 
 
 def _mlp_campaign(ctx: Any, tmp_path: Path, targets: list[int]) -> dict[str, Any]:
     failures: list[str] = []
-    killed = replayed = snapshots = 0
+    killed = replayed = snapshots = prefix_end = 0
     for i, target in enumerate(targets):
         path = tmp_path / f"mlp-kill-{i:04d}.h5"
         res = _kill_mlp(ctx, path, target)
@@ -391,6 +392,7 @@ def _mlp_campaign(ctx: Any, tmp_path: Path, targets: list[int]) -> dict[str, Any
             failures.append(f"{where}: {type(exc).__name__}: {exc}")
             continue
         snapshots += out["snapshots"]
+        prefix_end += out["prefix_end"]
         # Each replay reaches the committed end, or stops at most one update batch before
         # it (the step whose update the kill cut off).
         short = [e for e in out["ends"] if e < out["steps"] - MLP_COMMIT_EVERY]
@@ -404,6 +406,8 @@ def _mlp_campaign(ctx: Any, tmp_path: Path, targets: list[int]) -> dict[str, Any
         "killed_by_sigkill": killed,
         "files_replayed_to_end": replayed,
         "snapshots_replayed": snapshots,
+        # Replays that met an update or reset the kill cut off and stopped there.
+        "replays_stopped_at_prefix_end": prefix_end,
         "failures": failures[:10],
     }
 

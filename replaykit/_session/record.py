@@ -36,6 +36,7 @@ from replaykit._session.recorder import (
     exact_into,
     info_key_problem,
     json_options,
+    probe_name_problem,
     to_array,
 )
 from replaykit._state import spaces as _spaces
@@ -240,7 +241,9 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
         """
         if name in self._probes:
             raise UsageError(f"probe {name!r} logged twice before one step")
-        if name not in self._probe_w and (problem := info_key_problem(name)) is not None:
+        if name not in self._probe_w and (
+            problem := probe_name_problem(name, F.column_path(F.PROBE, name), self._steps)
+        ):
             raise UsageError(f"probe name {name!r} {problem}; rename it")
         self._probes[name] = value
 

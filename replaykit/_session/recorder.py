@@ -36,6 +36,7 @@ __all__ = [
     "json_options",
     "nonfinite_meta",
     "open_writer",
+    "probe_name_problem",
     "to_array",
 ]
 
@@ -134,6 +135,26 @@ def exact_into(value: Any, arr: np.ndarray, dt: np.dtype) -> bool:
         value_bits = src.itemsize * 8 - (src.kind == "i")
         return value_bits <= _SIGNIFICAND_BITS.get(dt.itemsize, 0)
     return False
+
+
+def probe_name_problem(name: Any, column: str, s: StreamWriter) -> str | None:
+    """Say why a probe or update name cannot name a new column, or ``None`` when it can.
+
+    Probe names may hold ``/`` (layer digests: ``layer/net.0/out``); each part must be a
+    valid key, and a name may not be both a column and the group of another.
+    """
+    if column in s.columns:
+        return None
+    if not isinstance(name, str):
+        return f"is a {type(name).__name__}, not a str"
+    for part in name.split("/"):
+        problem = info_key_problem(part)
+        if problem is not None:
+            return f"has the part {part!r}, which {problem}"
+    for other in s.columns:
+        if other.startswith(column + "/") or column.startswith(other + "/"):
+            return f"collides with the recorded column {other!r}"
+    return None
 
 
 def info_key_problem(key: Any) -> str | None:
@@ -468,13 +489,13 @@ class UpdateLog:
         checked = []
         for name, value in values.items():
             what = f"update value {name!r}"
-            problem = info_key_problem(name)
+            key = F.column_path(F.PROBE, name)
+            problem = probe_name_problem(name, key, s)
             if problem is not None:
                 raise CaptureError(
                     f"{what} (update {rows}) {problem}; rename it: update names are column names"
                 )
             arr, logical = to_array(value, what)
-            key = F.column_path(F.PROBE, name)
             col = s.columns.get(key)
             if col is not None and (
                 (logical or arr.dtype) != (col.logical or col.dtype) or arr.shape != col.shape
