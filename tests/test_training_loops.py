@@ -27,7 +27,6 @@ from replaykit import (
     ArrayState,
     CaptureError,
     RecordingWrapper,
-    ReplaykitWarning,
     StateMismatchError,
 )
 
@@ -84,11 +83,11 @@ def test_a_wrapper_without_adapter_fails_when_recording_starts(
     assert not path.exists()  # refused before the file was created
 
 
-def test_without_snapshots_it_warns_and_records(tmp_path: Path) -> None:
+def test_without_snapshots_it_records_and_refuses_a_later_track_or_snapshot(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "run.h5"
-    with pytest.warns(ReplaykitWarning, match="EpisodeMonitor has no state adapter"):
-        env = RecordingWrapper(EpisodeMonitor(gym.make("CartPole-v1")), path, seed=0)
-    with env:
+    with RecordingWrapper(EpisodeMonitor(gym.make("CartPole-v1")), path, seed=0) as env:
         env.reset()
         for _ in range(30):
             *_, term, trunc, _ = env.step(env.action_space.sample())
@@ -106,11 +105,7 @@ def test_an_env_without_adapter_and_an_unknown_wrapper_records_without_snapshots
 ) -> None:
     from noadapter_env import NoAdapterEnv  # replay-from-reset: no env adapter either
 
-    wrapped = EpisodeMonitor(NoAdapterEnv())
-    with (
-        pytest.warns(ReplaykitWarning, match="EpisodeMonitor has no state adapter"),
-        RecordingWrapper(wrapped, tmp_path / "r.h5", seed=0) as env,
-    ):
+    with RecordingWrapper(EpisodeMonitor(NoAdapterEnv()), tmp_path / "r.h5", seed=0) as env:
         env.reset()
         env.step(env.action_space.sample())
         env.reset()

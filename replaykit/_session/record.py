@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -41,7 +40,7 @@ from replaykit._session.recorder import (
 )
 from replaykit._state import spaces as _spaces
 from replaykit._state.envs import families
-from replaykit.errors import CaptureError, ReplaykitWarning, UsageError
+from replaykit.errors import CaptureError, UsageError
 
 __all__ = ["RecordingWrapper", "replay_scope"]
 
@@ -157,15 +156,13 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
         self._replay_scope = replay_scope(env)
         # A wrapper no snapshot could capture is refused now, before the file exists, when
         # snapshots or tracked objects are asked for (not at a snapshot 90,000 steps in).
+        # Without them the steps are recorded (enough to diff two runs), and a later
+        # track() or snapshot() raises the same error.
         self._uncapturable = envstate.uncapturable_layer(env)
-        if self._uncapturable is not None:
-            if self._snapshot_at or snapshot_every is not None or track:
-                raise CaptureError(self._uncapturable)
-            warnings.warn(
-                f"{self._uncapturable}; recording steps without snapshots",
-                ReplaykitWarning,
-                stacklevel=2,
-            )
+        if self._uncapturable is not None and (
+            self._snapshot_at or snapshot_every is not None or track
+        ):
+            raise CaptureError(self._uncapturable)
         self._open_env(
             env,
             env_spec_json(env),
