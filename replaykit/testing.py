@@ -31,7 +31,7 @@ __all__ = [
     "GOLDEN_MISSING",
     "UPDATE_MODES",
     "GoldenFiles",
-    "GoldenMismatch",
+    "GoldenMismatchError",
     "assert_recordings_match",
     "assert_replay",
     "describe_diff",
@@ -48,7 +48,7 @@ GOLDEN_MISMATCH_HINT = (
 )
 
 
-class GoldenMismatch(AssertionError):
+class GoldenMismatchError(AssertionError):
     """A fresh recording does not match its golden file."""
 
 
@@ -137,7 +137,7 @@ def assert_recordings_match(
 
     result = diff_recordings(expected, actual, rules=rules, keys=keys)
     if not result.match:
-        raise GoldenMismatch(describe_diff(result, a_name="expected", b_name="actual"))
+        raise GoldenMismatchError(describe_diff(result, a_name="expected", b_name="actual"))
 
 
 def _lock_path(path: pathlib.Path) -> pathlib.Path:
@@ -212,7 +212,7 @@ class GoldenFiles:
             The golden file's path.
 
         Raises:
-            GoldenMismatch: the golden file is missing (mode ``none``) or differs.
+            GoldenMismatchError: the golden file is missing (mode ``none``) or differs.
         """
         __tracebackhide__ = True
         path = self.path(golden)
@@ -221,7 +221,7 @@ class GoldenFiles:
             return path
         if not path.exists():
             if self.update == "none":
-                raise GoldenMismatch(GOLDEN_MISSING.format(path=path))
+                raise GoldenMismatchError(GOLDEN_MISSING.format(path=path))
             self._write(path, record, force=False)
             return path
         self._n += 1
@@ -233,7 +233,7 @@ class GoldenFiles:
         if self.update == "failing":
             self._write(path, record, force=True, fresh=fresh)
             return path
-        raise GoldenMismatch(f"{problem}\n{GOLDEN_MISMATCH_HINT}")
+        raise GoldenMismatchError(f"{problem}\n{GOLDEN_MISMATCH_HINT}")
 
     @staticmethod
     def _compare(
