@@ -16,6 +16,7 @@ subclass also inherits the builtin exception that existing handlers expect, so
     ├── CaptureError (TypeError)             state replaykit cannot capture (refuses, never guesses)
     ├── RestoreError (ValueError)            a snapshot does not fit the objects to restore into
     │   └── StateMismatchError               shapes, dtypes, keys, groups, env id or spec differ
+    ├── RecordingWriteError (OSError)        a write failed (disk full, file-size limit)
     ├── ProvenanceError (RuntimeError)       library/device drift under the "error" policy
     └── DivergenceError (AssertionError)     a replay did not reproduce the recording
         └── NondeterministicEnvError         replay-from-reset met an env that is not deterministic
@@ -44,6 +45,7 @@ __all__ = [
     "NotARecordingError",
     "PrefixEndError",
     "ProvenanceError",
+    "RecordingWriteError",
     "ReplaykitError",
     "ReplaykitWarning",
     "RestoreError",
@@ -172,6 +174,14 @@ class StateMismatchError(RestoreError):
 
 def _state_mismatch(what: str, mismatches: list[str], fix: str) -> StateMismatchError:
     return StateMismatchError(what, mismatches, fix=fix)
+
+
+class RecordingWriteError(ReplaykitError, OSError):
+    """Writing a recording failed (disk full, file-size limit, I/O error).
+
+    The writer stopped at the first failed write and closed the file without writing
+    anything more, so the file keeps everything up to its last commit.
+    """
 
 
 class ProvenanceError(ReplaykitError, RuntimeError):

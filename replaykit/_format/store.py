@@ -48,6 +48,7 @@ from replaykit.errors import (
     ChecksumError,
     FileFormatError,
     NotARecordingError,
+    RecordingWriteError,
     ReplaykitError,
     TruncatedFileError,
     UnsafeFileError,
@@ -58,21 +59,12 @@ from replaykit.errors import (
 __all__ = [
     "DatasetInfo",
     "Recording",
-    "RecordingWriteError",
     "RecordingWriter",
     "SnapshotInfo",
     "StreamReader",
     "StreamWriter",
     "library_versions",
 ]
-
-
-class RecordingWriteError(ReplaykitError, OSError):
-    """Writing a recording failed (disk full, file-size limit, I/O error).
-
-    The writer stopped at the first failed write and closed the file without writing
-    anything more, so the file keeps everything up to its last commit.
-    """
 
 
 # Bytes per column a streaming read (diff, verification, statistics) holds at once: large

@@ -29,11 +29,11 @@ from replaykit._session.recorder import (
     LeafWriter,
     NotRecordableError,
     RecorderCore,
+    check_info_key,
     check_seed_and_schedule,
     column_writer,
     env_spec_json,
     exact_into,
-    info_key_problem,
     json_options,
     probe_name_problem,
     to_array,
@@ -759,27 +759,8 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
         )
 
     def _check_info_key(self, s: StreamWriter, parts: tuple[Any, ...]) -> None:
-        """Refuse a new info key that cannot name a column of its own."""
-        key = "/".join(map(str, parts))
-        if key in self._ignore_info:
-            return
-        for part in parts:
-            problem = info_key_problem(part)
-            if problem is not None:
-                raise CaptureError(
-                    f"info key {key!r} at step {self._t}: {part!r} {problem}; rename it, or "
-                    f"exclude it with ignore_info=[{key!r}]"
-                )
-        column = F.column_path(F.INFO, key)
-        # A key may not be both a value and a dict of values ('a' then {'a': {'b': ...}}):
-        # both would need the path info/a.
-        for other in s.columns:
-            if other.startswith(column + "/") or column.startswith(other + "/"):
-                raise CaptureError(
-                    f"info key {key!r} at step {self._t} collides with the recorded column "
-                    f"{other!r} (a key that is a number in one step and a dict in another); "
-                    f"keep each key's structure, or exclude it with ignore_info=[{key!r}]"
-                )
+        if "/".join(map(str, parts)) not in self._ignore_info:
+            check_info_key(s, parts, self._t)
 
     def _write_probes(self, p: int) -> None:
         s = self._steps

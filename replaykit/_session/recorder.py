@@ -175,6 +175,33 @@ def info_key_problem(key: Any) -> str | None:
     return None
 
 
+def check_info_key(s: StreamWriter, parts: tuple[Any, ...], step: int) -> None:
+    """Refuse a new info key that cannot name a column of its own.
+
+    Raises:
+        CaptureError: a part of the key cannot name a column, or the key's column would
+            nest inside (or hold) a column already recorded.
+    """
+    key = "/".join(map(str, parts))
+    for part in parts:
+        problem = info_key_problem(part)
+        if problem is not None:
+            raise CaptureError(
+                f"info key {key!r} at step {step}: {part!r} {problem}; rename it, or "
+                f"exclude it with ignore_info=[{key!r}]"
+            )
+    column = F.column_path(F.INFO, key)
+    # A key may not be both a value and a dict of values ('a' then {'a': {'b': ...}}):
+    # both would need the path info/a.
+    for other in s.columns:
+        if other.startswith(column + "/") or column.startswith(other + "/"):
+            raise CaptureError(
+                f"info key {key!r} at step {step} collides with the recorded column "
+                f"{other!r} (a key that is a number in one step and a dict in another); "
+                f"keep each key's structure, or exclude it with ignore_info=[{key!r}]"
+            )
+
+
 def flat_info(info: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
     """Yield ``(key, value)`` for every leaf of a nested info dict, keys ``/``-joined."""
     for k, v in info.items():

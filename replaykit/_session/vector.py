@@ -49,14 +49,13 @@ from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, Vecto
 from replaykit._analysis.compare import Rule, Rules
 from replaykit._format import layout as F
 from replaykit._format.store import Recording, SnapshotInfo, StreamWriter
+from replaykit._session import recorder
 from replaykit._session.recorder import (
     LeafWriter,
     NotRecordableError,
     RecorderCore,
-    check_seed_and_schedule,
     column_writer,
     env_spec_json,
-    info_key_problem,
     json_options,
 )
 from replaykit._session.verifier import (
@@ -329,7 +328,7 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
         super().__init__(env)
 
         kind = _kind(env)
-        check_seed_and_schedule(seed, snapshot_every)
+        recorder.check_seed_and_schedule(seed, snapshot_every)
         missing = [i for i, a in enumerate(_adapters(env)) if a is None]
         if missing:
             raise CaptureError(
@@ -437,26 +436,11 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
             self._write_info(s, parts, value, p)
 
     def _check_info_key(self, s: StreamWriter, parts: tuple[Any, ...]) -> None:
-        """Refuse a new info key that cannot name a column of its own (see record.py)."""
         key = "/".join(map(str, parts))
         generated = len(parts) == 1 and key.startswith(F.FINAL_OBS + "/")
         if key in self._ignore_info or generated:
             return
-        for part in parts:
-            problem = info_key_problem(part)
-            if problem is not None:
-                raise CaptureError(
-                    f"info key {key!r} at step {self._t}: {part!r} {problem}; rename it, or "
-                    f"exclude it with ignore_info=[{key!r}]"
-                )
-        column = F.column_path(F.INFO, key)
-        for other in s.columns:
-            if other.startswith(column + "/") or column.startswith(other + "/"):
-                raise CaptureError(
-                    f"info key {key!r} at step {self._t} collides with the recorded column "
-                    f"{other!r} (a key that is a number in one step and a dict in another); "
-                    f"keep each key's structure, or exclude it with ignore_info=[{key!r}]"
-                )
+        recorder.check_info_key(s, parts, self._t)
 
     def _write_info(self, s: StreamWriter, parts: tuple[Any, ...], value: Any, p: int) -> None:
         """Write one info value; a value that is not recordable is skipped for this row."""
