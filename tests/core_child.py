@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import replaykit  # noqa: E402
+import replaykit
 
 # Tests run the same loop on CUDA with `--device cuda` (after replaykit.enable_determinism()).
 DEVICE = "cpu"

@@ -81,10 +81,8 @@ def test_batched_info_rows_match_what_the_env_returned(tmp_path: Path, steps: in
             assert bool(present[row]) == (key in want), (row, key)
             if key in want:
                 got = values[row]
-                assert (
-                    got == want[key]
-                    and got.dtype == np.asarray(want[key]).dtype
-                    or (got.dtype == np.float64 and np.float64(want[key]) == got)
+                assert (got == want[key] and got.dtype == np.asarray(want[key]).dtype) or (
+                    got.dtype == np.float64 and np.float64(want[key]) == got
                 ), (row, key, got, want[key])
     assert cols["info/x"][0].dtype == np.float64 and cols["info/late"][0].dtype == np.float32
     assert cols["info/flag"][0].dtype == np.bool_ and cols["info/n"][0].dtype == np.int64
