@@ -313,6 +313,10 @@ def test_write_error_is_one_line_and_keeps_the_prefix(precious: Path) -> None:
 
 
 @pytest.mark.integration
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_exits_130_and_names_the_partial_file(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [
@@ -330,6 +334,10 @@ def test_ctrl_c_exits_130_and_names_the_partial_file(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A job started in the background by a non-interactive shell inherits SIGINT as
+        # ignored, and Python keeps it ignored (as Unix tools do): give the child the
+        # terminal's default whatever runs this suite.
+        preexec_fn=_default_sigint,  # noqa: PLW1509 (only a signal reset before exec)
     )
     try:
         assert proc.stderr is not None
