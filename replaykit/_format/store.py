@@ -436,6 +436,27 @@ class StreamWriter:
         }
 
 
+def _create_placed(
+    group: h5py.Group, name: str, dtype: np.dtype[Any], shape: tuple[int, ...]
+) -> h5py.h5d.DatasetID:
+    """Create a contiguous dataset whose bytes are placed now and never filled.
+
+    Its offset in the file is fixed at creation, so its bytes can be written in place
+    (spill slots, direct I/O) without libhdf5 moving or zero-filling them first.
+    """
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_layout(h5py.h5d.CONTIGUOUS)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    return h5py.h5d.create(
+        group.id,
+        name.encode(),
+        h5t.py_create(dtype, logical=True),
+        h5s.create_simple(shape),
+        dcpl=dcpl,
+    )
+
+
 class RecordingWriter:
     """Writes one recording file.
 
@@ -622,17 +643,7 @@ class RecordingWriter:
             if name in group:
                 del group[name]
             cap = 1 << (len(data) + len(data) // 2).bit_length()
-            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-            dcpl.set_layout(h5py.h5d.CONTIGUOUS)
-            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-            dsid = h5py.h5d.create(
-                group.id,
-                name.encode(),
-                h5t.py_create(np.dtype(np.uint8)),
-                h5s.create_simple((cap,)),
-                dcpl=dcpl,
-            )
+            dsid = _create_placed(group, name, np.dtype(np.uint8), (cap,))
         else:
             dsid = ds.id
         buf = np.frombuffer(data, np.uint8)
@@ -893,17 +904,7 @@ class RecordingWriter:
                     g.create_dataset(key, data=data)
                     digests[key] = _array_digest(data)
                     continue
-                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-                dcpl.set_layout(h5py.h5d.CONTIGUOUS)
-                dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-                dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-                dsid = h5py.h5d.create(
-                    g.id,
-                    key.encode(),
-                    h5t.py_create(data.dtype, logical=True),
-                    h5s.create_simple(data.shape),
-                    dcpl=dcpl,
-                )
+                dsid = _create_placed(g, key, data.dtype, data.shape)
                 offset = dsid.get_offset()
                 h = xxhash.xxh3_64()
                 if offset is not None and dw.write(offset, data, h):
