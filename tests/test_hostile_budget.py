@@ -125,5 +125,74 @@ def test_huge_json_attribute_is_refused_before_parsing(rec: Path) -> None:
         raw[F.PROVENANCE_ATTR] = text
         raw[F.VERSION_ATTR] = int(f.attrs[F.VERSION_ATTR])
         S._set_fixed(f.attrs, F.ROOT_CHECKSUM_ATTR, S._root_checksum(raw))
-    with pytest.raises(FileFormatError, match="exceeds"):
+    with pytest.raises(FileFormatError, match=r"declares .* bytes, more than"):
         Recording(rec)
+
+
+def _forge_provenance(path: Path, text: str) -> None:
+    """Replace the provenance attribute and recompute the root checksum (FORMAT.md §2)."""
+    with h5py.File(path, "r+") as f:
+        f.attrs[F.PROVENANCE_ATTR] = text
+        raw = {k: S._text(f.attrs[k]) for k in (F.FORMAT_ATTR, F.CREATED_ATTR, F.META_ATTR)}
+        raw[F.PROVENANCE_ATTR] = text
+        raw[F.VERSION_ATTR] = int(f.attrs[F.VERSION_ATTR])
+        S._set_fixed(f.attrs, F.ROOT_CHECKSUM_ATTR, S._root_checksum(raw))
+
+
+_PEAK_CHILD = """
+import sys
+def hwm():
+    with open('/proc/self/status') as fh:
+        return next(int(l.split()[1]) for l in fh if l.startswith('VmHWM')) << 10
+from replaykit._format.store import Recording
+from replaykit.errors import UnsafeFileError
+base = hwm()
+try:
+    Recording(sys.argv[1])
+except UnsafeFileError as exc:
+    print('refused', str(exc).splitlines()[0])
+print('grew', hwm() - base)
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+def test_huge_text_attribute_is_refused_before_libhdf5_reads_it(rec: Path) -> None:
+    """A 96 MiB provenance: its size is read from the object header, so the reader's peak
+    memory grows by a few MiB, not by the ~5x libhdf5 takes to inflate the heap text."""
+    import subprocess
+    import sys
+
+    with h5py.File(rec, "r") as f:
+        prov = json.loads(S._text(f.attrs[F.PROVENANCE_ATTR]))
+    size = 96 << 20
+    prov["argv"] = ["x" * size]
+    _forge_provenance(rec, json.dumps(prov))
+    assert rec.stat().st_size > size
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_CHILD, str(rec)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    assert "refused" in out and "declares" in out, out
+    grew = int(out.split("grew")[1])
+    assert grew < 16 << 20, f"peak memory grew by {grew >> 20} MiB while refusing: {out}"
+
+
+def test_text_attribute_outside_the_object_header_is_refused(rec: Path) -> None:
+    """Dense attribute storage puts text where its size cannot be read first: never written."""
+    with h5py.File(rec, "r") as f:
+        prov = S._text(f.attrs[F.PROVENANCE_ATTR])
+    dense = rec.with_name("dense.h5")
+    with h5py.File(rec, "r") as src, h5py.File(dense, "w", libver="latest") as dst:
+        for name in src:
+            src.copy(src[name], dst, name)
+        for i in range(12):  # more than 8 attributes: libhdf5 switches to dense storage
+            dst.attrs[f"pad{i}"] = np.int64(i)
+        for k in src.attrs:
+            dst.attrs[k] = src.attrs[k]
+    _forge_provenance(dense, prov)
+    with pytest.raises(UnsafeFileError, match="not stored in its object header"):
+        Recording(dense)

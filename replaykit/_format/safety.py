@@ -18,6 +18,7 @@ from typing import Any
 import h5py
 
 from replaykit._format import layout as F
+from replaykit._format.ohdr import vlen_attribute_bytes
 from replaykit.errors import (
     NotARecordingError,
     ReplaykitError,
@@ -230,10 +231,10 @@ def validate_structure(f: h5py.File, path: Path, file_size: int) -> None:  # noq
                         obj=obj_path,
                     )
                 seen.add(key)
-                _check_attrs(oid, path, obj_path)
+                _check_attrs(oid, path, obj_path, text)
                 walk(oid, obj_path, depth + 1)
             elif isinstance(oid, h5py.h5d.DatasetID):
-                _check_attrs(oid, path, obj_path)
+                _check_attrs(oid, path, obj_path, text)
                 whole_bytes += _check_dataset(oid, path, file_size, obj_path)
                 if whole_bytes > file_size:
                     raise UnsafeFileError(
@@ -247,8 +248,9 @@ def validate_structure(f: h5py.File, path: Path, file_size: int) -> None:  # noq
                 raise UnsafeFileError(f"unexpected object type {kind}", path=path, obj=obj_path)
 
     seen: set[Any] = {_object_key(f.id, path, "/")}
+    text = _TextBudget(f, file_size)
     try:
-        _check_attrs(f.id, path, "/")
+        _check_attrs(f.id, path, "/", text)
         walk(f.id, "/", 0)
     except RecursionError:
         raise UnsafeFileError("structure nests too deeply", path=path) from None
@@ -266,7 +268,54 @@ def _object_key(oid: Any, path: Path, where: str) -> Any:
         ) from None
 
 
-def _check_attrs(oid: Any, path: Path, where: str) -> None:
+class _TextBudget:
+    """Declared sizes of variable-length text attributes, read from object headers first.
+
+    libhdf5 inflates such an attribute to about five times its size in memory before any
+    check can see it, so its size is read from the header's raw bytes and the whole file's
+    text must fit in the file's own bytes (heap text is stored, never declared).
+    """
+
+    __slots__ = ("fd", "file_size", "total")
+
+    def __init__(self, f: h5py.File, file_size: int) -> None:
+        try:
+            self.fd: int | None = f.id.get_vfd_handle()
+        except (OSError, RuntimeError, ValueError, TypeError):
+            self.fd = None
+        self.file_size = file_size
+        self.total = 0
+
+    def check(self, oid: Any, name: str, path: Path, where: str) -> None:
+        addr = getattr(h5py.h5o.get_info(oid), "addr", None)
+        if self.fd is None or addr is None:  # pragma: no cover - not the sec2 driver
+            return
+        declared = vlen_attribute_bytes(self.fd, addr, name.encode("utf-8"))
+        if declared is None:
+            raise UnsafeFileError(
+                f"text attribute {name!r} is not stored in its object header the way "
+                "replaykit stores attributes (dense or shared storage?); do not trust this file",
+                path=path,
+                obj=where,
+            )
+        if declared > F.MAX_JSON_BYTES:
+            raise UnsafeFileError(
+                f"text attribute {name!r} declares {declared} bytes, more than the "
+                f"{F.MAX_JSON_BYTES} any replaykit attribute has (a forged file?)",
+                path=path,
+                obj=where,
+            )
+        self.total += declared
+        if self.total > self.file_size:
+            raise UnsafeFileError(
+                f"text attributes declare {self.total} bytes in all, more than the file's "
+                f"{self.file_size}; do not trust this file",
+                path=path,
+                obj=where,
+            )
+
+
+def _check_attrs(oid: Any, path: Path, where: str, text: _TextBudget) -> None:
     try:
         n = h5py.h5a.get_num_attrs(oid)
         if n > MAX_ATTRS_PER_OBJECT:
@@ -286,6 +335,7 @@ def _check_attrs(oid: Any, path: Path, where: str) -> None:
                     raise UnsafeFileError(
                         f"attribute {name!r} has an object dtype", path=path, obj=where
                     )
+                text.check(oid, name, path, where)
             elif dt.kind not in F.ALLOWED_KINDS | {"S", "U"}:
                 raise UnsafeFileError(
                     f"attribute {name!r} has dtype {dt} ({dt.kind})", path=path, obj=where
