@@ -432,7 +432,75 @@ def build_hostile(src: Path, d: Path, sentinel: dict[str, Path]) -> dict[str, tu
     data = src.read_bytes()
     (d / "trunc.h5").write_bytes(data[: len(data) // 2])
     cases["truncated_half"] = (d / "trunc.h5", FileFormatError)
+    _add_wave2(cases, src, d, add)
     return cases
+
+
+# Per-case expectations beyond the recording/validate_file loaders: {case: {loader: error}}.
+# A recording whose env kwargs name a file or open a window is readable data, but rebuilding
+# its env is refused.
+LOADER_ERRORS: dict[str, dict[str, type[ReplaykitError]]] = {
+    "env_kwargs_xml_file": {"replay_snapshot": UnsafeFileError},
+    "env_kwargs_render_human": {"replay_snapshot": UnsafeFileError},
+    "env_kwargs_callable": {"replay_snapshot": UnsafeFileError},
+}
+
+
+def _add_wave2(cases: dict[str, tuple[Path, Any]], src: Path, d: Path, add: Any) -> None:
+    """Work and memory amplification, forged-but-consistent fields, kwargs, escapes."""
+    from test_forged import MUTANTS, _set, _spec, forge_meta
+
+    for label, forge, _ in MUTANTS:
+        name = "forged_" + re.sub(r"\W+", "_", label)
+        path = d / f"{name}.h5"
+        shutil.copyfile(src, path)
+        forge(path)
+        cases[name] = (path, FileFormatError)
+    for name, change in (
+        ("env_kwargs_xml_file", _spec("kwargs", {"xml_file": "/etc/passwd"})),
+        ("env_kwargs_render_human", _spec("kwargs", {"render_mode": "human"})),
+        ("env_kwargs_callable", _spec("kwargs", {"reward_fn": "os:system"})),
+        ("terminal_escapes", _set(F.META_ENV_ID, "CartPole\x1b[2J\x1b]0;owned\x07")),
+    ):
+        path = d / f"{name}.h5"
+        shutil.copyfile(src, path)
+        forge_meta(path, change)
+        cases[name] = (path, None)
+
+    def many_attributes(f: h5py.File) -> None:
+        ds = _steps(f)[next(iter(_steps(f)))]
+        for i in range(5000):
+            ds.attrs[f"a{i}"] = i
+
+    add("many_attributes", many_attributes, UnsafeFileError)
+
+    def compressed_snapshot_arrays(f: h5py.File) -> None:
+        snap = f[F.SNAPSHOTS_GROUP][next(iter(f[F.SNAPSHOTS_GROUP]))]
+        for i in range(2):
+            snap.create_dataset(
+                f"a99{i}", data=np.zeros(16 << 20, np.uint8), compression="gzip", chunks=True
+            )
+
+    add("compressed_snapshot_arrays", compressed_snapshot_arrays, UnsafeFileError)
+
+    def text_over_cap(f: h5py.File) -> None:
+        # 65 MiB of heap text: its size is read from the object header, never inflated.
+        f.attrs[F.PROVENANCE_ATTR] = "x" * ((64 << 20) + (1 << 20))
+
+    add("text_attr_over_cap", text_over_cap, UnsafeFileError)
+
+    def text_dense(f: h5py.File) -> None:
+        for i in range(12):  # beyond 8 attributes libhdf5 may store them densely
+            f.attrs[f"pad{i}"] = "p" * i
+
+    dense = d / "text_attr_dense.h5"
+    with h5py.File(src, "r") as a, h5py.File(dense, "w", libver="latest") as b:
+        for k in a:
+            a.copy(a[k], b, k)
+        text_dense(b)
+        for k in a.attrs:
+            b.attrs[k] = a.attrs[k]
+    cases["text_attr_dense"] = (dense, UnsafeFileError)
 
 
 @pytest.mark.integration
@@ -444,7 +512,7 @@ def test_hostile_corpus(
     record_property: Any,
 ) -> None:
     cases = build_hostile(small_recording, tmp_path, sentinel)
-    assert len(cases) >= 25
+    assert len(cases) >= 60
     jobs = [(name, path, "snapshot") for name, (path, _) in cases.items()]
     results = Pool(forkserver, small_recording).run(jobs)
     bad: list[str] = []
@@ -462,6 +530,11 @@ def test_hostile_corpus(
                     bad.append(f"{name}/{loader}: message does not name the file: {outcome}")
             if outcome[0] == "error" and "SENTINEL-SECRET" in outcome[2]:
                 bad.append(f"{name}/{loader}: read the external file")
+            want = LOADER_ERRORS.get(name, {}).get(loader)
+            if want is not None and (
+                outcome[0] != "error" or not issubclass(getattr(E, outcome[1]), want)
+            ):
+                bad.append(f"{name}/{loader}: expected {want.__name__}, got {outcome}")
         if err is None:
             # Opens (the strange bytes are ignored), and the names in it stay names.
             assert res["recording"][0] == "ok", (name, res)
