@@ -60,7 +60,7 @@ def _describe_array(a: Any) -> str:
 
 def _check_keys(what: str, saved: Any, required: tuple[str, ...]) -> None:
     if not isinstance(saved, dict):
-        raise StateMismatchError(what, [f"expected a dict, found {type(saved).__name__}"])
+        raise StateMismatchError(what, [f"recorded a {type(saved).__name__}, not a dict"])
     missing = [k for k in required if k not in saved]
     if missing:
         raise StateMismatchError(what, [f"missing key {k!r}" for k in missing])
@@ -71,7 +71,7 @@ def _compare_state(path: str, saved: Any, live: Any, out: list[str]) -> None:  #
     """Append one line to ``out`` per structural difference between two RNG state trees."""
     if isinstance(live, dict):
         if not isinstance(saved, dict):
-            out.append(f"{path}: expected a dict, found {type(saved).__name__}")
+            out.append(f"{path}: recorded a {type(saved).__name__}, not a dict")
             return
         for k in live:
             if k not in saved:
@@ -88,14 +88,14 @@ def _compare_state(path: str, saved: Any, live: Any, out: list[str]) -> None:  #
             or saved.dtype != live.dtype
             or saved.shape != live.shape
         ):
-            out.append(f"{path}: expected {_describe_array(live)}, found {_describe_array(saved)}")
+            out.append(f"{path}: recorded {_describe_array(saved)}, got {_describe_array(live)}")
     elif isinstance(live, torch.Tensor):
         if (
             not isinstance(saved, torch.Tensor)
             or saved.dtype != live.dtype
             or saved.shape != live.shape
         ):
-            out.append(f"{path}: expected {_describe_array(live)}, found {_describe_array(saved)}")
+            out.append(f"{path}: recorded {_describe_array(saved)}, got {_describe_array(live)}")
     elif isinstance(live, (bool, int, float, str)) or live is None:
         ok_types: tuple[type, ...]
         if isinstance(live, bool):
@@ -110,7 +110,7 @@ def _compare_state(path: str, saved: Any, live: Any, out: list[str]) -> None:  #
             ok_types = (type(None),)
         if not isinstance(saved, ok_types):
             out.append(
-                f"{path}: expected {type(live).__name__}, found {type(saved).__name__} {saved!r}"
+                f"{path}: recorded {type(saved).__name__} {saved!r}, got {type(live).__name__}"
             )
 
 
@@ -150,17 +150,17 @@ def _python_state_from_tree(what: str, saved: Any) -> tuple[Any, ...]:
         or words.shape != (_PY_STATE_LEN,)
     ):
         problems.append(
-            f"state: expected ndarray uint32 ({_PY_STATE_LEN},), found {_describe_array(words)}"
+            f"state: recorded {_describe_array(words)}, not ndarray uint32 ({_PY_STATE_LEN},)"
         )
     version = saved["version"]
     live_version = random.getstate()[0]
     if isinstance(version, bool) or not isinstance(version, (int, np.integer)):
-        problems.append(f"version: expected int, found {type(version).__name__}")
+        problems.append(f"version: recorded a {type(version).__name__}, not an int")
     elif int(version) != live_version:
-        problems.append(f"version: expected {live_version}, found {int(version)}")
+        problems.append(f"version: recorded {int(version)}, got {live_version}")
     gauss = saved["gauss_next"]
     if gauss is not None and not isinstance(gauss, (float, np.floating)):
-        problems.append(f"gauss_next: expected float or None, found {type(gauss).__name__}")
+        problems.append(f"gauss_next: recorded a {type(gauss).__name__}, not a float or None")
     if problems:
         raise StateMismatchError(what, problems)
     return (
@@ -191,21 +191,21 @@ def _legacy_state_from_tree(what: str, saved: Any, live: Any) -> tuple[Any, ...]
     live_kind, live_key = live[0], live[1]
     problems: list[str] = []
     if saved["kind"] != live_kind:
-        problems.append(f"kind: expected {live_kind!r}, found {saved['kind']!r}")
+        problems.append(f"kind: recorded {saved['kind']!r}, got {live_kind!r}")
     key = saved["key"]
     if (
         not isinstance(key, np.ndarray)
         or key.dtype != live_key.dtype
         or key.shape != live_key.shape
     ):
-        problems.append(f"key: expected {_describe_array(live_key)}, found {_describe_array(key)}")
+        problems.append(f"key: recorded {_describe_array(key)}, got {_describe_array(live_key)}")
     for name in ("pos", "has_gauss"):
         v = saved[name]
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            problems.append(f"{name}: expected int, found {type(v).__name__}")
+            problems.append(f"{name}: recorded a {type(v).__name__}, not an int")
     if not isinstance(saved["cached_gaussian"], (float, np.floating)):
         problems.append(
-            f"cached_gaussian: expected float, found {type(saved['cached_gaussian']).__name__}"
+            f"cached_gaussian: recorded a {type(saved['cached_gaussian']).__name__}, not a float"
         )
     if problems:
         raise StateMismatchError(what, problems)
@@ -229,7 +229,7 @@ def _check_byte_state(what: str, saved: Any, live: torch.Tensor) -> torch.Tensor
         or saved.shape != live.shape
     ):
         raise StateMismatchError(
-            what, [f"expected {_describe_array(live)}, found {_describe_array(saved)}"]
+            what, [f"recorded {_describe_array(saved)}, got {_describe_array(live)}"]
         )
     # set_rng_state wants a contiguous CPU ByteTensor whatever device the generator is on.
     return saved.detach().to("cpu").contiguous().clone()
@@ -306,7 +306,7 @@ def restore_global_rngs(tree: dict[str, Any]) -> None:
             if saved_count != here or len(cuda["states"]) != here:
                 raise StateMismatchError(
                     "torch CUDA RNG state",
-                    [f"expected {here} CUDA device(s) as on this machine, found {saved_count}"],
+                    [f"recorded {saved_count} CUDA device(s), this machine has {here}"],
                 )
             cuda_states = []
             for i, s in enumerate(cuda["states"]):
@@ -389,15 +389,14 @@ def _restore_bit_generator(bitgen: np.random.BitGenerator, tree: Any, expected: 
     what = f"RNG state of {type(bitgen).__name__}"
     _check_keys(what, tree, ("type", "state"))
     if tree["type"] != expected:
-        raise StateMismatchError(what, [f"type: expected {expected!r}, found {tree['type']!r}"])
+        raise StateMismatchError(what, [f"type: recorded {tree['type']!r}, got {expected!r}"])
     live = bitgen.state
     saved = tree["state"]
     problems: list[str] = []
     if isinstance(saved, dict) and saved.get("bit_generator") != live["bit_generator"]:
         # Say the one thing that matters rather than a list of every key that differs.
         problems.append(
-            f"bit_generator: expected {live['bit_generator']!r}, "
-            f"found {saved.get('bit_generator')!r}"
+            f"bit_generator: recorded {saved.get('bit_generator')!r}, got {live['bit_generator']!r}"
         )
     else:
         _compare_state("state", saved, live, problems)
@@ -430,7 +429,7 @@ def _(obj: np.random.RandomState, tree: Any) -> None:
     _check_keys(what, tree, ("type", "state"))
     if tree["type"] != "numpy.RandomState":
         raise StateMismatchError(
-            what, [f"type: expected 'numpy.RandomState', found {tree['type']!r}"]
+            what, [f"type: recorded {tree['type']!r}, got 'numpy.RandomState'"]
         )
     state = _legacy_state_from_tree(what, tree["state"], obj.get_state(legacy=True))
     obj.set_state(state)
@@ -446,7 +445,7 @@ def _(obj: random.Random, tree: Any) -> None:
     what = f"RNG state of {type(obj).__name__}"
     _check_keys(what, tree, ("type", "state"))
     if tree["type"] != "python.Random":
-        raise StateMismatchError(what, [f"type: expected 'python.Random', found {tree['type']!r}"])
+        raise StateMismatchError(what, [f"type: recorded {tree['type']!r}, got 'python.Random'"])
     obj.setstate(_python_state_from_tree(what, tree["state"]))
 
 
@@ -464,14 +463,12 @@ def _(obj: torch.Generator, tree: Any) -> None:
     what = f"RNG state of torch.Generator on {obj.device}"
     _check_keys(what, tree, ("type", "device", "state"))
     if tree["type"] != "torch.Generator":
-        raise StateMismatchError(
-            what, [f"type: expected 'torch.Generator', found {tree['type']!r}"]
-        )
+        raise StateMismatchError(what, [f"type: recorded {tree['type']!r}, got 'torch.Generator'"])
     saved_type = str(tree["device"]).split(":")[0]
     if saved_type != obj.device.type:
         # CPU (Mersenne Twister) and CUDA (Philox seed/offset) states are different things.
         raise StateMismatchError(
-            what, [f"device type: expected {obj.device.type!r}, found {saved_type!r}"]
+            what, [f"device type: recorded {saved_type!r}, got {obj.device.type!r}"]
         )
     state = _check_byte_state(what, tree["state"], obj.get_state())
     obj.set_state(state)
