@@ -207,3 +207,42 @@ def test_vector_reset_is_verified(tmp_path):
         assert seeds == [11, 12, 13, 14]
         with pytest.raises(DivergenceError, match="reset/seed"):
             rep.env.reset(seed=12)
+
+
+class _Tally(gym.Wrapper):
+    """A stateful wrapper with no state adapter (like SB3's Monitor)."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.steps = 0
+
+    def step(self, action):  # type: ignore[no-untyped-def]
+        self.steps += 1
+        return self.env.step(action)
+
+
+def _tallied() -> gym.Env:
+    return _Tally(gym.make("CartPole-v1"))
+
+
+@pytest.mark.parametrize("kind", ["sync", pytest.param("async", marks=pytest.mark.integration)])
+def test_uncapturable_sub_env_wrapper_is_refused_before_the_file_exists(
+    tmp_path: Path, kind: str
+) -> None:
+    """Snapshots asked for: refused at construction, naming the sub-env and the fix."""
+    fns = [_tallied] * 2
+    vec = AsyncVectorEnv(capturable(fns)) if kind == "async" else SyncVectorEnv(fns)
+    path = tmp_path / "v.h5"
+    try:
+        with pytest.raises(CaptureError, match=r"sub-env 0: wrapper .*_Tally has no state adapter"):
+            VectorRecordingWrapper(vec, path, seed=0, snapshot_at=[50])
+        assert not path.exists()
+        # Without snapshots the steps are still recorded (enough to diff two runs).
+        env = VectorRecordingWrapper(vec, path, seed=0)
+        env.reset()
+        env.step(env.action_space.sample())
+        with pytest.raises(CaptureError, match="_Tally"):
+            env.snapshot()
+        env.close()
+    finally:
+        vec.close()

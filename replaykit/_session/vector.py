@@ -102,6 +102,12 @@ class SubEnv(gym.Wrapper[Any, Any, Any, Any]):
         adapter = envstate.find_env_adapter(self.env.unwrapped)
         return None if adapter is None else adapter.name
 
+    def replaykit_uncapturable(self) -> str | None:
+        """Say why no snapshot of this sub-env's wrapper chain can be taken, or ``None``."""
+        from replaykit._state import envs as envstate
+
+        return envstate.uncapturable_layer(self.env)
+
     def replaykit_capture(self) -> Any:
         """Capture this sub-env's wrapper chain (a picklable state tree)."""
         from replaykit._state import envs as envstate
@@ -174,6 +180,11 @@ def _capture_envs(vec: Any) -> list[Any]:
     if isinstance(vec, SyncVectorEnv):
         return [envstate.capture_chain(e) for e in vec.envs]
     _require_sub_envs(vec, CaptureError)
+    # Asked first: a worker whose call raises is shut down for good, so the refusal is
+    # raised here in the parent and the vector env stays usable.
+    for i, why in enumerate(vec.call("replaykit_uncapturable")):
+        if why is not None:
+            raise CaptureError(f"sub-env {i}: {why}")
     return list(vec.call("replaykit_capture"))
 
 
@@ -188,6 +199,14 @@ def _adapters(vec: Any) -> list[str | None]:
         return out
     _require_sub_envs(vec, CaptureError)
     return list(vec.call("replaykit_adapter"))
+
+
+def _uncapturable(vec: Any) -> list[str | None]:
+    from replaykit._state import envs as envstate
+
+    if isinstance(vec, SyncVectorEnv):
+        return [envstate.uncapturable_layer(e) for e in vec.envs]
+    return list(vec.call("replaykit_uncapturable"))
 
 
 def _require_sub_envs(vec: Any, error: type[Exception]) -> None:
@@ -340,6 +359,12 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
         self._mode = _mode(env)
         self._seed = seed
         self._schedule(snapshot_at, snapshot_every)
+        # As for single envs: a wrapper no snapshot could capture is refused before the file
+        # exists when snapshots or tracked objects are asked for, not at the first snapshot.
+        if self._snapshot_at or snapshot_every is not None or track:
+            for i, why in enumerate(_uncapturable(env)):
+                if why is not None:
+                    raise CaptureError(f"sub-env {i}: {why}")
         self._ignore_info = set(ignore_info)
         self._obs_leaves = _spaces.leaves_of(env.observation_space, "observation")
         self._act_leaves = _spaces.leaves_of(env.action_space, "action")
