@@ -20,7 +20,7 @@ from replaykit._format import layout as F
 from replaykit._format.store import Recording
 from replaykit._session.record import RecordingWrapper
 from replaykit._session.recorder import UpdateLog, exact_into, to_array
-from replaykit.errors import CaptureError
+from replaykit.errors import CaptureError, UsageError
 
 # The rewriting wrappers below hold no snapshot-relevant state in these tests (no snapshots
 # are taken except where a stateless one is registered).
@@ -122,13 +122,26 @@ def test_info_dtype_change_is_refused_and_row_discarded(tmp_path: Path) -> None:
     _run(env, 3)
     with pytest.raises(CaptureError, match=r"info 'b' changed from float32\[\] to float64\[\]"):
         env.step(0)
-    env.step(0)
     _closed_and_valid(env)
     with Recording(env.path) as rec:
         st = rec.stream(F.STEPS)
-        assert st.rows == 4
+        assert st.rows == 3
         assert "info/a" not in st.columns  # the refused step created nothing
-        assert st.read("info/b").tolist() == [0.0, 1.0, 2.0, 2.0]
+        assert st.read("info/b").tolist() == [0.0, 1.0, 2.0]
+
+
+def test_a_refused_step_stops_the_recording(tmp_path: Path) -> None:
+    """The env moved past the refused step: a later row would be misaligned, so none is taken."""
+    env = _recorder(tmp_path / "r.h5", lambda t: ("1.0" if t == 4 else 1.0, {}))
+    _run(env, 4)
+    with pytest.raises(CaptureError, match=r"reward is a str"):
+        env.step(0)
+    for call in (lambda: env.step(0), env.reset):
+        with pytest.raises(UsageError, match=r"stopped at step 4, whose values were refused"):
+            call()
+    _closed_and_valid(env)
+    with Recording(env.path) as rec:
+        assert rec.stream(F.STEPS).rows == 4
 
 
 def test_update_dtype_change_is_refused_before_writing(tmp_path: Path) -> None:

@@ -25,7 +25,6 @@ import numpy as np
 from replaykit._format import layout as F
 from replaykit._format.store import Column, StreamWriter
 from replaykit._session.recorder import (
-    RECORDING_CLOSED,
     LeafWriter,
     NotRecordableError,
     RecorderCore,
@@ -346,8 +345,8 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
         return obs, info
 
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
-        if self._closed:
-            raise UsageError(RECORDING_CLOSED)
+        if self._halted:
+            self._require_open()
         obs, reward, terminated, truncated, info = self.env.step(action)
         fast = self._fast
         s = self._steps
@@ -390,8 +389,9 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
         else:
             try:
                 self._write_step_slow(action, obs, reward, terminated, truncated, info, p)
-            except CaptureError:
+            except CaptureError as exc:
                 self._discard_row(p)
+                self._halt_after_refusal(exc)
                 raise
         # StreamWriter.end_row, inlined: one method call is ~5% of the per-step budget.
         s.pos = p = p + 1
@@ -428,8 +428,9 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
                         self._learn_info_keys(info)
             if self._probes:
                 self._write_probes(p)
-        except CaptureError:
+        except CaptureError as exc:
             self._discard_row(p)
+            self._halt_after_refusal(exc)
             raise
         return iv
 

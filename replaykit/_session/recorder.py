@@ -597,6 +597,9 @@ class RecorderCore:
         self._tracked = {}
         self._snap_seq = 0
         self._closed = False
+        # True once steps are no longer accepted: closed, or a step was refused.
+        self._halted = False
+        self._refused: str | None = None
 
     def _open_env(
         self,
@@ -653,7 +656,7 @@ class RecorderCore:
         """Write the closing metadata, close the file, then close what the recorder wraps."""
         if self._closed:
             return
-        self._closed = True
+        self._closed = self._halted = True
         try:
             self._writer.update_meta(**{F.META_CLOSED: True, **self._final_meta()})
             self._writer.close()
@@ -692,6 +695,19 @@ class RecorderCore:
     def _require_open(self) -> None:
         if self._closed:
             raise UsageError(RECORDING_CLOSED)
+        if self._refused is not None:
+            raise UsageError(self._refused)
+
+    def _halt_after_refusal(self, exc: BaseException) -> None:
+        """Accept no more steps: the env has moved past a step the file does not hold."""
+        why = (str(exc).splitlines() or [type(exc).__name__])[0]
+        self._refused = (
+            f"the recording stopped at step {self._t}, whose values were refused ({why}); "
+            "the env has moved past a step the file does not hold, so later steps cannot be "
+            f"recorded in line: close() the recorder (the file keeps the {self._t} steps "
+            "before it) and record again with that value fixed"
+        )
+        self._halted = True
 
     def _snapshot_name(self, name: str | None, prefix: str, count: int) -> str:
         """Return ``name``, or ``<prefix>-<count>`` made unique with the sequence number."""

@@ -559,8 +559,9 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
             self._write(s, F.REWARD, np.asarray(rewards), p, False)
             self._write(s, F.TERMINATED, np.asarray(terms, dtype=np.bool_), p, False)
             self._write(s, F.TRUNCATED, np.asarray(truncs, dtype=np.bool_), p, False)
-        except CaptureError:
+        except CaptureError as exc:
             self._discard_row(s, p)
+            self._halt_after_refusal(exc)
             raise
         done = np.logical_or(terms, truncs)
         if pending is not None:
