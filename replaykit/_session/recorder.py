@@ -574,7 +574,10 @@ class RecorderCore:
     _tracked: dict[str, Any]
     _snap_seq: int
     _closed: bool
+    _halted: bool
+    _refused: str | None
     # Env recorders only (see _open_env and _schedule).
+    _t: int
     _steps: StreamWriter
     _resets: StreamWriter
     _snapshot_at: set[int]
@@ -599,7 +602,7 @@ class RecorderCore:
         self._closed = False
         # True once steps are no longer accepted: closed, or a step was refused.
         self._halted = False
-        self._refused: str | None = None
+        self._refused = None
 
     def _open_env(
         self,
