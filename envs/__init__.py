@@ -1,12 +1,14 @@
 """Small deterministic test envs for replaykit, registered with gymnasium.
 
-Importing this package registers three envs under the ``replaykit`` namespace:
+Importing this package registers four envs under the ``replaykit`` namespace:
 
 * ``replaykit/SlipperyGrid-v0``: a slippery grid world with discrete actions.
 * ``replaykit/Drift-v0``: continuous nonlinear dynamics whose float error accumulates.
 * ``replaykit/NestedObs-v0``: nested ``Dict``/``Tuple`` observations and ragged infos.
+* ``replaykit/GlobalNoise-v0``: CartPole drawing from NumPy's global RNG in ``step()``
+  (:mod:`replaykit_envs.diagnostics` also holds pathological wrappers and policies).
 
-Each draws from ``self.np_random`` every step, so restoring a snapshot without
+The first three draw from ``self.np_random`` every step, so restoring a snapshot without
 the env RNG visibly diverges. Importing the package also registers each env's
 state adapter with replaykit through its public API (``replaykit.register_env_adapter``),
 the way a user's own env package would; replaykit itself never imports this package
@@ -35,6 +37,7 @@ _SPECS: dict[str, tuple[str, int]] = {
     "replaykit/SlipperyGrid-v0": ("replaykit_envs.slippery_grid:SlipperyGridEnv", 200),
     "replaykit/Drift-v0": ("replaykit_envs.drift:DriftEnv", 500),
     "replaykit/NestedObs-v0": ("replaykit_envs.nested_obs:NestedObsEnv", 300),
+    "replaykit/GlobalNoise-v0": ("replaykit_envs.diagnostics:GlobalNoiseEnv", 500),
 }
 
 #: The ids :func:`register_envs` registers.
@@ -81,6 +84,9 @@ def _register_adapters() -> None:
     replaykit.register_env_adapter(SlipperyGridEnv, SlipperyGridAdapter())
     replaykit.register_env_adapter(DriftEnv, DriftAdapter())
     replaykit.register_env_adapter(NestedObsEnv, NestedObsAdapter())
+    from replaykit_envs.diagnostics import ScaleDimension
+
+    replaykit.register_stateless_wrapper(ScaleDimension)
 
 
 register_envs()

@@ -1,4 +1,4 @@
-"""The ``replaykit`` command line: record, replay, diff, inspect, check, demo.
+"""The ``replaykit`` command line: record, replay, diff, inspect, check, doctor, report, demo.
 
 Exit codes (the public contract):
     0: match / ok.
@@ -585,6 +585,40 @@ def _check(
         _dump_json(report.to_json())
     else:
         _out.print(report.format())
+
+
+@app.command("doctor", epilog=EXIT_CODES_HELP)
+@_guarded
+def _doctor(
+    env_id: Annotated[str, typer.Argument(help="A registered gymnasium env id, e.g. CartPole-v1.")],
+    policy: Annotated[
+        str,
+        typer.Option(
+            help="random, mlp, or module:callable (a factory taking (env, seed)), as for record."
+        ),
+    ] = "random",
+    steps: Annotated[int, typer.Option(min=2, help="Steps per run.")] = 200,
+    seed: Annotated[int, typer.Option(min=0, max=_SEED_MAX, help="The seed of both runs.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+) -> None:
+    """Check a setup replays bit-exactly before a long run: exit 1 if any check FAILs."""
+    if ":" in policy and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as for `record --policy`
+    from replaykit._analysis import render
+    from replaykit._analysis.doctor import doctor
+    from replaykit._session.policies import resolve_policy
+    from replaykit._session.rollout import make_recorded_env
+
+    make_recorded_env(env_id).close()  # an unknown id or a missing extra: exit 2 at once
+    factory = None if policy == "random" else functools.partial(resolve_policy, policy)
+    report = doctor(lambda: make_recorded_env(env_id), factory, seed=seed, steps=steps)
+    if as_json:
+        _dump_json(_finite(report.to_json()))
+    else:
+        for part in render.doctor_renderables(report):
+            _out.print(part)
+    if not report.ok:
+        raise typer.Exit(EXIT_DIVERGED)
 
 
 @app.command("demo", epilog=EXIT_CODES_HELP)

@@ -52,6 +52,7 @@ __all__ = [
     "diff_text",
     "divergence_location",
     "divergence_report",
+    "doctor_renderables",
     "format_value",
     "inspection_renderables",
     "is_volatile",
@@ -724,3 +725,41 @@ def inspection_renderables(s: dict[str, Any]) -> list[RenderableType]:
         table.add_row(k, str(v))
     parts.append(table)
     return parts
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def doctor_renderables(report: Any) -> list[RenderableType]:
+    """Return what ``replaykit doctor`` prints for a ``doctor.DoctorReport``.
+
+    A table of PASS/WARN/FAIL rows with the fix for each, then one verdict line.
+
+    Example:
+        >>> # for part in doctor_renderables(doctor(lambda: gym.make("CartPole-v1"))):
+        >>> #     Console().print(part)
+    """
+    from rich.table import Table
+
+    table = Table(
+        title=f"replaykit doctor: {report.env}, seed {report.seed}, {report.steps} steps per run",
+        title_justify="left",
+    )
+    table.add_column("status", no_wrap=True)
+    table.add_column("check", no_wrap=True)
+    table.add_column("finding", overflow="fold")
+    table.add_column("fix", overflow="fold")
+    styles = {"PASS": "green", "WARN": "yellow", "FAIL": "bold red"}
+    for c in report.checks:
+        table.add_row(c.status, c.name, c.detail, c.fix, style=styles.get(c.status))
+    fails = sum(c.status == "FAIL" for c in report.checks)
+    warns = sum(c.status == "WARN" for c in report.checks)
+    if fails:
+        verdict = (
+            f"{fails} check(s) failed, {warns} warning(s): a replay of this setup will diverge"
+        )
+    elif warns:
+        verdict = f"all checks passed, {warns} warning(s): replays should be bit-exact"
+    else:
+        verdict = "all checks passed: replays of this setup should be bit-exact"
+    return [table, verdict]
