@@ -621,6 +621,59 @@ def _doctor(
         raise typer.Exit(EXIT_DIVERGED)
 
 
+@app.command("report", epilog=EXIT_CODES_HELP)
+@_guarded
+def _report_cmd(
+    file: Annotated[pathlib.Path, typer.Argument(help="A recording.")],
+    out: Annotated[
+        pathlib.Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Directory for report.html and its PNGs (default: FILE's name + '-report', "
+            "beside it).",
+            show_default=False,
+        ),
+    ] = None,
+    key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--key", help="Plot keys matching this fnmatch pattern, e.g. 'steps/obs' (repeatable)."
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print the findings as JSON (writes no files unless --out)."),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the files of an existing report in --out.")
+    ] = False,
+) -> None:
+    """Find what went wrong in a recording; write one self-contained HTML page plus PNGs."""
+    _existing_file(file)
+    from replaykit._analysis import render
+    from replaykit._analysis.report import analyze, check_report_dir, write_report
+
+    if out is None and not as_json:
+        out = file.with_name(file.stem + "-report")
+    if out is not None:
+        check_report_dir(out, force=force)  # before anything is read
+        analysis, written = write_report(file, out, keys=key or None, force=force)
+    else:
+        analysis, written = analyze(file, keys=key or None), []
+    if as_json:
+        doc = analysis.to_json()
+        doc["files"] = [str(p) for p in written]
+        _dump_json(_finite(doc))
+        return
+    lines = render.report_findings_lines(analysis)
+    _out.print(f"{len(lines)} finding(s) in {file}" + (":" if lines else ""))
+    for line in lines:
+        _out.print(f"- {line}")
+    if written:
+        _out.print(f"report: {written[0]} ({len(written) - 1} pictures beside it)")
+
+
 @app.command("demo", epilog=EXIT_CODES_HELP)
 @_guarded
 def _demo(

@@ -28,6 +28,9 @@ Example:
 
 from __future__ import annotations
 
+import html
+import os
+import string
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +64,8 @@ __all__ = [
     "record_progress",
     "record_summary",
     "replay_summary",
+    "report_findings_lines",
+    "report_html",
     "setup_differences",
     "short_value",
     "stream_unit",
@@ -763,3 +768,179 @@ def doctor_renderables(report: Any) -> list[RenderableType]:
     else:
         verdict = "all checks passed: replays of this setup should be bit-exact"
     return [table, verdict]
+
+
+def report_findings_lines(analysis: Any) -> list[str]:
+    """One line per finding of a report (``replaykit report`` and ``inspect`` print these).
+
+    Example:
+        >>> # report_findings_lines(analyze("run.h5"))
+        >>> # ['steps/probe/logits[1] is nan first at step 123: ...']
+    """
+    return [f.message for f in analysis.findings]
+
+
+_FIGURE = string.Template(
+    '<figure><img alt="$alt" src="data:image/png;base64,$data">'
+    "<figcaption>$caption</figcaption></figure>"
+)
+_SECTION = string.Template('<section id="$id">\n<h2>$title</h2>\n$body\n</section>')
+_FINDING = string.Template('<li class="kind-$kind">$message</li>')
+_ROW = string.Template("<tr>$cells</tr>")
+
+
+def _figure(pngs: dict[str, bytes], name: str, caption: str) -> str:
+    import base64
+
+    if name not in pngs:
+        return ""
+    return _FIGURE.substitute(
+        alt=html.escape(name),
+        data=base64.b64encode(pngs[name]).decode("ascii"),
+        caption=html.escape(caption),
+    )
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    head = _ROW.substitute(cells="".join(f"<th>{html.escape(h)}</th>" for h in header))
+    body = [
+        _ROW.substitute(
+            cells="".join(
+                f"<td{' class=key' if i == 0 else ''}>{html.escape(c)}</td>"
+                for i, c in enumerate(r)
+            )
+        )
+        for r in rows
+    ]
+    return "<table>\n" + "\n".join([head, *body]) + "\n</table>"
+
+
+def report_html(analysis: Any, pngs: dict[str, bytes]) -> str:
+    """Return the self-contained HTML page of a report: findings first, then the pictures.
+
+    Every picture is embedded as a ``data:`` URI, so the one file opens anywhere, without
+    network access. The page is filled from ``string.Template`` pieces and every value is
+    escaped.
+
+    Args:
+        analysis: an :class:`~replaykit._analysis.report.Analysis`.
+        pngs: ``{file name: PNG bytes}`` from :func:`replaykit._analysis.plots.report_figures`.
+
+    Example:
+        >>> # page = report_html(analyze("run.h5"), report_figures(analysis))
+    """
+    from importlib import resources
+
+    from replaykit._analysis.plots import file_name
+
+    a = analysis
+    page = string.Template(
+        resources.files("replaykit._analysis").joinpath("report.html").read_text("utf-8")
+    )
+    findings = [
+        _FINDING.substitute(kind=html.escape(f.kind), message=html.escape(f.message))
+        for f in a.findings
+    ] or [
+        '<li class="none">No findings: no non-finite values, no collapsed policy, no '
+        "un-normalised or constant observation, no exploding update probe.</li>"
+    ]
+    notes = "".join(f"<p>{html.escape(n)}</p>" for n in a.notes)
+    sections = []
+    if "episodes.png" in pngs:
+        n = len(a.episode_lengths)
+        sections.append(
+            _SECTION.substitute(
+                id="episodes",
+                title="Episodes",
+                body=_figure(pngs, "episodes.png", f"return and length of each of {n} episodes"),
+            )
+        )
+    keys = [
+        _figure(
+            pngs,
+            file_name(k),
+            f"{k}: mean per bucket of rows, min-max band shaded; dashed lines are snapshots",
+        )
+        for k in a.series
+    ]
+    if keys:
+        sections.append(
+            _SECTION.substitute(id="keys", title="Keys over time", body="\n".join(keys))
+        )
+    if "actions.png" in pngs:
+        act = a.actions
+        sections.append(
+            _SECTION.substitute(
+                id="actions",
+                title="Policy: actions and entropy",
+                body=_figure(
+                    pngs,
+                    "actions.png",
+                    f"share of each action per window; over the last {act['last_n']} steps "
+                    f"(right of the dotted line) action {act['top_action']} has {act['share']:.0%}",
+                ),
+            )
+        )
+    if a.obs_stats is not None:
+        st = a.obs_stats
+        rows = [
+            (f"obs[{i}]", *(short_value(float(st[k][i])) for k in ("mean", "std", "min", "max")))
+            for i in range(min(len(st["mean"]), 64))
+        ]
+        body = _figure(
+            pngs,
+            "observations.png",
+            "std and max |value| per observation dimension; the dotted line is unit scale",
+        )
+        sections.append(
+            _SECTION.substitute(
+                id="observations",
+                title="Input normalisation",
+                body=body + "\n" + _table(("dimension", "mean", "std", "min", "max"), rows),
+            )
+        )
+    nf_rows = [
+        (
+            nf["key"],
+            str(nf["step"]),
+            "" if nf["update"] is None else str(nf["update"]),
+            str(nf["element"]),
+            nf["value"],
+        )
+        for nf in a.nonfinite
+    ]
+    sections.append(
+        _SECTION.substitute(
+            id="nonfinite",
+            title="First non-finite value per key",
+            body=_table(("key", "step", "update", "element", "value"), nf_rows)
+            if nf_rows
+            else "<p>Every numeric value in every stream is finite.</p>",
+        )
+    )
+    if "dynamic-range.png" in pngs:
+        sections.append(
+            _SECTION.substitute(
+                id="dynamic-range",
+                title="Dynamic range over updates",
+                body=_figure(
+                    pngs,
+                    "dynamic-range.png",
+                    "max |value| per bucket of updates for every update probe (loss, grad "
+                    "norm, learning rate, layer digests)",
+                ),
+            )
+        )
+    snaps = ", ".join(f"{s['name']} (step {s['step']})" for s in a.snapshots) or "none"
+    summary = (
+        f"{a.path}: env {a.env_id or '(none)'}, {a.steps} steps, {len(a.episode_lengths)} "
+        f"episodes, {a.updates} updates; snapshots: {snaps}"
+        + (f"; failure at step {a.failure['step']}: {a.failure['message']}" if a.failure else "")
+    )
+    return page.substitute(
+        title=html.escape(os.path.basename(a.path)),
+        summary=html.escape(summary),
+        findings="\n".join(findings),
+        notes=notes,
+        sections="\n".join(sections),
+    )
