@@ -63,6 +63,8 @@ MAX_OBS_DIMS = 512
 MAX_ELEMENTS = 8
 #: Keys plotted by default (all update probes, step probes and the reward), at most.
 MAX_DEFAULT_KEYS = 24
+# Update probes that are schedules, whose growth over updates is by design.
+_SCHEDULES = ("lr", "*learning_rate*", "*_lr", "lr_*", "*epsilon*", "*beta*", "*temperature*")
 # Probe names whose values are read as action logits / log-probabilities / probabilities.
 _LOGIT_NAMES = ("*logit*", "*log_prob*", "*logprob*", "*logp*", "*probs*")
 
@@ -119,6 +121,7 @@ class Series:
     lo: np.ndarray
     hi: np.ndarray
     labels: list[str]
+    integer: bool = False
 
     @property
     def max_abs(self) -> np.ndarray:
@@ -235,6 +238,14 @@ def _column_blocks(st: Any, column: str) -> Any:
             pass
 
 
+def _kind(dtype: Any) -> str:
+    """NumPy's kind letter of a column dtype string (``""`` for a logical dtype like bfloat16)."""
+    try:
+        return str(np.dtype(dtype).kind)
+    except TypeError:
+        return ""
+
+
 def _matches(key: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(key, p) for p in patterns)
 
@@ -295,6 +306,7 @@ def _scan_column(
                 for j in range(k)
             ]
         series = buckets.series(f"{st.name}/{column}", st.name, labels)
+        series.integer = _kind(info[F.COLUMN_DTYPE]) in ("i", "u", "b")
     return first, series
 
 
@@ -335,7 +347,7 @@ def _discrete_n(rec: Any, st: Any) -> int | None:
     if (
         info is None
         or info[F.COLUMN_SHAPE] != []
-        or np.dtype(info[F.COLUMN_DTYPE]).kind not in "iub"
+        or _kind(info[F.COLUMN_DTYPE]) not in ("i", "u", "b")
     ):
         return None
     if isinstance(space, dict) and isinstance(space.get("n"), int) and space.get("start", 0) == 0:
@@ -562,14 +574,15 @@ def _exploding(series: dict[str, Series], updates: int) -> list[Finding]:
         return []
     out = []
     for key, s in series.items():
-        if s.stream != F.UPDATES:
+        name = key.rsplit("/", 1)[-1].lower()
+        if s.stream != F.UPDATES or s.integer or any(fnmatch.fnmatchcase(name, p) for p in _SCHEDULES):
             continue
         m = s.max_abs
         tenth = max(1, len(m) // 10)
         with np.errstate(invalid="ignore"):
             first = float(np.nanmax(m[:tenth], initial=-np.inf))
             last = float(np.nanmax(m[-tenth:], initial=-np.inf))
-        if not (math.isfinite(first) and math.isfinite(last)) or last <= 0:
+        if not (math.isfinite(first) and math.isfinite(last)) or first <= 0:
             continue
         if last > EXPLODE_FACTOR * max(first, 1e-12):
             lo_u, hi_u = int(s.x[-tenth]), updates - 1
