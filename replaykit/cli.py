@@ -520,10 +520,24 @@ def _diff(
         list[str] | None,
         typer.Option("--key", help="Compare only keys matching this fnmatch pattern (repeatable)."),
     ] = None,
+    plot: Annotated[
+        pathlib.Path | None,
+        typer.Option(
+            "--plot",
+            metavar="OUT.png",
+            help="Draw both runs' values of the first divergent key, the divergence marked and "
+            "|A - B| on a log axis below (needs matplotlib).",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing --plot file.")
+    ] = False,
 ) -> None:
     """Compare two recordings key by key; report each key's first divergence (exit 1 if any)."""
     _existing_file(a)
     _existing_file(b)
+    if plot is not None:
+        _check_plot_path(plot, force=force)
     from replaykit._analysis import render
     from replaykit._analysis.compare import Rule, Rules, diff_recordings
 
@@ -534,8 +548,53 @@ def _diff(
     else:
         for part in render.diff_renderables(result):
             _out.print(part)
+    if plot is not None:
+        _write_diff_plot(a, b, result, plot)
     if not result.match:
         raise typer.Exit(EXIT_DIVERGED)
+
+
+def _check_plot_path(plot: pathlib.Path, *, force: bool) -> None:
+    """Refuse a --plot path that cannot be written, before anything is read."""
+    if plot.suffix.lower() != ".png":
+        raise errors.UsageError(f"--plot {plot}: expected a .png file name")
+    if not plot.parent.is_dir():
+        raise errors.UsageError(f"--plot {plot}: no such directory {plot.parent}")
+    if plot.exists() and not force:
+        raise errors.UsageError(f"--plot {plot} exists; pass --force to replace it")
+    from replaykit._analysis.plots import require_matplotlib
+
+    require_matplotlib()
+
+
+def _write_diff_plot(a: pathlib.Path, b: pathlib.Path, result: Any, plot: pathlib.Path) -> None:
+    from replaykit._analysis.compare import divergence_values
+    from replaykit._analysis.plots import diff_figure
+
+    first = result.first
+    if first is None:
+        _err.print(f"replaykit: the runs match; no plot written to {plot}", markup=False)
+        return
+    x, va, vb, element = divergence_values(a, b, first)
+    at = first.row if first.row is not None else int(x[0])
+    png = diff_figure(
+        first.key if first.stream != "steps" else f"steps/{first.key}",
+        x,
+        va,
+        vb,
+        diverged_at=at,
+        a_name=a.name,
+        b_name=b.name,
+        element=element,
+        x_label="step" if first.stream == "steps" else first.stream.rstrip("s"),
+    )
+    tmp = plot.with_name(f".{plot.name}.partial-{os.getpid()}")
+    try:
+        tmp.write_bytes(png)
+        os.replace(tmp, plot)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _err.print(f"replaykit: plot of {first.key}{element} written to {plot}", markup=False)
 
 
 @app.command("inspect", epilog=EXIT_CODES_HELP)

@@ -119,7 +119,7 @@ def test_unnormalised_observation_dimension_is_found(tmp_path: Path) -> None:
     assert "inputs are not normalised" in findings[0].message
 
 
-@pytest.mark.parametrize("policy", ["random", "mlp"])
+@pytest.mark.parametrize("policy", ["random", pytest.param("mlp", marks=pytest.mark.integration)])
 def test_healthy_recordings_have_no_findings(tmp_path: Path, policy: str) -> None:
     path = _record(tmp_path, policy, steps=2000)
     assert analyze(path).findings == []
@@ -145,6 +145,7 @@ def test_examples_recordings_have_no_findings(tmp_path: Path, example: str) -> N
     assert a.steps + a.updates > 0
 
 
+@pytest.mark.integration  # draws every picture: a few seconds
 def test_report_writes_one_self_contained_page_and_pngs(tmp_path: Path) -> None:
     path = _record(tmp_path, "replaykit_envs.diagnostics:nan_policy", steps=400)
     out = tmp_path / "rep"
@@ -182,3 +183,52 @@ def test_report_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     path = _record(tmp_path, "random", steps=50)
     assert cli.main(["report", str(path), "--out", str(tmp_path / "no" / "such")]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_inspect_mentions_each_finding(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _record(tmp_path, "replaykit_envs.diagnostics:nan_policy", steps=300)
+    capsys.readouterr()
+    assert cli.main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "findings (1; pictures: replaykit report):" in out
+    assert f"steps/probe/logits[1] is nan first at step {diagnostics.NAN_AT}" in out
+    assert cli.main(["inspect", str(path), "--json"]) == 0
+    (line,) = json.loads(capsys.readouterr().out)["findings"]
+    assert line.startswith("steps/probe/logits[1] is nan")
+
+
+def _drift(path: Path, gain: float) -> None:
+    env = replaykit.RecordingWrapper(gym.make("replaykit/Drift-v0"), path, seed=0)
+    env.reset()
+    env.action_space.seed(0)
+    for t in range(300):
+        a = env.action_space.sample()
+        if t >= 120:
+            a = a * np.float32(gain)
+        _, _, term, trunc, _ = env.step(a)
+        if term or trunc:
+            env.reset()
+    env.close()
+
+
+def test_diff_plot_draws_the_first_divergent_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from replaykit._analysis.compare import diff_recordings, divergence_values
+
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    _drift(a, 1.0)
+    _drift(b, 1.0000001)
+    first = diff_recordings(a, b).first
+    assert first is not None and (first.key, first.row) == ("action", 120)
+    x, va, vb, element = divergence_values(a, b, first)
+    assert element == "[0]" and x[0] == 0
+    assert (va[:120] == vb[:120]).all() and va[120] != vb[120]
+    png = tmp_path / "d.png"
+    assert cli.main(["diff", str(a), str(b), "--plot", str(png)]) == 1
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert "plot of action[0] written to" in capsys.readouterr().err
+    # Not replaced without --force; a bad name is refused before anything is read.
+    assert cli.main(["diff", str(a), str(b), "--plot", str(png)]) == 2
+    assert cli.main(["diff", str(a), str(b), "--plot", str(tmp_path / "d.jpg")]) == 2
+    assert cli.main(["diff", str(a), str(b), "--plot", str(png), "--force"]) == 1

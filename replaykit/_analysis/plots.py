@@ -274,6 +274,7 @@ def diff_figure(
     a_name: str,
     b_name: str,
     element: str,
+    x_label: str = "step",
 ) -> bytes:
     """Both runs' values of one key over steps, the divergence marked, ``|a - b|`` (log) below.
 
@@ -286,6 +287,7 @@ def diff_figure(
         a_name: run A's label.
         b_name: run B's label.
         element: which element of the key is drawn (``""`` for a scalar).
+        x_label: what the rows are (``"step"``, ``"update"``, ...).
     """
     plt = require_matplotlib()
     fig, (top, bottom) = plt.subplots(
@@ -297,7 +299,7 @@ def diff_figure(
         ax.axvline(diverged_at, color=_FAILURE_COLOR, lw=1, ls=":")
         ax.grid(alpha=0.3)
     top.annotate(
-        f"first divergence: step {diverged_at}",
+        f"first divergence: {x_label} {diverged_at}",
         (diverged_at, 1.0),
         xycoords=("data", "axes fraction"),
         xytext=(4, -12),
@@ -313,7 +315,7 @@ def diff_figure(
     bottom.plot(x[pos], d[pos], ".", color=_FAILURE_COLOR, ms=3)
     bottom.set_yscale("log")
     bottom.set_ylabel("|A - B|")
-    bottom.set_xlabel("step")
+    bottom.set_xlabel(x_label)
     if not pos.any():
         bottom.text(
             0.5,

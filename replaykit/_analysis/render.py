@@ -674,6 +674,10 @@ def inspection_renderables(s: dict[str, Any]) -> list[RenderableType]:
         f"{s['path']}: replaykit format v{s['format_version']}, {s['bytes'] / 1024:.0f} KiB, "
         f"env {s['env_id']}, created {s['created']}"
     ]
+    findings = s.get("findings") or []
+    if findings:
+        parts.append(f"findings ({len(findings)}; pictures: replaykit report):")
+        parts.extend(f"  - {line}" for line in findings)
     tree = Tree("layout")
     _add_tree(tree, s["layout"])
     parts.append(tree)

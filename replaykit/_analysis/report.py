@@ -575,7 +575,8 @@ def _exploding(series: dict[str, Series], updates: int) -> list[Finding]:
     out = []
     for key, s in series.items():
         name = key.rsplit("/", 1)[-1].lower()
-        if s.stream != F.UPDATES or s.integer or any(fnmatch.fnmatchcase(name, p) for p in _SCHEDULES):
+        schedule = any(fnmatch.fnmatchcase(name, p) for p in _SCHEDULES)
+        if s.stream != F.UPDATES or s.integer or schedule:
             continue
         m = s.max_abs
         tenth = max(1, len(m) // 10)
@@ -627,6 +628,7 @@ def analyze(
     path: str | os.PathLike[str],
     *,
     keys: list[str] | None = None,
+    pictures: bool = True,
 ) -> Analysis:
     """Stream over a recording and find what a person debugging it would look for.
 
@@ -635,6 +637,7 @@ def analyze(
         keys: ``fnmatch`` patterns of ``stream/column`` keys to reduce for plotting (default:
             the reward, every step probe and every update probe, at most
             :data:`MAX_DEFAULT_KEYS`). Findings always cover every column.
+        pictures: reduce the plotted keys; ``False`` computes the findings only.
 
     Returns:
         An :class:`Analysis`, findings first in the order: non-finite values, policy
@@ -644,7 +647,9 @@ def analyze(
 
     notes: list[str] = []
     with Recording(path) as rec:
-        if keys:
+        if not pictures:
+            plotted = []
+        elif keys:
             all_keys = [f"{s}/{c}" for s in rec.stream_names for c in rec.stream(s).columns]
             plotted = [k for k in all_keys if _matches(k, keys)]
             if not plotted:
