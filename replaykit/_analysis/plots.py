@@ -123,9 +123,18 @@ def _episodes_figure(a: Any, plt: Any) -> bytes | None:
     panels = [("steps per episode", a.episode_lengths, "C1")]
     if a.episode_returns is not None:
         panels.insert(0, ("return per episode", a.episode_returns, "C0"))
+    many = len(eps) > 200  # noqa: PLR2004
+    k = max(1, len(eps) // 100)
     for ax, (title, values, color) in zip(axes[:, 0], panels, strict=True):
-        style = "-" if len(values) > 60 else "-o"  # noqa: PLR2004
-        ax.plot(eps, values, style, color=color, lw=1, ms=3)
+        if many:
+            # Thousands of episodes: the raw values as a faint band, a running mean on top.
+            ax.plot(eps, values, "-", color=color, lw=0.5, alpha=0.25)
+            smooth = np.convolve(values.astype(np.float64), np.ones(k) / k, mode="valid")
+            ax.plot(eps[k - 1 :], smooth, "-", color=color, lw=1.6, label=f"mean of {k} episodes")
+            ax.legend(fontsize=7, loc="upper right")
+        else:
+            style = "-" if len(values) > 60 else "-o"  # noqa: PLR2004
+            ax.plot(eps, values, style, color=color, lw=1, ms=3)
         ax.set_title(title, fontsize=10, loc="left")
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("episode")
@@ -215,7 +224,7 @@ def _obs_figure(a: Any, plt: Any) -> bytes | None:
 
 def _range_figure(a: Any, plt: Any) -> bytes | None:
     source = a.all_series
-    keys = [k for k, s in source.items() if s.stream == F.UPDATES]
+    keys = [k for k, s in source.items() if s.stream == F.UPDATES and not s.integer]
     if not keys:
         return None
     fig, ax = plt.subplots(1, 1, figsize=(8, 3.2))

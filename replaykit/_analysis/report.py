@@ -610,8 +610,16 @@ def _default_keys(rec: Any) -> list[str]:
         keys.append(f"{F.STEPS}/{F.REWARD}")
     for sname in (F.UPDATES, F.STEPS):
         if rec.has_stream(sname):
-            keys += [f"{sname}/{c}" for c in rec.stream(sname).columns if c.startswith(F.PROBE)]
+            cols = rec.stream(sname).columns
+            keys += [f"{sname}/{c}" for c, info in cols.items() if _plottable(c, info)]
     return keys
+
+
+def _plottable(column: str, info: dict[str, Any]) -> bool:
+    """Say whether a column is a probe worth plotting: not a 64-bit hash (a digest)."""
+    dtype = info[F.COLUMN_DTYPE]
+    is_hash = _kind(dtype) == "u" and np.dtype(dtype).itemsize == 8  # noqa: PLR2004
+    return column.startswith(F.PROBE) and not is_hash
 
 
 def _step_of(rec: Any, stream: str, row: int) -> int | None:
@@ -667,7 +675,7 @@ def analyze(
             st = rec.stream(sname)
             for column in st.columns:
                 key = f"{sname}/{column}"
-                dyn = sname == F.UPDATES and column.startswith(F.PROBE)
+                dyn = sname == F.UPDATES and _plottable(column, st.columns[column])
                 first, s = _scan_column(st, column, key in plotted or dyn)
                 if s is not None:
                     series[key] = s
