@@ -232,3 +232,21 @@ def test_diff_plot_draws_the_first_divergent_key(
     assert cli.main(["diff", str(a), str(b), "--plot", str(png)]) == 2
     assert cli.main(["diff", str(a), str(b), "--plot", str(tmp_path / "d.jpg")]) == 2
     assert cli.main(["diff", str(a), str(b), "--plot", str(png), "--force"]) == 1
+
+
+def test_missing_matplotlib_is_one_line_with_the_pip_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _record(tmp_path, "random", steps=50)
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    capsys.readouterr()
+    assert cli.main(["report", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and 'pip install "replaykit[plot]"' in err
+    assert not (tmp_path / "run-report").exists()
+    assert cli.main(["diff", str(path), str(path), "--plot", str(tmp_path / "d.png")]) == 2
+    assert 'pip install "replaykit[plot]"' in capsys.readouterr().err
+    # The findings alone need no matplotlib.
+    assert cli.main(["report", str(path), "--json"]) == 0
