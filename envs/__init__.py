@@ -1,6 +1,7 @@
 """Small deterministic test envs for replaykit, registered with gymnasium.
 
-Importing this package registers four envs under the ``replaykit`` namespace:
+Importing this package registers four envs under the ``replaykit`` namespace
+(:data:`ENV_IDS` holds the first three):
 
 * ``replaykit/SlipperyGrid-v0``: a slippery grid world with discrete actions.
 * ``replaykit/Drift-v0``: continuous nonlinear dynamics whose float error accumulates.
@@ -37,6 +38,9 @@ _SPECS: dict[str, tuple[str, int]] = {
     "replaykit/SlipperyGrid-v0": ("replaykit_envs.slippery_grid:SlipperyGridEnv", 200),
     "replaykit/Drift-v0": ("replaykit_envs.drift:DriftEnv", 500),
     "replaykit/NestedObs-v0": ("replaykit_envs.nested_obs:NestedObsEnv", 300),
+}
+#: Envs with a deliberate flaw, for ``replaykit doctor`` (not in :data:`ENV_IDS`).
+_DIAGNOSTIC_SPECS: dict[str, tuple[str, int]] = {
     "replaykit/GlobalNoise-v0": ("replaykit_envs.diagnostics:GlobalNoiseEnv", 500),
 }
 
@@ -46,7 +50,7 @@ ENV_IDS: tuple[str, ...] = tuple(_SPECS)
 
 def register_envs() -> None:
     """Register the replaykit test envs with gymnasium; calling it again does nothing."""
-    for env_id, (entry_point, max_steps) in _SPECS.items():
+    for env_id, (entry_point, max_steps) in {**_SPECS, **_DIAGNOSTIC_SPECS}.items():
         # Re-registering would make gymnasium warn (an error under filterwarnings=error).
         if env_id in gym.registry:
             continue
