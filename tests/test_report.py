@@ -176,6 +176,8 @@ def test_report_json_and_key_patterns(tmp_path: Path, capsys: pytest.CaptureFixt
     assert [f["kind"] for f in doc["findings"]] == ["nonfinite"]
     assert doc["findings"][0]["step"] == diagnostics.NAN_AT
     assert list(analyze(path, keys=["steps/obs"]).series) == ["steps/obs"]
+    # A steps column also by its bare name, as diff --key takes it.
+    assert list(analyze(path, keys=["obs", "updates/*"]).series) == ["steps/obs"]
 
 
 def test_report_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

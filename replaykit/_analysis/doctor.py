@@ -639,19 +639,23 @@ def _restore_check(env_fn: Callable[[], Any], run: _Run, seed: int, k: int) -> D
         )
     finally:
         env.close()
-    how = "restored by adapter" if tree["env"] is not None else "replayed from reset"
+    how = (
+        f"restored by adapter at step {k}"
+        if tree["env"] is not None
+        else "no env adapter: re-ran the recorded actions from reset(seed)"
+    )
     diff = _first_difference(run.steps[start:], replayed.steps, offset=start)
     if diff is not None:
         return DoctorCheck(
             name,
             FAIL,
-            f"{how} at step {k} into a fresh env, then diverged at {diff}",
+            f"{how} in a fresh env, then diverged at {diff}",
             "the env keeps state its adapter does not capture; extend the adapter",
         )
     return DoctorCheck(
         name,
         PASS,
-        f"{how} at step {k} into a fresh env: steps {k}-{len(run.actions) - 1} bit-exact",
+        f"{how} in a fresh env: steps {start}-{len(run.actions) - 1} bit-exact",
     )
 
 

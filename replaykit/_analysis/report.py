@@ -247,7 +247,12 @@ def _kind(dtype: Any) -> str:
 
 
 def _matches(key: str, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(key, p) for p in patterns)
+    """Match ``stream/column``; a steps column also by its bare name, as ``diff --key`` does."""
+    bare = key[len(F.STEPS) + 1 :] if key.startswith(f"{F.STEPS}/") else None
+    return any(
+        fnmatch.fnmatchcase(key, p) or (bare is not None and fnmatch.fnmatchcase(bare, p))
+        for p in patterns
+    )
 
 
 def _fmt(v: float) -> str:
@@ -676,7 +681,10 @@ def analyze(
             for column in st.columns:
                 key = f"{sname}/{column}"
                 dyn = sname == F.UPDATES and _plottable(column, st.columns[column])
-                first, s = _scan_column(st, column, key in plotted or dyn)
+                want = key in plotted or dyn
+                if not want and _kind(st.columns[column][F.COLUMN_DTYPE]) in ("i", "u", "b"):
+                    continue  # integers are always finite: nothing to find, nothing to draw
+                first, s = _scan_column(st, column, want)
                 if s is not None:
                     series[key] = s
                 if first is not None:
