@@ -859,12 +859,9 @@ def report_html(analysis: Any, pngs: dict[str, bytes]) -> str:
                 body=_figure(pngs, "episodes.png", f"return and length of each of {n} episodes"),
             )
         )
+    marks = "; dashed lines are snapshots" if a.snapshots else ""
     keys = [
-        _figure(
-            pngs,
-            file_name(k),
-            f"{k}: mean per bucket of rows, min-max band shaded; dashed lines are snapshots",
-        )
+        _figure(pngs, file_name(k), f"{k}: mean per bucket of rows, min-max band shaded{marks}")
         for k in a.series
     ]
     if keys:
@@ -908,7 +905,7 @@ def report_html(analysis: Any, pngs: dict[str, bytes]) -> str:
             nf["key"],
             str(nf["step"]),
             "" if nf["update"] is None else str(nf["update"]),
-            str(nf["element"]),
+            str(nf["element"]) if nf["element"] else "-",
             nf["value"],
         )
         for nf in a.nonfinite
