@@ -100,7 +100,9 @@ def _series_axes(ax: Any, s: Any, a: Any) -> None:
     for nf in a.nonfinite:
         if nf["key"] == s.key:
             x = nf["step"] if s.stream == F.STEPS else nf["row"]
-            ax.axvline(x, color=_NONFINITE_COLOR, lw=1.2, label=f"first {nf['value']}")
+            unit = "step" if s.stream == F.STEPS else "update"
+            label = f"first {nf['value']} ({unit} {x})"
+            ax.axvline(x, color=_NONFINITE_COLOR, lw=1.2, label=label)
     ax.set_xlabel("step" if s.stream == F.STEPS else "update")
     ax.set_title(s.key, fontsize=10, loc="left")
     ax.grid(alpha=0.3)
@@ -208,12 +210,13 @@ def _obs_figure(a: Any, plt: Any) -> bytes | None:
     for f in a.findings:
         if f.kind in ("scale", "constant") and f.element:
             ax.annotate(
-                "!",
-                (f.element[0], ax.get_ylim()[1]),
+                "!" if f.kind == "scale" else "const",
+                (f.element[0], 1.0),
+                xycoords=("data", "axes fraction"),
                 ha="center",
-                va="top",
+                va="bottom",
                 color=_FAILURE_COLOR,
-                fontsize=12,
+                fontsize=10,
                 fontweight="bold",
             )
     ax.legend(fontsize=7, loc="best")
