@@ -79,6 +79,11 @@ class DoctorReport:
         steps: the steps each run took.
         checks: one row per check, in the order they ran.
         flags: torch's determinism settings at the time (recorded, for the report).
+
+    Example:
+        >>> r = DoctorReport("CartPole-v1", 0, 10, [DoctorCheck("x", FAIL, "found", "fix it")])
+        >>> r.ok, r.check("x").fix
+        (False, 'fix it')
     """
 
     env: str
@@ -711,7 +716,6 @@ def doctor(
     modules: list[tuple[str, Any]] = []
     inputs: dict[str, Any] = {}
     seeded_before: dict[str, bool] = {}
-    first_env = None
     for i in range(2):
         env = env_fn()
         _seed_globals(seed)
@@ -719,7 +723,6 @@ def doctor(
         handles: list[Any] = []
         if i == 0:
             env_name = _env_name(env)
-            first_env = env
             seeded_before = {
                 "action_space": _space_rng_seeded(env.action_space),
                 "observation_space": _space_rng_seeded(env.observation_space),
@@ -740,7 +743,6 @@ def doctor(
             checks.append(_check_spaces(env, seeded_before, policy is None))
             checks.append(_check_sticky(env))
         env.close()
-    assert first_env is not None
     diff = _first_difference(runs[0].steps, runs[1].steps)
     if diff is None:
         two = DoctorCheck("same seed, two runs", PASS, f"{steps} steps bit-exact")
