@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import gymnasium as gym
 import pytest
@@ -124,3 +125,38 @@ def test_cli_exit_codes_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["doctor", "NoSuchEnv-v9"]) == 2
     assert "unknown env id" in capsys.readouterr().err
     assert cli.main(["doctor", "CartPole-v1", "--steps", "1"]) == 2
+
+
+def test_cudnn_benchmark_is_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    report = replaykit.doctor(lambda: gym.make("CartPole-v1"), steps=10)
+    row = report.check("torch: cudnn.benchmark")
+    # A failure where CUDA runs the model; a warning on a CPU-only machine.
+    assert row.status == ("FAIL" if torch.cuda.is_available() else "WARN")
+    assert "cudnn.benchmark = False" in row.fix
+    assert report.flags["cudnn_benchmark"] is True
+
+
+@pytest.mark.integration
+def test_matplotlib_is_imported_only_by_the_commands_that_draw(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gymnasium as gym, replaykit\n"
+        "from replaykit import cli\n"
+        "replaykit.doctor(lambda: gym.make('CartPole-v1'), steps=10)\n"
+        "assert cli.main(['record', 'CartPole-v1', '--out', 'r.h5', '--steps', '50',"
+        " '--no-progress']) == 0\n"
+        "assert cli.main(['inspect', 'r.h5']) == 0\n"
+        "assert cli.main(['report', 'r.h5', '--json']) == 0\n"
+        "assert 'matplotlib' not in sys.modules, 'matplotlib imported'\n"
+        "assert cli.main(['report', 'r.h5']) == 0\n"
+        "assert 'matplotlib' in sys.modules\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
