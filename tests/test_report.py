@@ -252,3 +252,19 @@ def test_missing_matplotlib_is_one_line_with_the_pip_command(
     assert 'pip install "replaykit[plot]"' in capsys.readouterr().err
     # The findings alone need no matplotlib.
     assert cli.main(["report", str(path), "--json"]) == 0
+
+
+def test_vector_recording_is_reported_per_sub_env(tmp_path: Path) -> None:
+    path = tmp_path / "vec.h5"
+    venv = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1") for _ in range(3)])
+    env = replaykit.VectorRecordingWrapper(venv, path, seed=0)
+    env.reset()
+    env.action_space.seed(0)
+    for _ in range(200):
+        env.step(env.action_space.sample())
+    env.close()
+    a = analyze(path)
+    assert a.findings == []
+    assert a.actions is not None and a.actions["hist"].sum() == 600  # 3 sub-envs x 200 steps
+    assert int(a.episode_lengths.sum()) == 600
+    assert a.obs_stats is not None and len(a.obs_stats["std"]) == 4

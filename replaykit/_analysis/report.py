@@ -315,24 +315,36 @@ def _scan_column(
     return first, series
 
 
+def _sub_envs(rec: Any) -> int:
+    """Sub-envs of a vector recording (its step columns hold one value per sub-env), else 0."""
+    vec = rec.meta.get(F.META_VECTOR)
+    n = vec.get("num_envs") if isinstance(vec, dict) else None
+    return n if isinstance(n, int) and n > 0 else 0
+
+
 def _episodes(rec: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """Length and return of every episode (of every sub-env, for a vector recording)."""
     if not rec.has_stream(F.STEPS):
         return np.zeros(0, np.int64), None
     st = rec.stream(F.STEPS)
-    if F.EPISODE not in st:
+    k = _sub_envs(rec)
+    per_row = [k] if k else []
+    if F.EPISODE not in st or st.columns[F.EPISODE][F.COLUMN_SHAPE] != per_row:
         return np.zeros(0, np.int64), None
-    has_reward = F.REWARD in st and st.columns[F.REWARD][F.COLUMN_SHAPE] == []
+    has_reward = F.REWARD in st and st.columns[F.REWARD][F.COLUMN_SHAPE] == per_row
     n = st.block_rows_for(F.EPISODE)
     rewards = st.blocks(F.REWARD, n) if has_reward else None
     lengths = np.zeros(0, np.int64)
     returns = np.zeros(0, np.float64)
     for _, eps in st.blocks(F.EPISODE, n):
-        rw = next(rewards)[1].astype(np.float64) if rewards is not None else None
+        rw = next(rewards)[1].astype(np.float64).reshape(-1) if rewards is not None else None
         if not len(eps):
             continue
         e = eps.astype(np.int64)
         if e.min() < 0:
             continue
+        # Sub-env i's episode j gets the id j * k + i: one id per episode of any sub-env.
+        e = (e * k + np.arange(k)).reshape(-1) if k else e
         top = int(e.max()) + 1
         if top > len(lengths):
             lengths = np.concatenate([lengths, np.zeros(top - len(lengths), np.int64)])
@@ -343,18 +355,24 @@ def _episodes(rec: Any) -> tuple[np.ndarray, np.ndarray | None]:
     if rewards is not None:
         for _ in rewards:
             pass
+    if k:
+        seen = lengths > 0
+        lengths, returns = lengths[seen], returns[seen]
     return lengths, (returns if has_reward else None)
 
 
 def _discrete_n(rec: Any, st: Any) -> int | None:
     space = rec.meta.get(F.META_ACTION_SPACE)
     info = st.columns.get(F.ACTION)
+    k = _sub_envs(rec)
     if (
         info is None
-        or info[F.COLUMN_SHAPE] != []
+        or info[F.COLUMN_SHAPE] != ([k] if k else [])
         or _kind(info[F.COLUMN_DTYPE]) not in ("i", "u", "b")
     ):
         return None
+    if k:
+        return 0  # one discrete action per sub-env; the count is learned from the data
     if isinstance(space, dict) and isinstance(space.get("n"), int) and space.get("start", 0) == 0:
         return int(space["n"])
     return 0  # discrete, size unknown: learned from the data
@@ -375,20 +393,20 @@ def _actions(rec: Any) -> dict[str, Any] | None:
     last_n = min(1000, max(rows // 4, 1))
     hist = np.zeros((windows, max(n, 1)), np.int64)
     last = np.zeros(max(n, 1), np.int64)
-    lo_action = None
     for start, raw in st.blocks(F.ACTION):
-        a = raw.astype(np.int64)
+        a2 = raw.astype(np.int64).reshape(len(raw), -1)  # one column per sub-env
+        a = a2.reshape(-1)
         if a.size and a.min() < 0:
             return None
         top = int(a.max()) + 1 if a.size else 0
         if top > hist.shape[1]:
             hist = np.pad(hist, ((0, 0), (0, top - hist.shape[1])))
             last = np.pad(last, (0, top - len(last)))
-        wid = (np.arange(start, start + len(a)) * windows) // rows
+        row = np.arange(start, start + len(a2))
+        wid = np.repeat((row * windows) // rows, a2.shape[1])
         np.add.at(hist, (wid, a), 1)
-        tail = a[max(0, rows - last_n - start) :] if start + len(a) > rows - last_n else a[:0]
+        tail = a2[row >= rows - last_n].reshape(-1)
         last += np.bincount(tail, minlength=len(last))
-        lo_action = a.min() if lo_action is None else min(lo_action, a.min())
     edges = [(w * rows) // windows for w in range(windows + 1)]
     top_action = int(last.argmax())
     share = float(last[top_action] / max(last.sum(), 1))
@@ -446,9 +464,13 @@ def _obs_stats(rec: Any) -> dict[str, np.ndarray] | None:
         return None
     st = rec.stream(F.STEPS)
     info = st.columns.get(F.OBS)
-    if info is None or len(info[F.COLUMN_SHAPE]) > 1:
+    k = _sub_envs(rec)
+    shape = list(info[F.COLUMN_SHAPE]) if info is not None else []
+    if k and shape[:1] == [k]:
+        shape = shape[1:]  # a vector recording: one observation per sub-env
+    if info is None or len(shape) > 1:
         return None
-    d = info[F.COLUMN_SHAPE][0] if info[F.COLUMN_SHAPE] else 1
+    d = shape[0] if shape else 1
     if d > MAX_OBS_DIMS:
         return None
     count = np.zeros(d)
@@ -456,7 +478,8 @@ def _obs_stats(rec: Any) -> dict[str, np.ndarray] | None:
     m2 = np.zeros(d)
     lo = np.full(d, np.inf)
     hi = np.full(d, -np.inf)
-    for _, v, _ in _column_blocks(st, F.OBS):
+    for _, rows_v, _ in _column_blocks(st, F.OBS):
+        v = rows_v.reshape(-1, d)
         fin = np.isfinite(v)
         n_b = fin.sum(axis=0).astype(np.float64)
         if not n_b.any():
