@@ -268,3 +268,23 @@ def test_vector_recording_is_reported_per_sub_env(tmp_path: Path) -> None:
     assert a.actions is not None and a.actions["hist"].sum() == 600  # 3 sub-envs x 200 steps
     assert int(a.episode_lengths.sum()) == 600
     assert a.obs_stats is not None and len(a.obs_stats["std"]) == 4
+
+
+def test_constant_continuous_actions_are_a_collapse(tmp_path: Path) -> None:
+    def run(path: Path, stuck_from: int | None) -> None:
+        env = replaykit.RecordingWrapper(gym.make("Pendulum-v1"), path, seed=0)
+        env.reset()
+        env.action_space.seed(0)
+        for t in range(400):
+            a = env.action_space.sample()
+            if stuck_from is not None and t >= stuck_from:
+                a = np.float32([2.0])  # saturated at the bound
+            env.step(a)
+        env.close()
+
+    run(tmp_path / "stuck.h5", stuck_from=250)
+    (f,) = analyze(tmp_path / "stuck.h5").findings
+    assert (f.kind, f.key, f.step) == ("collapse", "steps/action", 300)
+    assert "the same action [2] in every one of the last 100 steps (steps 300-399)" in f.message
+    run(tmp_path / "random.h5", stuck_from=None)
+    assert analyze(tmp_path / "random.h5").findings == []

@@ -568,6 +568,33 @@ def _collapse_finding(
     ]
 
 
+def _constant_actions(rec: Any) -> list[Finding]:
+    """Continuous actions: a finding when the last steps all took one and the same action."""
+    if not rec.has_stream(F.STEPS):
+        return []
+    st = rec.stream(F.STEPS)
+    if F.ACTION not in st or _kind(st.columns[F.ACTION][F.COLUMN_DTYPE]) != "f":
+        return []
+    last_n = min(1000, max(st.rows // 4, 1))
+    if last_n < COLLAPSE_MIN_STEPS:
+        return []
+    start = st.rows - last_n
+    tail = st.read(F.ACTION, start, st.rows).reshape(last_n, -1)
+    if not (tail == tail[0]).all():
+        return []
+    shown = ", ".join(_fmt(float(v)) for v in tail[0][:4]) + (", ..." if tail.shape[1] > 4 else "")  # noqa: PLR2004
+    return [
+        Finding(
+            "collapse",
+            f"{F.STEPS}/{F.ACTION}",
+            f"the policy took the same action [{shown}] in every one of the last {last_n} steps "
+            f"(steps {start}-{st.rows - 1}): a policy that does not learn predicts the same "
+            "thing most of the time (saturated outputs look like this too)",
+            step=start,
+        )
+    ]
+
+
 def _obs_findings(stats: dict[str, np.ndarray], steps: int) -> list[Finding]:
     out = []
     key = f"{F.STEPS}/{F.OBS}"
@@ -726,6 +753,7 @@ def analyze(
         ordered = {k: series[k] for k in plotted if k in series}
         lengths, returns = _episodes(rec)
         actions = _actions(rec)
+        box_findings = _constant_actions(rec) if actions is None else []
         entropy = _entropy(rec)
         obs = _obs_stats(rec)
         steps = rec.stream(F.STEPS).rows if rec.has_stream(F.STEPS) else 0
@@ -744,6 +772,7 @@ def analyze(
     findings = _nonfinite_findings(nonfinite)
     if actions is not None:
         findings += _collapse_finding(actions, entropy)
+    findings += box_findings
     findings += _exploding(series, updates)
     if obs is not None:
         findings += _obs_findings(obs, steps)
