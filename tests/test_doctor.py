@@ -83,6 +83,8 @@ def test_clock_read_in_step_warns() -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(replaykit.UsageError, match="steps must be an int >= 2"):
         replaykit.doctor(lambda: gym.make("CartPole-v1"), steps=1)
+    with pytest.raises(replaykit.UsageError, match="policy must be a factory"):
+        replaykit.doctor(lambda: gym.make("CartPole-v1"), object())  # type: ignore[arg-type]
 
 
 @pytest.mark.mujoco

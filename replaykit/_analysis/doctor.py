@@ -694,7 +694,7 @@ def doctor(
         A :class:`DoctorReport`; ``report.ok`` is false when any row is ``FAIL``.
 
     Raises:
-        UsageError: ``steps`` is below 2 or ``seed`` is negative.
+        UsageError: ``steps`` is below 2, ``seed`` is negative, or ``policy`` is not callable.
 
     Example:
         >>> import gymnasium as gym
@@ -709,6 +709,11 @@ def doctor(
         raise UsageError(f"steps must be an int >= 2, got {steps!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise UsageError(f"seed must be a non-negative int, got {seed!r}")
+    if policy is not None and not callable(policy):
+        raise UsageError(
+            f"policy must be a factory policy(env, seed), got {type(policy).__name__}; each run "
+            "builds a fresh policy (e.g. lambda env, seed: MyPolicy(env, seed))"
+        )
     k = steps // 2
     runs = []
     checks: list[DoctorCheck] = []
