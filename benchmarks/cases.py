@@ -609,6 +609,32 @@ def case_raw_read(quick: bool, tmp: Path, n: int) -> list[Row]:
     return [{"read_s": time.perf_counter() - t0, "bytes": total, "read_peak_rss_mb": peak_rss_mb()}]
 
 
+def case_report(quick: bool, tmp: Path, n: int) -> list[Row]:
+    """``replaykit report`` of an n-step recording: findings alone, then page and pictures."""
+    from replaykit._analysis.report import analyze, write_report
+
+    path = tmp / f"a{n}.h5"
+    rss0 = peak_rss_mb()
+    t0 = time.perf_counter()
+    found = analyze(path, pictures=False)
+    findings_s = time.perf_counter() - t0
+    rss_findings = peak_rss_mb()
+    t0 = time.perf_counter()
+    _, files = write_report(path, tmp / f"report{n}", force=True)
+    report_s = time.perf_counter() - t0
+    return [
+        {
+            "findings_s": findings_s,
+            "report_s": report_s,
+            "findings": len(found.findings),
+            "files": len(files),
+            "rss_after_import_mb": rss0,
+            "rss_findings_mb": rss_findings,
+            "peak_rss_mb": peak_rss_mb(),
+        }
+    ]
+
+
 CASES: dict[str, Callable[..., list[Row]]] = {
     "throughput": case_throughput,
     "snapshot": case_snapshot,
@@ -617,6 +643,7 @@ CASES: dict[str, Callable[..., list[Row]]] = {
     "make_recordings": case_make_recordings,
     "diff": case_diff,
     "raw_read": case_raw_read,
+    "report": case_report,
 }
 
 

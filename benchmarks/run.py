@@ -107,6 +107,37 @@ def _diff_rows(quick: bool, tmp: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _report_rows(quick: bool, tmp: Path) -> list[dict[str, Any]]:
+    n = 20_000 if quick else 1_000_000
+    label = f"{n // 1000}k" if n < 1_000_000 else f"{n // 1_000_000}M"
+    raw = _child("raw_read", quick, tmp, n)[0]
+    r = _child("report", quick, tmp, n)[0]
+    one_file_s = raw["read_s"] / 2  # raw_read reads two files of the same size
+    healthy = r["findings"] == 0  # a seeded random CartPole run: nothing to find
+    return [
+        {
+            "name": f"replaykit report, {label}-step CartPole recording: findings only (--json)",
+            "measure": f"{r['findings_s']:.2f} s, peak RSS {r['rss_findings_mb']:.0f} MB"
+            + ("" if healthy else f"  UNEXPECTED {r['findings']} finding(s)"),
+            "baseline": f"raw read {one_file_s:.3f} s",
+            "ratio": one_file_s / r["findings_s"],
+            "target": "<= 256 MB, seconds not minutes",
+            "ok": healthy and r["rss_findings_mb"] <= 256,
+            "raw": {**r, **raw},
+        },
+        {
+            "name": f"replaykit report, {label}-step CartPole recording: HTML page and PNGs",
+            "measure": f"{r['report_s']:.2f} s, {r['files']} files, peak RSS "
+            f"{r['peak_rss_mb']:.0f} MB",
+            "baseline": f"raw read {one_file_s:.3f} s",
+            "ratio": one_file_s / r["report_s"],
+            "target": "<= 256 MB (matplotlib included)",
+            "ok": r["peak_rss_mb"] <= 256,
+            "raw": {**r, **raw},
+        },
+    ]
+
+
 def machine() -> dict[str, str]:
     """Cores, CPU model and library versions, for the results file."""
     import importlib.metadata as md
@@ -239,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         if "diff" in only:
             sizes = _child("make_recordings", args.quick, tmp)
             rows += _diff_rows(args.quick, tmp)
+            rows += _report_rows(args.quick, tmp)
             rows += sizes
     took = time.perf_counter() - t0
     info = machine()

@@ -1,12 +1,15 @@
 """Small deterministic test envs for replaykit, registered with gymnasium.
 
-Importing this package registers three envs under the ``replaykit`` namespace:
+Importing this package registers four envs under the ``replaykit`` namespace
+(:data:`ENV_IDS` holds the first three):
 
 * ``replaykit/SlipperyGrid-v0``: a slippery grid world with discrete actions.
 * ``replaykit/Drift-v0``: continuous nonlinear dynamics whose float error accumulates.
 * ``replaykit/NestedObs-v0``: nested ``Dict``/``Tuple`` observations and ragged infos.
+* ``replaykit/GlobalNoise-v0``: CartPole drawing from NumPy's global RNG in ``step()``
+  (:mod:`replaykit_envs.diagnostics` also holds pathological wrappers and policies).
 
-Each draws from ``self.np_random`` every step, so restoring a snapshot without
+The first three draw from ``self.np_random`` every step, so restoring a snapshot without
 the env RNG visibly diverges. Importing the package also registers each env's
 state adapter with replaykit through its public API (``replaykit.register_env_adapter``),
 the way a user's own env package would; replaykit itself never imports this package
@@ -36,6 +39,10 @@ _SPECS: dict[str, tuple[str, int]] = {
     "replaykit/Drift-v0": ("replaykit_envs.drift:DriftEnv", 500),
     "replaykit/NestedObs-v0": ("replaykit_envs.nested_obs:NestedObsEnv", 300),
 }
+#: Envs with a deliberate flaw, for ``replaykit doctor`` (not in :data:`ENV_IDS`).
+_DIAGNOSTIC_SPECS: dict[str, tuple[str, int]] = {
+    "replaykit/GlobalNoise-v0": ("replaykit_envs.diagnostics:GlobalNoiseEnv", 500),
+}
 
 #: The ids :func:`register_envs` registers.
 ENV_IDS: tuple[str, ...] = tuple(_SPECS)
@@ -43,7 +50,7 @@ ENV_IDS: tuple[str, ...] = tuple(_SPECS)
 
 def register_envs() -> None:
     """Register the replaykit test envs with gymnasium; calling it again does nothing."""
-    for env_id, (entry_point, max_steps) in _SPECS.items():
+    for env_id, (entry_point, max_steps) in {**_SPECS, **_DIAGNOSTIC_SPECS}.items():
         # Re-registering would make gymnasium warn (an error under filterwarnings=error).
         if env_id in gym.registry:
             continue
@@ -81,6 +88,9 @@ def _register_adapters() -> None:
     replaykit.register_env_adapter(SlipperyGridEnv, SlipperyGridAdapter())
     replaykit.register_env_adapter(DriftEnv, DriftAdapter())
     replaykit.register_env_adapter(NestedObsEnv, NestedObsAdapter())
+    from replaykit_envs.diagnostics import ScaleDimension
+
+    replaykit.register_stateless_wrapper(ScaleDimension)
 
 
 register_envs()

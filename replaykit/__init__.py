@@ -61,6 +61,7 @@ if typing.TYPE_CHECKING:
         compare_arrays,
         diff_recordings,
     )
+    from replaykit._analysis.doctor import DoctorReport, doctor
     from replaykit._analysis.layers import (
         LayerDivergence,
         LayerTracer,
@@ -112,6 +113,8 @@ _LAZY: dict[str, str] = {
     "Rules": "replaykit._analysis.compare",
     "compare_arrays": "replaykit._analysis.compare",
     "diff_recordings": "replaykit._analysis.compare",
+    "DoctorReport": "replaykit._analysis.doctor",
+    "doctor": "replaykit._analysis.doctor",
     "LayerDivergence": "replaykit._analysis.layers",
     "LayerTracer": "replaykit._analysis.layers",
     "first_divergent_module": "replaykit._analysis.layers",
@@ -172,6 +175,7 @@ __all__ = [
     "DiffResult",
     "DivergenceError",
     "DivergenceReport",
+    "DoctorReport",
     "EnvAdapter",
     "FileFormatError",
     "LayerDivergence",
@@ -209,6 +213,7 @@ __all__ = [
     "compare_arrays",
     "determinism_flags",
     "diff_recordings",
+    "doctor",
     "enable_determinism",
     "first_divergent_module",
     "first_update_divergence",

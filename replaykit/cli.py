@@ -1,4 +1,4 @@
-"""The ``replaykit`` command line: record, replay, diff, inspect, check, demo.
+"""The ``replaykit`` command line: record, replay, diff, inspect, check, doctor, report, demo.
 
 Exit codes (the public contract):
     0: match / ok.
@@ -520,10 +520,24 @@ def _diff(
         list[str] | None,
         typer.Option("--key", help="Compare only keys matching this fnmatch pattern (repeatable)."),
     ] = None,
+    plot: Annotated[
+        pathlib.Path | None,
+        typer.Option(
+            "--plot",
+            metavar="OUT.png",
+            help="Draw both runs' values of the first divergent key, the divergence marked and "
+            "|A - B| on a log axis below (needs matplotlib).",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing --plot file.")
+    ] = False,
 ) -> None:
     """Compare two recordings key by key; report each key's first divergence (exit 1 if any)."""
     _existing_file(a)
     _existing_file(b)
+    if plot is not None:
+        _check_plot_path(plot, force=force)
     from replaykit._analysis import render
     from replaykit._analysis.compare import Rule, Rules, diff_recordings
 
@@ -534,8 +548,53 @@ def _diff(
     else:
         for part in render.diff_renderables(result):
             _out.print(part)
+    if plot is not None:
+        _write_diff_plot(a, b, result, plot)
     if not result.match:
         raise typer.Exit(EXIT_DIVERGED)
+
+
+def _check_plot_path(plot: pathlib.Path, *, force: bool) -> None:
+    """Refuse a --plot path that cannot be written, before anything is read."""
+    if plot.suffix.lower() != ".png":
+        raise errors.UsageError(f"--plot {plot}: expected a .png file name")
+    if not plot.parent.is_dir():
+        raise errors.UsageError(f"--plot {plot}: no such directory {plot.parent}")
+    if plot.exists() and not force:
+        raise errors.UsageError(f"--plot {plot} exists; pass --force to replace it")
+    from replaykit._analysis.plots import require_matplotlib
+
+    require_matplotlib()
+
+
+def _write_diff_plot(a: pathlib.Path, b: pathlib.Path, result: Any, plot: pathlib.Path) -> None:
+    from replaykit._analysis.compare import divergence_values
+    from replaykit._analysis.plots import diff_figure
+
+    first = result.first
+    if first is None:
+        _err.print(f"replaykit: the runs match; no plot written to {plot}", markup=False)
+        return
+    x, va, vb, element = divergence_values(a, b, first)
+    at = first.row if first.row is not None else int(x[0])
+    png = diff_figure(
+        first.key if first.stream != "steps" else f"steps/{first.key}",
+        x,
+        va,
+        vb,
+        diverged_at=at,
+        a_name=a.name,
+        b_name=b.name,
+        element=element,
+        x_label="step" if first.stream == "steps" else first.stream.rstrip("s"),
+    )
+    tmp = plot.with_name(f".{plot.name}.partial-{os.getpid()}")
+    try:
+        tmp.write_bytes(png)
+        os.replace(tmp, plot)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _err.print(f"replaykit: plot of {first.key}{element} written to {plot}", markup=False)
 
 
 @app.command("inspect", epilog=EXIT_CODES_HELP)
@@ -585,6 +644,93 @@ def _check(
         _dump_json(report.to_json())
     else:
         _out.print(report.format())
+
+
+@app.command("doctor", epilog=EXIT_CODES_HELP)
+@_guarded
+def _doctor(
+    env_id: Annotated[str, typer.Argument(help="A registered gymnasium env id, e.g. CartPole-v1.")],
+    policy: Annotated[
+        str,
+        typer.Option(
+            help="random, mlp, or module:callable (a factory taking (env, seed)), as for record."
+        ),
+    ] = "random",
+    steps: Annotated[int, typer.Option(min=2, help="Steps per run.")] = 200,
+    seed: Annotated[int, typer.Option(min=0, max=_SEED_MAX, help="The seed of both runs.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+) -> None:
+    """Check a setup replays bit-exactly before a long run: exit 1 if any check FAILs."""
+    if ":" in policy and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as for `record --policy`
+    from replaykit._analysis import render
+    from replaykit._analysis.doctor import doctor
+    from replaykit._session.policies import resolve_policy
+    from replaykit._session.rollout import make_recorded_env
+
+    make_recorded_env(env_id).close()  # an unknown id or a missing extra: exit 2 at once
+    factory = None if policy == "random" else functools.partial(resolve_policy, policy)
+    report = doctor(lambda: make_recorded_env(env_id), factory, seed=seed, steps=steps)
+    if as_json:
+        _dump_json(_finite(report.to_json()))
+    else:
+        for part in render.doctor_renderables(report):
+            _out.print(part)
+    if not report.ok:
+        raise typer.Exit(EXIT_DIVERGED)
+
+
+@app.command("report", epilog=EXIT_CODES_HELP)
+@_guarded
+def _report_cmd(
+    file: Annotated[pathlib.Path, typer.Argument(help="A recording.")],
+    out: Annotated[
+        pathlib.Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Directory for report.html and its PNGs (default: FILE's name + '-report', "
+            "beside it).",
+            show_default=False,
+        ),
+    ] = None,
+    key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--key", help="Plot keys matching this fnmatch pattern, e.g. 'steps/obs' (repeatable)."
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print the findings as JSON (writes no files unless --out)."),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the files of an existing report in --out.")
+    ] = False,
+) -> None:
+    """Find what went wrong in a recording; write one self-contained HTML page plus PNGs."""
+    _existing_file(file)
+    from replaykit._analysis import render
+    from replaykit._analysis.report import analyze, check_report_dir, write_report
+
+    if out is None and not as_json:
+        out = file.with_name(file.stem + "-report")
+    if out is not None:
+        check_report_dir(out, force=force)  # before anything is read
+        analysis, written = write_report(file, out, keys=key or None, force=force)
+    else:
+        analysis, written = analyze(file, keys=key or None), []
+    if as_json:
+        doc = analysis.to_json()
+        doc["files"] = [str(p) for p in written]
+        _dump_json(_finite(doc))
+        return
+    lines = render.report_findings_lines(analysis)
+    _out.print(f"{len(lines)} finding(s) in {file}" + (":" if lines else ""))
+    for line in lines:
+        _out.print(f"- {line}")
+    if written:
+        _out.print(f"report: {written[0]} ({len(written) - 1} pictures beside it)")
 
 
 @app.command("demo", epilog=EXIT_CODES_HELP)

@@ -44,6 +44,7 @@ __all__ = [
     "Rules",
     "compare_arrays",
     "diff_recordings",
+    "divergence_values",
 ]
 
 
@@ -782,3 +783,51 @@ def _same_bytes(xa: np.ndarray, xb: np.ndarray) -> bool:
         # Eight bytes per element: bool and float32 blocks compare 8x and 2x fewer elements.
         a, b = a.view(np.uint64), b.view(np.uint64)
     return bool(np.array_equal(a, b))
+
+
+def divergence_values(
+    a: str | os.PathLike[str],
+    b: str | os.PathLike[str],
+    d: KeyDivergence,
+    *,
+    half: int = 500,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Both runs' values of a diverging key around its first divergence, for a picture.
+
+    Reads rows ``[row - half, row + half)`` of the key's column in both files (only rows both
+    hold), the element that first differs, as float64.
+
+    Args:
+        a: the reference recording.
+        b: the other recording.
+        d: a divergence from :func:`diff_recordings` (usually ``result.first``).
+        half: rows read on each side of the divergence.
+
+    Returns:
+        ``(rows, values in a, values in b, element label)``; the label is ``""`` for a scalar.
+
+    Raises:
+        UsageError: the key cannot be drawn (a dtype or shape differs, or it is not numeric).
+    """
+    from replaykit._format.store import Recording
+
+    column = d.key if d.stream == F.STEPS else d.key[len(d.stream) + 1 :]
+    row = d.row or 0
+    with Recording(a) as ra, Recording(b) as rb:
+        sa, sb = ra.stream(d.stream), rb.stream(d.stream)
+        if column not in sa or column not in sb:
+            raise UsageError(f"{d.key} is not in both recordings: nothing to plot")
+        lo = max(0, row - half)
+        hi = min(sa.rows, sb.rows, row + half)
+        xa = _as_float(sa.read(column, lo, hi), sa.logical_dtype(column))
+        xb = _as_float(sb.read(column, lo, hi), sb.logical_dtype(column))
+    if xa is None or xb is None or xa.shape[1:] != xb.shape[1:]:
+        raise UsageError(f"{d.key} differs in dtype or shape between the runs: nothing to plot")
+    index = tuple(d.mismatch.index)
+    if xa.ndim > 1 and len(index) != xa.ndim - 1:
+        index = (0,) * (xa.ndim - 1)
+    sel: tuple[Any, ...] = (slice(None), *index)
+    va = xa[sel] if xa.ndim > 1 else xa
+    vb = xb[sel] if xb.ndim > 1 else xb
+    label = f"[{', '.join(str(i) for i in index)}]" if xa.ndim > 1 else ""
+    return np.arange(lo, lo + len(va)), va.astype(np.float64), vb.astype(np.float64), label

@@ -138,7 +138,8 @@ def summarize(path: str | os.PathLike[str], *, block_rows: int = BLOCK_ROWS) -> 
     Returns:
         A JSON-able dict with top-level keys ``path``, ``bytes``, ``format_version``,
         ``created``, ``env_id``, ``meta``, ``provenance``, ``streams``, ``episodes``,
-        ``snapshots`` and ``layout``.
+        ``snapshots``, ``layout`` and ``findings`` (the sentences ``replaykit report`` leads
+        with).
     """
     from replaykit._format.store import Recording
 
@@ -174,4 +175,12 @@ def summarize(path: str | os.PathLike[str], *, block_rows: int = BLOCK_ROWS) -> 
             "episodes": _episodes(rec, block_rows),
             "snapshots": snapshots,
             "layout": _layout(rec),
+            "findings": _findings(path),
         }
+
+
+def _findings(path: str | os.PathLike[str]) -> list[str]:
+    """Return the report's findings (``replaykit report``), one sentence each."""
+    from replaykit._analysis.report import analyze
+
+    return [f.message for f in analyze(path, pictures=False).findings]

@@ -28,6 +28,9 @@ Example:
 
 from __future__ import annotations
 
+import html
+import os
+import string
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +55,7 @@ __all__ = [
     "diff_text",
     "divergence_location",
     "divergence_report",
+    "doctor_renderables",
     "format_value",
     "inspection_renderables",
     "is_volatile",
@@ -60,6 +64,8 @@ __all__ = [
     "record_progress",
     "record_summary",
     "replay_summary",
+    "report_findings_lines",
+    "report_html",
     "setup_differences",
     "short_value",
     "stream_unit",
@@ -668,6 +674,10 @@ def inspection_renderables(s: dict[str, Any]) -> list[RenderableType]:
         f"{s['path']}: replaykit format v{s['format_version']}, {s['bytes'] / 1024:.0f} KiB, "
         f"env {s['env_id']}, created {s['created']}"
     ]
+    findings = s.get("findings") or []
+    if findings:
+        parts.append(f"findings ({len(findings)}; pictures: replaykit report):")
+        parts.extend(f"  - {line}" for line in findings)
     tree = Tree("layout")
     _add_tree(tree, s["layout"])
     parts.append(tree)
@@ -724,3 +734,214 @@ def inspection_renderables(s: dict[str, Any]) -> list[RenderableType]:
         table.add_row(k, str(v))
     parts.append(table)
     return parts
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def doctor_renderables(report: Any) -> list[RenderableType]:
+    """Return what ``replaykit doctor`` prints for a ``doctor.DoctorReport``.
+
+    A table of PASS/WARN/FAIL rows with the fix for each, then one verdict line.
+
+    Example:
+        >>> # for part in doctor_renderables(doctor(lambda: gym.make("CartPole-v1"))):
+        >>> #     Console().print(part)
+    """
+    from rich.table import Table
+
+    table = Table(
+        title=f"replaykit doctor: {report.env}, seed {report.seed}, {report.steps} steps per run",
+        title_justify="left",
+    )
+    table.add_column("status", no_wrap=True)
+    table.add_column("check", no_wrap=True)
+    table.add_column("finding", overflow="fold")
+    table.add_column("fix", overflow="fold")
+    styles = {"PASS": "green", "WARN": "yellow", "FAIL": "bold red"}
+    for c in report.checks:
+        table.add_row(c.status, c.name, c.detail, c.fix, style=styles.get(c.status))
+    fails = sum(c.status == "FAIL" for c in report.checks)
+    warns = sum(c.status == "WARN" for c in report.checks)
+    if fails:
+        verdict = (
+            f"{fails} check(s) failed, {warns} warning(s): a replay of this setup will diverge"
+        )
+    elif warns:
+        verdict = f"all checks passed, {warns} warning(s): replays should be bit-exact"
+    else:
+        verdict = "all checks passed: replays of this setup should be bit-exact"
+    return [table, verdict]
+
+
+def report_findings_lines(analysis: Any) -> list[str]:
+    """One line per finding of a report (``replaykit report`` and ``inspect`` print these).
+
+    Example:
+        >>> # report_findings_lines(analyze("run.h5"))
+        >>> # ['steps/probe/logits[1] is nan first at step 123: ...']
+    """
+    return [f.message for f in analysis.findings]
+
+
+_FIGURE = string.Template(
+    '<figure><img alt="$alt" src="data:image/png;base64,$data">'
+    "<figcaption>$caption</figcaption></figure>"
+)
+_SECTION = string.Template('<section id="$id">\n<h2>$title</h2>\n$body\n</section>')
+_FINDING = string.Template('<li class="kind-$kind">$message</li>')
+_ROW = string.Template("<tr>$cells</tr>")
+
+
+def _figure(pngs: dict[str, bytes], name: str, caption: str) -> str:
+    import base64
+
+    if name not in pngs:
+        return ""
+    return _FIGURE.substitute(
+        alt=html.escape(name),
+        data=base64.b64encode(pngs[name]).decode("ascii"),
+        caption=html.escape(caption),
+    )
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    head = _ROW.substitute(cells="".join(f"<th>{html.escape(h)}</th>" for h in header))
+    body = [
+        _ROW.substitute(
+            cells="".join(
+                f"<td{' class=key' if i == 0 else ''}>{html.escape(c)}</td>"
+                for i, c in enumerate(r)
+            )
+        )
+        for r in rows
+    ]
+    return "<table>\n" + "\n".join([head, *body]) + "\n</table>"
+
+
+def report_html(analysis: Any, pngs: dict[str, bytes]) -> str:
+    """Return the self-contained HTML page of a report: findings first, then the pictures.
+
+    Every picture is embedded as a ``data:`` URI, so the one file opens anywhere, without
+    network access. The page is filled from ``string.Template`` pieces and every value is
+    escaped.
+
+    Args:
+        analysis: an :class:`~replaykit._analysis.report.Analysis`.
+        pngs: ``{file name: PNG bytes}`` from :func:`replaykit._analysis.plots.report_figures`.
+
+    Example:
+        >>> # page = report_html(analyze("run.h5"), report_figures(analysis))
+    """
+    from importlib import resources
+
+    from replaykit._analysis.plots import file_name
+
+    a = analysis
+    page = string.Template(
+        resources.files("replaykit._analysis").joinpath("report.html").read_text("utf-8")
+    )
+    findings = [
+        _FINDING.substitute(kind=html.escape(f.kind), message=html.escape(f.message))
+        for f in a.findings
+    ] or [
+        '<li class="none">No findings: no non-finite values, no collapsed policy, no '
+        "un-normalised or constant observation, no exploding update probe.</li>"
+    ]
+    notes = "".join(f"<p>{html.escape(n)}</p>" for n in a.notes)
+    sections = []
+    if "episodes.png" in pngs:
+        n = len(a.episode_lengths)
+        sections.append(
+            _SECTION.substitute(
+                id="episodes",
+                title="Episodes",
+                body=_figure(pngs, "episodes.png", f"return and length of each of {n} episodes"),
+            )
+        )
+    marks = "; dashed lines are snapshots" if a.snapshots else ""
+    keys = [
+        _figure(pngs, file_name(k), f"{k}: mean per bucket of rows, min-max band shaded{marks}")
+        for k in a.series
+    ]
+    if keys:
+        sections.append(
+            _SECTION.substitute(id="keys", title="Keys over time", body="\n".join(keys))
+        )
+    if "actions.png" in pngs:
+        act = a.actions
+        sections.append(
+            _SECTION.substitute(
+                id="actions",
+                title="Policy: actions and entropy",
+                body=_figure(
+                    pngs,
+                    "actions.png",
+                    f"share of each action per window; over the last {act['last_n']} steps "
+                    f"(right of the dotted line) action {act['top_action']} has {act['share']:.0%}",
+                ),
+            )
+        )
+    if a.obs_stats is not None:
+        st = a.obs_stats
+        rows = [
+            (f"obs[{i}]", *(short_value(float(st[k][i])) for k in ("mean", "std", "min", "max")))
+            for i in range(min(len(st["mean"]), 64))
+        ]
+        body = _figure(
+            pngs,
+            "observations.png",
+            "std and max |value| per observation dimension; the dotted line is unit scale",
+        )
+        sections.append(
+            _SECTION.substitute(
+                id="observations",
+                title="Input normalisation",
+                body=body + "\n" + _table(("dimension", "mean", "std", "min", "max"), rows),
+            )
+        )
+    nf_rows = [
+        (
+            nf["key"],
+            str(nf["step"]),
+            "" if nf["update"] is None else str(nf["update"]),
+            str(nf["element"]) if nf["element"] else "-",
+            nf["value"],
+        )
+        for nf in a.nonfinite
+    ]
+    sections.append(
+        _SECTION.substitute(
+            id="nonfinite",
+            title="First non-finite value per key",
+            body=_table(("key", "step", "update", "element", "value"), nf_rows)
+            if nf_rows
+            else "<p>Every numeric value in every stream is finite.</p>",
+        )
+    )
+    if "dynamic-range.png" in pngs:
+        sections.append(
+            _SECTION.substitute(
+                id="dynamic-range",
+                title="Dynamic range over updates",
+                body=_figure(
+                    pngs,
+                    "dynamic-range.png",
+                    "max |value| per bucket of updates for every update probe (loss, grad "
+                    "norm, learning rate, layer digests)",
+                ),
+            )
+        )
+    snaps = ", ".join(f"{s['name']} (step {s['step']})" for s in a.snapshots) or "none"
+    summary = (
+        f"{a.path}: env {a.env_id or '(none)'}, {a.steps} steps, {len(a.episode_lengths)} "
+        f"episodes, {a.updates} updates; snapshots: {snaps}"
+        + (f"; failure at step {a.failure['step']}: {a.failure['message']}" if a.failure else "")
+    )
+    return page.substitute(
+        title=html.escape(os.path.basename(a.path)),
+        summary=html.escape(summary),
+        findings="\n".join(findings),
+        notes=notes,
+        sections="\n".join(sections),
+    )
