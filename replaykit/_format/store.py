@@ -544,6 +544,10 @@ class RecordingWriter:
         self._last_commit = time.monotonic()
         self._closed = False
         self.snapshots: list[str] = []
+        # Flight mode (docs/FORMAT.md §4.1): snapshot attributes are written fixed-size, so a
+        # snapshot dropped by retention leaves its group as a slot the next one overwrites.
+        self.reuse_snapshot_slots = False
+        self._free_slots: list[h5py.Group] = []
         self._write_root_attrs(self._spill(self._file, F.META_ATTR, F.dumps(self._meta)))
         self._meta_dirty = False
         self._file.require_group(F.STREAMS_GROUP)
@@ -827,7 +831,9 @@ class RecordingWriter:
         except (OSError, RuntimeError) as exc:
             raise self._fail(exc) from None
 
-    def _write_snapshot(self, name: str, tree: Any, meta: dict[str, Any]) -> int:
+    def _write_snapshot(  # noqa: C901 - one ordered sequence of writes, kept in one place
+        self, name: str, tree: Any, meta: dict[str, Any]
+    ) -> int:
         if not F.is_valid_name(name):
             raise UsageError(f"snapshot name {name!r} must be non-empty, printable, without '/'")
         if name in self.snapshots:
@@ -835,10 +841,6 @@ class RecordingWriter:
         doc, arrays, logical = _tree.encode(tree)
         snaps = self._file[F.SNAPSHOTS_GROUP]
         self.commit()
-        # Build the snapshot as an *anonymous* group: nothing in the file links to it, so a
-        # kill at any point while it is written leaves unreachable bytes, never a dangling
-        # or half-written entry in /snapshots. One hard link publishes it once complete.
-        g = h5py.Group(h5py.h5g.create(self._file.id, None))
         checksums: dict[str, Any] = {}
         layouts: dict[str, str] = {}
         offsets: dict[str, int] = {}
@@ -857,33 +859,105 @@ class RecordingWriter:
                 pack_size += -(-data.nbytes // F.PACK_ALIGN) * F.PACK_ALIGN
                 continue
             large.append((key, data))
-        if large:
-            checksums.update(self._write_large(g, large))
+        pack = None
         if small:
             pack = np.zeros(pack_size, np.uint8)
             for key, data in small:
                 off = offsets[key]
                 pack[off : off + data.nbytes] = data.reshape(-1).view(np.uint8)
-            g.create_dataset(F.PACK_DATASET, data=pack)
+        g = self._free_slot(pack, large)
+        if g is not None:
+            # A slot left by a dropped snapshot (unlinked, so no reader sees it while it is
+            # rewritten): same datasets, overwritten in place; no new space is taken.
+            for key, data in large:
+                g[key].id.write(h5s.ALL, h5s.ALL, data)
+                checksums[key] = _array_digest(data)
+        else:
+            # Build the snapshot as an *anonymous* group: nothing in the file links to it, so
+            # a kill at any point while it is written leaves unreachable bytes, never a
+            # dangling or half-written entry in /snapshots. One hard link publishes it.
+            g = h5py.Group(h5py.h5g.create(self._file.id, None))
+            if large:
+                checksums.update(self._write_large(g, large))
+        if pack is not None:
+            if F.PACK_DATASET in g:
+                g[F.PACK_DATASET].id.write(h5s.ALL, h5s.ALL, pack)
+            else:
+                g.create_dataset(F.PACK_DATASET, data=pack)
             checksums[F.PACK_DATASET] = _array_digest(pack)
         # The name inside the checksummed metadata (version 2): a damaged link name is caught.
         meta = {**meta, F.SNAP_BYTES: nbytes, F.SNAP_NAME: name}
         # The tree keeps its key order (a dict comes back in the order it was captured).
         attrs = {F.SNAPSHOT_ATTR: F.dumps(meta), F.TREE_ATTR: F.dumps(doc, sort_keys=False)}
+        fixed = self.reuse_snapshot_slots and all(
+            len(v) <= _SLOT_ATTR_MAX_BYTES for v in attrs.values()
+        )
         for k, v in attrs.items():
-            g.attrs[k] = v
+            if fixed:
+                # Padded in place (as meta and commit records are): the digest covers the
+                # stored text, padding included; JSON readers skip the trailing spaces.
+                attrs[k] = _set_fixed(g.attrs, k, v)
+            else:
+                g.attrs[k] = v
         logical_map = {str(i): n for i, n in sorted(logical.items())}
         checksums[F.LAYOUT_KEY] = layouts
         checksums[F.PACK_KEY] = offsets
         checksums[F.LOGICAL_KEY] = logical_map
         checksums[F.ATTRS_KEY] = _attrs_digest(attrs, logical_map, layouts, offsets)
-        g.attrs[F.CHECKSUMS_ATTR] = F.dumps(checksums)
+        text = F.dumps(checksums)
+        if fixed and len(text) <= _SLOT_ATTR_MAX_BYTES:
+            _set_fixed(g.attrs, F.CHECKSUMS_ATTR, text)
+        else:
+            if F.CHECKSUMS_ATTR in g.attrs:
+                del g.attrs[F.CHECKSUMS_ATTR]
+            g.attrs[F.CHECKSUMS_ATTR] = text
         # Everything the link will point to reaches the file before the link does.
         self._file.flush()
         snaps[name] = g
         self.snapshots.append(name)
         self.commit()
         return nbytes
+
+    def _free_slot(
+        self, pack: np.ndarray | None, large: list[tuple[str, np.ndarray]]
+    ) -> h5py.Group | None:
+        """Take a dropped snapshot's group whose datasets fit this snapshot exactly, if any."""
+        want = {key: (data.dtype, data.shape) for key, data in large}
+        if pack is not None:
+            want[F.PACK_DATASET] = (pack.dtype, pack.shape)
+        for i, g in enumerate(self._free_slots):
+            have = {}
+            for key in g:
+                ds = g[key]
+                if not isinstance(ds, h5py.Dataset) or ds.chunks is not None:
+                    break
+                have[key] = (ds.dtype, ds.shape)
+            else:
+                if have == want:
+                    return self._free_slots.pop(i)
+        return None
+
+    def drop_snapshot(self, name: str) -> None:
+        """Unlink snapshot ``name`` and keep its group as a slot for a later snapshot.
+
+        Called only after a newer snapshot is published (flight-mode retention). The unlink
+        is committed (flushed) before the slot is ever rewritten, so a kill leaves either
+        the snapshot whole and linked, or unlinked; never a linked snapshot half-overwritten.
+        """
+        if self._broken is not None:
+            raise self._broken
+        try:
+            snaps = self._file[F.SNAPSHOTS_GROUP]
+            g = snaps[name]
+            del snaps[name]
+            self.snapshots.remove(name)
+            if self.reuse_snapshot_slots:
+                self._free_slots.append(g)
+            self.commit()
+        except ReplaykitError:
+            raise
+        except (OSError, RuntimeError, KeyError) as exc:
+            raise self._fail(exc) from None
 
     def _write_large(self, g: h5py.Group, arrays: list[tuple[str, np.ndarray]]) -> dict[str, str]:
         """Write a snapshot's large arrays as contiguous datasets; return their digests.
@@ -950,6 +1024,10 @@ class RecordingWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+# Snapshot attributes longer than this stay variable-length (not rewritable in place): an
+# object header holds at most 64 KiB of fixed-size attributes.
+_SLOT_ATTR_MAX_BYTES = 16 << 10
 
 # Room kept free past the file's allocated end before a commit flushes (see _reserve), and
 # the step in which the reservation grows.
@@ -1277,6 +1355,9 @@ _META_TYPES: dict[str, tuple[Any, str]] = {
     F.META_UPDATES: (_is_count, "a non-negative integer"),
     F.META_UPDATE_PROBE_ORDER: (_is_str_list, "a list of strings"),
     F.META_FIRST_NONFINITE_UPDATE: (_opt(_is_dict), "an object or null"),
+    F.META_FAILURE: (_opt(_is_dict), "an object or null"),
+    F.META_RETENTION: (_opt(_is_dict), "an object or null"),
+    F.META_EXTRACT: (_opt(_is_dict), "an object or null"),
 }
 _SNAP_TYPES: dict[str, tuple[Any, str]] = {
     F.SNAP_STEP: (_is_count, "a non-negative integer"),
@@ -1426,6 +1507,9 @@ class StreamReader:
                 raise TypeError(f"row count {str(rows)[:40]!r} is not an integer")
             columns = commit[F.COMMIT_COLUMNS]
             checksums = commit[F.COMMIT_CHECKSUMS]
+            first = commit.get(F.COMMIT_FIRST, 0)
+            if not _is_int(first) or first < 0:
+                raise TypeError(f"first row {str(first)[:40]!r} is not a non-negative integer")
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise FileFormatError(
                 f"malformed commit record ({type(exc).__name__}: {_first_line(exc)}); "
@@ -1455,7 +1539,10 @@ class StreamReader:
                 path=rec.path,
                 obj=where,
             )
-        self.rows = rows
+        # Rows are numbered globally: the stream stores rows [first, first + stored) (an
+        # extract's streams start where its snapshot does; version 4).
+        self.first = int(first)
+        self.rows = self.first + rows
         self.columns: dict[str, dict[str, Any]] = columns
         self._checksums = checksums
         self._verified: set[str] = set()
@@ -1510,16 +1597,17 @@ class StreamReader:
                     path=path,
                     obj=where,
                 )
-            if stored_shape[0] < self.rows:
+            if stored_shape[0] < self.rows - self.first:
                 raise TruncatedFileError(
-                    f"column holds {stored_shape[0]} rows, commit record says {self.rows}; "
+                    f"column holds {stored_shape[0]} rows, commit record says "
+                    f"{self.rows - self.first}; "
                     "the file is damaged or edited",
                     path=path,
                     obj=where,
                 )
             # Unallocated chunks read back as zeros, so a commit record claiming rows that
             # were never stored would pass shape checks; compare with bytes actually stored.
-            need = self.rows * dtype.itemsize * math.prod(shape)
+            need = (self.rows - self.first) * dtype.itemsize * math.prod(shape)
             dcpl = obj.get_create_plist()
             compressed = any(
                 dcpl.get_filter(i)[0] in (1, 32000) for i in range(dcpl.get_nfilters())
@@ -1527,8 +1615,8 @@ class StreamReader:
             stored = int(obj.get_storage_size())
             if need > (stored * 1100 if compressed else stored):
                 raise TruncatedFileError(
-                    f"commit record claims {self.rows} rows ({need} bytes) but the column "
-                    f"stores {stored} bytes; the file is damaged or edited",
+                    f"commit record claims {self.rows - self.first} rows ({need} bytes) but the "
+                    f"column stores {stored} bytes; the file is damaged or edited",
                     path=path,
                     obj=where,
                 )
@@ -1549,10 +1637,16 @@ class StreamReader:
     def _slice(self, name: str, start: int, stop: int | None) -> np.ndarray:
         stop = self.rows if stop is None else min(stop, self.rows)
         start = max(0, min(start, stop))
+        if start < self.first and stop > start:
+            raise UsageError(
+                f"{self._rec.path}: stream {self.name!r} holds rows {self.first} to "
+                f"{self.rows - 1} only (an extract); rows {start} to {self.first - 1} are in the "
+                "recording it was cut from"
+            )
         ds = self._dataset(name)
         out = np.empty((stop - start, *ds.shape[1:]), dtype=ds.dtype)
         with _guard(self._rec.path, f"{self._where}/{name}", "read the column"):
-            _read_rows(ds, start, out)
+            _read_rows(ds, start - self.first, out)
         return out
 
     def read(self, column: str, start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -1637,8 +1731,9 @@ class StreamReader:
         h = xxhash.xxh3_64() if self._rec.verify and name not in self._verified else None
         row_shape, dtype = tuple(ds.shape[1:]), ds.dtype
         buf = None
+        first = self.first
         if reuse:
-            shape = (min(block_rows, self.rows), *row_shape)
+            shape = (min(block_rows, self.rows - first), *row_shape)
             nbytes = dtype.itemsize * math.prod(shape)
             if (
                 buffer is not None
@@ -1657,17 +1752,17 @@ class StreamReader:
             # read in 1 MiB blocks took minutes). Read whole chunks, hand out the blocks.
             yield from self._iter_spans(ds, name, where, span, block_rows, h)
             return
-        for lo in range(0, self.rows, block_rows):
+        for lo in range(first, self.rows, block_rows):
             hi = min(self.rows, lo + block_rows)
             data = buf[: hi - lo] if buf is not None else np.empty((hi - lo, *row_shape), dtype)
             with _guard(self._rec.path, where, "read the column"):
-                _read_rows(ds, lo, data)
+                _read_rows(ds, lo - first, data)
             if h is not None:
                 h.update(data.data)
                 if hi >= self.rows:
                     self._check_digest(name, h)
             yield lo, data
-        if h is not None and self.rows == 0:
+        if h is not None and self.rows == first:
             self._check_digest(name, h)
 
     def _iter_spans(
@@ -1675,12 +1770,13 @@ class StreamReader:
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Read whole chunks of ``span`` rows; yield them in blocks of ``block_rows``."""
         row_shape, dtype = tuple(ds.shape[1:]), ds.dtype
-        buf = np.empty((min(span, self.rows), *row_shape), dtype)
-        for lo in range(0, self.rows, span):
+        first = self.first
+        buf = np.empty((min(span, self.rows - first), *row_shape), dtype)
+        for lo in range(first, self.rows, span):
             hi = min(self.rows, lo + span)
             data = buf[: hi - lo]
             with _guard(self._rec.path, where, "read the column"):
-                _read_rows(ds, lo, data)
+                _read_rows(ds, lo - first, data)
             if h is not None:
                 h.update(data.data)
                 if hi >= self.rows:
