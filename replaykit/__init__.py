@@ -61,6 +61,7 @@ if typing.TYPE_CHECKING:
         compare_arrays,
         diff_recordings,
     )
+    from replaykit._analysis.extract import ExtractResult, extract
     from replaykit._analysis.layers import (
         LayerDivergence,
         LayerTracer,
@@ -112,6 +113,8 @@ _LAZY: dict[str, str] = {
     "Rules": "replaykit._analysis.compare",
     "compare_arrays": "replaykit._analysis.compare",
     "diff_recordings": "replaykit._analysis.compare",
+    "ExtractResult": "replaykit._analysis.extract",
+    "extract": "replaykit._analysis.extract",
     "LayerDivergence": "replaykit._analysis.layers",
     "LayerTracer": "replaykit._analysis.layers",
     "first_divergent_module": "replaykit._analysis.layers",
@@ -173,6 +176,7 @@ __all__ = [
     "DivergenceError",
     "DivergenceReport",
     "EnvAdapter",
+    "ExtractResult",
     "FileFormatError",
     "LayerDivergence",
     "LayerTracer",
@@ -210,6 +214,7 @@ __all__ = [
     "determinism_flags",
     "diff_recordings",
     "enable_determinism",
+    "extract",
     "first_divergent_module",
     "first_update_divergence",
     "make_env",

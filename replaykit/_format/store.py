@@ -832,13 +832,17 @@ class RecordingWriter:
             raise self._fail(exc) from None
 
     def _write_snapshot(  # noqa: C901 - one ordered sequence of writes, kept in one place
-        self, name: str, tree: Any, meta: dict[str, Any]
+        self,
+        name: str,
+        tree: Any,
+        meta: dict[str, Any],
+        encoded: tuple[Any, list[np.ndarray], dict[int, str]] | None = None,
     ) -> int:
         if not F.is_valid_name(name):
             raise UsageError(f"snapshot name {name!r} must be non-empty, printable, without '/'")
         if name in self.snapshots:
             raise UsageError(f"snapshot {name!r} already exists in {self.path}; pick another name")
-        doc, arrays, logical = _tree.encode(tree)
+        doc, arrays, logical = _tree.encode(tree) if encoded is None else encoded
         snaps = self._file[F.SNAPSHOTS_GROUP]
         self.commit()
         checksums: dict[str, Any] = {}
@@ -917,6 +921,84 @@ class RecordingWriter:
         self.snapshots.append(name)
         self.commit()
         return nbytes
+
+    def copy_snapshot(
+        self, name: str, encoded: tuple[Any, list[np.ndarray], dict[int, str]], meta: dict[str, Any]
+    ) -> int:
+        """Write a snapshot read with :meth:`Recording.load_snapshot_encoded` (no decoding).
+
+        ``replaykit extract`` copies a snapshot this way: its tree document and arrays go
+        over byte for byte, and nothing in it is turned into live objects.
+        """
+        if self._broken is not None:
+            raise self._broken
+        try:
+            return self._write_snapshot(name, None, meta, encoded)
+        except ReplaykitError:
+            raise
+        except (OSError, RuntimeError) as exc:
+            raise self._fail(exc) from None
+
+    def copy_stream(self, reader: StreamReader, start: int, stop: int) -> None:
+        """Write rows ``[start, stop)`` of ``reader``'s stream as this file's stream.
+
+        The stream's rows keep their global numbers (``first`` = ``start`` in the commit
+        record, version 4 when ``start`` > 0). Each column becomes a contiguous dataset of
+        exactly its rows (a small file stays small: no whole chunks), copied block by block
+        in bounded memory; the source column's checksum is verified on the way.
+        """
+        start = max(reader.first, min(start, reader.rows))
+        stop = max(start, min(stop, reader.rows))
+        n = stop - start
+        group = self._file.require_group(F.stream_path(reader.name))
+        checksums: dict[str, str] = {}
+        names = []
+        for col in reader.columns:
+            names.append(col)
+            if reader.optional(col):
+                names.append(col + F.PRESENT_SUFFIX)
+        for dname in names:
+            dtype, shape = reader._expected(dname)
+            h = xxhash.xxh3_64()
+            if n and all(shape):
+                dsid = _create_placed(group, dname, dtype, (n, *shape))
+                block = reader.block_rows_for(dname)
+                for lo in range(start, stop, block):
+                    hi = min(stop, lo + block)
+                    if dname.endswith(F.PRESENT_SUFFIX):
+                        data = reader.present(dname[: -len(F.PRESENT_SUFFIX)], lo, hi)
+                    else:
+                        data = reader.read(dname, lo, hi)
+                    assert data is not None
+                    data = np.ascontiguousarray(data)
+                    fspace = dsid.get_space()
+                    fspace.select_hyperslab((lo - start, *([0] * len(shape))), data.shape)
+                    dsid.write(h5s.create_simple(data.shape), fspace, data)
+                    h.update(data.data)
+            else:
+                group.create_dataset(dname, shape=(n if all(shape) else 0, *shape), dtype=dtype)
+            if not dname.endswith(F.PRESENT_SUFFIX):
+                logical = reader.logical_dtype(dname)
+                if logical:
+                    group[dname].attrs[F.LOGICAL_DTYPE_ATTR] = logical
+            checksums[dname] = h.hexdigest()
+        body: dict[str, Any] = {
+            F.COMMIT_ROWS: n,
+            F.COMMIT_CHECKSUMS: checksums,
+            F.COMMIT_COLUMNS: reader.columns,
+            F.COMMIT_STREAM: reader.name,
+        }
+        if start:
+            body[F.COMMIT_FIRST] = start
+            self._version = max(self._version, F.FIRST_ROW_VERSION)
+            self._meta_dirty = True
+        text = self._spill(
+            group, F.COMMIT_ATTR, F.dumps({**body, F.COMMIT_CRC: _digest(F.dumps(body).encode())})
+        )
+        self._file.flush()
+        _set_fixed(group.attrs, F.COMMIT_ATTR, text)
+        self._spill_current.update(self._spill_pending)
+        self._spill_pending.clear()
 
     def _free_slot(
         self, pack: np.ndarray | None, large: list[tuple[str, np.ndarray]]
@@ -1909,6 +1991,8 @@ class Recording:
                 )
             raw[k] = int(v) if isinstance(v, np.integer) else _text(v)
         stored_sum = _get_attr(fid, F.ROOT_CHECKSUM_ATTR)
+        #: the root checksum as stored (identifies the file's contents; extracts name it)
+        self.root_checksum = "" if stored_sum is None else _text(stored_sum).strip()
         if self.verify and (stored_sum is None or _text(stored_sum).strip() != _root_checksum(raw)):
             raise ChecksumError(
                 "root attributes do not match their checksum (file damaged or edited); "
@@ -2212,6 +2296,26 @@ class Recording:
         names = ", ".join(s.name for s in snaps[:10])
         raise UsageError(f"{self.path} has no snapshot {name!r}; it has: {names}")
 
+    def load_snapshot_encoded(
+        self, name: str | int | None = None
+    ) -> tuple[SnapshotInfo, tuple[Any, list[np.ndarray], dict[int, str]]]:
+        """Return ``(info, (tree document, arrays, logical dtypes))``, checksums verified.
+
+        The snapshot as stored, not decoded into live objects (no torch needed): what
+        :meth:`RecordingWriter.copy_snapshot` writes back.
+        """
+        info = self.snapshot_info(name)
+        where = F.snapshot_path(info.name)
+        with _guard(self.path, where, "read the snapshot"):
+            gid = h5py.h5o.open(self._file.id, where.encode())
+            doc, arrays = self._load_tree(gid, where, decode=False)
+            _, _, checksums = self._snapshot_attrs(gid, where)
+            if self.format_version >= F.PACK_VERSION:
+                logical = checksums.get(F.LOGICAL_KEY) or {}
+            else:
+                logical = self._v1_logical(h5py.Group(gid), checksums)
+        return info, (doc, arrays, {int(k): str(v) for k, v in logical.items()})
+
     def load_snapshot(self, name: str | int | None = None) -> tuple[SnapshotInfo, Any]:
         """Return ``(info, state tree)`` of a snapshot, checksums verified."""
         info = self.snapshot_info(name)
@@ -2219,7 +2323,7 @@ class Recording:
         with _guard(self.path, where, "read the snapshot"):
             return info, self._load_tree(h5py.h5o.open(self._file.id, where.encode()), where)
 
-    def _load_tree(self, gid: Any, where: str) -> Any:
+    def _load_tree(self, gid: Any, where: str, decode: bool = True) -> Any:
         _, doc, checksums = self._snapshot_attrs(gid, where)
         names = [k for k in checksums if not k.startswith(F.CHECKSUM_META_PREFIX)]
         layouts = checksums.get(F.LAYOUT_KEY)
@@ -2277,6 +2381,8 @@ class Recording:
                 path=self.path,
                 obj=where,
             )
+        if not decode:
+            return doc, arrays
         try:
             return _tree.decode(doc, arrays)
         except FileFormatError as exc:
