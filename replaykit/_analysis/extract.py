@@ -85,7 +85,9 @@ def _ranges(
     s = int(meta.get(F.SNAP_STEP, 0))
     e = int(meta.get(F.SNAP_EPISODE, -1))
     u = int(meta.get(F.SNAP_UPDATES, 0))
-    first_step, first_reset = s, max(e, 0)
+    # A restore mid-episode reads the observation the snapshot's step returned (row s - 1).
+    mid = int(meta.get(F.SNAP_STEP_IN_EPISODE, 0)) > 0
+    first_step, first_reset = (s - 1 if mid and s > 0 else s), max(e, 0)
     if meta.get(F.SNAP_ENV_STATE) == F.ENV_STATE_REPLAY_FROM_RESET:
         # Replay re-runs the recorded actions from the episode's (or recording's) start.
         if meta.get(F.SNAP_REPLAY_FROM) == "recording-start":

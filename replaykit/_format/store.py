@@ -961,7 +961,9 @@ class RecordingWriter:
             dtype, shape = reader._expected(dname)
             h = xxhash.xxh3_64()
             if n and all(shape):
-                dsid = _create_placed(group, dname, dtype, (n, *shape))
+                parent, _, leaf = dname.rpartition("/")
+                owner = group.require_group(parent) if parent else group
+                dsid = _create_placed(owner, leaf, dtype, (n, *shape))
                 block = reader.block_rows_for(dname)
                 for lo in range(start, stop, block):
                     hi = min(stop, lo + block)
@@ -1716,7 +1718,8 @@ class StreamReader:
         for _ in self._iter_rows(name, self.block_rows_for(name), reuse=True):
             pass
 
-    def _slice(self, name: str, start: int, stop: int | None) -> np.ndarray:
+    def _slice(self, name: str, start: int | None, stop: int | None) -> np.ndarray:
+        start = self.first if start is None else start
         stop = self.rows if stop is None else min(stop, self.rows)
         start = max(0, min(start, stop))
         if start < self.first and stop > start:
@@ -1731,14 +1734,19 @@ class StreamReader:
             _read_rows(ds, start - self.first, out)
         return out
 
-    def read(self, column: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Rows ``[start, stop)`` of ``column`` (clamped to the committed rows)."""
+    def read(self, column: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        """Rows ``[start, stop)`` of ``column`` (clamped to the committed rows).
+
+        ``start`` defaults to the stream's first row (``0`` except in extracts).
+        """
         if column not in self.columns:
             raise UsageError(f"stream {self.name!r} has no column {column!r}")
         self._verify(column)
         return self._slice(column, start, stop)
 
-    def present(self, column: str, start: int = 0, stop: int | None = None) -> np.ndarray | None:
+    def present(
+        self, column: str, start: int | None = None, stop: int | None = None
+    ) -> np.ndarray | None:
         if not self.optional(column):
             return None
         name = column + F.PRESENT_SUFFIX
