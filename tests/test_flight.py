@@ -149,6 +149,7 @@ def test_exception_escaping_the_loop_is_recorded_and_shown_escaped(tmp_path: Pat
     assert "loss exploded\\x1b[31m" in out[0]
 
 
+@pytest.mark.integration
 def test_uncaught_exception_is_recorded_by_the_excepthook(tmp_path: Path) -> None:
     path = tmp_path / "run.h5"
     script = tmp_path / "crash.py"
@@ -172,11 +173,6 @@ def test_uncaught_exception_is_recorded_by_the_excepthook(tmp_path: Path) -> Non
         failure = r.meta[F.META_FAILURE]
     assert failure[F.FAILURE_KIND] == "exception" and failure[F.FAILURE_STEP] == 321
     assert failure[F.FAILURE_SNAPSHOT] == "step-000300"
-
-
-test_uncaught_exception_is_recorded_by_the_excepthook = pytest.mark.integration(
-    test_uncaught_exception_is_recorded_by_the_excepthook
-)
 
 
 def test_mark_failure_on_env_and_training_recorders(tmp_path: Path) -> None:
@@ -255,6 +251,7 @@ def _big_run(path: Path, keep: int | None, steps: int = 6000) -> list[int]:
     return sizes
 
 
+@pytest.mark.integration
 def test_retention_keeps_the_file_bounded_and_snapshots_whole(tmp_path: Path) -> None:
     path = tmp_path / "flight.h5"
     sizes = _big_run(path, keep=2)
@@ -385,6 +382,7 @@ def test_extract_through_failure_and_its_guards(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.integration
 def test_assert_fixed_fails_while_the_bug_is_there_and_passes_once_fixed(tmp_path: Path) -> None:
     src = tmp_path / "run.h5"
     _run(src, 3000, fault_at=2345)
