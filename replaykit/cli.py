@@ -347,6 +347,15 @@ def _record(
     snapshot_every: Annotated[
         int | None, typer.Option("--snapshot-every", min=1, help="Also snapshot every N steps.")
     ] = None,
+    keep_snapshots: Annotated[
+        int | None,
+        typer.Option(
+            "--keep-snapshots",
+            min=1,
+            help="Flight mode: keep only the first and the last N --snapshot-every snapshots "
+            "(the file stays bounded) and record a failure (exception, NaN) when one happens.",
+        ),
+    ] = None,
     episodes: Annotated[
         int | None,
         typer.Option(min=1, help="Record N whole episodes (no step cap unless --steps)."),
@@ -411,6 +420,7 @@ def _record(
             compression=None if compression == "none" else compression,
             on_start=started,
             on_progress=shown.update,
+            keep_snapshots=keep_snapshots,
         )
     _out.print(render.record_summary(summary))
 

@@ -106,9 +106,10 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
             written under a temporary name beside it until then); ``False`` (default):
             refuse an existing path with :class:`~replaykit.errors.UsageError`.
         keep_snapshots: flight mode: keep only the first and the last ``keep_snapshots``
-            of the ``snapshot_every`` snapshots; older ones are dropped once a newer one is
-            on disk, and their space is reused, so the file stays bounded on a long run.
-            Nothing is dropped after a failure. ``None`` (default): keep every snapshot.
+            of the periodic snapshots (``snapshot_every``, or :meth:`flight_snapshot`
+            calls); older ones are dropped once a newer one is on disk, and their space is
+            reused, so the file stays bounded on a long run. Nothing is dropped after a
+            failure. ``None`` (default): keep every snapshot.
         detect_failures: write a failure record (:attr:`failure`) when an exception escapes
             the ``with`` block or the program, or a NaN/infinity appears in an observation,
             reward, probe or logged update (checked per block and before each periodic
@@ -156,11 +157,6 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
         from replaykit._state import envs as envstate
 
         check_seed_and_schedule(seed, snapshot_every)
-        if keep_snapshots is not None and snapshot_every is None:
-            raise UsageError(
-                "keep_snapshots needs snapshot_every: retention keeps the last periodic "
-                "snapshots (e.g. snapshot_every=10_000, keep_snapshots=3)"
-            )
         self._schedule(snapshot_at, snapshot_every)
         if any(s < 0 for s in self._snapshot_at):
             raise UsageError("snapshot_at steps must be >= 0")

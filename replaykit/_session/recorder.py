@@ -686,6 +686,29 @@ class RecorderCore:
         self._require_open()
         self._record_failure({F.FAILURE_KIND: F.FAILURE_MARKED, F.FAILURE_REASON: str(reason)})
 
+    def flight_snapshot(self, name: str | None = None, *, extra: Any = None) -> str | None:
+        """Take a periodic snapshot under flight-mode retention; returns its name.
+
+        For loops that snapshot at a point of their own (the top of an iteration) rather
+        than with ``snapshot_every``: the rows so far are checked for failures first, the
+        snapshot is written, and then only the first and the last ``keep_snapshots`` such
+        snapshots stay. Once a failure is recorded no more are taken (``None`` is returned),
+        so the snapshots before the failure are the ones kept.
+
+        Example:
+            >>> # if env.step_count % 10_000 == 0:
+            >>> #     env.flight_snapshot()
+        """
+        self._require_open()
+        if self._detect:
+            self._scan_failures()
+            if self._failure is not None:
+                return None
+        name = self.snapshot(name, extra=extra)
+        self._periodic.append(name)
+        self._retain()
+        return name
+
     def close(self, **kwargs: Any) -> None:
         """Write the closing metadata, close the file, then close what the recorder wraps."""
         if self._closed:
@@ -704,7 +727,12 @@ class RecorderCore:
         return self
 
     def __exit__(self, et: Any, exc: Any, tb: Any) -> Literal[False]:
-        if isinstance(exc, Exception) and not self._closed and not self._writer_broken():
+        if (
+            self._detect
+            and isinstance(exc, Exception)
+            and not self._closed
+            and not self._writer_broken()
+        ):
             with _suppress_write_errors():
                 self._record_exception(exc)
         self.close()
@@ -726,16 +754,12 @@ class RecorderCore:
         # modulo run only here.
         every = self._snapshot_every
         periodic = every is not None and t % every == 0
-        if t in self._snapshot_at or periodic:
-            if self._detect:
-                # Every row so far is checked before a snapshot: none is ever taken (nor an
-                # older one dropped) after a failure that is already in the rows.
-                self._scan_failures()
-            if self._failure is None or not self._detect:
-                name = self.snapshot()
-                if periodic and t not in self._snapshot_at:
-                    self._periodic.append(name)
-                    self._retain()
+        if periodic and t not in self._snapshot_at:
+            # Every row so far is checked before it: no periodic snapshot is ever taken (nor
+            # an older one dropped) after a failure that is already in the rows.
+            self.flight_snapshot()
+        elif t in self._snapshot_at:
+            self.snapshot()
         later = [s for s in self._snapshot_at if s > t]
         if every is not None:
             later.append((t // every + 1) * every)
