@@ -850,7 +850,12 @@ class RecorderCore:
 
     def _position(self) -> dict[str, Any]:
         """Return the failure record's position fields (step, episode, update) now."""
-        raise NotImplementedError
+        episode = getattr(self, "episode", -1)
+        return {
+            F.FAILURE_STEP: int(getattr(self, "step_count", 0)),
+            F.FAILURE_EPISODE: episode if isinstance(episode, int) else -1,
+            F.FAILURE_UPDATE: self._update_log.count,
+        }
 
     def _scan_failures(self) -> None:
         """Look for non-finite values in rows not checked yet (env recorders)."""
