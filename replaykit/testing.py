@@ -91,16 +91,15 @@ def _policy_body(rep: Any, policy: Any) -> Callable[[Any], None]:
 @contextlib.contextmanager
 def _policy_replay(path: str | os.PathLike[str], spec: str) -> Iterator[tuple[Any, Any]]:
     """Restore the extract at ``path`` with the policy ``spec``, built as ``record`` does."""
-    import importlib
-
     from replaykit._format import layout as F
     from replaykit._format.store import Recording
-    from replaykit._session.policies import resolve_policy
+    from replaykit._session.policies import import_policy_module, resolve_policy
     from replaykit._session.replay import make_env, restore
 
     if ":" in spec:
-        # The module may register the env the recording names: import it before make_env.
-        importlib.import_module(spec.partition(":")[0])
+        # The module may register the env the recording names: import it before make_env
+        # (the spec comes from the test's code, never from the file).
+        import_policy_module(spec)
     rec = Recording(path)
     try:
         user = rec.meta.get(F.META_USER) or {}
