@@ -419,3 +419,65 @@ def test_assert_fixed_fails_while_the_bug_is_there_and_passes_once_fixed(tmp_pat
             track=dict(zip(("model", "opt"), _mlp(), strict=True)),
         )
         testing.assert_fixed(rep2, wrong)
+
+
+def test_training_recording_failure_extract_and_assert_fixed(tmp_path: Path) -> None:
+    def make() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        net = torch.nn.Linear(3, 1)
+        return net, torch.optim.SGD(net.parameters(), lr=0.1)
+
+    def body_for(net: torch.nn.Module, opt: torch.optim.Optimizer, fault: bool) -> Any:
+        def body(rep: Any) -> None:
+            u = rep.update_count
+            loss = net(torch.ones(1, 3) * (u % 5)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            rep.log_update(loss=torch.tensor(float("nan")) if fault and u == 37 else loss.detach())
+
+        return body
+
+    src, out = tmp_path / "train.h5", tmp_path / "bug.h5"
+    net, opt = make()
+    with replaykit.TrainingRecorder(src, track={"net": net, "opt": opt}, keep_snapshots=2) as rec:
+        body = body_for(net, opt, True)
+        for u in range(60):
+            if u % 10 == 0:
+                rec.snapshot()
+            body(rec)
+    assert rec.failure is not None and rec.failure[F.FAILURE_UPDATE] == 37
+    assert (
+        render.failure_line(rec.failure, None)
+        == "failed at update 37: update value 'loss' is nan; no snapshot precedes it"
+    )
+    res = replaykit.extract(src, out, pytest_path=tmp_path / "test_bug.py")
+    assert (res.snapshot, res.updates) == ("update-000030", 8)
+    assert "replaykit.restore_training(FIXTURE" in (tmp_path / "test_bug.py").read_text()
+    net, opt = make()
+    rep = replaykit.restore_training(out, track={"net": net, "opt": opt})
+    with pytest.raises(testing.FailureStillHappensError, match="update 37"):
+        testing.assert_fixed(rep, body_for(net, opt, True))
+    net, opt = make()
+    rep = replaykit.restore_training(out, track={"net": net, "opt": opt})
+    assert testing.assert_fixed(rep, body_for(net, opt, False)) == 7
+
+
+def test_extract_never_starts_from_a_snapshot_taken_after_the_failure(tmp_path: Path) -> None:
+    path = tmp_path / "run.h5"
+    with replaykit.RecordingWrapper(gym.make("CartPole-v1"), path, seed=0, snapshot_at=[3]) as env:
+        env.reset()
+        for _ in range(6):
+            env.step(1 if env.step_count % 2 else 0)
+        env.mark_failure("checked by hand")
+        env.step(0)
+        env.snapshot("late")  # asked for explicitly: kept, but never picked for the failure
+        env.step(1)
+    res = replaykit.extract(path, tmp_path / "a.h5")
+    assert res.snapshot == "step-000003" and res.failure is not None
+    with pytest.raises(UsageError, match="was taken after the failure"):
+        replaykit.extract(path, tmp_path / "b.h5", snapshot="late")
+    assert not (tmp_path / "b.h5").exists()
+    assert render.failure_line(res.failure, {"name": "step-000003", "step": 3}).endswith(
+        "nearest snapshot 'step-000003' at step 3"
+    )

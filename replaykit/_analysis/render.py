@@ -702,12 +702,17 @@ def failure_line(failure: dict[str, Any], nearest: dict[str, Any] | None) -> str
         ...              {"name": "step-089000", "step": 89000})
         "failed at step 90 001 (episode 412, update 5 623): reward NaN; nearest snapshot 'step-089000' at step 89 000"
     """  # noqa: E501
-    where = f"failed at step {_n(failure.get(F.FAILURE_STEP))}"
-    extra = []
-    if failure.get(F.FAILURE_EPISODE, -1) != -1:
-        extra.append(f"episode {_n(failure.get(F.FAILURE_EPISODE))}")
-    extra.append(f"update {_n(failure.get(F.FAILURE_UPDATE))}")
-    line = f"{where} ({', '.join(extra)}): {escaped(failure.get(F.FAILURE_REASON, '?'))}"
+    reason = escaped(failure.get(F.FAILURE_REASON, "?"))
+    if failure.get(F.FAILURE_EPISODE, -1) == -1 and not failure.get(F.FAILURE_STEP):
+        # A training recording (no env): updates are the only position.
+        line = f"failed at update {_n(failure.get(F.FAILURE_UPDATE))}: {reason}"
+    else:
+        where = f"failed at step {_n(failure.get(F.FAILURE_STEP))}"
+        extra = []
+        if failure.get(F.FAILURE_EPISODE, -1) != -1:
+            extra.append(f"episode {_n(failure.get(F.FAILURE_EPISODE))}")
+        extra.append(f"update {_n(failure.get(F.FAILURE_UPDATE))}")
+        line = f"{where} ({', '.join(extra)}): {reason}"
     if nearest is None:
         return line + "; no snapshot precedes it"
     return (
