@@ -62,6 +62,7 @@ if typing.TYPE_CHECKING:
         diff_recordings,
     )
     from replaykit._analysis.doctor import DoctorReport, doctor
+    from replaykit._analysis.extract import ExtractResult, extract
     from replaykit._analysis.layers import (
         LayerDivergence,
         LayerTracer,
@@ -115,6 +116,8 @@ _LAZY: dict[str, str] = {
     "diff_recordings": "replaykit._analysis.compare",
     "DoctorReport": "replaykit._analysis.doctor",
     "doctor": "replaykit._analysis.doctor",
+    "ExtractResult": "replaykit._analysis.extract",
+    "extract": "replaykit._analysis.extract",
     "LayerDivergence": "replaykit._analysis.layers",
     "LayerTracer": "replaykit._analysis.layers",
     "first_divergent_module": "replaykit._analysis.layers",
@@ -177,6 +180,7 @@ __all__ = [
     "DivergenceReport",
     "DoctorReport",
     "EnvAdapter",
+    "ExtractResult",
     "FileFormatError",
     "LayerDivergence",
     "LayerTracer",
@@ -215,6 +219,7 @@ __all__ = [
     "diff_recordings",
     "doctor",
     "enable_determinism",
+    "extract",
     "first_divergent_module",
     "first_update_divergence",
     "make_env",

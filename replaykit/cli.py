@@ -1,4 +1,4 @@
-"""The ``replaykit`` command line: record, replay, diff, inspect, check, doctor, report, demo.
+"""The ``replaykit`` command line (record, replay, diff, inspect, check, extract, doctor, ...).
 
 Exit codes (the public contract):
     0: match / ok.
@@ -347,6 +347,15 @@ def _record(
     snapshot_every: Annotated[
         int | None, typer.Option("--snapshot-every", min=1, help="Also snapshot every N steps.")
     ] = None,
+    keep_snapshots: Annotated[
+        int | None,
+        typer.Option(
+            "--keep-snapshots",
+            min=1,
+            help="Flight mode: keep only the first and the last N --snapshot-every snapshots "
+            "(the file stays bounded) and record a failure (exception, NaN) when one happens.",
+        ),
+    ] = None,
     episodes: Annotated[
         int | None,
         typer.Option(min=1, help="Record N whole episodes (no step cap unless --steps)."),
@@ -411,6 +420,7 @@ def _record(
             compression=None if compression == "none" else compression,
             on_start=started,
             on_progress=shown.update,
+            keep_snapshots=keep_snapshots,
         )
     _out.print(render.record_summary(summary))
 
@@ -731,6 +741,56 @@ def _report_cmd(
         _out.print(f"- {line}")
     if written:
         _out.print(f"report: {written[0]} ({len(written) - 1} pictures beside it)")
+
+
+@app.command("extract", epilog=EXIT_CODES_HELP)
+@_guarded
+def _extract(
+    file: Annotated[pathlib.Path, typer.Argument(help="The recording to cut from.")],
+    out: Annotated[
+        pathlib.Path,
+        typer.Option("--out", "-o", help="The small recording to write (refused if it exists)."),
+    ],
+    snapshot: Annotated[
+        str | None,
+        typer.Option(help="Start at this snapshot (default: the newest before the failure)."),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(min=0, help="Copy N steps after the snapshot instead of through the failure."),
+    ] = None,
+    through_failure: Annotated[
+        bool,
+        typer.Option(
+            "--through-failure",
+            help="Copy through the failure record (the default when the file holds one).",
+        ),
+    ] = False,
+    pytest_file: Annotated[
+        pathlib.Path | None,
+        typer.Option("--pytest", help="Also write a pytest test replaying to the failure."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace existing --out / --pytest files.")
+    ] = False,
+) -> None:
+    """Cut a small self-contained recording (one snapshot, the steps after it) from FILE."""
+    _existing_file(file)
+    if steps is not None and through_failure:
+        raise errors.UsageError("pass either --steps or --through-failure, not both")
+    from replaykit._analysis import render
+    from replaykit._analysis.extract import extract
+
+    result = extract(
+        file,
+        out,
+        snapshot=snapshot,
+        steps=steps,
+        through_failure=through_failure or None,
+        overwrite=force,
+        pytest_path=pytest_file,
+    )
+    _out.print(render.extract_summary(result))
 
 
 @app.command("demo", epilog=EXIT_CODES_HELP)

@@ -27,11 +27,14 @@ if TYPE_CHECKING:
     from replaykit._session.replay import Replay
 
 __all__ = [
+    "FAILURE_STILL_HAPPENS",
     "GOLDEN_MISMATCH_HINT",
     "GOLDEN_MISSING",
     "UPDATE_MODES",
+    "FailureStillHappensError",
     "GoldenFiles",
     "GoldenMismatchError",
+    "assert_fixed",
     "assert_recordings_match",
     "assert_replay",
     "describe_diff",
@@ -50,6 +53,202 @@ GOLDEN_MISMATCH_HINT = (
 
 class GoldenMismatchError(AssertionError):
     """A fresh recording does not match its golden file."""
+
+
+FAILURE_STILL_HAPPENS = (
+    "the recorded failure still happens: {what}; the replay matched the recording bit for bit "
+    "up to it ({verified} steps, {updates} updates verified). Fix the bug and this test passes"
+)
+
+
+class FailureStillHappensError(AssertionError):
+    """:func:`assert_fixed` replayed to the recorded failure and it happened again.
+
+    Example:
+        >>> issubclass(FailureStillHappensError, AssertionError)
+        True
+    """
+
+
+def _policy_body(rep: Any, policy: Any) -> Callable[[Any], None]:
+    """One iteration of ``replaykit record``'s rollout loop, on a replay."""
+    from replaykit._session.rollout import drive
+
+    def body(r: Any) -> None:
+        drive(
+            r.env,
+            policy,
+            1,
+            obs=r.obs,
+            needs_reset=r.needs_reset,
+            on_probe=r.probe,
+            on_update=r.log_update,
+        )
+
+    return body
+
+
+@contextlib.contextmanager
+def _policy_replay(path: str | os.PathLike[str], spec: str) -> Iterator[tuple[Any, Any]]:
+    """Restore the extract at ``path`` with the policy ``spec``, built as ``record`` does."""
+    from replaykit._format import layout as F
+    from replaykit._format.store import Recording
+    from replaykit._session.policies import import_policy_module, resolve_policy
+    from replaykit._session.replay import make_env, restore
+
+    if ":" in spec:
+        # The module may register the env the recording names: import it before make_env
+        # (the spec comes from the test's code, never from the file).
+        import_policy_module(spec)
+    rec = Recording(path)
+    try:
+        user = rec.meta.get(F.META_USER) or {}
+        seed = int(user.get("cli_seed") or rec.meta.get(F.META_SEED) or 0)
+        env = make_env(rec)
+        policy = resolve_policy(spec, env, seed)
+        rep = restore(rec, None, env=env, track=policy.state_objects())
+        yield rep, _policy_body(rep, policy)
+    finally:
+        rec.close()
+
+
+def assert_fixed(
+    replay: Any,
+    loop_body: Callable[[Any], Any] | None = None,
+    *,
+    policy: str | None = None,
+    check: Callable[[Any], bool] | None = None,
+) -> int:
+    """Replay a recorded failure bit-exactly up to its point, then assert it no longer happens.
+
+    For a recording with a failure record (a flight recording, or an extract of one):
+    ``loop_body(replay)`` is called, one iteration of your loop at a time, until the
+    replay stands where the failure was recorded; every step and update on the way must
+    match the recording bit for bit. Then the failing iteration runs once more:
+
+    * a NaN/infinity (``kind`` ``nonfinite``) in a step or an update: it is *fixed* when
+      that step or update now differs from the recorded one (a divergence there is the
+      outcome this test wants), and *still happens* when it comes out bit-identical;
+    * an exception: *fixed* when the iteration raises no exception of the recorded type
+      (reaching the recording's end counts as past it), *still happens* when it does;
+    * a failure marked with ``mark_failure``: ``check(replay)`` (your check, returning
+      ``True`` while the failure is there) decides.
+
+    A divergence *before* the failure point is raised as it is: the fix changed earlier
+    steps (or the setup differs), so the fixture no longer reaches the failure; cut a new
+    one with ``replaykit extract``.
+
+    Args:
+        replay: a restored :class:`~replaykit.Replay` / :class:`~replaykit.TrainingReplay`,
+            or the path of a recording made by ``replaykit record`` (then pass ``policy``).
+        loop_body: one iteration of your loop, given the replay (step ``replay.env``, log
+            updates with ``replay.log_update``); not needed with ``policy``.
+        policy: the recording's policy spec (``random``, ``mlp`` or ``module:callable``),
+            built as ``replaykit record`` builds it; its module is imported.
+        check: for marked failures: ``check(replay) -> bool``, true while it fails.
+
+    Returns:
+        The number of steps (training recordings: updates) verified.
+
+    Raises:
+        FailureStillHappensError: (an ``AssertionError``) the failure happened again.
+        DivergenceError: the replay diverged before reaching the failure.
+        UsageError: no failure record, or neither ``loop_body`` nor ``policy``.
+
+    Example:
+        >>> # def loop_body(rep):
+        >>> #     obs, r, term, trunc, _ = rep.env.step(policy(rep.obs))
+        >>> # assert_fixed(replaykit.restore("tests/data/bug.h5", env=..., track=...), loop_body)
+        >>> # assert_fixed("tests/data/bug.h5", policy="mypkg.policies:make")
+    """
+    __tracebackhide__ = True
+    if isinstance(replay, (str, os.PathLike)):
+        if policy is None:
+            raise errors.UsageError(
+                "assert_fixed(path) needs policy='module:callable' (the policy the recording "
+                "was made with); for your own loop pass a restored replay and loop_body"
+            )
+        with _policy_replay(replay, policy) as (rep, body):
+            return _assert_fixed(rep, body, check)
+    if loop_body is None:
+        raise errors.UsageError("assert_fixed(replay, loop_body): pass one iteration of your loop")
+    return _assert_fixed(replay, loop_body, check)
+
+
+def _assert_fixed(  # noqa: C901 - one decision per failure kind, read top to bottom
+    rep: Any, body: Callable[[Any], Any], check: Any
+) -> int:
+    __tracebackhide__ = True
+    from replaykit._analysis.render import failure_line
+    from replaykit._format import layout as F
+
+    failure = rep.recording.meta.get(F.META_FAILURE)
+    if not isinstance(failure, dict):
+        raise errors.UsageError(
+            f"{rep.recording.path} holds no failure record; assert_fixed replays to a recorded "
+            "failure (record in flight mode, or call mark_failure, then replaykit extract)"
+        )
+    kind = failure.get(F.FAILURE_KIND)
+    if kind == F.FAILURE_MARKED and check is None:
+        raise errors.UsageError(
+            "the failure was marked with mark_failure(); pass check=callable(replay) -> bool "
+            "(true while the failure happens) so assert_fixed can tell"
+        )
+    f_step = int(failure.get(F.FAILURE_STEP, 0))
+    f_update = int(failure.get(F.FAILURE_UPDATE, 0))
+    on_update = failure.get(F.FAILURE_WHERE) == "update"
+    training = not rep.recording.has_stream(F.STEPS)
+    what = failure_line(failure, None).split("; ")[0]
+    exc_type = str(failure.get(F.FAILURE_EXC_TYPE) or "")
+
+    def before_failure() -> bool:
+        if on_update or training:
+            return bool(rep.update_count < f_update)
+        return bool(rep.step_count < f_step)
+
+    def same_exception(exc: BaseException) -> bool:
+        return f"{type(exc).__module__}.{type(exc).__qualname__}" == exc_type
+
+    def still() -> FailureStillHappensError:
+        return FailureStillHappensError(
+            FAILURE_STILL_HAPPENS.format(
+                what=what, verified=rep.verified_steps, updates=rep.verified_updates
+            )
+        )
+
+    try:
+        while before_failure():
+            body(rep)
+    except errors.DivergenceError:
+        raise
+    except Exception as exc:
+        if kind == F.FAILURE_EXCEPTION and same_exception(exc):
+            raise still() from exc
+        raise
+    # The failing iteration.
+    if kind == F.FAILURE_NONFINITE:
+        try:
+            body(rep)
+        except errors.DivergenceError:
+            return int(rep.verified_updates if training else rep.verified_steps)  # fixed
+        raise still()
+    if kind == F.FAILURE_EXCEPTION:
+        try:
+            body(rep)
+        except errors.DivergenceError:
+            return int(rep.verified_steps)
+        except errors.UsageError:
+            if rep.steps_left == 0 or (training and rep.updates_left == 0):
+                return int(rep.verified_steps)  # ran past the recording: past the failure
+            raise
+        except Exception as exc:
+            if same_exception(exc):
+                raise still() from exc
+            raise
+        return int(rep.verified_updates if training else rep.verified_steps)
+    if check is not None and check(rep):
+        raise still()
+    return int(rep.verified_updates if training else rep.verified_steps)
 
 
 def describe_diff(result: DiffResult, *, a_name: str = "a", b_name: str = "b") -> str:

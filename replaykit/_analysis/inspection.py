@@ -21,7 +21,7 @@ import numpy as np
 
 from replaykit._format import layout as F
 
-__all__ = ["summarize"]
+__all__ = ["nearest_snapshot", "summarize"]
 
 # Rows per block when streaming a column; bounds memory per column.
 BLOCK_ROWS = 65536
@@ -128,6 +128,31 @@ def _layout(rec: Any) -> dict[str, Any]:
     return render(rec.layout())
 
 
+def nearest_snapshot(rec: Any, failure: dict[str, Any]) -> dict[str, Any] | None:
+    """Return ``{name, step, episode, updates}`` of the newest snapshot before ``failure``.
+
+    A snapshot precedes the failure when neither its step nor its update count is past the
+    failure's; among those the last taken wins. A snapshot taken after the failure is never
+    chosen, whatever the record names.
+    """
+    try:
+        step, update = int(failure.get(F.FAILURE_STEP, 0)), int(failure.get(F.FAILURE_UPDATE, 0))
+    except (TypeError, ValueError):
+        return None
+    best = None
+    for s in rec.snapshots:
+        if int(s.meta.get(F.SNAP_STEP, 0)) <= step and int(s.meta.get(F.SNAP_UPDATES, 0)) <= update:
+            best = s
+    if best is None:
+        return None
+    return {
+        "name": best.name,
+        "step": best.meta.get(F.SNAP_STEP),
+        "episode": best.meta.get(F.SNAP_EPISODE),
+        "updates": best.meta.get(F.SNAP_UPDATES),
+    }
+
+
 def summarize(path: str | os.PathLike[str], *, block_rows: int = BLOCK_ROWS) -> dict[str, Any]:
     """Describe a recording: layout, episodes, snapshots, provenance and per-column statistics.
 
@@ -136,7 +161,9 @@ def summarize(path: str | os.PathLike[str], *, block_rows: int = BLOCK_ROWS) -> 
         block_rows: rows read per block when computing statistics.
 
     Returns:
-        A JSON-able dict with top-level keys ``path``, ``bytes``, ``format_version``,
+        A JSON-able dict with top-level keys ``path``, ``bytes``, ``failure`` (the failure
+        record or ``None``), ``failure_snapshot`` (the nearest snapshot before it, see
+        :func:`nearest_snapshot`), ``format_version``,
         ``created``, ``env_id``, ``meta``, ``provenance``, ``streams``, ``episodes``,
         ``snapshots``, ``layout`` and ``findings`` (the sentences ``replaykit report`` leads
         with).
@@ -163,9 +190,15 @@ def summarize(path: str | os.PathLike[str], *, block_rows: int = BLOCK_ROWS) -> 
             }
             for s in rec.snapshots
         ]
+        failure = rec.meta.get(F.META_FAILURE)
+        nearest = None
+        if isinstance(failure, dict):
+            nearest = nearest_snapshot(rec, failure)
         return {
             "path": str(path),
             "bytes": os.path.getsize(path),
+            "failure": failure if isinstance(failure, dict) else None,
+            "failure_snapshot": nearest,
             "format_version": rec.format_version,
             "created": rec.created,
             "env_id": rec.meta.get(F.META_ENV_ID),

@@ -56,6 +56,9 @@ __all__ = [
     "divergence_location",
     "divergence_report",
     "doctor_renderables",
+    "escaped",
+    "extract_summary",
+    "failure_line",
     "format_value",
     "inspection_renderables",
     "is_volatile",
@@ -656,6 +659,74 @@ def _flatten(doc: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix[:-1], doc)]
 
 
+def escaped(text: Any, *, keep_newlines: bool = False) -> str:
+    """Return ``text`` with control and other unprintable characters escaped (ESC as x1b).
+
+    Text stored in a recording (an exception's message, a traceback, a reason) is data from
+    another process: it is shown as text, never as terminal control sequences.
+    """
+    out = []
+    for ch in str(text):
+        if (ch == "\n" and keep_newlines) or ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
+def _n(v: Any) -> str:
+    """Return an int with a space every three digits (``90 001``); other values as str."""
+    return f"{v:,}".replace(",", " ") if isinstance(v, int) and not isinstance(v, bool) else str(v)
+
+
+def extract_summary(result: Any) -> str:
+    """Return what ``replaykit extract`` prints: the file written, what it holds, the test.
+
+    Example:
+        >>> # print(extract_summary(replaykit.extract("run.h5", "bug.h5")))
+    """
+    lines = [
+        f"wrote {result.path} ({_size(result.bytes)}): snapshot {escaped(result.snapshot)!r}, "
+        f"steps {_n(result.first_step)} to {_n(result.first_step + result.steps - 1)} "
+        f"({_n(result.steps)} steps, {_n(result.updates)} updates)"
+        if result.steps
+        else f"wrote {result.path} ({_size(result.bytes)}): snapshot "
+        f"{escaped(result.snapshot)!r}, {_n(result.updates)} updates"
+    ]
+    if result.failure:
+        lines.append(f"through the failure: {escaped(result.failure.get(F.FAILURE_REASON))}")
+    if result.pytest_path is not None:
+        lines.append(f"wrote {result.pytest_path}: run it with pytest {result.pytest_path}")
+    return "\n".join(lines)
+
+
+def failure_line(failure: dict[str, Any], nearest: dict[str, Any] | None) -> str:
+    """One line for a failure record and its nearest earlier snapshot.
+
+    Example:
+        >>> failure_line({"step": 90001, "episode": 412, "update": 5623, "reason": "reward NaN"},
+        ...              {"name": "step-089000", "step": 89000})
+        "failed at step 90 001 (episode 412, update 5 623): reward NaN; nearest snapshot 'step-089000' at step 89 000"
+    """  # noqa: E501
+    reason = escaped(failure.get(F.FAILURE_REASON, "?"))
+    if failure.get(F.FAILURE_EPISODE, -1) == -1 and not failure.get(F.FAILURE_STEP):
+        # A training recording (no env): updates are the only position.
+        line = f"failed at update {_n(failure.get(F.FAILURE_UPDATE))}: {reason}"
+    else:
+        where = f"failed at step {_n(failure.get(F.FAILURE_STEP))}"
+        extra = []
+        if failure.get(F.FAILURE_EPISODE, -1) != -1:
+            extra.append(f"episode {_n(failure.get(F.FAILURE_EPISODE))}")
+        extra.append(f"update {_n(failure.get(F.FAILURE_UPDATE))}")
+        line = f"{where} ({', '.join(extra)}): {reason}"
+    if nearest is None:
+        return line + "; no snapshot precedes it"
+    return (
+        f"{line}; nearest snapshot {escaped(nearest['name'])!r} at step {_n(nearest['step'])}"
+        + (f" (update {_n(nearest['updates'])})" if nearest.get("updates") else "")
+    )
+
+
 def inspection_renderables(s: dict[str, Any]) -> list[RenderableType]:
     """Return what ``replaykit inspect`` prints for a summary from ``inspection.summarize``.
 
@@ -668,12 +739,21 @@ def inspection_renderables(s: dict[str, Any]) -> list[RenderableType]:
         >>> #     Console().print(part)
     """
     from rich.table import Table
+    from rich.text import Text
     from rich.tree import Tree
 
-    parts: list[RenderableType] = [
+    parts: list[RenderableType] = []
+    if s.get("failure"):
+        # Text() never interprets markup: the record's text is data, shown as it is stored
+        # (control characters escaped).
+        parts.append(Text(failure_line(s["failure"], s.get("failure_snapshot")), style="bold"))
+        tb = s["failure"].get(F.FAILURE_TRACEBACK)
+        if isinstance(tb, str) and tb:
+            parts.append(Text(escaped(tb, keep_newlines=True).rstrip("\n")))
+    parts.append(
         f"{s['path']}: replaykit format v{s['format_version']}, {s['bytes'] / 1024:.0f} KiB, "
         f"env {s['env_id']}, created {s['created']}"
-    ]
+    )
     findings = s.get("findings") or []
     if findings:
         parts.append(f"findings ({len(findings)}; pictures: replaykit report):")

@@ -37,11 +37,14 @@ FORMAT_NAME: Final = "replaykit.recording"
 # Newest version readers accept and writers may write. A writer stamps BASE_VERSION and
 # moves a file to SPILL_VERSION only when a record outgrows SPILL_MAX_BYTES (below), so
 # files that do not need version 3 stay readable by version 2 readers.
-FORMAT_VERSION: Final = 3
+FORMAT_VERSION: Final = 4
 BASE_VERSION: Final = 2
 # Version 2: small snapshot arrays packed, names inside checksummed records.
 PACK_VERSION: Final = 2
 SPILL_VERSION: Final = 3
+# Version 4: a stream's rows may start at a global row index other than 0 (COMMIT_FIRST),
+# as in the small recordings ``replaykit extract`` cuts; stamped only on such files.
+FIRST_ROW_VERSION: Final = 4
 # Oldest version readers accept (version 1 stores every snapshot array as a dataset).
 OLDEST_VERSION: Final = 1
 
@@ -141,8 +144,10 @@ COMMIT_COLUMNS: Final = "columns"  # {column path: {COLUMN_DTYPE, COLUMN_SHAPE, 
 COMMIT_CHECKSUMS: Final = "checksums"  # {column path: hex}
 COMMIT_STREAM: Final = "stream"  # version 2: the stream's own name
 COMMIT_CRC: Final = "crc"  # digest of the canonical JSON of the record without it
+# Version 4, optional: the global index of the stream's first stored row (absent: 0).
+COMMIT_FIRST: Final = "first"
 COMMIT_KEYS: Final = frozenset(
-    {COMMIT_ROWS, COMMIT_COLUMNS, COMMIT_CHECKSUMS, COMMIT_STREAM, COMMIT_CRC}
+    {COMMIT_ROWS, COMMIT_COLUMNS, COMMIT_CHECKSUMS, COMMIT_STREAM, COMMIT_CRC, COMMIT_FIRST}
 )
 COLUMN_DTYPE: Final = "dtype"  # NumPy dtype string, or a LOGICAL_DTYPES name
 COLUMN_SHAPE: Final = "shape"  # shape of one row's value
@@ -229,6 +234,9 @@ META_RESETS: Final = "resets"  # vector recordings: reset calls
 META_UPDATES: Final = "updates"
 META_UPDATE_PROBE_ORDER: Final = "update_probe_order"  # probe names in first-logged order
 META_FIRST_NONFINITE_UPDATE: Final = "first_nonfinite_update"  # {NONFINITE_*}
+META_FAILURE: Final = "failure"  # the run's failure record: {FAILURE_*}, or absent
+META_RETENTION: Final = "retention"  # flight mode: {RETENTION_*}, or absent
+META_EXTRACT: Final = "extract"  # files cut by replaykit extract: {EXTRACT_*}, or absent
 META_KEYS: Final = frozenset(
     {
         META_CREATED,
@@ -251,7 +259,63 @@ META_KEYS: Final = frozenset(
         META_UPDATES,
         META_UPDATE_PROBE_ORDER,
         META_FIRST_NONFINITE_UPDATE,
+        META_FAILURE,
+        META_RETENTION,
+        META_EXTRACT,
     }
+)
+
+# The failure record (META_FAILURE): what went wrong first, and where. Text is data: an
+# exception's message and traceback are stored as text and shown escaped, never evaluated.
+FAILURE_KIND: Final = "kind"  # FAILURE_EXCEPTION, FAILURE_NONFINITE or FAILURE_MARKED
+FAILURE_STEP: Final = "step"  # transitions recorded before the failure (its steps row)
+FAILURE_EPISODE: Final = "episode"  # episode index at the failure (-1: training recording)
+FAILURE_UPDATE: Final = "update"  # updates logged before the failure
+FAILURE_WHERE: Final = "where"  # nonfinite: "obs", "reward", "probe", "update" or "reset-obs"
+FAILURE_KEY: Final = "key"  # nonfinite: the column (or update value) holding it
+FAILURE_INDEX: Final = "index"  # nonfinite: element index, a list of ints
+FAILURE_VALUE: Final = "value"  # nonfinite: repr of the value
+FAILURE_REASON: Final = "reason"  # one line: the user's reason, or "<type>: <message>"
+FAILURE_EXC_TYPE: Final = "exc_type"  # exception: qualified type name
+FAILURE_MESSAGE: Final = "message"  # exception: str(exc), at most FAILURE_TEXT_MAX chars
+FAILURE_TRACEBACK: Final = "traceback"  # exception: formatted traceback text (capped)
+FAILURE_SNAPSHOT: Final = "snapshot"  # newest snapshot taken at or before FAILURE_STEP, or null
+FAILURE_KEYS: Final = frozenset(
+    {
+        FAILURE_KIND,
+        FAILURE_STEP,
+        FAILURE_EPISODE,
+        FAILURE_UPDATE,
+        FAILURE_WHERE,
+        FAILURE_KEY,
+        FAILURE_INDEX,
+        FAILURE_VALUE,
+        FAILURE_REASON,
+        FAILURE_EXC_TYPE,
+        FAILURE_MESSAGE,
+        FAILURE_TRACEBACK,
+        FAILURE_SNAPSHOT,
+    }
+)
+FAILURE_EXCEPTION: Final = "exception"
+FAILURE_NONFINITE: Final = "nonfinite"
+FAILURE_MARKED: Final = "marked"
+FAILURE_TEXT_MAX: Final = 4000
+
+# Flight mode (META_RETENTION): periodic snapshots of which the first and the last
+# RETENTION_KEEP stay; older ones are unlinked, and their space reused by the next one.
+RETENTION_EVERY: Final = "every"  # snapshot every this many steps (updates: training)
+RETENTION_KEEP: Final = "keep"  # periodic snapshots kept besides the first
+RETENTION_DROPPED: Final = "dropped"  # snapshots deleted so far
+RETENTION_KEYS: Final = frozenset({RETENTION_EVERY, RETENTION_KEEP, RETENTION_DROPPED})
+
+# An extract (META_EXTRACT): a small recording cut from a larger one.
+EXTRACT_SOURCE: Final = "source"  # the source file's name (not a path)
+EXTRACT_SOURCE_CHECKSUM: Final = "source_checksum"  # the source's root checksum
+EXTRACT_SNAPSHOT: Final = "snapshot"  # the snapshot it starts from
+EXTRACT_FIRST: Final = "first"  # {stream: first global row kept}
+EXTRACT_KEYS: Final = frozenset(
+    {EXTRACT_SOURCE, EXTRACT_SOURCE_CHECKSUM, EXTRACT_SNAPSHOT, EXTRACT_FIRST}
 )
 # Value of META_KIND.
 KIND_TRAINING: Final = "training"

@@ -80,6 +80,13 @@ class RecordingSink(Protocol):
         """
         ...
 
+    def drop_snapshot(self, name: str) -> None:
+        """Unlink snapshot ``name`` (retention), committed before its space is reused."""
+        ...
+
+    reuse_snapshot_slots: bool
+    """Write snapshots so that a dropped one's space can take a later one (flight mode)."""
+
     def close(self) -> None:
         """Commit what is left and close; further writes are errors."""
         ...

@@ -544,6 +544,10 @@ class RecordingWriter:
         self._last_commit = time.monotonic()
         self._closed = False
         self.snapshots: list[str] = []
+        # Flight mode (docs/FORMAT.md §4.1): snapshot attributes are written fixed-size, so a
+        # snapshot dropped by retention leaves its group as a slot the next one overwrites.
+        self.reuse_snapshot_slots = False
+        self._free_slots: list[h5py.Group] = []
         self._write_root_attrs(self._spill(self._file, F.META_ATTR, F.dumps(self._meta)))
         self._meta_dirty = False
         self._file.require_group(F.STREAMS_GROUP)
@@ -827,18 +831,20 @@ class RecordingWriter:
         except (OSError, RuntimeError) as exc:
             raise self._fail(exc) from None
 
-    def _write_snapshot(self, name: str, tree: Any, meta: dict[str, Any]) -> int:
+    def _write_snapshot(  # noqa: C901 - one ordered sequence of writes, kept in one place
+        self,
+        name: str,
+        tree: Any,
+        meta: dict[str, Any],
+        encoded: tuple[Any, list[np.ndarray], dict[int, str]] | None = None,
+    ) -> int:
         if not F.is_valid_name(name):
             raise UsageError(f"snapshot name {name!r} must be non-empty, printable, without '/'")
         if name in self.snapshots:
             raise UsageError(f"snapshot {name!r} already exists in {self.path}; pick another name")
-        doc, arrays, logical = _tree.encode(tree)
+        doc, arrays, logical = _tree.encode(tree) if encoded is None else encoded
         snaps = self._file[F.SNAPSHOTS_GROUP]
         self.commit()
-        # Build the snapshot as an *anonymous* group: nothing in the file links to it, so a
-        # kill at any point while it is written leaves unreachable bytes, never a dangling
-        # or half-written entry in /snapshots. One hard link publishes it once complete.
-        g = h5py.Group(h5py.h5g.create(self._file.id, None))
         checksums: dict[str, Any] = {}
         layouts: dict[str, str] = {}
         offsets: dict[str, int] = {}
@@ -857,33 +863,185 @@ class RecordingWriter:
                 pack_size += -(-data.nbytes // F.PACK_ALIGN) * F.PACK_ALIGN
                 continue
             large.append((key, data))
-        if large:
-            checksums.update(self._write_large(g, large))
+        pack = None
         if small:
             pack = np.zeros(pack_size, np.uint8)
             for key, data in small:
                 off = offsets[key]
                 pack[off : off + data.nbytes] = data.reshape(-1).view(np.uint8)
-            g.create_dataset(F.PACK_DATASET, data=pack)
+        g = self._free_slot(pack, large)
+        if g is not None:
+            # A slot left by a dropped snapshot (unlinked, so no reader sees it while it is
+            # rewritten): same datasets, overwritten in place; no new space is taken.
+            for key, data in large:
+                g[key].id.write(h5s.ALL, h5s.ALL, data)
+                checksums[key] = _array_digest(data)
+        else:
+            # Build the snapshot as an *anonymous* group: nothing in the file links to it, so
+            # a kill at any point while it is written leaves unreachable bytes, never a
+            # dangling or half-written entry in /snapshots. One hard link publishes it.
+            g = h5py.Group(h5py.h5g.create(self._file.id, None))
+            if large:
+                checksums.update(self._write_large(g, large))
+        if pack is not None:
+            if F.PACK_DATASET in g:
+                g[F.PACK_DATASET].id.write(h5s.ALL, h5s.ALL, pack)
+            else:
+                g.create_dataset(F.PACK_DATASET, data=pack)
             checksums[F.PACK_DATASET] = _array_digest(pack)
         # The name inside the checksummed metadata (version 2): a damaged link name is caught.
         meta = {**meta, F.SNAP_BYTES: nbytes, F.SNAP_NAME: name}
         # The tree keeps its key order (a dict comes back in the order it was captured).
         attrs = {F.SNAPSHOT_ATTR: F.dumps(meta), F.TREE_ATTR: F.dumps(doc, sort_keys=False)}
+        fixed = self.reuse_snapshot_slots and all(
+            len(v) <= _SLOT_ATTR_MAX_BYTES for v in attrs.values()
+        )
         for k, v in attrs.items():
-            g.attrs[k] = v
+            if fixed:
+                # Padded in place (as meta and commit records are): the digest covers the
+                # stored text, padding included; JSON readers skip the trailing spaces.
+                attrs[k] = _set_fixed(g.attrs, k, v)
+            else:
+                g.attrs[k] = v
         logical_map = {str(i): n for i, n in sorted(logical.items())}
         checksums[F.LAYOUT_KEY] = layouts
         checksums[F.PACK_KEY] = offsets
         checksums[F.LOGICAL_KEY] = logical_map
         checksums[F.ATTRS_KEY] = _attrs_digest(attrs, logical_map, layouts, offsets)
-        g.attrs[F.CHECKSUMS_ATTR] = F.dumps(checksums)
+        text = F.dumps(checksums)
+        if fixed and len(text) <= _SLOT_ATTR_MAX_BYTES:
+            _set_fixed(g.attrs, F.CHECKSUMS_ATTR, text)
+        else:
+            if F.CHECKSUMS_ATTR in g.attrs:
+                del g.attrs[F.CHECKSUMS_ATTR]
+            g.attrs[F.CHECKSUMS_ATTR] = text
         # Everything the link will point to reaches the file before the link does.
         self._file.flush()
         snaps[name] = g
         self.snapshots.append(name)
         self.commit()
         return nbytes
+
+    def copy_snapshot(
+        self, name: str, encoded: tuple[Any, list[np.ndarray], dict[int, str]], meta: dict[str, Any]
+    ) -> int:
+        """Write a snapshot read with :meth:`Recording.load_snapshot_encoded` (no decoding).
+
+        ``replaykit extract`` copies a snapshot this way: its tree document and arrays go
+        over byte for byte, and nothing in it is turned into live objects.
+        """
+        if self._broken is not None:
+            raise self._broken
+        try:
+            return self._write_snapshot(name, None, meta, encoded)
+        except ReplaykitError:
+            raise
+        except (OSError, RuntimeError) as exc:
+            raise self._fail(exc) from None
+
+    def copy_stream(self, reader: StreamReader, start: int, stop: int) -> None:
+        """Write rows ``[start, stop)`` of ``reader``'s stream as this file's stream.
+
+        The stream's rows keep their global numbers (``first`` = ``start`` in the commit
+        record, version 4 when ``start`` > 0). Each column becomes a contiguous dataset of
+        exactly its rows (a small file stays small: no whole chunks), copied block by block
+        in bounded memory; the source column's checksum is verified on the way.
+        """
+        start = max(reader.first, min(start, reader.rows))
+        stop = max(start, min(stop, reader.rows))
+        n = stop - start
+        group = self._file.require_group(F.stream_path(reader.name))
+        checksums: dict[str, str] = {}
+        names = []
+        for col in reader.columns:
+            names.append(col)
+            if reader.optional(col):
+                names.append(col + F.PRESENT_SUFFIX)
+        for dname in names:
+            dtype, shape = reader._expected(dname)
+            h = xxhash.xxh3_64()
+            if n and all(shape):
+                parent, _, leaf = dname.rpartition("/")
+                owner = group.require_group(parent) if parent else group
+                dsid = _create_placed(owner, leaf, dtype, (n, *shape))
+                block = reader.block_rows_for(dname)
+                for lo in range(start, stop, block):
+                    hi = min(stop, lo + block)
+                    if dname.endswith(F.PRESENT_SUFFIX):
+                        data = reader.present(dname[: -len(F.PRESENT_SUFFIX)], lo, hi)
+                    else:
+                        data = reader.read(dname, lo, hi)
+                    assert data is not None
+                    data = np.ascontiguousarray(data)
+                    fspace = dsid.get_space()
+                    fspace.select_hyperslab((lo - start, *([0] * len(shape))), data.shape)
+                    dsid.write(h5s.create_simple(data.shape), fspace, data)
+                    h.update(data.data)
+            else:
+                group.create_dataset(dname, shape=(n if all(shape) else 0, *shape), dtype=dtype)
+            if not dname.endswith(F.PRESENT_SUFFIX):
+                logical = reader.logical_dtype(dname)
+                if logical:
+                    group[dname].attrs[F.LOGICAL_DTYPE_ATTR] = logical
+            checksums[dname] = h.hexdigest()
+        body: dict[str, Any] = {
+            F.COMMIT_ROWS: n,
+            F.COMMIT_CHECKSUMS: checksums,
+            F.COMMIT_COLUMNS: reader.columns,
+            F.COMMIT_STREAM: reader.name,
+        }
+        if start:
+            body[F.COMMIT_FIRST] = start
+            self._version = max(self._version, F.FIRST_ROW_VERSION)
+            self._meta_dirty = True
+        text = self._spill(
+            group, F.COMMIT_ATTR, F.dumps({**body, F.COMMIT_CRC: _digest(F.dumps(body).encode())})
+        )
+        self._file.flush()
+        _set_fixed(group.attrs, F.COMMIT_ATTR, text)
+        self._spill_current.update(self._spill_pending)
+        self._spill_pending.clear()
+
+    def _free_slot(
+        self, pack: np.ndarray | None, large: list[tuple[str, np.ndarray]]
+    ) -> h5py.Group | None:
+        """Take a dropped snapshot's group whose datasets fit this snapshot exactly, if any."""
+        want = {key: (data.dtype, data.shape) for key, data in large}
+        if pack is not None:
+            want[F.PACK_DATASET] = (pack.dtype, pack.shape)
+        for i, g in enumerate(self._free_slots):
+            have = {}
+            for key in g:
+                ds = g[key]
+                if not isinstance(ds, h5py.Dataset) or ds.chunks is not None:
+                    break
+                have[key] = (ds.dtype, ds.shape)
+            else:
+                if have == want:
+                    return self._free_slots.pop(i)
+        return None
+
+    def drop_snapshot(self, name: str) -> None:
+        """Unlink snapshot ``name`` and keep its group as a slot for a later snapshot.
+
+        Called only after a newer snapshot is published (flight-mode retention). The unlink
+        is committed (flushed) before the slot is ever rewritten, so a kill leaves either
+        the snapshot whole and linked, or unlinked; never a linked snapshot half-overwritten.
+        """
+        if self._broken is not None:
+            raise self._broken
+        try:
+            snaps = self._file[F.SNAPSHOTS_GROUP]
+            g = snaps[name]
+            del snaps[name]
+            self.snapshots.remove(name)
+            if self.reuse_snapshot_slots:
+                self._free_slots.append(g)
+            self.commit()
+        except ReplaykitError:
+            raise
+        except (OSError, RuntimeError, KeyError) as exc:
+            raise self._fail(exc) from None
 
     def _write_large(self, g: h5py.Group, arrays: list[tuple[str, np.ndarray]]) -> dict[str, str]:
         """Write a snapshot's large arrays as contiguous datasets; return their digests.
@@ -950,6 +1108,10 @@ class RecordingWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+# Snapshot attributes longer than this stay variable-length (not rewritable in place): an
+# object header holds at most 64 KiB of fixed-size attributes.
+_SLOT_ATTR_MAX_BYTES = 16 << 10
 
 # Room kept free past the file's allocated end before a commit flushes (see _reserve), and
 # the step in which the reservation grows.
@@ -1277,6 +1439,9 @@ _META_TYPES: dict[str, tuple[Any, str]] = {
     F.META_UPDATES: (_is_count, "a non-negative integer"),
     F.META_UPDATE_PROBE_ORDER: (_is_str_list, "a list of strings"),
     F.META_FIRST_NONFINITE_UPDATE: (_opt(_is_dict), "an object or null"),
+    F.META_FAILURE: (_opt(_is_dict), "an object or null"),
+    F.META_RETENTION: (_opt(_is_dict), "an object or null"),
+    F.META_EXTRACT: (_opt(_is_dict), "an object or null"),
 }
 _SNAP_TYPES: dict[str, tuple[Any, str]] = {
     F.SNAP_STEP: (_is_count, "a non-negative integer"),
@@ -1426,6 +1591,9 @@ class StreamReader:
                 raise TypeError(f"row count {str(rows)[:40]!r} is not an integer")
             columns = commit[F.COMMIT_COLUMNS]
             checksums = commit[F.COMMIT_CHECKSUMS]
+            first = commit.get(F.COMMIT_FIRST, 0)
+            if not _is_int(first) or first < 0:
+                raise TypeError(f"first row {str(first)[:40]!r} is not a non-negative integer")
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise FileFormatError(
                 f"malformed commit record ({type(exc).__name__}: {_first_line(exc)}); "
@@ -1455,7 +1623,10 @@ class StreamReader:
                 path=rec.path,
                 obj=where,
             )
-        self.rows = rows
+        # Rows are numbered globally: the stream stores rows [first, first + stored) (an
+        # extract's streams start where its snapshot does; version 4).
+        self.first = int(first)
+        self.rows = self.first + rows
         self.columns: dict[str, dict[str, Any]] = columns
         self._checksums = checksums
         self._verified: set[str] = set()
@@ -1510,16 +1681,17 @@ class StreamReader:
                     path=path,
                     obj=where,
                 )
-            if stored_shape[0] < self.rows:
+            if stored_shape[0] < self.rows - self.first:
                 raise TruncatedFileError(
-                    f"column holds {stored_shape[0]} rows, commit record says {self.rows}; "
+                    f"column holds {stored_shape[0]} rows, commit record says "
+                    f"{self.rows - self.first}; "
                     "the file is damaged or edited",
                     path=path,
                     obj=where,
                 )
             # Unallocated chunks read back as zeros, so a commit record claiming rows that
             # were never stored would pass shape checks; compare with bytes actually stored.
-            need = self.rows * dtype.itemsize * math.prod(shape)
+            need = (self.rows - self.first) * dtype.itemsize * math.prod(shape)
             dcpl = obj.get_create_plist()
             compressed = any(
                 dcpl.get_filter(i)[0] in (1, 32000) for i in range(dcpl.get_nfilters())
@@ -1527,8 +1699,8 @@ class StreamReader:
             stored = int(obj.get_storage_size())
             if need > (stored * 1100 if compressed else stored):
                 raise TruncatedFileError(
-                    f"commit record claims {self.rows} rows ({need} bytes) but the column "
-                    f"stores {stored} bytes; the file is damaged or edited",
+                    f"commit record claims {self.rows - self.first} rows ({need} bytes) but the "
+                    f"column stores {stored} bytes; the file is damaged or edited",
                     path=path,
                     obj=where,
                 )
@@ -1546,23 +1718,35 @@ class StreamReader:
         for _ in self._iter_rows(name, self.block_rows_for(name), reuse=True):
             pass
 
-    def _slice(self, name: str, start: int, stop: int | None) -> np.ndarray:
+    def _slice(self, name: str, start: int | None, stop: int | None) -> np.ndarray:
+        start = self.first if start is None else start
         stop = self.rows if stop is None else min(stop, self.rows)
         start = max(0, min(start, stop))
+        if start < self.first and stop > start:
+            raise UsageError(
+                f"{self._rec.path}: stream {self.name!r} holds rows {self.first} to "
+                f"{self.rows - 1} only (an extract); rows {start} to {self.first - 1} are in the "
+                "recording it was cut from"
+            )
         ds = self._dataset(name)
         out = np.empty((stop - start, *ds.shape[1:]), dtype=ds.dtype)
         with _guard(self._rec.path, f"{self._where}/{name}", "read the column"):
-            _read_rows(ds, start, out)
+            _read_rows(ds, start - self.first, out)
         return out
 
-    def read(self, column: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Rows ``[start, stop)`` of ``column`` (clamped to the committed rows)."""
+    def read(self, column: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        """Rows ``[start, stop)`` of ``column`` (clamped to the committed rows).
+
+        ``start`` defaults to the stream's first row (``0`` except in extracts).
+        """
         if column not in self.columns:
             raise UsageError(f"stream {self.name!r} has no column {column!r}")
         self._verify(column)
         return self._slice(column, start, stop)
 
-    def present(self, column: str, start: int = 0, stop: int | None = None) -> np.ndarray | None:
+    def present(
+        self, column: str, start: int | None = None, stop: int | None = None
+    ) -> np.ndarray | None:
         if not self.optional(column):
             return None
         name = column + F.PRESENT_SUFFIX
@@ -1637,8 +1821,9 @@ class StreamReader:
         h = xxhash.xxh3_64() if self._rec.verify and name not in self._verified else None
         row_shape, dtype = tuple(ds.shape[1:]), ds.dtype
         buf = None
+        first = self.first
         if reuse:
-            shape = (min(block_rows, self.rows), *row_shape)
+            shape = (min(block_rows, self.rows - first), *row_shape)
             nbytes = dtype.itemsize * math.prod(shape)
             if (
                 buffer is not None
@@ -1657,17 +1842,17 @@ class StreamReader:
             # read in 1 MiB blocks took minutes). Read whole chunks, hand out the blocks.
             yield from self._iter_spans(ds, name, where, span, block_rows, h)
             return
-        for lo in range(0, self.rows, block_rows):
+        for lo in range(first, self.rows, block_rows):
             hi = min(self.rows, lo + block_rows)
             data = buf[: hi - lo] if buf is not None else np.empty((hi - lo, *row_shape), dtype)
             with _guard(self._rec.path, where, "read the column"):
-                _read_rows(ds, lo, data)
+                _read_rows(ds, lo - first, data)
             if h is not None:
                 h.update(data.data)
                 if hi >= self.rows:
                     self._check_digest(name, h)
             yield lo, data
-        if h is not None and self.rows == 0:
+        if h is not None and self.rows == first:
             self._check_digest(name, h)
 
     def _iter_spans(
@@ -1675,12 +1860,13 @@ class StreamReader:
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Read whole chunks of ``span`` rows; yield them in blocks of ``block_rows``."""
         row_shape, dtype = tuple(ds.shape[1:]), ds.dtype
-        buf = np.empty((min(span, self.rows), *row_shape), dtype)
-        for lo in range(0, self.rows, span):
+        first = self.first
+        buf = np.empty((min(span, self.rows - first), *row_shape), dtype)
+        for lo in range(first, self.rows, span):
             hi = min(self.rows, lo + span)
             data = buf[: hi - lo]
             with _guard(self._rec.path, where, "read the column"):
-                _read_rows(ds, lo, data)
+                _read_rows(ds, lo - first, data)
             if h is not None:
                 h.update(data.data)
                 if hi >= self.rows:
@@ -1813,6 +1999,8 @@ class Recording:
                 )
             raw[k] = int(v) if isinstance(v, np.integer) else _text(v)
         stored_sum = _get_attr(fid, F.ROOT_CHECKSUM_ATTR)
+        #: the root checksum as stored (identifies the file's contents; extracts name it)
+        self.root_checksum = "" if stored_sum is None else _text(stored_sum).strip()
         if self.verify and (stored_sum is None or _text(stored_sum).strip() != _root_checksum(raw)):
             raise ChecksumError(
                 "root attributes do not match their checksum (file damaged or edited); "
@@ -2116,6 +2304,26 @@ class Recording:
         names = ", ".join(s.name for s in snaps[:10])
         raise UsageError(f"{self.path} has no snapshot {name!r}; it has: {names}")
 
+    def load_snapshot_encoded(
+        self, name: str | int | None = None
+    ) -> tuple[SnapshotInfo, tuple[Any, list[np.ndarray], dict[int, str]]]:
+        """Return ``(info, (tree document, arrays, logical dtypes))``, checksums verified.
+
+        The snapshot as stored, not decoded into live objects (no torch needed): what
+        :meth:`RecordingWriter.copy_snapshot` writes back.
+        """
+        info = self.snapshot_info(name)
+        where = F.snapshot_path(info.name)
+        with _guard(self.path, where, "read the snapshot"):
+            gid = h5py.h5o.open(self._file.id, where.encode())
+            doc, arrays = self._load_tree(gid, where, decode=False)
+            _, _, checksums = self._snapshot_attrs(gid, where)
+            if self.format_version >= F.PACK_VERSION:
+                logical = checksums.get(F.LOGICAL_KEY) or {}
+            else:
+                logical = self._v1_logical(h5py.Group(gid), checksums)
+        return info, (doc, arrays, {int(k): str(v) for k, v in logical.items()})
+
     def load_snapshot(self, name: str | int | None = None) -> tuple[SnapshotInfo, Any]:
         """Return ``(info, state tree)`` of a snapshot, checksums verified."""
         info = self.snapshot_info(name)
@@ -2123,7 +2331,7 @@ class Recording:
         with _guard(self.path, where, "read the snapshot"):
             return info, self._load_tree(h5py.h5o.open(self._file.id, where.encode()), where)
 
-    def _load_tree(self, gid: Any, where: str) -> Any:
+    def _load_tree(self, gid: Any, where: str, decode: bool = True) -> Any:
         _, doc, checksums = self._snapshot_attrs(gid, where)
         names = [k for k in checksums if not k.startswith(F.CHECKSUM_META_PREFIX)]
         layouts = checksums.get(F.LAYOUT_KEY)
@@ -2181,6 +2389,8 @@ class Recording:
                 path=self.path,
                 obj=where,
             )
+        if not decode:
+            return doc, arrays
         try:
             return _tree.decode(doc, arrays)
         except FileFormatError as exc:

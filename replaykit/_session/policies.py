@@ -28,7 +28,14 @@ import torch
 
 from replaykit.errors import UsageError
 
-__all__ = ["BUILTIN", "MLPPolicy", "Policy", "RandomPolicy", "resolve_policy"]
+__all__ = [
+    "BUILTIN",
+    "MLPPolicy",
+    "Policy",
+    "RandomPolicy",
+    "import_policy_module",
+    "resolve_policy",
+]
 
 
 class Policy(Protocol):
@@ -225,6 +232,17 @@ class MLPPolicy:
 
 
 BUILTIN = {"random": RandomPolicy, "mlp": MLPPolicy}
+
+
+def import_policy_module(spec: str) -> None:
+    """Import the module of a ``module:callable`` policy spec (errors as resolve_policy's)."""
+    mod_name = spec.partition(":")[0]
+    if not mod_name:
+        return
+    try:
+        importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise UsageError(_import_failure(mod_name, exc)) from None
 
 
 def resolve_policy(spec: str, env: gym.Env[Any, Any], seed: int) -> Any:

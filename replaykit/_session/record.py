@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -103,6 +104,15 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
         overwrite: replace an existing file at ``path``, once this recording is closed (it is
             written under a temporary name beside it until then); ``False`` (default):
             refuse an existing path with :class:`~replaykit.errors.UsageError`.
+        keep_snapshots: flight mode: keep only the first and the last ``keep_snapshots``
+            of the periodic snapshots (``snapshot_every``, or :meth:`flight_snapshot`
+            calls); older ones are dropped once a newer one is on disk, and their space is
+            reused, so the file stays bounded on a long run. Nothing is dropped after a
+            failure. ``None`` (default): keep every snapshot.
+        detect_failures: write a failure record (:attr:`failure`) when an exception escapes
+            the ``with`` block or the program, or a NaN/infinity appears in an observation,
+            reward, probe or logged update (checked per block and before each periodic
+            snapshot). Default: on in flight mode. :meth:`mark_failure` works either way.
 
     Example:
         >>> import gymnasium as gym, torch, tempfile, os
@@ -139,6 +149,8 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
         compression: str | None = None,
         direct_io: bool | None = None,
         overwrite: bool = False,
+        keep_snapshots: int | None = None,
+        detect_failures: bool | None = None,
     ) -> None:
         super().__init__(env)
         from replaykit._state import envs as envstate
@@ -200,6 +212,11 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
         self._act_get = [_spaces.getter(leaf.path) for leaf in self._act_leaves]
         for name, obj in (track or {}).items():
             self.track(name, obj)
+        # Rows of the current block already checked for NaN/infinity (flight mode), and the
+        # steps at which the updates since the last check were logged.
+        self._scan_pos = 0
+        self._recent_updates: list[int] = []
+        self._start_flight(keep_snapshots, snapshot_every, detect_failures)
 
     # ------------------------------------------------------------------ public API
     def track(self, name: str, obj: Any) -> None:
@@ -251,6 +268,8 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
         The first NaN/infinity among the values is noted in the file's metadata
         under ``"first_nonfinite_update"``.
         """
+        if self._detect:
+            self._recent_updates.append(self._t)
         return self._update_log.log(self._t, values)
 
     def snapshot(self, name: str | None = None, *, extra: Any = None) -> str:
@@ -340,6 +359,8 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
             opts[str(self._episode)] = json_options(options)
             self._writer.update_meta(**{F.META_RESET_OPTIONS: opts})
         s.end_row()
+        if self._detect and self._failure is None:
+            self._check_reset_obs(obs)
         if self._t in self._snapshot_at and self._t == 0 and self._episode == 0:
             self.snapshot()
         return obs, info
@@ -397,7 +418,11 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
         s.pos = p = p + 1
         s.rows += 1
         if p == s.check_at:
+            if p == s.block and self._detect:
+                self._scan_failures()  # the block's rows, before they leave the buffers
             s.checkpoint()
+            if s.pos == 0:
+                self._scan_pos = 0
         t = self._t = self._t + 1
         self._k += 1
         if terminated or truncated:
@@ -498,6 +523,98 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
             col.present[p] = False
             col.buf[p] = 0
         self._probes.clear()
+
+    # ------------------------------------------------------------------ failures
+    def _position(self) -> dict[str, Any]:
+        return {
+            F.FAILURE_STEP: self._t,
+            F.FAILURE_EPISODE: self._episode,
+            F.FAILURE_UPDATE: self._update_log.count,
+        }
+
+    def _scan_failures(self) -> None:
+        """Check the rows of the current block not checked yet for NaN/infinity.
+
+        Observations, rewards and probes: the first non-finite element (lowest row, then
+        column order) becomes the failure record, at its own row's step and episode.
+        """
+        s = self._steps
+        lo, hi = self._scan_pos, s.pos
+        self._scan_pos = hi
+        recent, self._recent_updates = self._recent_updates, []
+        if hi <= lo or self._failure is not None or self._obs_w is None:
+            return
+        if self._fast is not None:
+            self._fill_pending()
+        best: tuple[int, str, Any] | None = None
+        for col in s.columns.values():
+            name = col.name
+            if name not in (F.REWARD, F.OBS) and not name.startswith((F.OBS + "/", F.PROBE + "/")):
+                continue
+            if col.logical is not None or col.buf.dtype.kind not in "fc":
+                continue
+            block = col.buf[lo:hi]
+            bad = ~np.isfinite(block.reshape(hi - lo, -1))
+            if col.present is not None:
+                bad &= col.present[lo:hi, None]
+            rows = bad.any(axis=1)
+            if rows.any():
+                r = int(np.argmax(rows))
+                if best is None or r < best[0]:
+                    best = (r, name, bad[r])
+        if best is None:
+            return
+        r, name, bad_row = best
+        row = s.rows - s.pos + lo + r  # the global step index of the row
+        col = s.columns[name]
+        flat = int(np.flatnonzero(bad_row)[0])
+        value = col.buf[lo + r].reshape(-1)[flat].item()
+        index = [int(i) for i in np.unravel_index(flat, col.shape)] if col.shape else []
+        where = name.split("/", 1)[0]
+        before = self._update_log.count - len(recent)
+        update = before + sum(1 for u in recent if u <= row)
+        self._record_failure(
+            {
+                F.FAILURE_KIND: F.FAILURE_NONFINITE,
+                F.FAILURE_WHERE: where,
+                F.FAILURE_KEY: name,
+                F.FAILURE_INDEX: index,
+                F.FAILURE_VALUE: repr(value),
+                F.FAILURE_REASON: f"{name} {_nonfinite_word(value)}"
+                + (f" at element {index}" if index else ""),
+            },
+            {
+                F.FAILURE_STEP: row,
+                F.FAILURE_EPISODE: int(s.columns[F.EPISODE].buf[lo + r]),
+                F.FAILURE_UPDATE: update,
+            },
+        )
+
+    def _check_reset_obs(self, obs: Any) -> None:
+        for get, leaf in zip(self._obs_get, self._obs_leaves, strict=True):
+            try:
+                arr, logical = to_array(get(obs), "observation")
+            except CaptureError:
+                continue
+            if logical is not None or arr.dtype.kind not in "fc":
+                continue
+            bad = ~np.isfinite(arr.reshape(-1))
+            if bad.any():
+                flat = int(np.flatnonzero(bad)[0])
+                index = [int(i) for i in np.unravel_index(flat, arr.shape)] if arr.ndim else []
+                key = F.column_path(F.OBS, leaf.name)
+                value = arr.reshape(-1)[flat].item()
+                self._record_failure(
+                    {
+                        F.FAILURE_KIND: F.FAILURE_NONFINITE,
+                        F.FAILURE_WHERE: "reset-obs",
+                        F.FAILURE_KEY: key,
+                        F.FAILURE_INDEX: index,
+                        F.FAILURE_VALUE: repr(value),
+                        F.FAILURE_REASON: f"reset {key} {_nonfinite_word(value)}",
+                    }
+                )
+                return
 
     def _final_meta(self) -> dict[str, Any]:
         if self._fast is not None:
@@ -777,6 +894,15 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
 
 
 _MISSING: Any = object()
+
+
+def _nonfinite_word(value: Any) -> str:
+    """``NaN``, ``+inf`` or ``-inf`` (complex: the value's repr)."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        return "+inf" if value > 0 else "-inf"
+    return f"non-finite ({value!r})"
 
 
 def _flat_parts(info: Mapping[Any, Any], prefix: tuple[Any, ...]) -> Any:

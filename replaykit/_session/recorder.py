@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sys
+import traceback
 import warnings
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -501,6 +505,8 @@ class UpdateLog:
         self._stream: StreamWriter | None = None
         self.count = 0
         self.first_nonfinite: dict[str, Any] | None = None
+        # Called with the first non-finite update's record (flight mode: a failure record).
+        self.on_nonfinite: Any = None
         # Names in first-logged order: stream columns are stored sorted, and "the first probe
         # that differs" within one update means the first one the loop computed.
         self._order: list[str] = []
@@ -555,6 +561,8 @@ class UpdateLog:
                     **bad,
                 }
                 self._writer.update_meta(**{F.META_FIRST_NONFINITE_UPDATE: self.first_nonfinite})
+                if self.on_nonfinite is not None:
+                    self.on_nonfinite(self.first_nonfinite)
         self.count += 1
         return self.count - 1
 
@@ -584,6 +592,13 @@ class RecorderCore:
     _snapshot_every: int | None
     # The next step count at which a snapshot may be due (recomputed after each check).
     _next_snapshot: float = 0
+    # Flight mode: failure detection and snapshot retention (see _start_flight).
+    _detect: bool = False
+    _failure: dict[str, Any] | None = None
+    _keep: int | None = None
+    _periodic: list[str]
+    _snap_pos: dict[str, tuple[int, int, int]]
+    _retention: dict[str, Any] | None = None
 
     def _open(
         self,
@@ -603,6 +618,8 @@ class RecorderCore:
         # True once steps are no longer accepted: closed, or a step was refused.
         self._halted = False
         self._refused = None
+        self._periodic = []
+        self._snap_pos = {}
 
     def _open_env(
         self,
@@ -655,10 +672,56 @@ class RecorderCore:
         user[key] = value
         self._writer.update_meta(**{F.META_USER: user})
 
+    @property
+    def failure(self) -> dict[str, Any] | None:
+        """The run's failure record (see :meth:`mark_failure`), or ``None`` while none."""
+        return None if self._failure is None else dict(self._failure)
+
+    def mark_failure(self, reason: str) -> None:
+        """Record that the run failed here, for a reason of your own (a check you wrote).
+
+        Writes the failure record (step, episode, update, the reason, and the newest
+        snapshot taken before this point) and commits it. Only the first failure of a run
+        is recorded; retention then keeps every snapshot, and flight mode takes no more
+        periodic ones. ``replaykit inspect`` shows it first; ``replaykit extract`` cuts a
+        small recording from the nearest snapshot through it.
+
+        Args:
+            reason: one line saying what went wrong (stored as text, shown escaped).
+        """
+        self._require_open()
+        self._record_failure({F.FAILURE_KIND: F.FAILURE_MARKED, F.FAILURE_REASON: str(reason)})
+
+    def flight_snapshot(self, name: str | None = None, *, extra: Any = None) -> str | None:
+        """Take a periodic snapshot under flight-mode retention; returns its name.
+
+        For loops that snapshot at a point of their own (the top of an iteration) rather
+        than with ``snapshot_every``: the rows so far are checked for failures first, the
+        snapshot is written, and then only the first and the last ``keep_snapshots`` such
+        snapshots stay. Once a failure is recorded no more are taken (``None`` is returned),
+        so the snapshots before the failure are the ones kept.
+
+        Example:
+            >>> # if env.step_count % 10_000 == 0:
+            >>> #     env.flight_snapshot()
+        """
+        self._require_open()
+        if self._detect:
+            self._scan_failures()
+            if self._failure is not None:
+                return None
+        name = self.snapshot(name, extra=extra)
+        self._periodic.append(name)
+        self._retain()
+        return name
+
     def close(self, **kwargs: Any) -> None:
         """Write the closing metadata, close the file, then close what the recorder wraps."""
         if self._closed:
             return
+        if self._detect and not self._writer_broken():
+            with _suppress_write_errors():
+                self._scan_failures()
         self._closed = self._halted = True
         try:
             self._writer.update_meta(**{F.META_CLOSED: True, **self._final_meta()})
@@ -669,7 +732,15 @@ class RecorderCore:
     def __enter__(self: _S) -> _S:
         return self
 
-    def __exit__(self, *exc: object) -> Literal[False]:
+    def __exit__(self, et: Any, exc: Any, tb: Any) -> Literal[False]:
+        if (
+            self._detect
+            and isinstance(exc, Exception)
+            and not self._closed
+            and not self._writer_broken()
+        ):
+            with _suppress_write_errors():
+                self._record_exception(exc)
         self.close()
         return False
 
@@ -688,7 +759,12 @@ class RecorderCore:
         # step() compares the step count with one precomputed number; the set lookup and the
         # modulo run only here.
         every = self._snapshot_every
-        if t in self._snapshot_at or (every is not None and t % every == 0):
+        periodic = every is not None and t % every == 0
+        if periodic and t not in self._snapshot_at:
+            # Every row so far is checked before it: no periodic snapshot is ever taken (nor
+            # an older one dropped) after a failure that is already in the rows.
+            self.flight_snapshot()
+        elif t in self._snapshot_at:
             self.snapshot()
         later = [s for s in self._snapshot_at if s > t]
         if every is not None:
@@ -744,7 +820,129 @@ class RecorderCore:
                 meta[F.SNAP_NONFINITE] = nonfinite_meta(tree[F.TREE_TRACKED], name, stacklevel=4)
             meta[F.SNAP_BYTES] = self._writer.write_snapshot(name, tree, meta)
         self._snap_seq += 1
+        self._snap_pos[name] = (
+            int(meta.get(F.SNAP_STEP, 0)),
+            int(meta.get(F.SNAP_UPDATES, 0)),
+            self._snap_seq,
+        )
         return name
+
+    # ------------------------------------------------------------------ flight mode
+    def _start_flight(self, keep: int | None, every: int | None, detect: bool | None) -> None:
+        """Turn on retention and failure detection.
+
+        Retention keeps the first and the last ``keep`` periodic snapshots; ``detect``
+        defaults to on when ``keep`` is given.
+        """
+        if keep is not None:
+            if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+                raise UsageError(f"keep_snapshots must be an int >= 1, got {keep!r}")
+            self._keep = keep
+            self._writer.reuse_snapshot_slots = True
+            self._retention = {
+                F.RETENTION_EVERY: every,
+                F.RETENTION_KEEP: keep,
+                F.RETENTION_DROPPED: 0,
+            }
+            self._writer.update_meta(**{F.META_RETENTION: dict(self._retention)})
+        self._detect = bool(keep is not None if detect is None else detect)
+        if self._detect:
+            self._update_log.on_nonfinite = self._update_failure
+            _watch_uncaught(self)
+
+    def _retain(self) -> None:
+        """Drop periodic snapshots beyond the first and the last ``keep`` (after a publish).
+
+        Nothing is dropped once a failure is recorded: the snapshots before it are the
+        ones worth keeping.
+        """
+        keep = self._keep
+        if keep is None or self._failure is not None:
+            return
+        while len(self._periodic) > keep + 1:
+            name = self._periodic.pop(1)
+            self._writer.drop_snapshot(name)
+            self._snap_pos.pop(name, None)
+            assert self._retention is not None
+            self._retention[F.RETENTION_DROPPED] += 1
+            self._writer.update_meta(**{F.META_RETENTION: dict(self._retention)})
+
+    def _position(self) -> dict[str, Any]:
+        """Return the failure record's position fields (step, episode, update) now."""
+        episode = getattr(self, "episode", -1)
+        return {
+            F.FAILURE_STEP: int(getattr(self, "step_count", 0)),
+            F.FAILURE_EPISODE: episode if isinstance(episode, int) else -1,
+            F.FAILURE_UPDATE: self._update_log.count,
+        }
+
+    def _scan_failures(self) -> None:
+        """Look for non-finite values in rows not checked yet (env recorders)."""
+
+    def _writer_broken(self) -> bool:
+        return getattr(self._writer, "_broken", None) is not None or self._closed
+
+    def _nearest_snapshot(self, step: int, update: int) -> str | None:
+        """Return the newest snapshot taken at or before (``step``, ``update``), if any."""
+        best: tuple[int, str] | None = None
+        for name, (s_step, s_upd, seq) in self._snap_pos.items():
+            if (
+                s_step <= step
+                and s_upd <= update
+                and name in self._writer.snapshots
+                and (best is None or seq > best[0])
+            ):
+                best = (seq, name)
+        return None if best is None else best[1]
+
+    def _record_failure(
+        self, fields: Mapping[str, Any], position: Mapping[str, Any] | None = None
+    ) -> None:
+        """Write the failure record (the first failure only) and commit it."""
+        if self._failure is not None:
+            return
+        record = {**(position or self._position()), **fields}
+        record[F.FAILURE_SNAPSHOT] = self._nearest_snapshot(
+            int(record[F.FAILURE_STEP]), int(record[F.FAILURE_UPDATE])
+        )
+        self._failure = record
+        self._writer.update_meta(**{F.META_FAILURE: record})
+        self._writer.commit()
+
+    def _record_exception(self, exc: BaseException) -> None:
+        """Record an exception that escaped the recorded loop (after checking the rows)."""
+        if self._detect:
+            self._scan_failures()
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        limit = F.FAILURE_TEXT_MAX
+        message = str(exc)
+        kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        self._record_failure(
+            {
+                F.FAILURE_KIND: F.FAILURE_EXCEPTION,
+                F.FAILURE_REASON: f"{type(exc).__name__}: {message}"[:200],
+                F.FAILURE_EXC_TYPE: kind,
+                F.FAILURE_MESSAGE: message[:limit],
+                F.FAILURE_TRACEBACK: text if len(text) <= limit else "..." + text[-limit:],
+            }
+        )
+
+    def _update_failure(self, bad: Mapping[str, Any]) -> None:
+        """Record the first non-finite value of a logged update as the run's failure."""
+        position = self._position()
+        position[F.FAILURE_UPDATE] = int(bad[F.NONFINITE_UPDATE])
+        self._record_failure(
+            {
+                F.FAILURE_KIND: F.FAILURE_NONFINITE,
+                F.FAILURE_WHERE: "update",
+                F.FAILURE_KEY: bad[F.NONFINITE_PROBE],
+                F.FAILURE_INDEX: list(bad[F.NONFINITE_INDEX]),
+                F.FAILURE_VALUE: bad[F.NONFINITE_VALUE],
+                F.FAILURE_REASON: f"update value {bad[F.NONFINITE_PROBE]!r} is "
+                f"{bad[F.NONFINITE_VALUE]}",
+            },
+            position,
+        )
 
     def _final_meta(self) -> dict[str, Any]:
         """Return the metadata :meth:`close` writes besides ``closed``."""
@@ -752,3 +950,40 @@ class RecorderCore:
 
     def _close_wrapped(self, **kwargs: Any) -> None:
         """Close what the recorder wraps (nothing by default)."""
+
+
+class _suppress_write_errors:  # noqa: N801 - used as a context manager, reads like a keyword
+    """Ignore a failed write while recording a failure on the way out.
+
+    The error that stopped the writer is the one to report, not this one.
+    """
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, et: Any, exc: Any, tb: Any) -> bool:
+        from replaykit.errors import RecordingWriteError
+
+        return isinstance(exc, RecordingWriteError)
+
+
+# Recorders that record an uncaught exception as their failure (flight mode).
+_WATCHED: weakref.WeakSet[RecorderCore] = weakref.WeakSet()
+_HOOK: dict[str, Any] = {"previous": None}
+
+
+def _excepthook(et: Any, exc: Any, tb: Any) -> None:
+    for rec in list(_WATCHED):
+        if not rec._closed and isinstance(exc, Exception):
+            with contextlib.suppress(Exception):  # never mask the user's exception
+                rec._record_exception(exc)
+    hook = _HOOK["previous"] or sys.__excepthook__
+    hook(et, exc, tb)
+
+
+def _watch_uncaught(rec: RecorderCore) -> None:
+    """Record an exception that ends the program (``sys.excepthook``) in ``rec``'s file."""
+    _WATCHED.add(rec)
+    if sys.excepthook is not _excepthook:
+        _HOOK["previous"] = sys.excepthook
+        sys.excepthook = _excepthook

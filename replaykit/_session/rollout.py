@@ -23,7 +23,7 @@ import numpy as np
 
 from replaykit._format import layout as F
 from replaykit._format.store import Recording
-from replaykit._session.policies import resolve_policy
+from replaykit._session.policies import import_policy_module, resolve_policy
 from replaykit._session.record import RecordingWrapper
 from replaykit._session.replay import Replay, make_env, register_env_namespace, restore
 from replaykit._state.envs import families
@@ -340,7 +340,12 @@ _GZIP_DEFAULT_LEVEL = 4
 
 
 def _open_recording(
-    env: Any, tmp: Path, seed: int, policy_spec: str, compression: str | None
+    env: Any,
+    tmp: Path,
+    seed: int,
+    policy_spec: str,
+    compression: str | None,
+    keep_snapshots: int | None = None,
 ) -> RecordingWrapper:
     """Create the recording at ``tmp``; ``compression`` may be ``gzip:LEVEL``."""
     if compression == f"gzip:{_GZIP_DEFAULT_LEVEL}":
@@ -352,6 +357,7 @@ def _open_recording(
             seed=seed,
             metadata={"policy": policy_spec, "cli_seed": seed},
             compression=compression,
+            keep_snapshots=keep_snapshots,
         )
     except UsageError:
         if compression is None or not compression.startswith("gzip:"):
@@ -378,6 +384,7 @@ def record_rollout(
     compression: str | None = None,
     on_start: Callable[[Path], None] | None = None,
     on_progress: Callable[[int, int, int], None] | None = None,
+    keep_snapshots: int | None = None,
 ) -> RecordSummary:
     """Record ``policy_spec`` on ``env_id`` to ``out``.
 
@@ -402,6 +409,8 @@ def record_rollout(
             ``"gzip:LEVEL"`` where the writer takes levels).
         on_start: called with the temporary path once the file is created.
         on_progress: called after each step with (steps, episodes, snapshots) so far.
+        keep_snapshots: flight mode: keep the first and the last N ``snapshot_every``
+            snapshots, and write a failure record (an exception, a NaN/infinity).
 
     Raises:
         UsageError: a bad argument, an existing ``out`` without ``overwrite``, a missing
@@ -418,11 +427,15 @@ def record_rollout(
     )
     out_path = check_output(out, overwrite=overwrite)
     seed_everything(seed)
+    if ":" in policy_spec:
+        # The policy's module may register the env it drives: import it (resolve_policy
+        # would, a moment later) before the env id is looked up.
+        import_policy_module(policy_spec)
     env = make_recorded_env(env_id, env_kwargs)
     try:
         policy = resolve_policy(policy_spec, env, seed)
         tmp = partial_path(out_path)
-        rec = _open_recording(env, tmp, seed, policy_spec, compression)
+        rec = _open_recording(env, tmp, seed, policy_spec, compression, keep_snapshots)
     except BaseException:
         env.close()
         raise
@@ -469,8 +482,13 @@ def _run(
 
     def at_top() -> None:
         t = rec.step_count
-        if t in due or (snapshot_every and t > 0 and t % snapshot_every == 0):
+        if t in due:
             names.append(rec.snapshot())
+        elif snapshot_every and t > 0 and t % snapshot_every == 0:
+            # Flight mode keeps the first and the last few (a plain recording keeps all).
+            name = rec.flight_snapshot()
+            if name is not None:
+                names.append(name)
 
     obs, _ = rec.reset()
     needs_reset = False
@@ -503,7 +521,9 @@ def _stopped(rec: RecordingWrapper, tmp: Path, exc: BaseException) -> None:
     """Close what a failed or interrupted recording wrote; keep it if it holds any step."""
     steps = rec.step_count
     try:
-        rec.close()
+        # As leaving a `with` block would: an exception becomes the failure record (flight
+        # mode), then the file is closed.
+        rec.__exit__(type(exc), exc, exc.__traceback__)
         closed = True
     except Exception:  # the writer failed already (disk full): its last commit stays
         closed = False

@@ -361,6 +361,12 @@ class TrainingRecorder(RecorderCore):
         metadata: JSON-able data stored in the file's metadata under ``"user"``.
         commit_every_seconds: commit (flush to disk) at least this often.
         fsync: also fsync each commit.
+        keep_snapshots: flight mode: keep only the first and the last ``keep_snapshots``
+            snapshots taken with an automatic name; older ones are dropped once a newer one
+            is on disk and their space is reused. Nothing is dropped after a failure.
+        detect_failures: write a failure record when an exception escapes the ``with``
+            block or the program, or a logged update holds a NaN/infinity. Default: on in
+            flight mode. :meth:`mark_failure` works either way.
     """
 
     def __init__(
@@ -371,6 +377,8 @@ class TrainingRecorder(RecorderCore):
         metadata: Mapping[str, Any] | None = None,
         commit_every_seconds: float = 5.0,
         fsync: bool = False,
+        keep_snapshots: int | None = None,
+        detect_failures: bool | None = None,
     ) -> None:
         self._open(
             path,
@@ -381,6 +389,7 @@ class TrainingRecorder(RecorderCore):
         )
         for name, obj in (track or {}).items():
             self.track(name, obj)
+        self._start_flight(keep_snapshots, None, detect_failures)
 
     def log_update(self, **values: Any) -> int:
         """Record one update's named values; returns the update index."""
@@ -390,6 +399,7 @@ class TrainingRecorder(RecorderCore):
     def snapshot(self, name: str | None = None, *, extra: Any = None) -> str:
         """Snapshot tracked objects and global RNGs here; returns the snapshot's name."""
         self._require_open()
+        auto = name is None
         name = self._snapshot_name(name, "update", self._update_log.count)
         recorder = {
             F.SNAP_STEP: 0,
@@ -400,7 +410,18 @@ class TrainingRecorder(RecorderCore):
             F.SNAP_SEQ: self._snap_seq,
         }
         meta = {**recorder, F.SNAP_ENV_STATE: None}
-        return self._write_snapshot(name, meta, env={}, recorder=recorder, extra=extra)
+        name = self._write_snapshot(name, meta, env={}, recorder=recorder, extra=extra)
+        if auto and self._keep is not None:
+            self._periodic.append(name)
+            self._retain()
+        return name
+
+    def _position(self) -> dict[str, Any]:
+        return {
+            F.FAILURE_STEP: 0,
+            F.FAILURE_EPISODE: -1,
+            F.FAILURE_UPDATE: self._update_log.count,
+        }
 
     def _final_meta(self) -> dict[str, Any]:
         return {F.META_STEPS: 0, F.META_EPISODES: 0, F.META_UPDATES: self._update_log.count}

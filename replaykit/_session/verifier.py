@@ -211,8 +211,9 @@ class UpdateChecker:
         """Count the recorded updates logged before step ``step`` (at step counts ``<= step``)."""
         if self._rows is None or not self._rows.rows:
             return 0
-        steps = self._rows.stream.read(F.UPDATE_STEP, 0, self._rows.rows)
-        return int(np.searchsorted(steps, step, side="right"))
+        first = self._rows.stream.first  # an extract holds the updates from its snapshot on
+        steps = self._rows.stream.read(F.UPDATE_STEP, first, self._rows.rows)
+        return first + int(np.searchsorted(steps, step, side="right"))
 
     def check(self, u: int, values: Mapping[str, Any]) -> int:
         """Compare update ``u``'s values with the recording; raises at the first difference."""
