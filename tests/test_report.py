@@ -288,3 +288,20 @@ def test_constant_continuous_actions_are_a_collapse(tmp_path: Path) -> None:
     assert "the same action [2] in every one of the last 100 steps (steps 300-399)" in f.message
     run(tmp_path / "random.h5", stuck_from=None)
     assert analyze(tmp_path / "random.h5").findings == []
+
+
+def test_failure_record_is_read_and_marked(tmp_path: Path) -> None:
+    """A flight recording's failure record reaches the report (step and the user's reason)."""
+    path = tmp_path / "failed.h5"
+    env = replaykit.RecordingWrapper(gym.make("CartPole-v1"), path, seed=0)
+    env.reset()
+    for _ in range(40):
+        _, _, term, trunc, _ = env.step(env.action_space.sample())
+        if term or trunc:
+            env.reset()
+    env.mark_failure("value head exploded")
+    env.close()
+    analysis = analyze(path)
+    assert analysis.failure is not None
+    assert analysis.failure["step"] == 40
+    assert "value head exploded" in analysis.failure["message"]

@@ -504,13 +504,14 @@ def _obs_stats(rec: Any) -> dict[str, np.ndarray] | None:
 
 def _failure(rec: Any) -> dict[str, Any] | None:
     """Return the failure record, when the file holds one (written by flight-mode recordings)."""
-    raw = rec.meta.get("failure")
+    raw = rec.meta.get(F.META_FAILURE)
     if not isinstance(raw, dict):
         return None
-    step = raw.get("step")
+    step = raw.get(F.FAILURE_STEP)
+    text = raw.get(F.FAILURE_REASON) or raw.get(F.FAILURE_MESSAGE) or raw.get(F.FAILURE_KIND)
     return {
         "step": step if isinstance(step, int) else None,
-        "message": str(raw.get("message") or raw.get("error") or raw.get("kind") or "failure"),
+        "message": str(text or "failure"),
     }
 
 
