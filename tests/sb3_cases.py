@@ -1,0 +1,125 @@
+"""Small Stable-Baselines3 runs recorded by tests/test_sb3.py and resumed in a child process.
+
+Run as a script (``python sb3_cases.py DIR CASE...``) it resumes ``DIR/CASE.h5`` for each case
+and prints one JSON line per case: verified counts and digests of the final state.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SMALL = {"net_arch": [16, 16]}
+
+
+def _vec(env_id: str, n: int, wrap: str | None = None) -> Any:
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecFrameStack, VecNormalize
+
+    venv = make_vec_env(env_id, n_envs=n, seed=0)
+    if wrap == "normalize":
+        return VecNormalize(venv)
+    if wrap == "framestack":
+        return VecFrameStack(venv, n_stack=3)
+    return venv
+
+
+# name: (algorithm, env builder, constructor kwargs, total timesteps, snapshot step)
+CASES: dict[str, tuple[str, Any, dict[str, Any], int, int]] = {
+    "ppo": (
+        "PPO",
+        lambda: "CartPole-v1",
+        {"n_steps": 32, "batch_size": 16, "n_epochs": 2},
+        160,
+        40,
+    ),
+    "ppo4": ("PPO", lambda: _vec("CartPole-v1", 4), {"n_steps": 8, "batch_size": 16}, 160, 44),
+    "a2c": ("A2C", lambda: "CartPole-v1", {"n_steps": 8}, 64, 12),
+    "a2c4": ("A2C", lambda: _vec("CartPole-v1", 4), {"n_steps": 4}, 96, 40),
+    "dqn": (
+        "DQN",
+        lambda: "CartPole-v1",
+        {"learning_starts": 16, "buffer_size": 500, "batch_size": 16, "target_update_interval": 20},
+        100,
+        50,
+    ),
+    "sac": (
+        "SAC",
+        lambda: "Pendulum-v1",
+        {"learning_starts": 16, "buffer_size": 500, "batch_size": 16, "train_freq": 4},
+        60,
+        30,
+    ),
+    "td3": (
+        "TD3",
+        lambda: "Pendulum-v1",
+        {"learning_starts": 16, "buffer_size": 500, "batch_size": 16, "train_freq": 4},
+        60,
+        30,
+    ),
+    "vecnormalize": (
+        "PPO",
+        lambda: _vec("Pendulum-v1", 2, "normalize"),
+        {"n_steps": 16, "batch_size": 16},
+        128,
+        42,
+    ),
+    "framestack": (
+        "PPO",
+        lambda: _vec("CartPole-v1", 2, "framestack"),
+        {"n_steps": 16, "batch_size": 16},
+        128,
+        42,
+    ),
+}
+
+
+def algo_class(name: str) -> Any:
+    import stable_baselines3
+
+    return getattr(stable_baselines3, name)
+
+
+def build(case: str) -> Any:
+    algo, env_fn, kwargs, _, _ = CASES[case]
+    return algo_class(algo)(
+        "MlpPolicy", env_fn(), seed=0, device="cpu", policy_kwargs=dict(SMALL), **kwargs
+    )
+
+
+def final_state(model: Any) -> dict[str, Any]:
+    """Digests of what training ends with: parameters and VecNormalize statistics."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from replaykit import params_digest
+
+    out: dict[str, Any] = {
+        "timesteps": int(model.num_timesteps),
+        "params": str(params_digest(model.policy)),
+    }
+    venv = model.get_env()
+    if isinstance(venv, VecNormalize):
+        rms = venv.obs_rms
+        out["obs_rms"] = [rms.mean.tobytes().hex(), rms.var.tobytes().hex(), float(rms.count)]
+        out["ret_rms"] = [venv.ret_rms.mean.tobytes().hex(), float(venv.ret_rms.count)]
+    return out
+
+
+def main(folder: str, cases: list[str]) -> None:
+    from replaykit.integrations.sb3 import resume
+
+    for case in cases:
+        algo, env_fn, *_ = CASES[case]
+        done = resume(Path(folder) / f"{case}.h5", None, algo_class(algo), env_fn)
+        row = {"case": case, "snapshot": done.snapshot, "steps": done.verified_steps}
+        row.update(updates=done.verified_updates, **final_state(done.model))
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main(sys.argv[1], sys.argv[2:])
