@@ -16,10 +16,20 @@ import numpy as np
 SMALL = {"net_arch": [16, 16]}
 
 
+def _cartpole() -> Any:
+    import gymnasium as gym
+
+    return gym.make("CartPole-v1")
+
+
 def _vec(env_id: str, n: int, wrap: str | None = None) -> Any:
     from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import VecFrameStack, VecNormalize
+    from stable_baselines3.common.vec_env import SubprocVecEnv, VecFrameStack, VecNormalize
 
+    from replaykit.integrations.sb3 import capturable
+
+    if wrap == "subproc":
+        return SubprocVecEnv(capturable([_cartpole] * n))
     venv = make_vec_env(env_id, n_envs=n, seed=0)
     if wrap == "normalize":
         return VecNormalize(venv)
@@ -75,20 +85,33 @@ CASES: dict[str, tuple[str, Any, dict[str, Any], int, int]] = {
         128,
         42,
     ),
+    "subproc": (
+        "PPO",
+        lambda: _vec("CartPole-v1", 2, "subproc"),
+        {"n_steps": 16, "batch_size": 16},
+        128,
+        42,
+    ),
+    "recurrent": ("RecurrentPPO", lambda: "CartPole-v1", {"n_steps": 8, "batch_size": 8}, 40, 12),
 }
 
 
 def algo_class(name: str) -> Any:
     import stable_baselines3
 
+    if name == "RecurrentPPO":
+        import sb3_contrib
+
+        return sb3_contrib.RecurrentPPO
     return getattr(stable_baselines3, name)
 
 
 def build(case: str) -> Any:
     algo, env_fn, kwargs, _, _ = CASES[case]
-    return algo_class(algo)(
-        "MlpPolicy", env_fn(), seed=0, device="cpu", policy_kwargs=dict(SMALL), **kwargs
-    )
+    policy, small = "MlpPolicy", dict(SMALL)
+    if algo == "RecurrentPPO":
+        policy, small["lstm_hidden_size"] = "MlpLstmPolicy", 8
+    return algo_class(algo)(policy, env_fn(), seed=0, device="cpu", policy_kwargs=small, **kwargs)
 
 
 def final_state(model: Any) -> dict[str, Any]:

@@ -533,7 +533,7 @@ class _Hooks:
 def _update_values(model: BaseAlgorithm) -> dict[str, Any]:
     values: dict[str, Any] = {"n_updates": np.int64(getattr(model, "_n_updates", 0))}
     logged = model.logger.name_to_value
-    for key in sorted(k for k in logged if k.startswith("train/")):
+    for key in [k for k in logged if k.startswith("train/")]:  # in the order SB3 logged them
         v = logged[key]
         values[key] = np.float64(v) if isinstance(v, (float, int)) else v
     grads = [p.grad.detach() for p in model.policy.parameters() if p.grad is not None]
