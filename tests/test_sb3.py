@@ -19,8 +19,8 @@ import pytest
 
 pytest.importorskip("stable_baselines3")
 
-import replaykit  # noqa: E402
-from replaykit import CaptureError, DivergenceError, UsageError  # noqa: E402
+import replaykit
+from replaykit import CaptureError, DivergenceError, UsageError
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
