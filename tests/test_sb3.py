@@ -194,3 +194,12 @@ def test_import_replaykit_stays_light_and_a_missing_extra_names_the_pip_command(
         "replaykit.integrations.sb3 needs Stable-Baselines3, which is not installed; "
         'install it with: pip install "replaykit[sb3]"'
     ]
+
+
+def test_the_sb3_example_records_and_resumes_with_three_replaykit_lines() -> None:
+    script = HERE.parent / "examples" / "sb3_ppo.py"
+    marked = [line for line in script.read_text().splitlines() if line.endswith("# replaykit")]
+    assert 0 < len(marked) <= 5
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "resumed step-000100: 156 steps and 3 updates verified bit-exactly" in out.stdout
