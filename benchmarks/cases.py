@@ -609,7 +609,56 @@ def case_raw_read(quick: bool, tmp: Path, n: int) -> list[Row]:
     return [{"read_s": time.perf_counter() - t0, "bytes": total, "read_peak_rss_mb": peak_rss_mb()}]
 
 
+def case_sb3(quick: bool, tmp: Path) -> list[Row]:
+    """SB3 PPO on CartPole: ``learn()`` with ``ReplaykitCallback`` against ``learn()`` alone.
+
+    Both models are built once and trained on in alternating rounds of ``learn(per,
+    reset_num_timesteps=False)``; each recorded round writes a new file (open, every step,
+    one update per ``train()``, close), so the file's fixed costs are in the measure.
+    """
+    import torch
+    from stable_baselines3 import PPO
+
+    from replaykit.integrations.sb3 import ReplaykitCallback
+
+    torch.set_num_threads(1)
+    n_steps, per, rounds = (32, 64, 2) if quick else (256, 1024, 8)
+
+    def model() -> Any:
+        return PPO("MlpPolicy", "CartPole-v1", n_steps=n_steps, batch_size=64, seed=0, device="cpu")
+
+    base_model, rec_model = model(), model()
+    files = iter(range(10_000))
+
+    def base(_: int) -> float:
+        t0 = time.process_time()
+        base_model.learn(per, reset_num_timesteps=False)
+        return time.process_time() - t0
+
+    def rec(_: int) -> float:
+        cb = ReplaykitCallback(tmp / f"sb3-{next(files)}.h5")
+        t0 = time.process_time()
+        rec_model.learn(per, reset_num_timesteps=False, callback=cb)
+        return time.process_time() - t0
+
+    tb, tr, ratio, (q1, q3) = _alternate(base, rec, per * rounds, rounds)
+    return [
+        _row(
+            "SB3 PPO CartPole-v1 learn() with ReplaykitCallback",
+            f"{tr * 1e6:.0f} us/step (recorded)",
+            f"{tb * 1e6:.0f} us/step (learn() alone)",
+            ratio,
+            ">= 0.95x",
+            ratio >= 0.95,
+            iqr=[q1, q3],
+            rounds=rounds,
+            timesteps_per_round=per,
+        )
+    ]
+
+
 CASES: dict[str, Callable[..., list[Row]]] = {
+    "sb3": case_sb3,
     "throughput": case_throughput,
     "snapshot": case_snapshot,
     "snapshot_gpu": case_snapshot_gpu,

@@ -40,6 +40,7 @@ ROW_KEYS = (
     "replaykit diff",
     "Diff peak RSS",
     "File size",
+    "SB3 PPO CartPole-v1 learn()",
 )
 
 
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only",
         action="append",
-        choices=("throughput", "snapshot", "small_restore", "diff"),
+        choices=("throughput", "snapshot", "small_restore", "diff", "sb3"),
         help="run only this group of rows (repeatable); default: all",
     )
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="replaykit-bench-") as d:
         tmp = Path(d)
-        only = set(args.only or ("throughput", "snapshot", "small_restore", "diff"))
+        only = set(args.only or ("throughput", "snapshot", "small_restore", "diff", "sb3"))
         if "throughput" in only:
             rows += _child("throughput", args.quick, tmp)
         if "snapshot" in only:
@@ -240,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             sizes = _child("make_recordings", args.quick, tmp)
             rows += _diff_rows(args.quick, tmp)
             rows += sizes
+        if "sb3" in only:
+            rows += _child("sb3", args.quick, tmp)
     took = time.perf_counter() - t0
     info = machine()
     mode = "quick (smoke sizes)" if args.quick else "full"

@@ -203,3 +203,16 @@ def test_the_sb3_example_records_and_resumes_with_three_replaykit_lines() -> Non
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "resumed step-000100: 156 steps and 3 updates verified bit-exactly" in out.stdout
+
+
+def test_cli_replay_of_an_sb3_recording_points_to_resume(runs: dict[str, Any]) -> None:
+    path = runs["folder"] / "ppo.h5"
+    out = subprocess.run(
+        [sys.executable, "-m", "replaykit", "replay", str(path)], capture_output=True, text=True
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        f"replaykit: error: {path} was recorded by Stable-Baselines3's ReplaykitCallback; "
+        "resume it in Python with replaykit.integrations.sb3.resume(path, snapshot, "
+        "AlgoClass, env_fn)"
+    )
