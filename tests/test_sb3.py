@@ -216,3 +216,19 @@ def test_cli_replay_of_an_sb3_recording_points_to_resume(runs: dict[str, Any]) -
         "resume it in Python with replaykit.integrations.sb3.resume(path, snapshot, "
         "AlgoClass, env_fn)"
     )
+
+
+def test_snapshot_every_and_a_vec_env_of_another_size(tmp_path: Path) -> None:
+    from stable_baselines3 import A2C
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from replaykit import StateMismatchError
+    from replaykit.integrations.sb3 import ReplaykitCallback, resume
+
+    path = tmp_path / "a2c.h5"
+    model = A2C("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), n_steps=4, seed=0)
+    cb = ReplaykitCallback(path, snapshot_every=10)
+    model.learn(40, callback=cb)
+    assert cb.snapshot_names == ["step-000010", "step-000020", "step-000030"]
+    with pytest.raises(StateMismatchError, match="sub-envs: recorded 2, got 3"):
+        resume(path, "step-000020", A2C, lambda: make_vec_env("CartPole-v1", n_envs=3))

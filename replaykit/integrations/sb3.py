@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import inspect
+import math
 import os
 import sys
 import warnings
@@ -279,6 +280,10 @@ def _restore_layer(v: Any, state: Any) -> None:
         v.episode_returns = _copy(state["episode_returns"])
         v.episode_lengths = _copy(state["episode_lengths"])
         v.episode_count = int(state["episode_count"])
+    elif isinstance(v, (DummyVecEnv, SubprocVecEnv)) and len(state["envs"]) != v.num_envs:
+        raise StateMismatchError(
+            "vec env", [f"sub-envs: recorded {len(state['envs'])}, got {v.num_envs}"]
+        )
     elif isinstance(v, DummyVecEnv):
         for e, s in zip(v.envs, state["envs"], strict=True):
             envstate.restore_chain(e, s)
@@ -544,24 +549,31 @@ def _update_values(model: BaseAlgorithm) -> dict[str, Any]:
     return values
 
 
+_TRUNCATED_COL = F.column_path(F.INFO, "TimeLimit.truncated")
+_PROBES = (
+    ("values", F.column_path(F.PROBE, "value")),
+    ("log_probs", F.column_path(F.PROBE, "log_prob")),
+)
+
+
 def _step_values(local: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+    """Return the recorded columns of one VecEnv step, from ``collect_rollouts``' locals."""
     obs = local["new_obs"]
     if isinstance(obs, dict):
-        for k, v in obs.items():
-            out[F.column_path(F.OBS, str(k))] = v
+        out = {F.column_path(F.OBS, str(k)): v for k, v in obs.items()}
     else:
-        out[F.OBS] = obs
+        out = {F.OBS: obs}
     out[F.ACTION] = local["actions"]
     out[F.REWARD] = local["rewards"]
     out["done"] = local["dones"]
     infos = local["infos"]
-    out[F.column_path(F.INFO, "TimeLimit.truncated")] = np.array(
-        [bool(i.get("TimeLimit.truncated", False)) for i in infos]
+    out[_TRUNCATED_COL] = np.fromiter(
+        (i.get("TimeLimit.truncated", False) for i in infos), np.bool_, len(infos)
     )
-    for name, key in (("values", "value"), ("log_probs", "log_prob")):
-        if isinstance(local.get(name), torch.Tensor):
-            out[F.column_path(F.PROBE, key)] = local[name]
+    for name, col in _PROBES:
+        v = local.get(name)
+        if v is not None and isinstance(v, torch.Tensor):
+            out[col] = v
     return out
 
 
@@ -600,9 +612,14 @@ class _Recorder(RecorderCore):
         for name, obj in tracked.items():
             snapshot.capture_tracked(obj, name)  # refuse an uncapturable object before training
         self._due = False
+        self._next_due: float = min(
+            [*self._at, *([self._every] if self._every else [])], default=math.inf
+        )
         self._rollout_steps = 0
         self._rollout_episodes = 0
         self._writers: dict[str, Any] = {}
+        self._fast: list[tuple[str, Any]] | None = None
+        self._truncated: Any = None
         self._open(
             path,
             {
@@ -630,23 +647,42 @@ class _Recorder(RecorderCore):
     def step(self, local: Mapping[str, Any]) -> None:
         s = self._steps
         p = s.pos
-        for col, v in _step_values(local).items():
-            w = self._writers.get(col)
-            if w is None:
-                w = column_writer(s, col, f"step value {col!r}", v)
-                assert w is not None
-                self._writers[col] = w
-            w.write(v, p)
+        fast = self._fast
+        if fast is not None:
+            # The columns are known after the first row: write them without building a dict.
+            for name, w in fast:
+                w.write(local[name], p)
+            infos = local["infos"]
+            self._truncated.write(
+                np.fromiter(
+                    (i.get("TimeLimit.truncated", False) for i in infos), np.bool_, len(infos)
+                ),
+                p,
+            )
+        else:
+            values = _step_values(local)
+            for col, v in values.items():
+                w = self._writers.get(col)
+                if w is None:
+                    w = column_writer(s, col, f"step value {col!r}", v)
+                    assert w is not None
+                    self._writers[col] = w
+                w.write(v, p)
+            if F.OBS in values:  # array observations: later rows take the fast path
+                names = {F.OBS: "new_obs", F.ACTION: "actions", F.REWARD: "rewards"}
+                names.update({"done": "dones", **{col: name for name, col in _PROBES}})
+                fast = [(names[c], w) for c, w in self._writers.items() if c != _TRUNCATED_COL]
+                self._fast, self._truncated = fast, self._writers[_TRUNCATED_COL]
         s.end_row()
         self._rollout_steps += 1
-        self._rollout_episodes += int(np.sum(local["dones"]))
-        t = int(self.model.num_timesteps)
-        prev = t - int(self.model.n_envs)
-        every = self._every
-        if any(prev < a <= t for a in self._at) or (
-            every is not None and t // every > prev // every
-        ):
+        self._rollout_episodes += int(np.count_nonzero(local["dones"]))
+        t = self.model.num_timesteps
+        if t >= self._next_due:
             self._due = True
+            later = [a for a in self._at if a > t]
+            if self._every is not None:
+                later.append((t // self._every + 1) * self._every)
+            self._next_due = min(later, default=math.inf)
 
     def _at_boundary(self) -> None:
         if self._due:
@@ -873,6 +909,10 @@ def resume(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = algo(policy, env_fn(), device=device, **kwargs)
+        if int(model.n_envs) != int(extra["n_envs"]):
+            raise StateMismatchError(
+                "vec env", [f"sub-envs: recorded {extra['n_envs']}, got {model.n_envs}"]
+            )
         tracked = _tracked(model)
         snapshot.check_tracked_names(tree[F.TREE_TRACKED], tree.get(F.TREE_KINDS) or {}, tracked)
         replay = _Replay(
