@@ -22,12 +22,52 @@ def _cartpole() -> Any:
     return gym.make("CartPole-v1")
 
 
+class ImageEnv:
+    """A tiny channel-last image env (SB3 wraps it in VecTransposeImage by itself)."""
+
+    @staticmethod
+    def make() -> Any:
+        import gymnasium as gym
+
+        import replaykit
+
+        class Image(gym.Env[Any, Any]):
+            observation_space = gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)
+            action_space = gym.spaces.Discrete(2)
+
+            def reset(self, *, seed: int | None = None, options: Any = None) -> Any:
+                super().reset(seed=seed)
+                self.pos, self.t = int(self.np_random.integers(0, 8)), 0
+                return self._obs(), {}
+
+            def _obs(self) -> np.ndarray:
+                img = np.zeros((8, 8, 3), np.uint8)
+                img[self.pos, self.t % 8] = 255
+                return img
+
+            def step(self, action: Any) -> Any:
+                self.pos = (self.pos + (1 if action else -1)) % 8
+                self.t += 1
+                return self._obs(), float(self.pos == 0), False, self.t >= 12, {}
+
+        class ImageAdapter(replaykit.AttrAdapter):
+            name = "tests.sb3_cases.Image"
+            attrs = ("pos", "t")
+
+        replaykit.register_env_adapter(Image, ImageAdapter())
+        return gym.wrappers.TimeLimit(Image(), 12)
+
+
 def _vec(env_id: str, n: int, wrap: str | None = None) -> Any:
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import SubprocVecEnv, VecFrameStack, VecNormalize
 
     from replaykit.integrations.sb3 import capturable
 
+    if wrap == "image":
+        from stable_baselines3.common.vec_env import DummyVecEnv
+
+        return VecFrameStack(DummyVecEnv([ImageEnv.make] * n), n_stack=2)
     if wrap == "subproc":
         return SubprocVecEnv(capturable([_cartpole] * n))
     venv = make_vec_env(env_id, n_envs=n, seed=0)
@@ -81,6 +121,13 @@ CASES: dict[str, tuple[str, Any, dict[str, Any], int, int]] = {
     "framestack": (
         "PPO",
         lambda: _vec("CartPole-v1", 2, "framestack"),
+        {"n_steps": 16, "batch_size": 16},
+        128,
+        42,
+    ),
+    "image": (
+        "PPO",
+        lambda: _vec("", 2, "image"),
         {"n_steps": 16, "batch_size": 16},
         128,
         42,
@@ -144,5 +191,7 @@ def main(folder: str, cases: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    np.seterr(all="ignore")
-    main(sys.argv[1], sys.argv[2:])
+    # Through the module, so classes defined here are sb3_cases.X as in the recording.
+    import sb3_cases
+
+    sb3_cases.main(sys.argv[1], sys.argv[2:])

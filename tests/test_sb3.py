@@ -232,3 +232,15 @@ def test_snapshot_every_and_a_vec_env_of_another_size(tmp_path: Path) -> None:
     assert cb.snapshot_names == ["step-000010", "step-000020", "step-000030"]
     with pytest.raises(StateMismatchError, match="sub-envs: recorded 2, got 3"):
         resume(path, "step-000020", A2C, lambda: make_vec_env("CartPole-v1", n_envs=3))
+
+
+def test_image_observations_go_through_vec_transpose_image_and_frame_stack(
+    runs: dict[str, Any],
+) -> None:
+    with replaykit.Recording(runs["folder"] / "image.h5") as rec:
+        _, tree = rec.load_snapshot(0)
+    layers = [layer["class"] for layer in tree["tracked"]["vec_env"]]
+    assert layers == ["VecTransposeImage", "VecFrameStack", "DummyVecEnv"]
+    stacked = tree["tracked"]["vec_env"][1]["state"]["stacked"]
+    assert stacked.shape == (2, 8, 8, 6) and stacked.dtype == "uint8" and stacked.any()
+    assert runs["resumed"]["image"]["params"] == runs["recorded"]["image"]["params"]
