@@ -34,14 +34,15 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path as _Path
 from typing import Any
 
 import numpy as np
 
 from replaykit._format import layout as F
-from replaykit._format.store import Recording
-from replaykit.errors import MissingExtraError, UsageError
+from replaykit._format.store import Recording as _Recording
+from replaykit.errors import MissingExtraError as _MissingExtraError
+from replaykit.errors import UsageError as _UsageError
 
 __all__ = ["MINARI_MISSING", "export_minari"]
 
@@ -55,7 +56,7 @@ def _minari() -> Any:
     try:
         import minari
     except ImportError:
-        raise MissingExtraError(MINARI_MISSING) from None
+        raise _MissingExtraError(MINARI_MISSING) from None
     return minari
 
 
@@ -75,7 +76,7 @@ def _space(doc: Any) -> Any:
         return gym.spaces.Box(lo, hi, tuple(doc["shape"]), dt)
     if kind == "MultiBinary":
         return gym.spaces.MultiBinary(list(doc["shape"]))
-    raise UsageError(
+    raise _UsageError(
         f"the recording's {kind} space has no Minari export; export recordings of Box, "
         "Discrete, MultiBinary, Dict and Tuple spaces"
     )
@@ -123,7 +124,7 @@ def _leaf(col: str, prefix: str) -> str:
     return col[len(prefix) + 1 :] if col != prefix else ""
 
 
-def _episodes(rec: Recording) -> list[Any]:
+def _episodes(rec: _Recording) -> list[Any]:
     from minari.data_collector import EpisodeBuffer
 
     steps, resets = rec.stream(F.STEPS), rec.stream(F.RESETS)
@@ -149,12 +150,12 @@ def _episodes(rec: Recording) -> list[Any]:
                 _present(steps, col, n)[lo:hi] if col in steps.columns else np.zeros(0, bool)
             )
             if not at_reset or col not in steps.columns or not step_present.all():
-                raise UsageError(
+                raise _UsageError(
                     f"info key {key!r} is missing at some steps of episode {e}; Minari needs "
                     "every info key at every step: record with ignore_info=[...] for it"
                 )
             if rread[col].dtype != read[col].dtype:
-                raise UsageError(
+                raise _UsageError(
                     f"info key {key!r} is {rread[col].dtype} at reset but {read[col].dtype} at "
                     "steps; Minari stores one dtype per key and replaykit never converts"
                 )
@@ -209,29 +210,29 @@ def export_minari(
     try:
         parse_dataset_id(dataset_id)
     except Exception as exc:  # minari raises ValueError/AssertionError variously
-        raise UsageError(f"{dataset_id!r} is not a Minari dataset id ({exc})") from None
-    target = Path(get_dataset_path(dataset_id))
+        raise _UsageError(f"{dataset_id!r} is not a Minari dataset id ({exc})") from None
+    target = _Path(get_dataset_path(dataset_id))
     if target.exists() and not force:
-        raise UsageError(
+        raise _UsageError(
             f"a Minari dataset {dataset_id!r} exists at {target}; pass --force (force=True) "
             "to replace it"
         )
-    with Recording(recording) as rec:
+    with _Recording(recording) as rec:
         meta = rec.meta
         if meta.get(F.META_KIND) or meta.get(F.META_VECTOR) or not rec.has_stream(F.STEPS):
-            raise UsageError(
+            raise _UsageError(
                 f"{rec.path} is not a single-env recording (vector, SB3 or training); "
                 "export a recording made with RecordingWrapper"
             )
         buffers = _episodes(rec)
         if not buffers:
-            raise UsageError(f"{rec.path} holds no steps to export")
+            raise _UsageError(f"{rec.path} holds no steps to export")
         spec = _registered_spec(meta)
         obs_space = _space(meta[F.META_OBSERVATION_SPACE])
         act_space = _space(meta[F.META_ACTION_SPACE])
     backup = None
     if target.exists():
-        backup = Path(tempfile.mkdtemp(prefix=".replaykit-", dir=target.parent)) / "old"
+        backup = _Path(tempfile.mkdtemp(prefix=".replaykit-", dir=target.parent)) / "old"
         shutil.move(str(target), backup)
     try:
         with warnings.catch_warnings():
@@ -245,7 +246,7 @@ def export_minari(
                 action_space=None if spec is not None else act_space,
                 algorithm_name="replaykit export",
                 author=author,
-                description=description or f"exported by replaykit from {Path(recording).name}",
+                description=description or f"exported by replaykit from {_Path(recording).name}",
                 jpeg_encoding=False,
             )
     except BaseException:

@@ -47,25 +47,52 @@ import math
 import os
 import sys
 import warnings
-from collections import deque
+from collections import deque as _deque
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
+from pathlib import Path as _Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from replaykit._format import layout as F
-from replaykit._format.store import Recording
-from replaykit._session.recorder import RecorderCore, column_writer, env_spec_json
-from replaykit._session.training import params_digest
-from replaykit._session.vector import SubEnv
-from replaykit._session.verifier import ReplayCore, as_rules, restoring
+from replaykit._format.store import Recording as _Recording
+from replaykit._session.recorder import (
+    RecorderCore as _RecorderCore,
+)
+from replaykit._session.recorder import (
+    column_writer as _column_writer,
+)
+from replaykit._session.recorder import (
+    env_spec_json as _env_spec_json,
+)
+from replaykit._session.training import params_digest as _params_digest
+from replaykit._session.vector import SubEnv as _SubEnv
+from replaykit._session.verifier import (
+    ReplayCore as _ReplayCore,
+)
+from replaykit._session.verifier import (
+    as_rules as _as_rules,
+)
+from replaykit._session.verifier import (
+    restoring as _restoring,
+)
 from replaykit._state import envs as envstate
 from replaykit._state import rng, snapshot
 from replaykit._state import spaces as _spaces
-from replaykit._state.arrays import ArrayState
-from replaykit.errors import CaptureError, MissingExtraError, StateMismatchError, UsageError
+from replaykit._state.arrays import ArrayState as _ArrayState
+from replaykit.errors import (
+    CaptureError as _CaptureError,
+)
+from replaykit.errors import (
+    MissingExtraError as _MissingExtraError,
+)
+from replaykit.errors import (
+    StateMismatchError as _StateMismatchError,
+)
+from replaykit.errors import (
+    UsageError as _UsageError,
+)
 
 SB3_MISSING = (
     "replaykit.integrations.sb3 needs Stable-Baselines3, which is not installed; "
@@ -73,25 +100,51 @@ SB3_MISSING = (
 )
 
 try:
-    from stable_baselines3.common.base_class import BaseAlgorithm
-    from stable_baselines3.common.callbacks import BaseCallback
-    from stable_baselines3.common.logger import Logger
-    from stable_baselines3.common.monitor import Monitor
-    from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
-    from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
-    from stable_baselines3.common.utils import ConstantSchedule, FloatSchedule
+    from stable_baselines3.common.base_class import BaseAlgorithm as _BaseAlgorithm
+    from stable_baselines3.common.callbacks import BaseCallback as _BaseCallback
+    from stable_baselines3.common.logger import Logger as _Logger
+    from stable_baselines3.common.monitor import Monitor as _Monitor
+    from stable_baselines3.common.off_policy_algorithm import (
+        OffPolicyAlgorithm as _OffPolicyAlgorithm,
+    )
+    from stable_baselines3.common.type_aliases import (
+        TrainFreq as _TrainFreq,
+    )
+    from stable_baselines3.common.type_aliases import (
+        TrainFrequencyUnit as _TrainFrequencyUnit,
+    )
+    from stable_baselines3.common.utils import (
+        ConstantSchedule as _ConstantSchedule,
+    )
+    from stable_baselines3.common.utils import (
+        FloatSchedule as _FloatSchedule,
+    )
     from stable_baselines3.common.vec_env import (
-        DummyVecEnv,
-        SubprocVecEnv,
-        VecEnv,
-        VecEnvWrapper,
-        VecFrameStack,
-        VecMonitor,
-        VecNormalize,
-        VecTransposeImage,
+        DummyVecEnv as _DummyVecEnv,
+    )
+    from stable_baselines3.common.vec_env import (
+        SubprocVecEnv as _SubprocVecEnv,
+    )
+    from stable_baselines3.common.vec_env import (
+        VecEnv as _VecEnv,
+    )
+    from stable_baselines3.common.vec_env import (
+        VecEnvWrapper as _VecEnvWrapper,
+    )
+    from stable_baselines3.common.vec_env import (
+        VecFrameStack as _VecFrameStack,
+    )
+    from stable_baselines3.common.vec_env import (
+        VecMonitor as _VecMonitor,
+    )
+    from stable_baselines3.common.vec_env import (
+        VecNormalize as _VecNormalize,
+    )
+    from stable_baselines3.common.vec_env import (
+        VecTransposeImage as _VecTransposeImage,
     )
 except ImportError:  # pragma: no cover - exercised in a process without the extra
-    raise MissingExtraError(SB3_MISSING) from None
+    raise _MissingExtraError(SB3_MISSING) from None
 
 __all__ = [
     "SB3_MISSING",
@@ -147,18 +200,18 @@ class _MonitorAdapter(envstate.AttrAdapter):
     )
 
 
-envstate.register_wrapper_adapter(Monitor, _MonitorAdapter())
+envstate.register_wrapper_adapter(_Monitor, _MonitorAdapter())
 
 
-def _make_sub(fn: Callable[[], Any]) -> SubEnv:
-    return SubEnv(fn())
+def _make_sub(fn: Callable[[], Any]) -> _SubEnv:
+    return _SubEnv(fn())
 
 
-def capturable(env_fns: Iterable[Callable[[], Any]]) -> list[Callable[[], SubEnv]]:
+def capturable(env_fns: Iterable[Callable[[], Any]]) -> list[Callable[[], _SubEnv]]:
     """Wrap env thunks so a ``SubprocVecEnv`` built from them can be snapshotted.
 
     Each worker's env answers ``replaykit_capture`` through ``env_method``; SB3's own pipe
-    carries the state tree, files never hold pickle.
+    carries the state tree; files never hold pickled data.
 
     Example:
         >>> import gymnasium as gym
@@ -198,13 +251,13 @@ def _copy(x: Any) -> Any:
 class _VecEnvState:
     """The VecEnv chain: wrapper statistics, sub-env chains (captured or refused)."""
 
-    def __init__(self, venv: VecEnv) -> None:
+    def __init__(self, venv: _VecEnv) -> None:
         self.venv = venv
 
     def _layers(self) -> list[Any]:
         out: list[Any] = []
         v = self.venv
-        while isinstance(v, VecEnvWrapper):
+        while isinstance(v, _VecEnvWrapper):
             out.append(v)
             v = v.venv
         out.append(v)
@@ -218,13 +271,13 @@ class _VecEnvState:
         live = [type(v).__name__ for v in layers]
         saved = [t["class"] for t in tree] if isinstance(tree, list) else []
         if live != saved:
-            raise StateMismatchError("vec env", [f"layers: recorded {saved}, got {live}"])
+            raise _StateMismatchError("vec env", [f"layers: recorded {saved}, got {live}"])
         for v, t in zip(layers, tree, strict=True):
             _restore_layer(v, t["state"])
 
 
 def _capture_layer(v: Any) -> Any:
-    if isinstance(v, VecNormalize):
+    if isinstance(v, _VecNormalize):
         return {
             "obs_rms": _rms(v.obs_rms),
             "ret_rms": _rms(v.ret_rms),
@@ -233,27 +286,27 @@ def _capture_layer(v: Any) -> Any:
             "old_reward": _copy(getattr(v, "old_reward", None)),
             "training": bool(v.training),
         }
-    if isinstance(v, VecFrameStack):
+    if isinstance(v, _VecFrameStack):
         st = v.stacked_obs
         subs = getattr(st, "sub_stacked_observations", None)
         if subs:
             return {"stacked": {k: _copy(s.stacked_obs) for k, s in subs.items()}}
         return {"stacked": _copy(st.stacked_obs)}
-    if isinstance(v, VecMonitor):
+    if isinstance(v, _VecMonitor):
         return {
             "episode_returns": _copy(v.episode_returns),
             "episode_lengths": _copy(v.episode_lengths),
             "episode_count": int(v.episode_count),
         }
-    if isinstance(v, VecTransposeImage):
+    if isinstance(v, _VecTransposeImage):
         return {}
-    if isinstance(v, DummyVecEnv):
+    if isinstance(v, _DummyVecEnv):
         return {"envs": [envstate.capture_chain(e) for e in v.envs]}
-    if isinstance(v, SubprocVecEnv):
+    if isinstance(v, _SubprocVecEnv):
         if not all(v.env_method("has_wrapper_attr", "replaykit_capture")):
-            raise CaptureError(SUBPROC_REFUSED)
+            raise _CaptureError(SUBPROC_REFUSED)
         return {"envs": list(v.env_method("replaykit_capture"))}
-    raise CaptureError(
+    raise _CaptureError(
         f"{type(v).__module__}.{type(v).__qualname__} has no replaykit state support; "
         "snapshots cover DummyVecEnv, SubprocVecEnv(capturable(...)), VecNormalize, "
         "VecFrameStack, VecTransposeImage and VecMonitor (record without snapshots otherwise)"
@@ -261,14 +314,14 @@ def _capture_layer(v: Any) -> Any:
 
 
 def _restore_layer(v: Any, state: Any) -> None:
-    if isinstance(v, VecNormalize):
+    if isinstance(v, _VecNormalize):
         _restore_rms(v.obs_rms, state["obs_rms"])
         _restore_rms(v.ret_rms, state["ret_rms"])
         v.returns = _copy(state["returns"])
         v.old_obs = _copy(state["old_obs"])
         v.old_reward = _copy(state["old_reward"])
         v.training = bool(state["training"])
-    elif isinstance(v, VecFrameStack):
+    elif isinstance(v, _VecFrameStack):
         st = v.stacked_obs
         subs = getattr(st, "sub_stacked_observations", None)
         if subs:
@@ -276,20 +329,20 @@ def _restore_layer(v: Any, state: Any) -> None:
                 s.stacked_obs[...] = state["stacked"][k]
         else:
             st.stacked_obs[...] = state["stacked"]
-    elif isinstance(v, VecMonitor):
+    elif isinstance(v, _VecMonitor):
         v.episode_returns = _copy(state["episode_returns"])
         v.episode_lengths = _copy(state["episode_lengths"])
         v.episode_count = int(state["episode_count"])
-    elif isinstance(v, (DummyVecEnv, SubprocVecEnv)) and len(state["envs"]) != v.num_envs:
-        raise StateMismatchError(
+    elif isinstance(v, (_DummyVecEnv, _SubprocVecEnv)) and len(state["envs"]) != v.num_envs:
+        raise _StateMismatchError(
             "vec env", [f"sub-envs: recorded {len(state['envs'])}, got {v.num_envs}"]
         )
-    elif isinstance(v, DummyVecEnv):
+    elif isinstance(v, _DummyVecEnv):
         for e, s in zip(v.envs, state["envs"], strict=True):
             envstate.restore_chain(e, s)
-    elif isinstance(v, SubprocVecEnv):
+    elif isinstance(v, _SubprocVecEnv):
         if not all(v.env_method("has_wrapper_attr", "replaykit_capture")):
-            raise CaptureError(SUBPROC_REFUSED)
+            raise _CaptureError(SUBPROC_REFUSED)
         for i, s in enumerate(state["envs"]):
             v.set_attr("replaykit_incoming", (s, False), indices=[i])
         v.env_method("replaykit_apply")
@@ -353,7 +406,7 @@ class _TensorState:
     def __replaykit_restore__(self, tree: Any) -> None:
         live = _getpath(self.model, self.name)
         if tuple(live.shape) != tuple(tree.shape) or live.dtype != tree.dtype:
-            raise StateMismatchError(
+            raise _StateMismatchError(
                 self.name, [f"recorded {tree.dtype}{list(tree.shape)}, got {live.dtype}"]
             )
         with torch.no_grad():
@@ -366,21 +419,21 @@ def _getpath(obj: Any, path: str) -> Any:
     return obj
 
 
-def _buffer_state(buf: Any) -> ArrayState:
+def _buffer_state(buf: Any) -> _ArrayState:
     arrays = sorted(k for k, v in vars(buf).items() if isinstance(v, np.ndarray))
     for k, v in vars(buf).items():
         if isinstance(v, dict) and v and all(isinstance(x, np.ndarray) for x in v.values()):
-            raise CaptureError(
+            raise _CaptureError(
                 f"{type(buf).__name__}.{k} is a dict of arrays (a Dict observation space); "
                 "snapshots cover buffers of array observations -- record without snapshots"
             )
     values = [k for k in ("pos", "full", "generator_ready") if hasattr(buf, k)]
-    return ArrayState(
+    return _ArrayState(
         buf, arrays, filled=lambda b: b.buffer_size if b.full else b.pos, values=values
     )
 
 
-def _tracked(model: BaseAlgorithm) -> dict[str, Any]:
+def _tracked(model: _BaseAlgorithm) -> dict[str, Any]:
     """``{name: object}`` a snapshot of ``model`` holds (the same names on resume)."""
     names, tensors = model._get_torch_save_params()
     out: dict[str, Any] = {name: _getpath(model, name) for name in names}
@@ -423,9 +476,9 @@ def _encode(v: Any) -> Any:  # noqa: PLR0911
         return [_encode(x) for x in v]
     if isinstance(v, dict) and all(isinstance(k, str) for k in v):
         return {k: _encode(x) for k, x in v.items()}
-    if isinstance(v, FloatSchedule):
+    if isinstance(v, _FloatSchedule):
         return _encode(v.value_schedule)
-    if isinstance(v, ConstantSchedule):
+    if isinstance(v, _ConstantSchedule):
         return _encode(v.val)
     if isinstance(v, type):
         for mod in _CLASS_MODULES:
@@ -443,7 +496,7 @@ def _decode(v: Any) -> Any:
         if set(v) == {"__class__"}:
             mod, name = v["__class__"]
             if mod not in _CLASS_MODULES or mod not in sys.modules:
-                raise UsageError(
+                raise _UsageError(
                     f"the recording names the class {mod}.{name}, which cannot be looked up "
                     "here; pass it in overrides={...}"
                 )
@@ -451,13 +504,13 @@ def _decode(v: Any) -> Any:
             for part in str(name).split("."):
                 obj = getattr(obj, part, None)
             if not isinstance(obj, type):
-                raise UsageError(f"the recording names {mod}.{name}, which is not a class here")
+                raise _UsageError(f"the recording names {mod}.{name}, which is not a class here")
             return obj
         return {k: _decode(x) for k, x in v.items()}
     return v
 
 
-def _hyper(model: BaseAlgorithm) -> tuple[dict[str, Any], list[str]]:
+def _hyper(model: _BaseAlgorithm) -> tuple[dict[str, Any], list[str]]:
     """Return the constructor arguments as data, and the names that are not data."""
     out: dict[str, Any] = {}
     missing = []
@@ -474,7 +527,7 @@ def _hyper(model: BaseAlgorithm) -> tuple[dict[str, Any], list[str]]:
     return out, missing
 
 
-def _policy_name(model: BaseAlgorithm) -> str | None:
+def _policy_name(model: _BaseAlgorithm) -> str | None:
     for alias, cls in getattr(type(model), "policy_aliases", {}).items():
         if cls is model.policy_class:
             return str(alias)
@@ -507,7 +560,7 @@ class _Hooks:
             return out
 
         self._set(model, "train", train)
-        if isinstance(model, OffPolicyAlgorithm):
+        if isinstance(model, _OffPolicyAlgorithm):
             orig_sample = model._sample_action
 
             def sample(*args: Any, **kwargs: Any) -> Any:
@@ -535,7 +588,7 @@ class _Hooks:
         self._installed = []
 
 
-def _update_values(model: BaseAlgorithm) -> dict[str, Any]:
+def _update_values(model: _BaseAlgorithm) -> dict[str, Any]:
     values: dict[str, Any] = {"n_updates": np.int64(getattr(model, "_n_updates", 0))}
     logged = model.logger.name_to_value
     for key in [k for k in logged if k.startswith("train/")]:  # in the order SB3 logged them
@@ -545,7 +598,7 @@ def _update_values(model: BaseAlgorithm) -> dict[str, Any]:
     if grads:
         norms = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
         values["grad_norm"] = torch.linalg.vector_norm(norms)
-    values["params"] = params_digest(model.policy)
+    values["params"] = _params_digest(model.policy)
     return values
 
 
@@ -581,10 +634,10 @@ def _step_values(local: Mapping[str, Any]) -> dict[str, Any]:
 # recording
 
 
-class _Recorder(RecorderCore):
+class _Recorder(_RecorderCore):
     def __init__(
         self,
-        model: BaseAlgorithm,
+        model: _BaseAlgorithm,
         path: str | os.PathLike[str],
         *,
         snapshot_at: Iterable[int],
@@ -594,10 +647,10 @@ class _Recorder(RecorderCore):
     ) -> None:
         self.model = model
         venv = model.get_env()
-        while isinstance(venv, VecEnvWrapper):
+        while isinstance(venv, _VecEnvWrapper):
             venv = venv.venv
-        first = venv.envs[0] if isinstance(venv, DummyVecEnv) else None
-        spec = env_spec_json(first) if first is not None else None
+        first = venv.envs[0] if isinstance(venv, _DummyVecEnv) else None
+        spec = _env_spec_json(first) if first is not None else None
         hyper, missing = _hyper(model)
         self._extra_base = {
             "algo": type(model).__name__,
@@ -664,7 +717,7 @@ class _Recorder(RecorderCore):
             for col, v in values.items():
                 w = self._writers.get(col)
                 if w is None:
-                    w = column_writer(s, col, f"step value {col!r}", v)
+                    w = _column_writer(s, col, f"step value {col!r}", v)
                     assert w is not None
                     self._writers[col] = w
                 w.write(v, p)
@@ -725,7 +778,7 @@ class _Recorder(RecorderCore):
         self.hooks.remove()
 
 
-class ReplaykitCallback(BaseCallback):
+class ReplaykitCallback(_BaseCallback):
     """Record an SB3 ``learn()`` run: every env step, every update, snapshots on request.
 
     Args:
@@ -759,12 +812,12 @@ class ReplaykitCallback(BaseCallback):
         super().__init__(0)
         at = [int(s) for s in snapshot_at_steps]
         if any(s < 1 for s in at):
-            raise UsageError(f"snapshot_at_steps must be >= 1, got {sorted(at)}")
+            raise _UsageError(f"snapshot_at_steps must be >= 1, got {sorted(at)}")
         if snapshot_every is not None and snapshot_every < 1:
-            raise UsageError(f"snapshot_every must be >= 1, got {snapshot_every}")
-        if Path(path).exists() and not overwrite:
-            raise UsageError(f"{path} exists; pass overwrite=True to replace it")
-        self.path = Path(path)
+            raise _UsageError(f"snapshot_every must be >= 1, got {snapshot_every}")
+        if _Path(path).exists() and not overwrite:
+            raise _UsageError(f"{path} exists; pass overwrite=True to replace it")
+        self.path = _Path(path)
         self._at, self._every = at, snapshot_every
         self._overwrite, self._metadata = overwrite, metadata
         self._rec: _Recorder | None = None
@@ -817,7 +870,7 @@ class Resumed:
     verified_updates: int
 
 
-class _Replay(ReplayCore):
+class _Replay(_ReplayCore):
     def _where(self) -> dict[str, Any]:
         return {"stream": F.STEPS, "row": self.step_count, "episode": None, "k": None}
 
@@ -835,7 +888,7 @@ class _Replay(ReplayCore):
         self.verified_steps += 1
 
 
-class _VerifyCallback(BaseCallback):
+class _VerifyCallback(_BaseCallback):
     def __init__(self, replay: _Replay) -> None:
         super().__init__(0)
         self.replay = replay
@@ -846,9 +899,9 @@ class _VerifyCallback(BaseCallback):
 
 
 def resume(
-    path: str | os.PathLike[str] | Recording,
+    path: str | os.PathLike[str] | _Recording,
     snapshot_id: str | int | None,
-    algo: type[BaseAlgorithm],
+    algo: type[_BaseAlgorithm],
     env_fn: Callable[[], Any],
     *,
     total_timesteps: int | None = None,
@@ -880,16 +933,16 @@ def resume(
     Raises:
         DivergenceError: the first step or update value that differs from the recording.
     """
-    with restoring(path, verify) as (rec, owns):
+    with _restoring(path, verify) as (rec, owns):
         info, tree = rec.load_snapshot(snapshot_id)
         extra = (tree.get(F.TREE_EXTRA) or {}).get(_EXTRA_KEY)
         if not isinstance(extra, dict):
-            raise UsageError(
+            raise _UsageError(
                 f"snapshot {info.name!r} of {rec.path} was not written by ReplaykitCallback; "
                 "resume() restores Stable-Baselines3 recordings"
             )
         if extra["algo"] != algo.__name__:
-            raise UsageError(
+            raise _UsageError(
                 f"the recording trained {extra['algo']}, not {algo.__name__}; pass "
                 f"{extra['algo']} to resume()"
             )
@@ -897,20 +950,20 @@ def resume(
         kwargs.update(overrides or {})
         missing = [n for n in extra["unrecorded"] if n not in kwargs]
         if missing:
-            raise UsageError(
+            raise _UsageError(
                 f"the recording could not hold {missing} as data; pass them as "
                 "resume(..., overrides={...}) built as in the recorded run"
             )
         policy = kwargs.pop("policy", None) or extra["policy"]
         if policy is None:
-            raise UsageError(
+            raise _UsageError(
                 "the recording used a custom policy class; pass it as overrides={'policy': Cls}"
             )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = algo(policy, env_fn(), device=device, **kwargs)
         if int(model.n_envs) != int(extra["n_envs"]):
-            raise StateMismatchError(
+            raise _StateMismatchError(
                 "vec env", [f"sub-envs: recorded {extra['n_envs']}, got {model.n_envs}"]
             )
         tracked = _tracked(model)
@@ -920,7 +973,7 @@ def resume(
             info,
             tree[F.TREE_RECORDER],
             owns,
-            rules=as_rules(rules),
+            rules=_as_rules(rules),
             ignore=ignore,
         )
         snapshot.restore(tree, tracked, global_rngs=True)
@@ -932,15 +985,15 @@ def resume(
 
 
 def _continue(model: Any, replay: _Replay, extra: Mapping[str, Any], total: int | None) -> None:
-    model.set_logger(Logger(folder=None, output_formats=[]))
-    model.ep_info_buffer = deque(maxlen=model._stats_window_size)
-    model.ep_success_buffer = deque(maxlen=model._stats_window_size)
+    model.set_logger(_Logger(folder=None, output_formats=[]))
+    model.ep_info_buffer = _deque(maxlen=model._stats_window_size)
+    model.ep_success_buffer = _deque(maxlen=model._stats_window_size)
     hooks = _Hooks(model, lambda: None, lambda: replay.log_update(**_update_values(model)))
     callback = _VerifyCallback(replay)
     callback.init_callback(model)
     end = int(model._total_timesteps if total is None else total)
     try:
-        if isinstance(model, OffPolicyAlgorithm):
+        if isinstance(model, _OffPolicyAlgorithm):
             _finish_off_policy(model, callback, extra)
         else:
             _finish_on_policy(model, callback, extra)
@@ -951,7 +1004,7 @@ def _continue(model: Any, replay: _Replay, extra: Mapping[str, Any], total: int 
         hooks.remove()
 
 
-def _finish_on_policy(model: Any, callback: BaseCallback, extra: Any) -> None:
+def _finish_on_policy(model: Any, callback: _BaseCallback, extra: Any) -> None:
     buf = model.rollout_buffer
     remaining = int(model.n_steps) - int(extra["rollout_steps"])
     if remaining <= 0 or model.num_timesteps >= model._total_timesteps:
@@ -966,16 +1019,16 @@ def _finish_on_policy(model: Any, callback: BaseCallback, extra: Any) -> None:
         model.train()
 
 
-def _finish_off_policy(model: Any, callback: BaseCallback, extra: Any) -> None:
+def _finish_off_policy(model: Any, callback: _BaseCallback, extra: Any) -> None:
     tf = model.train_freq
     if model.num_timesteps >= model._total_timesteps:
         return
     done = int(
-        extra["rollout_steps"] if tf.unit == TrainFrequencyUnit.STEP else extra["rollout_episodes"]
+        extra["rollout_steps"] if tf.unit == _TrainFrequencyUnit.STEP else extra["rollout_episodes"]
     )
     rollout = model.collect_rollouts(
         model.env,
-        train_freq=TrainFreq(tf.frequency - done, tf.unit),
+        train_freq=_TrainFreq(tf.frequency - done, tf.unit),
         action_noise=model.action_noise,
         callback=callback,
         learning_starts=model.learning_starts,
