@@ -9,7 +9,8 @@ the interrupted rollout and trains to the end, verifying every step and update.
     python examples/sb3_ppo.py --resume RUN.h5 # resume a recording (exit 1 on divergence)
 
 A snapshot between two minibatches inside ``PPO.train()`` is not reachable through SB3's
-callbacks; the nearest points are the last env step before ``train()`` and the first after.
+callbacks; the nearest points are the end of the rollout (a snapshot asked for at its last
+step is taken there, before ``train()``) and the first env step after ``train()``.
 """
 
 from __future__ import annotations

@@ -125,6 +125,15 @@ CASES: dict[str, tuple[str, Any, dict[str, Any], int, int]] = {
         128,
         42,
     ),
+    # Snapshots at a rollout's last step: taken at the rollout's end, before train().
+    "ppo_end": ("PPO", lambda: "CartPole-v1", {"n_steps": 32, "batch_size": 16}, 160, 64),
+    "dqn_end": (
+        "DQN",
+        lambda: "CartPole-v1",
+        {"learning_starts": 16, "buffer_size": 500, "batch_size": 16, "target_update_interval": 20},
+        100,
+        48,
+    ),
     "image": (
         "PPO",
         lambda: _vec("", 2, "image"),

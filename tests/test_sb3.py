@@ -229,7 +229,8 @@ def test_snapshot_every_and_a_vec_env_of_another_size(tmp_path: Path) -> None:
     model = A2C("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), n_steps=4, seed=0)
     cb = ReplaykitCallback(path, snapshot_every=10)
     model.learn(40, callback=cb)
-    assert cb.snapshot_names == ["step-000010", "step-000020", "step-000030"]
+    # 40 is the last step of the last rollout: taken at its end, before the last train().
+    assert cb.snapshot_names == ["step-000010", "step-000020", "step-000030", "step-000040"]
     with pytest.raises(StateMismatchError, match="sub-envs: recorded 2, got 3"):
         resume(path, "step-000020", A2C, lambda: make_vec_env("CartPole-v1", n_envs=3))
 
@@ -244,3 +245,16 @@ def test_image_observations_go_through_vec_transpose_image_and_frame_stack(
     stacked = tree["tracked"]["vec_env"][1]["state"]["stacked"]
     assert stacked.shape == (2, 8, 8, 6) and stacked.dtype == "uint8" and stacked.any()
     assert runs["resumed"]["image"]["params"] == runs["recorded"]["image"]["params"]
+
+
+@pytest.mark.parametrize(
+    ("case", "rollout", "updates_before"), [("ppo_end", 32, 1), ("dqn_end", 4, 7)]
+)
+def test_a_snapshot_at_a_rollouts_last_step_is_taken_before_train(
+    runs: dict[str, Any], case: str, rollout: int, updates_before: int
+) -> None:
+    with replaykit.Recording(runs["folder"] / f"{case}.h5") as rec:
+        _, tree = rec.load_snapshot(0)
+    assert tree["extra"]["sb3"]["rollout_steps"] == rollout  # the whole rollout collected
+    assert tree["recorder"]["updates"] == updates_before  # its train() not yet run
+    assert runs["resumed"][case]["params"] == runs["recorded"][case]["params"]

@@ -21,9 +21,10 @@ and update; the first difference raises :class:`~replaykit.DivergenceError`.
 Snapshot points: a snapshot asked for at step ``s`` (counted in ``model.num_timesteps``)
 is taken just before the policy acts for the first step after ``s`` -- between two env
 steps, also in the middle of a rollout (and, off-policy, with a partly filled replay
-buffer). A point between two minibatches inside ``train()`` is not reachable through SB3's
-callbacks: the nearest points are the last env step before ``train()`` (a snapshot at the
-last step of a rollout) and the first one after it.
+buffer); when ``s`` is a rollout's last step, at the rollout's end, just before
+``train()``. A point between two minibatches inside ``train()`` is not reachable through
+SB3's callbacks: the nearest points are that rollout end (before ``train()``) and the
+first env step after it.
 
 Example:
     >>> import tempfile, os
@@ -690,7 +691,7 @@ class _Recorder(_RecorderCore):
         self._tracked = tracked
         self._steps = self._writer.stream(F.STEPS)
         self._steps.on_block_full = self._writer.maybe_commit
-        self.hooks = _Hooks(model, self._at_boundary, self._after_train)
+        self.hooks = _Hooks(model, self.at_boundary, self._after_train)
 
     # steps
     def rollout_start(self) -> None:
@@ -737,7 +738,7 @@ class _Recorder(_RecorderCore):
                 later.append((t // self._every + 1) * self._every)
             self._next_due = min(later, default=math.inf)
 
-    def _at_boundary(self) -> None:
+    def at_boundary(self) -> None:
         if self._due:
             self._due = False
             self.snapshot()
@@ -837,6 +838,10 @@ class ReplaykitCallback(_BaseCallback):
     def _on_rollout_start(self) -> None:
         assert self._rec is not None
         self._rec.rollout_start()
+
+    def _on_rollout_end(self) -> None:
+        assert self._rec is not None
+        self._rec.at_boundary()  # a snapshot due at a rollout's last step: before train()
 
     def _on_step(self) -> bool:
         assert self._rec is not None
@@ -1005,39 +1010,40 @@ def _continue(model: Any, replay: _Replay, extra: Mapping[str, Any], total: int 
 
 
 def _finish_on_policy(model: Any, callback: _BaseCallback, extra: Any) -> None:
+    """Collect the rest of the interrupted rollout (if any), then ``train()`` as learn() does."""
     buf = model.rollout_buffer
     remaining = int(model.n_steps) - int(extra["rollout_steps"])
-    if remaining <= 0 or model.num_timesteps >= model._total_timesteps:
-        return
-    buf.__dict__["reset"] = lambda: None  # keep the restored, partly filled buffer
-    try:
-        ok = model.collect_rollouts(model.env, callback, buf, n_rollout_steps=remaining)
-    finally:
-        buf.__dict__.pop("reset", None)
-    if ok:
-        model._update_current_progress_remaining(model.num_timesteps, model._total_timesteps)
-        model.train()
+    if remaining > 0:
+        buf.__dict__["reset"] = lambda: None  # keep the restored, partly filled buffer
+        try:
+            ok = model.collect_rollouts(model.env, callback, buf, n_rollout_steps=remaining)
+        finally:
+            buf.__dict__.pop("reset", None)
+        if not ok:
+            return
+    model._update_current_progress_remaining(model.num_timesteps, model._total_timesteps)
+    model.train()
 
 
 def _finish_off_policy(model: Any, callback: _BaseCallback, extra: Any) -> None:
+    """Collect the rest of the interrupted rollout (if any), then train as learn() does."""
     tf = model.train_freq
-    if model.num_timesteps >= model._total_timesteps:
-        return
-    done = int(
-        extra["rollout_steps"] if tf.unit == _TrainFrequencyUnit.STEP else extra["rollout_episodes"]
-    )
-    rollout = model.collect_rollouts(
-        model.env,
-        train_freq=_TrainFreq(tf.frequency - done, tf.unit),
-        action_noise=model.action_noise,
-        callback=callback,
-        learning_starts=model.learning_starts,
-        replay_buffer=model.replay_buffer,
-    )
-    if not rollout.continue_training:
-        return
+    step_unit = tf.unit == _TrainFrequencyUnit.STEP
+    done = int(extra["rollout_steps"] if step_unit else extra["rollout_episodes"])
+    timesteps = int(extra["rollout_steps"]) * int(model.n_envs)
+    if done < tf.frequency:
+        rollout = model.collect_rollouts(
+            model.env,
+            train_freq=_TrainFreq(tf.frequency - done, tf.unit),
+            action_noise=model.action_noise,
+            callback=callback,
+            learning_starts=model.learning_starts,
+            replay_buffer=model.replay_buffer,
+        )
+        if not rollout.continue_training:
+            return
+        timesteps += rollout.episode_timesteps
     if model.num_timesteps > 0 and model.num_timesteps > model.learning_starts:
-        steps = rollout.episode_timesteps + int(extra["rollout_steps"]) * model.n_envs
-        gradient_steps = model.gradient_steps if model.gradient_steps >= 0 else steps
+        gradient_steps = model.gradient_steps if model.gradient_steps >= 0 else timesteps
         if gradient_steps > 0:
             model.train(batch_size=model.batch_size, gradient_steps=gradient_steps)
