@@ -635,7 +635,54 @@ def case_report(quick: bool, tmp: Path, n: int) -> list[Row]:
     ]
 
 
+def case_sb3(quick: bool, tmp: Path) -> list[Row]:
+    """SB3 PPO on CartPole: a whole ``learn()`` run with ``ReplaykitCallback`` and without.
+
+    Each round builds a fresh model (seed 0) and trains it for ``total`` timesteps, the
+    recorded one writing a new file (open, every step, one update per ``train()``, close):
+    the same run with and without the callback, alternating, timed in CPU time.
+    """
+    import torch
+    from stable_baselines3 import PPO
+
+    from replaykit.integrations.sb3 import ReplaykitCallback
+
+    torch.set_num_threads(1)
+    n_steps, total, rounds = (32, 64, 2) if quick else (512, 4096, 6)
+    files = iter(range(10_000))
+
+    def run(callback: Any) -> float:
+        model = PPO(
+            "MlpPolicy", "CartPole-v1", n_steps=n_steps, batch_size=64, seed=0, device="cpu"
+        )
+        t0 = time.process_time()
+        model.learn(total, callback=callback)
+        return time.process_time() - t0
+
+    def base(_: int) -> float:
+        return run(None)
+
+    def rec(_: int) -> float:
+        return run(ReplaykitCallback(tmp / f"sb3-{next(files)}.h5"))
+
+    tb, tr, ratio, (q1, q3) = _alternate(base, rec, rounds, rounds)
+    return [
+        _row(
+            f"SB3 PPO CartPole-v1 learn() with ReplaykitCallback ({total} steps a run)",
+            f"{tr / total * 1e6:.0f} us/step (recorded)",
+            f"{tb / total * 1e6:.0f} us/step (learn() alone)",
+            ratio,
+            ">= 0.95x",
+            ratio >= 0.95,
+            iqr=[q1, q3],
+            rounds=rounds,
+            timesteps_per_run=total,
+        )
+    ]
+
+
 CASES: dict[str, Callable[..., list[Row]]] = {
+    "sb3": case_sb3,
     "throughput": case_throughput,
     "snapshot": case_snapshot,
     "snapshot_gpu": case_snapshot_gpu,

@@ -40,6 +40,7 @@ ROW_KEYS = (
     "replaykit diff",
     "Diff peak RSS",
     "File size",
+    "SB3 PPO CartPole-v1 learn()",
 )
 
 
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only",
         action="append",
-        choices=("throughput", "snapshot", "small_restore", "diff"),
+        choices=("throughput", "snapshot", "small_restore", "diff", "sb3"),
         help="run only this group of rows (repeatable); default: all",
     )
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="replaykit-bench-") as d:
         tmp = Path(d)
-        only = set(args.only or ("throughput", "snapshot", "small_restore", "diff"))
+        only = set(args.only or ("throughput", "snapshot", "small_restore", "diff", "sb3"))
         if "throughput" in only:
             rows += _child("throughput", args.quick, tmp)
         if "snapshot" in only:
@@ -272,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += _diff_rows(args.quick, tmp)
             rows += _report_rows(args.quick, tmp)
             rows += sizes
+        if "sb3" in only:
+            rows += _child("sb3", args.quick, tmp)
     took = time.perf_counter() - t0
     info = machine()
     mode = "quick (smoke sizes)" if args.quick else "full"

@@ -793,6 +793,36 @@ def _extract(
     _out.print(render.extract_summary(result))
 
 
+@app.command("export", epilog=EXIT_CODES_HELP)
+@_guarded
+def _export(
+    file: Annotated[pathlib.Path, typer.Argument(help="A single-env recording.")],
+    minari_id: Annotated[
+        str | None,
+        typer.Option(
+            "--minari",
+            metavar="DATASET_ID",
+            help="Write a Minari dataset with this id (under MINARI_DATASETS_PATH); needs "
+            'pip install "replaykit[minari]".',
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing dataset with this id.")
+    ] = False,
+) -> None:
+    """Export a recording to another format: a Minari dataset (--minari DATASET_ID)."""
+    if minari_id is None:
+        raise errors.UsageError("say what to export to: --minari DATASET_ID")
+    _existing_file(file)
+    from replaykit.integrations.minari import export_minari
+
+    ds = export_minari(file, minari_id, force=force)
+    _out.print(
+        f"wrote Minari dataset {minari_id}: {ds.total_episodes} episodes, {ds.total_steps} steps",
+        markup=False,
+    )
+
+
 @app.command("demo", epilog=EXIT_CODES_HELP)
 @_guarded
 def _demo(

@@ -7,6 +7,7 @@ subclass also inherits the builtin exception that existing handlers expect, so
     ReplaykitError
     ├── UsageError (ValueError)              bad arguments or API misuse
     │   └── PrefixEndError                   a replay reached the end of an unclosed recording
+    ├── MissingExtraError (ImportError)      an optional integration's library is not installed
     ├── FileFormatError (ValueError)         a file replaykit cannot read
     │   ├── NotARecordingError               not HDF5, or HDF5 not written by replaykit
     │   ├── TruncatedFileError               cut short, zero bytes, or never committed
@@ -41,6 +42,7 @@ __all__ = [
     "ChecksumError",
     "DivergenceError",
     "FileFormatError",
+    "MissingExtraError",
     "NondeterministicEnvError",
     "NotARecordingError",
     "PrefixEndError",
@@ -73,6 +75,10 @@ class PrefixEndError(UsageError):
     between a step and its update. Everything before that point was verified; catch this
     error to treat the end of the prefix as the end of the replay.
     """
+
+
+class MissingExtraError(ReplaykitError, ImportError):
+    """An optional integration needs a library that is not installed (names the pip command)."""
 
 
 class FileFormatError(ReplaykitError, ValueError):

@@ -21,6 +21,7 @@ _ALLOWED: dict[str, set[str]] = {
     "_state": {"_format"},
     "_analysis": {"_format", "_state"},
     "_session": {"_format", "_state", "_analysis"},
+    "integrations": {"_format", "_state", "_analysis", "_session"},
 }
 _SURFACES = {"cli", "pytest_plugin", "testing", "__main__"}
 _SHARED = {"errors", "determinism", "provenance", "__init__"}

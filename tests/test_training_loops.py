@@ -2,7 +2,8 @@
 
 * An SB3-style loop whose env is wrapped in a stateful ``Monitor`` that has no state
   adapter: recording refuses to start (not at the first snapshot, steps later) and says
-  how to register one; once registered, SB3's PPO records with snapshots.
+  how to register one; ``replaykit.integrations.sb3`` registers one, and SB3's PPO then
+  records with snapshots.
 * A CleanRL-style DQN with two nets of one class (``q``, ``target``) and a NumPy replay
   buffer tracked with :class:`replaykit.ArrayState`: a restore into differently built
   objects names the tracked object and says "recorded X, got Y".
@@ -13,6 +14,8 @@ register it, with the call.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, ClassVar
@@ -111,24 +114,35 @@ def test_an_env_without_adapter_and_an_unknown_wrapper_records_without_snapshots
         env.reset()
 
 
-def test_sb3_monitor_is_named_at_once_and_an_adapter_makes_ppo_record(tmp_path: Path) -> None:
+@pytest.mark.integration
+def test_sb3_monitor_is_named_at_once_without_the_integration(tmp_path: Path) -> None:
+    pytest.importorskip("stable_baselines3")
+    # A fresh process: replaykit.integrations.sb3 (which registers Monitor) is not imported.
+    code = (
+        "import sys, gymnasium as gym, replaykit\n"
+        "from stable_baselines3.common.monitor import Monitor\n"
+        "try:\n"
+        "    env = Monitor(gym.make('CartPole-v1'))\n"
+        f"    replaykit.RecordingWrapper(env, {str(tmp_path / 'p.h5')!r}, snapshot_at=[9])\n"
+        "except replaykit.CaptureError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    msg = out.stdout.strip()
+    assert "stable_baselines3.common.monitor.Monitor has no state adapter" in msg
+    assert "replaykit.register_wrapper_adapter(Monitor, adapter)" in msg
+    assert not (tmp_path / "p.h5").exists()
+
+
+def test_sb3_monitor_is_captured_once_the_integration_is_imported(tmp_path: Path) -> None:
     pytest.importorskip("stable_baselines3")
     from stable_baselines3 import PPO
     from stable_baselines3.common.monitor import Monitor
 
+    import replaykit.integrations.sb3  # noqa: F401  (registers the Monitor adapter)
+
     path = tmp_path / "ppo.h5"
-    with pytest.raises(CaptureError) as info:
-        RecordingWrapper(Monitor(gym.make("CartPole-v1")), path, seed=0, snapshot_at=[90_000])
-    msg = str(info.value)
-    assert "stable_baselines3.common.monitor.Monitor has no state adapter" in msg
-    assert "replaykit.register_wrapper_adapter(Monitor, adapter)" in msg
-    assert not path.exists()
-
-    class MonitorAdapter(replaykit.AttrAdapter):
-        name = "sb3.Monitor"
-        attrs = ("rewards", "needs_reset", "episode_returns", "episode_lengths", "total_steps")
-
-    replaykit.register_wrapper_adapter(Monitor, MonitorAdapter())
     env = RecordingWrapper(Monitor(gym.make("CartPole-v1")), path, seed=0, snapshot_at=[100])
     model = PPO("MlpPolicy", env, n_steps=64, batch_size=32, n_epochs=1, seed=0, device="cpu")
     env.track("policy", model.policy)

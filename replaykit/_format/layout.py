@@ -215,7 +215,7 @@ NONFINITE_KEYS: Final = frozenset(
 
 # Root metadata (META_ATTR).
 META_CREATED: Final = "created"  # optional: overrides CREATED_ATTR (reproducible files)
-META_KIND: Final = "kind"  # "training" for env-less TrainingRecorder files; absent otherwise
+META_KIND: Final = "kind"  # "training" (TrainingRecorder), "sb3" (ReplaykitCallback); else absent
 META_ENV_ID: Final = "env_id"
 META_ENV_SPEC: Final = "env_spec"  # {SPEC_*} or null
 META_ENV_CLASS: Final = "env_class"
@@ -319,6 +319,7 @@ EXTRACT_KEYS: Final = frozenset(
 )
 # Value of META_KIND.
 KIND_TRAINING: Final = "training"
+KIND_SB3: Final = "sb3"  # replaykit.integrations.sb3.ReplaykitCallback files
 
 # META_ENV_SPEC: the gymnasium EnvSpec as data.
 SPEC_ID: Final = "id"

@@ -122,6 +122,13 @@ REPLAY_NEEDS_OWN_LOOP = (
 )
 
 
+#: Message for ``replaykit replay`` on a Stable-Baselines3 recording.
+REPLAY_SB3 = (
+    "{path} was recorded by Stable-Baselines3's ReplaykitCallback; resume it in Python with "
+    "replaykit.integrations.sb3.resume(path, snapshot, AlgoClass, env_fn)"
+)
+
+
 def check_record_args(
     *,
     seed: int,
@@ -565,6 +572,8 @@ def replay_snapshot(
     (see :func:`~replaykit._session.replay.make_env`).
     """
     with Recording(path, verify=verify) as rec:
+        if rec.meta.get(F.META_KIND) == F.KIND_SB3:
+            raise UsageError(REPLAY_SB3.format(path=path))
         recorded_policy = (rec.meta.get("user") or {}).get("policy")
         if policy_spec is None and not recorded_policy:
             tracked = sorted({n for s in rec.snapshots for n in s.meta.get(F.SNAP_TRACKED) or ()})

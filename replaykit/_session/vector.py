@@ -400,6 +400,11 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
         """Batched steps recorded so far."""
         return self._t
 
+    def log_update(self, **values: Any) -> int:
+        """Record one training update's named values (``loss=...``); returns its index."""
+        self._require_open()
+        return self._update_log.log(self.step_count, values)
+
     def snapshot(self, name: str | None = None, *, extra: Any = None) -> str:
         """Snapshot every sub-env and everything tracked; returns the snapshot's name."""
         self._require_open()
@@ -412,7 +417,7 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
             F.SNAP_RESETS: self._reset_count,
             F.RECORDER_EPISODES: self._episodes.copy(),
             F.SNAP_LAST_WAS_RESET: self._last_was_reset,
-            F.SNAP_UPDATES: 0,
+            F.SNAP_UPDATES: self._update_log.count,
             F.SNAP_NEEDS_RESET: False,
             F.SNAP_SEQ: self._snap_seq,
         }
