@@ -102,3 +102,58 @@ def test_batched_info_type_change_fails_at_that_step(tmp_path: Path) -> None:
     with pytest.raises(CaptureError, match=r"info 'y'.*float32.*float64"):
         rec.step(a)
     rec.close()
+
+
+class _ScalarObsEnv(gym.Env[Any, int]):
+    """Discrete observations as Python ints (like Taxi); ``obs_at(k)`` may return anything."""
+
+    def __init__(self, obs_at: Any) -> None:
+        self.observation_space = gym.spaces.Discrete(1000)
+        self.action_space = gym.spaces.Discrete(2)
+        self.obs_at = obs_at
+        self.k = 0
+
+    def reset(self, *, seed: int | None = None, options: Any = None) -> Any:
+        super().reset(seed=seed)
+        self.k = 0
+        return 0, {}
+
+    def step(self, action: int) -> Any:
+        self.k += 1
+        return self.obs_at(self.k), -1, False, False, {}
+
+
+@pytest.mark.parametrize("env_id", ["CliffWalking-v1", "Taxi-v4", "FrozenLake-v1"])
+def test_scalar_observations_are_batched_exactly(tmp_path: Path, env_id: str) -> None:
+    """Discrete envs (Python int observations and rewards) take the batched path: every row
+    holds what the env returned, across block boundaries."""
+    path = tmp_path / "d.h5"
+    rec = RecordingWrapper(gym.make(env_id), path, seed=0)
+    obs, _ = rec.reset()
+    seen_obs, seen_rew = [], []
+    rec.action_space.seed(0)
+    for _ in range(5000):
+        obs, r, term, trunc, _ = rec.step(rec.action_space.sample())
+        seen_obs.append(obs)
+        seen_rew.append(r)
+        if term or trunc:
+            rec.reset()
+    assert rec._fast is not None and rec._fast[7] is not None  # the scalar-obs batch ran
+    rec.close()
+    with Recording(path) as f:
+        st = f.stream("steps")
+        assert st.read("obs").tolist() == [int(o) for o in seen_obs]
+        assert st.read("reward").tolist() == [float(r) for r in seen_rew]
+
+
+def test_scalar_observation_beyond_int64_is_refused_at_its_step(tmp_path: Path) -> None:
+    path = tmp_path / "big.h5"
+    rec = RecordingWrapper(_ScalarObsEnv(lambda k: 2**63 if k == 6 else k), path, seed=0)
+    rec.reset()
+    for _ in range(5):
+        rec.step(0)
+    with pytest.raises(CaptureError, match="beyond int64"):
+        rec.step(0)
+    rec.close()
+    with Recording(path) as f:
+        assert f.stream("steps").read("obs").tolist() == [1, 2, 3, 4, 5]

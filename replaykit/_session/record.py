@@ -50,6 +50,9 @@ _BOOLS = frozenset({bool, np.bool_})
 # Observations up to this many bytes are batched per block by RecordingWrapper.step; larger
 # ones (images) are copied straight into the column buffer, which is then the cheaper copy.
 _DEFER_MAX_BYTES = 4096
+# Python ints up to this magnitude are exact in float64 (the reward column's dtype).
+_EXACT_INT = 2**53
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 # Unwrapped env classes whose simulator state outlives ``reset()`` (the env-family table
 # says which, and why): replay-from-reset must start at the recording's first reset for
@@ -373,15 +376,19 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
         s = self._steps
         p = s.pos
         if fast is not None:
-            a_cls, a_dt, a_shape, o_dt, o_shape, r_types, o_buf = fast
+            a_cls, a_dt, a_shape, o_dt, o_shape, r_types, o_buf, o_cls = fast
         if (
             fast is not None
             and action.__class__ is a_cls
             and (a_dt is None or (action.dtype is a_dt and action.shape == a_shape))
-            and obs.__class__ is _ndarray
-            and obs.dtype is o_dt
-            and obs.shape == o_shape
+            and (
+                obs.__class__ is _ndarray and obs.dtype is o_dt and obs.shape == o_shape
+                if o_cls is None
+                # A scalar observation (Discrete: Taxi, FrozenLake); ints must fit int64.
+                else obs.__class__ is o_cls and (o_cls is not int or _I64_MIN <= obs <= _I64_MAX)
+            )
             and reward.__class__ in r_types
+            and (reward.__class__ is not int or -_EXACT_INT <= reward <= _EXACT_INT)
             and terminated.__class__ in _BOOLS
             and truncated.__class__ in _BOOLS
         ):
@@ -393,8 +400,10 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
             if o_buf is not None:
                 o_buf[p] = obs  # large observations: copy once, straight into the buffer
                 ob = None
-            else:
+            elif o_cls is None:
                 ob = obs.tobytes()
+            else:
+                ob = obs  # an immutable scalar
             iv = self._fast_extras(info, p) if info or self._probes else None
             self._pending.append(
                 (
@@ -682,12 +691,12 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
         ):
             a, o = self._act_w[0], self._obs_w[0]
             a_arr = a.fast_type is None  # an ndarray action (Box, MultiDiscrete, ...)
-            # Reward classes whose every value the batched np.array(..., dtype) converts
-            # exactly; any other class (a Python int: beyond 2**53 it would round) takes the
-            # per-row path, which stores what fits exactly and refuses the rest at its step.
+            # Reward classes the batched np.array(..., dtype) converts exactly. A Python int
+            # (Taxi, CliffWalking) is exact in float64 up to 2**53, which step() checks; a
+            # larger one takes the per-row path, which refuses it at its step.
             r_types = frozenset(
-                {float, np.float64, np.float32} if rdt == np.float64 else {type(reward)}
-            ) - {int}
+                {float, int, np.float64, np.float32} if rdt == np.float64 else {type(reward)}
+            )
             self._fast = (
                 _ndarray if a_arr else a.fast_type,
                 a.dt if a_arr else None,
@@ -695,7 +704,8 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
                 o.dt,
                 o.shape,
                 r_types,
-                o.buf if o.buf[0].nbytes > _DEFER_MAX_BYTES else None,
+                o.buf if o.fast_type is None and o.buf[0].nbytes > _DEFER_MAX_BYTES else None,
+                o.fast_type,
             )
             self._pending = []
             s.before_write = self._fill_pending
@@ -725,7 +735,9 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
             a.buf[lo:hi] = np.frombuffer(b"".join(acts), a.dt).reshape(n, *a.shape)
         else:
             a.buf[lo:hi] = np.array(acts, dtype=a.dt)
-        if self._fast[6] is None:
+        if self._fast[7] is not None:
+            o.buf[lo:hi] = np.array(obs, dtype=o.dt)
+        elif self._fast[6] is None:
             o.buf[lo:hi] = np.frombuffer(b"".join(obs), o.dt).reshape(n, *o.shape)
         rew, term, trunc, ep = self._scalar_cols
         rew.buf[lo:hi] = np.array(rews, dtype=rew.buf.dtype)
