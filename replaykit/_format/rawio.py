@@ -77,6 +77,25 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
         offset += n
 
 
+# Bytes per buffered write of :func:`write_chunks`: small enough to stay in the CPU cache
+# between the scan, the hash and the copy into the page cache.
+BUFFERED_CHUNK = 1 << 20
+
+
+def write_chunks(fd: int, offset: int, data: np.ndarray, visitor: Any) -> None:
+    """Write C-contiguous ``data``'s bytes at ``offset`` of ``fd`` through the page cache.
+
+    One pass of bounded chunks: ``visitor.update(chunk)`` (hash, scan) sees each chunk just
+    before it is written, while it is still in the CPU cache.
+    """
+    flat = data.reshape(-1)
+    step = max(1, BUFFERED_CHUNK // max(1, flat.itemsize))
+    for i in range(0, flat.size, step):
+        chunk = flat[i : i + step].view(np.uint8).data
+        visitor.update(chunk)
+        _pwrite_all(fd, chunk, offset + i * flat.itemsize)
+
+
 class DirectWriter:
     """Writes arrays' bytes at given offsets of one file with direct I/O.
 

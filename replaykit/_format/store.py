@@ -41,6 +41,7 @@ import numpy as np
 import xxhash
 from h5py import h5a, h5s, h5t
 
+from replaykit._format import finite as _finite
 from replaykit._format import layout as F
 from replaykit._format import rawio as _rawio
 from replaykit._format import tree as _tree
@@ -436,6 +437,26 @@ class StreamWriter:
         }
 
 
+def _first_nonfinite(
+    prefix: str,
+    arrays: list[np.ndarray],
+    paths: list[str],
+    bad_floats: list[tuple[int, str, float]],
+    found: dict[int, tuple[int, Any]],
+) -> tuple[str, tuple[int, ...], Any] | None:
+    """Return the first NaN/infinity under ``prefix`` in tree order: ``(path, index, value)``."""
+    first_float = next((b for b in bad_floats if b[1].startswith(prefix)), None)
+    first_array = min(found) if found else None
+    if first_float is not None and (first_array is None or first_float[0] <= first_array):
+        return first_float[1][len(prefix) - 1 :], (), first_float[2]
+    if first_array is None:
+        return None
+    flat, value = found[first_array]
+    shape = arrays[first_array].shape
+    index = tuple(int(x) for x in np.unravel_index(flat, shape)) if shape else ()
+    return paths[first_array][len(prefix) - 1 :], index, value
+
+
 def _create_placed(
     group: h5py.Group, name: str, dtype: np.dtype[Any], shape: tuple[int, ...]
 ) -> h5py.h5d.DatasetID:
@@ -544,6 +565,7 @@ class RecordingWriter:
         self._last_commit = time.monotonic()
         self._closed = False
         self.snapshots: list[str] = []
+        self.last_nonfinite: tuple[str, tuple[int, ...], Any] | None = None
         self._write_root_attrs(self._spill(self._file, F.META_ATTR, F.dumps(self._meta)))
         self._meta_dirty = False
         self._file.require_group(F.STREAMS_GROUP)
@@ -808,11 +830,19 @@ class RecordingWriter:
             os.fsync(self._file.id.get_vfd_handle())
         self._last_commit = time.monotonic()
 
-    def write_snapshot(self, name: str, tree: Any, meta: dict[str, Any]) -> int:
+    def write_snapshot(
+        self, name: str, tree: Any, meta: dict[str, Any], *, nonfinite_under: str | None = None
+    ) -> int:
         """Write a snapshot atomically; returns the bytes of array data written.
 
         Rows buffered so far are committed first, so the snapshot never refers
         to steps the file does not hold.
+
+        With ``nonfinite_under`` (a top-level key of the tree), the first NaN/infinity
+        under it, in tree order, is looked for while the arrays are hashed and written (no
+        second pass over them), recorded in the snapshot's metadata under
+        ``nonfinite`` and left in :attr:`last_nonfinite` as ``(path, index, value)``
+        (``path`` relative to that key), or ``None``.
 
         Raises:
             RecordingWriteError: a write failed (disk full, file-size limit); the file keeps
@@ -821,18 +851,23 @@ class RecordingWriter:
         if self._broken is not None:
             raise self._broken
         try:
-            return self._write_snapshot(name, tree, meta)
+            return self._write_snapshot(name, tree, meta, nonfinite_under)
         except ReplaykitError:
             raise
         except (OSError, RuntimeError) as exc:
             raise self._fail(exc) from None
 
-    def _write_snapshot(self, name: str, tree: Any, meta: dict[str, Any]) -> int:
+    def _write_snapshot(
+        self, name: str, tree: Any, meta: dict[str, Any], nonfinite_under: str | None
+    ) -> int:
         if not F.is_valid_name(name):
             raise UsageError(f"snapshot name {name!r} must be non-empty, printable, without '/'")
         if name in self.snapshots:
             raise UsageError(f"snapshot {name!r} already exists in {self.path}; pick another name")
-        doc, arrays, logical = _tree.encode(tree)
+        doc, arrays, logical, paths, bad_floats = _tree.encode_located(tree)
+        prefix = None if nonfinite_under is None else f"/{nonfinite_under}/"
+        scan = [prefix is not None and p.startswith(prefix) for p in paths]
+        found: dict[int, tuple[int, Any]] = {}
         snaps = self._file[F.SNAPSHOTS_GROUP]
         self.commit()
         # Build the snapshot as an *anonymous* group: nothing in the file links to it, so a
@@ -858,16 +893,34 @@ class RecordingWriter:
                 continue
             large.append((key, data))
         if large:
-            checksums.update(self._write_large(g, large))
+            checksums.update(self._write_large(g, large, logical, scan, found))
         if small:
             pack = np.zeros(pack_size, np.uint8)
             for key, data in small:
                 off = offsets[key]
-                pack[off : off + data.nbytes] = data.reshape(-1).view(np.uint8)
+                flat = data.reshape(-1)
+                pack[off : off + data.nbytes] = flat.view(np.uint8)
+                i = int(key[len(F.ARRAY_PREFIX) :])
+                if scan[i] and _finite.scans(data.dtype, logical.get(i)):
+                    bad = _finite.first_bad(flat, logical.get(i))
+                    if bad is not None:
+                        found[i] = (bad, _finite.value_at(flat, bad, logical.get(i)))
             g.create_dataset(F.PACK_DATASET, data=pack)
             checksums[F.PACK_DATASET] = _array_digest(pack)
         # The name inside the checksummed metadata (version 2): a damaged link name is caught.
         meta = {**meta, F.SNAP_BYTES: nbytes, F.SNAP_NAME: name}
+        if prefix is not None:
+            self.last_nonfinite = _first_nonfinite(prefix, arrays, paths, bad_floats, found)
+            hit = self.last_nonfinite
+            meta[F.SNAP_NONFINITE] = (
+                None
+                if hit is None
+                else {
+                    F.NONFINITE_PATH: hit[0],
+                    F.NONFINITE_INDEX: list(hit[1]),
+                    F.NONFINITE_VALUE: repr(hit[2]),
+                }
+            )
         # The tree keeps its key order (a dict comes back in the order it was captured).
         attrs = {F.SNAPSHOT_ATTR: F.dumps(meta), F.TREE_ATTR: F.dumps(doc, sort_keys=False)}
         for k, v in attrs.items():
@@ -885,12 +938,21 @@ class RecordingWriter:
         self.commit()
         return nbytes
 
-    def _write_large(self, g: h5py.Group, arrays: list[tuple[str, np.ndarray]]) -> dict[str, str]:
+    def _write_large(
+        self,
+        g: h5py.Group,
+        arrays: list[tuple[str, np.ndarray]],
+        logical: dict[int, str],
+        scan: list[bool],
+        found: dict[int, tuple[int, Any]],
+    ) -> dict[str, str]:
         """Write a snapshot's large arrays as contiguous datasets; return their digests.
 
-        Arrays of 1 MiB and more go to disk with direct I/O when available: the dataset's
-        space is allocated (aligned, never filled, so HDF5 writes none of its bytes) and
-        the bytes are written at its file offset, hashed on the way.
+        Each dataset's space is allocated (aligned, never filled, so HDF5 writes none of its
+        bytes) and the bytes are written at its file offset in one pass of bounded chunks
+        that also hashes them and, where ``scan[i]``, notes the first NaN/infinity of array
+        ``i`` in ``found``. Arrays of 1 MiB and more go with direct I/O when chosen (and the
+        file system takes it), the rest through the page cache.
         """
         digests: dict[str, str] = {}
         direct = self.direct_io
@@ -898,21 +960,32 @@ class RecordingWriter:
             big = sum(a.nbytes for _, a in arrays if a.nbytes >= _rawio.MIN_BYTES)
             direct = big > 0 and not _rawio.page_cache_has_room(big)
         dw = _rawio.DirectWriter(self.write_path) if direct else None
+        fd = os.open(self.write_path, os.O_WRONLY)
         try:
             for key, data in arrays:
-                if dw is None or not dw.available or data.nbytes < _rawio.MIN_BYTES:
-                    g.create_dataset(key, data=data)
-                    digests[key] = _array_digest(data)
-                    continue
+                i = int(key[len(F.ARRAY_PREFIX) :])
                 dsid = _create_placed(g, key, data.dtype, data.shape)
                 offset = dsid.get_offset()
-                h = xxhash.xxh3_64()
-                if offset is not None and dw.write(offset, data, h):
-                    digests[key] = h.hexdigest()
-                else:
+                visit = _finite.ChunkVisitor(xxhash.xxh3_64(), data.dtype, logical.get(i), scan[i])
+                if offset is None:  # not placed (never for a non-empty contiguous dataset)
                     dsid.write(h5s.ALL, h5s.ALL, data)
-                    digests[key] = _array_digest(data)
+                    visit.update(data.reshape(-1).view(np.uint8).data)
+                elif (
+                    dw is None
+                    or not dw.available
+                    or data.nbytes < _rawio.MIN_BYTES
+                    or not dw.write(offset, data, visit)
+                ):
+                    # (A direct write that gave up part-way is written again from the start.)
+                    visit = _finite.ChunkVisitor(
+                        xxhash.xxh3_64(), data.dtype, logical.get(i), scan[i]
+                    )
+                    _rawio.write_chunks(fd, offset, data, visit)
+                digests[key] = visit.hasher.hexdigest()
+                if visit.bad is not None:
+                    found[i] = visit.bad
         finally:
+            os.close(fd)
             if dw is not None:
                 dw.close()
         return digests
