@@ -96,6 +96,25 @@ def write_chunks(fd: int, offset: int, data: np.ndarray, visitor: Any) -> None:
         _pwrite_all(fd, chunk, offset + i * flat.itemsize)
 
 
+def read_chunks(fd: int, offset: int, out: np.ndarray, hasher: Any = None) -> None:
+    """Read ``out.nbytes`` bytes at ``offset`` of ``fd`` straight into C-contiguous ``out``.
+
+    ``hasher.update`` (if given) sees each chunk right after it is read, while it is still in
+    the CPU cache. A file shorter than that raises :class:`OSError`.
+    """
+    view = out.reshape(-1).view(np.uint8).data
+    pos = 0
+    n = len(view)
+    while pos < n:
+        m = min(BUFFERED_CHUNK * 4, n - pos)
+        got = os.preadv(fd, [view[pos : pos + m]], offset + pos)
+        if got <= 0:
+            raise OSError(f"file ends {n - pos} bytes short of an array at offset {offset}")
+        if hasher is not None:
+            hasher.update(view[pos : pos + got])
+        pos += got
+
+
 class DirectWriter:
     """Writes arrays' bytes at given offsets of one file with direct I/O.
 

@@ -403,9 +403,10 @@ def restore(
         if env is None:
             env = make_env(rec)
         rules_obj = as_rules(rules)
-        info, tree = rec.load_snapshot(snapshot_id)
-        _check_env(rec, env)
         tracked = dict(track or {})
+        # Large model tensors are read straight into the tracked modules' memory.
+        info, tree = rec.load_snapshot(snapshot_id, targets=snapshot.read_targets(tracked))
+        _check_env(rec, env)
         snapshot.check_tracked_names(tree[F.TREE_TRACKED], tree.get(F.TREE_KINDS) or {}, tracked)
         chain = tree[F.TREE_ENV]
         if chain.get("env") is not None:
