@@ -29,14 +29,19 @@ ROOT = HERE.parent
 
 # Rows every run prints, in order (the smoke test checks for each).
 ROW_KEYS = (
+    "Recording throughput, CartPole-v1, random actions: minimal Python recording wrapper",
     "Recording throughput, CartPole-v1",
     "Recording throughput, HalfCheetah-v5",
     "Recording, CartPole-v1 + mlp torch policy",
+    "Recording, SyncVectorEnv of 16 CartPole-v1",
     "Recording, ALE/Pong-v5 image obs",
     "Snapshot save:",
     "Snapshot load:",
+    "Snapshot load peak RSS",
     "Snapshot save/load [cuda]",
     "Small snapshot restore",
+    "replaykit check of a",
+    "Time to report an input error",
     "replaykit diff",
     "Diff peak RSS",
     "File size",
@@ -125,7 +130,7 @@ def machine() -> dict[str, str]:
         "os": platform.platform(),
         "python": platform.python_version(),
     }
-    for pkg in ("numpy", "h5py", "torch", "gymnasium", "mujoco", "xxhash"):
+    for pkg in ("numpy", "h5py", "torch", "gymnasium", "mujoco", "ale-py", "xxhash", "safetensors"):
         try:
             info[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -207,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only",
         action="append",
-        choices=("throughput", "snapshot", "small_restore", "diff"),
+        choices=("throughput", "snapshot", "snapshot-gpu", "small_restore", "cli", "diff"),
         help="run only this group of rows (repeatable); default: all",
     )
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -226,16 +231,24 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="replaykit-bench-") as d:
         tmp = Path(d)
-        only = set(args.only or ("throughput", "snapshot", "small_restore", "diff"))
+        groups = ("throughput", "snapshot", "snapshot-gpu", "small_restore", "cli", "diff")
+        only = set(args.only or groups)
         if "throughput" in only:
             rows += _child("throughput", args.quick, tmp)
         if "snapshot" in only:
             rows += _child("snapshot", args.quick, tmp)
+            # Peak RSS of a restore alone, in a fresh process, from the file just written.
+            rows += _child("snapshot_rss", args.quick, tmp)
             for p in tmp.iterdir():  # free ~3 GB of page cache / tmpfs before the next cases
                 p.unlink()
+        if "snapshot-gpu" in only:
             rows += _child("snapshot_gpu", args.quick, tmp)
+            for p in tmp.iterdir():
+                p.unlink()
         if "small_restore" in only:
             rows += _child("small_restore", args.quick, tmp)
+        if "cli" in only:
+            rows += _child("cli", args.quick, tmp)
         if "diff" in only:
             sizes = _child("make_recordings", args.quick, tmp)
             rows += _diff_rows(args.quick, tmp)
