@@ -774,10 +774,9 @@ def _rss_mb() -> float:
 def case_snapshot_rss(quick: bool, tmp: Path) -> list[Row]:
     """Peak RSS of a restore into fresh objects, in a process of its own (snap.h5 from before)."""
     import gymnasium as gym
+    import torch
 
     import replaykit
-
-    import torch
 
     params = 200_000 if quick else 100_000_000
     env = gym.make("CartPole-v1")

@@ -2194,6 +2194,7 @@ class Recording:
         name: str | int | None = None,
         *,
         targets: Callable[[Mapping[str, tuple[np.dtype[Any], tuple[int, ...]]]], Any] | None = None,
+        tensors: bool = True,
     ) -> tuple[SnapshotInfo, Any]:
         """Return ``(info, state tree)`` of a snapshot, checksums verified.
 
@@ -2206,14 +2207,16 @@ class Recording:
                 arrays. Their checksums are verified as they are read: on a mismatch
                 :class:`~replaykit.errors.ChecksumError` is raised and the targets hold
                 undefined bytes.
+            tensors: ``False``: tensors come back as the numpy arrays of their bytes, all
+                checks made, without importing torch (for a file check).
         """
         info = self.snapshot_info(name)
         where = F.snapshot_path(info.name)
         with _guard(self.path, where, "read the snapshot"):
             gid = h5py.h5o.open(self._file.id, where.encode())
-            return info, self._load_tree(gid, where, targets)
+            return info, self._load_tree(gid, where, targets, tensors)
 
-    def _load_tree(self, gid: Any, where: str, targets: Any = None) -> Any:
+    def _load_tree(self, gid: Any, where: str, targets: Any = None, tensors: bool = True) -> Any:
         _, doc, checksums = self._snapshot_attrs(gid, where)
         names = [k for k in checksums if not k.startswith(F.CHECKSUM_META_PREFIX)]
         layouts = checksums.get(F.LAYOUT_KEY)
@@ -2273,7 +2276,7 @@ class Recording:
                 obj=where,
             )
         try:
-            return _tree.decode(doc, arrays)
+            return _tree.decode(doc, arrays, tensors=tensors)
         except FileFormatError as exc:
             raise FileFormatError(str(exc), path=self.path, obj=where) from None
 

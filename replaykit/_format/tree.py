@@ -291,9 +291,13 @@ def _collect_logical(doc: Any, out: dict[int, str]) -> None:
             _collect_logical(v, out)
 
 
-def decode(doc: Any, arrays: list[np.ndarray]) -> Any:
-    """Invert :func:`encode`. Raises :class:`FileFormatError` on a malformed document."""
-    return _decode(doc, arrays, 0)
+def decode(doc: Any, arrays: list[np.ndarray], *, tensors: bool = True) -> Any:
+    """Invert :func:`encode`. Raises :class:`FileFormatError` on a malformed document.
+
+    With ``tensors=False`` tensor nodes come back as the arrays holding their bytes, with
+    every check made but without importing torch (a file check needs no tensors).
+    """
+    return _decode(doc, arrays, 0, tensors)
 
 
 _MAX_DEPTH = 200
@@ -302,7 +306,9 @@ _PAIR = 2
 
 
 # One branch per tag of the table in the module docstring: a flat, closed dispatch.
-def _decode(doc: Any, arrays: list[np.ndarray], depth: int) -> Any:  # noqa: C901, PLR0911
+def _decode(  # noqa: C901, PLR0911, PLR0912
+    doc: Any, arrays: list[np.ndarray], depth: int, tensors: bool = True
+) -> Any:
     if depth > _MAX_DEPTH:
         raise FileFormatError("state tree nests deeper than 200 levels")
     if doc is None or isinstance(doc, (bool, int, float, str)):
@@ -311,21 +317,21 @@ def _decode(doc: Any, arrays: list[np.ndarray], depth: int) -> Any:  # noqa: C90
         raise FileFormatError(f"malformed state tree node {str(doc)[:60]!r}")
     d = depth + 1
     if "D" in doc and len(doc) == 1 and isinstance(doc["D"], dict):
-        return {k: _decode(v, arrays, d) for k, v in doc["D"].items()}
+        return {k: _decode(v, arrays, d, tensors) for k, v in doc["D"].items()}
     if "M" in doc and len(doc) == 1 and isinstance(doc["M"], list):
         out = {}
         for pair in doc["M"]:
             if not isinstance(pair, list) or len(pair) != _PAIR:
                 raise FileFormatError("malformed state tree mapping entry")
-            key = _decode(pair[0], arrays, d)
+            key = _decode(pair[0], arrays, d, tensors)
             if isinstance(key, (dict, list)):
                 raise FileFormatError("state tree mapping key is not hashable")
-            out[key] = _decode(pair[1], arrays, d)
+            out[key] = _decode(pair[1], arrays, d, tensors)
         return out
     if "L" in doc and len(doc) == 1 and isinstance(doc["L"], list):
-        return [_decode(v, arrays, d) for v in doc["L"]]
+        return [_decode(v, arrays, d, tensors) for v in doc["L"]]
     if "T" in doc and len(doc) == 1 and isinstance(doc["T"], list):
-        return tuple(_decode(v, arrays, d) for v in doc["T"])
+        return tuple(_decode(v, arrays, d, tensors) for v in doc["T"])
     if "F" in doc and len(doc) == 1 and doc["F"] in ("nan", "inf", "-inf"):
         return float(doc["F"])
     if "A" in doc and len(doc) == 1:
@@ -347,6 +353,16 @@ def _decode(doc: Any, arrays: list[np.ndarray], depth: int) -> Any:  # noqa: C90
             doc.get("grad", False), bool
         ):
             raise FileFormatError("tensor node has a non-string device or a non-bool grad flag")
+        if not tensors:
+            want = LOGICAL_DTYPES.get(name)
+            if want is None:
+                try:
+                    want = np.dtype(name)
+                except TypeError:
+                    want = None
+            if want is not None and arr.dtype != want:
+                raise FileFormatError(f"tensor dtype {name} does not match stored {arr.dtype}")
+            return arr
         t = numpy_to_tensor(arr, name)
         if doc.get("grad") is True and t.is_floating_point():
             t.requires_grad_(True)
