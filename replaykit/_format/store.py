@@ -2284,8 +2284,8 @@ class Recording:
         self, doc: Any, checksums: dict[str, Any], layouts: Any, offsets: Any, targets: Any
     ) -> dict[int, np.ndarray]:
         """Ask ``targets`` where to read the snapshot's large arrays; keep the fitting answers."""
-        if not isinstance(layouts, dict):
-            return {}
+        if not isinstance(layouts, dict) or all(k in offsets for k in layouts):
+            return {}  # every array is packed (a small snapshot): nothing to offer
         logical = checksums.get(F.LOGICAL_KEY)
         offered: dict[str, tuple[np.dtype[Any], tuple[int, ...]]] = {}
         index: dict[str, int] = {}
