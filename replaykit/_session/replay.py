@@ -369,6 +369,11 @@ def restore(
             ``"report"`` (only in divergence reports), ``"warn"``, or ``"error"``.
         verify: check file checksums.
 
+    Large tensors of tracked modules are read from the file straight into the modules' own
+    memory (no second copy), checksums verified on the way. If ``restore`` raises (a damaged
+    array, objects that do not fit the snapshot), those modules hold undefined values:
+    build them again before using them.
+
     Raises:
         StateMismatchError: the objects do not fit the snapshot (listed differences).
         NondeterministicEnvError: replay-from-reset found the env does not reproduce itself.
