@@ -930,6 +930,7 @@ def case_cli(quick: bool, tmp: Path) -> list[Row]:
             own <= 0.5,
             check_s=check,
             start_s=start,
+            own_s=own,
         ),
         _row(
             "Time to report an input error (missing file; bad env id), console script",
@@ -941,6 +942,7 @@ def case_cli(quick: bool, tmp: Path) -> list[Row]:
             err <= 0.5,
             missing_s=missing,
             bad_env_s=bad_env,
+            error_s=err,
         ),
     ]
 

@@ -165,3 +165,26 @@ def test_mismatched_module_is_not_offered_and_fails_as_before(tmp_path: Path) ->
             path, "s", track={"model": other, "optimizer": torch.optim.Adam(other.parameters())}
         )
     assert torch.equal(other[0].weight, before)
+
+
+def test_read_chunks_fills_in_order_hashes_and_refuses_a_short_file(tmp_path: Path) -> None:
+    import os
+
+    import xxhash
+
+    from replaykit._format import rawio
+
+    data = np.random.default_rng(0).integers(0, 255, 9_000_000, dtype=np.uint8)
+    path = tmp_path / "raw.bin"
+    path.write_bytes(b"x" * 100 + data.tobytes())
+    out = np.empty_like(data)
+    h = xxhash.xxh3_64()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        rawio.read_chunks(fd, 100, out, h)
+        assert np.array_equal(out, data)
+        assert h.hexdigest() == xxhash.xxh3_64_hexdigest(data.tobytes())
+        with pytest.raises(OSError, match="short"):
+            rawio.read_chunks(fd, 200, np.empty_like(data))
+    finally:
+        os.close(fd)

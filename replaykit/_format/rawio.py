@@ -96,23 +96,63 @@ def write_chunks(fd: int, offset: int, data: np.ndarray, visitor: Any) -> None:
         _pwrite_all(fd, chunk, offset + i * flat.itemsize)
 
 
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    """Fill ``view`` from ``offset`` of ``fd``; return the bytes read (short only at EOF)."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:
+            break
+        done += got
+    return done
+
+
+# Reads of one large array run on this many threads: copying out of the page cache is
+# CPU-bound, and preadv releases the GIL.
+READ_THREADS = 2
+_READ_POOL: ThreadPoolExecutor | None = None
+
+
+def _read_pool() -> ThreadPoolExecutor:
+    global _READ_POOL  # noqa: PLW0603 - one pool per process, made on first use
+    if _READ_POOL is None:
+        _READ_POOL = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="replaykit-read")
+    return _READ_POOL
+
+
 def read_chunks(fd: int, offset: int, out: np.ndarray, hasher: Any = None) -> None:
     """Read ``out.nbytes`` bytes at ``offset`` of ``fd`` straight into C-contiguous ``out``.
 
-    ``hasher.update`` (if given) sees each chunk right after it is read, while it is still in
-    the CPU cache. A file shorter than that raises :class:`OSError`.
+    Chunks are read by a small thread pool, a few ahead; ``hasher.update`` (if given) sees
+    each chunk in order as soon as it is in. A file shorter than that raises
+    :class:`OSError`.
     """
     view = out.reshape(-1).view(np.uint8).data
-    pos = 0
     n = len(view)
-    while pos < n:
-        m = min(BUFFERED_CHUNK * 4, n - pos)
-        got = os.preadv(fd, [view[pos : pos + m]], offset + pos)
-        if got <= 0:
-            raise OSError(f"file ends {n - pos} bytes short of an array at offset {offset}")
-        if hasher is not None:
-            hasher.update(view[pos : pos + got])
-        pos += got
+    step = BUFFERED_CHUNK * 4
+    spans = [(pos, min(step, n - pos)) for pos in range(0, n, step)]
+    if len(spans) <= 1:
+        futures: list[Any] = []
+        got = [_pread_into(fd, view, offset)] if n else []
+    else:
+        pool = _read_pool()
+        futures = [
+            pool.submit(_pread_into, fd, view[pos : pos + m], offset + pos) for pos, m in spans
+        ]
+        got = []
+    try:
+        for k, (pos, m) in enumerate(spans):
+            read = futures[k].result() if futures else got[k]
+            if read != m:
+                raise OSError(f"file ends {n - pos - read} bytes short of an array at {offset}")
+            if hasher is not None:
+                hasher.update(view[pos : pos + m])
+    finally:
+        for f in futures:
+            f.cancel()
+        for f in futures:
+            if not f.cancelled():
+                f.exception()  # nothing writes into ``out`` after this returns
 
 
 class DirectWriter:
