@@ -429,7 +429,7 @@ def case_throughput(quick: bool, tmp: Path) -> list[Row]:
     rows = _throughput_rows(
         "Recording throughput, CartPole-v1, random actions",
         "CartPole-v1",
-        4_000 if quick else 150_000,
+        4_000 if quick else 100_000,
         2 if quick else 60,
         0.90,
         tmp,
@@ -445,10 +445,10 @@ def case_throughput(quick: bool, tmp: Path) -> list[Row]:
         floor=False,
     )
     rows.append(_mlp_row(400 if quick else 8_000, 2 if quick else 40, tmp))
-    rows.append(_vector_row(16, 40 if quick else 4_000, 2 if quick else 40, tmp))
+    rows.append(_vector_row(16, 40 if quick else 2_000, 2 if quick else 40, tmp))
     # Image observations (210x160x3 uint8 frames): speed and size per compression filter,
     # the figures behind `replaykit record --compression` defaulting to lzf.
-    rows += _image_rows(60 if quick else 1_500, 1 if quick else 3, tmp)
+    rows += _image_rows(60 if quick else 800, 1 if quick else 3, tmp)
     return rows
 
 

@@ -82,18 +82,47 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
 BUFFERED_CHUNK = 1 << 20
 
 
+# Large arrays are read and written by this many threads: copying into or out of the page
+# cache is CPU-bound, and pread/pwrite release the GIL.
+READ_THREADS = 2
+_READ_POOL: ThreadPoolExecutor | None = None
+
+
+def _read_pool() -> ThreadPoolExecutor:
+    global _READ_POOL  # noqa: PLW0603 - one pool per process, made on first use
+    if _READ_POOL is None:
+        _READ_POOL = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="replaykit-read")
+    return _READ_POOL
+
+
 def write_chunks(fd: int, offset: int, data: np.ndarray, visitor: Any) -> None:
     """Write C-contiguous ``data``'s bytes at ``offset`` of ``fd`` through the page cache.
 
-    One pass of bounded chunks: ``visitor.update(chunk)`` (hash, scan) sees each chunk just
-    before it is written, while it is still in the CPU cache.
+    One pass of bounded chunks: ``visitor.update(chunk)`` (hash, scan) sees each chunk in
+    order, and the chunk is then handed to a small thread pool that writes it (copying into
+    the page cache is CPU-bound; ``pwrite`` releases the GIL) while the next is visited.
     """
     flat = data.reshape(-1)
     step = max(1, BUFFERED_CHUNK // max(1, flat.itemsize))
-    for i in range(0, flat.size, step):
-        chunk = flat[i : i + step].view(np.uint8).data
-        visitor.update(chunk)
-        _pwrite_all(fd, chunk, offset + i * flat.itemsize)
+    pool = _read_pool() if flat.size > step else None
+    futures: list[Future[None]] = []
+    try:
+        for i in range(0, flat.size, step):
+            chunk = flat[i : i + step].view(np.uint8).data
+            visitor.update(chunk)
+            if pool is None:
+                _pwrite_all(fd, chunk, offset + i * flat.itemsize)
+            else:
+                futures.append(pool.submit(_pwrite_all, fd, chunk, offset + i * flat.itemsize))
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        for f in futures:
+            if not f.cancelled():
+                f.exception()  # nothing still writes once this raises
+        raise
+    for f in futures:
+        f.result()  # every chunk is written (or its error raised) before this returns
 
 
 def _pread_into(fd: int, view: memoryview, offset: int) -> int:
@@ -105,19 +134,6 @@ def _pread_into(fd: int, view: memoryview, offset: int) -> int:
             break
         done += got
     return done
-
-
-# Reads of one large array run on this many threads: copying out of the page cache is
-# CPU-bound, and preadv releases the GIL.
-READ_THREADS = 2
-_READ_POOL: ThreadPoolExecutor | None = None
-
-
-def _read_pool() -> ThreadPoolExecutor:
-    global _READ_POOL  # noqa: PLW0603 - one pool per process, made on first use
-    if _READ_POOL is None:
-        _READ_POOL = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="replaykit-read")
-    return _READ_POOL
 
 
 def read_chunks(fd: int, offset: int, out: np.ndarray, hasher: Any = None) -> None:
@@ -147,12 +163,13 @@ def read_chunks(fd: int, offset: int, out: np.ndarray, hasher: Any = None) -> No
                 raise OSError(f"file ends {n - pos - read} bytes short of an array at {offset}")
             if hasher is not None:
                 hasher.update(view[pos : pos + m])
-    finally:
+    except BaseException:
         for f in futures:
             f.cancel()
         for f in futures:
             if not f.cancelled():
-                f.exception()  # nothing writes into ``out`` after this returns
+                f.exception()  # nothing writes into ``out`` after this raises
+        raise
 
 
 class DirectWriter:
