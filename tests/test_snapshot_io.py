@@ -188,3 +188,15 @@ def test_read_chunks_fills_in_order_hashes_and_refuses_a_short_file(tmp_path: Pa
             rawio.read_chunks(fd, 200, np.empty_like(data))
     finally:
         os.close(fd)
+
+
+def test_large_read_buffers_are_plain_writable_arrays() -> None:
+    from replaykit._format import rawio
+
+    big = rawio.empty((1024, 512), np.dtype("<f4"))
+    small = rawio.empty((3,), np.dtype("<i8"))
+    assert big.shape == (1024, 512) and big.dtype == np.float32 and big.flags.writeable
+    assert big.flags.c_contiguous and small.shape == (3,)
+    t = torch.from_numpy(big)  # shares: a restore hands these to the live objects
+    t[0, 0] = 5.0
+    assert big[0, 0] == 5.0

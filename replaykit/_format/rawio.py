@@ -70,6 +70,25 @@ def page_cache_has_room(nbytes: int) -> bool:
     return queued + nbytes < freerun
 
 
+def empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+    """Return an uninitialised array; a large one in memory without the huge-page advice.
+
+    NumPy advises transparent huge pages for large arrays; where the kernel then compacts
+    memory on first touch, a process's first gigabyte-sized read paid ~1.5 s more than the
+    read itself (measured: a 1.2 GB restore took 2.1 s first, 0.5 s in plain 4 KiB pages).
+    """
+    dtype = np.dtype(dtype)
+    nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    flags = getattr(mmap, "MAP_PRIVATE", None), getattr(mmap, "MAP_ANONYMOUS", None)
+    if nbytes < MIN_BYTES or None in flags:
+        return np.empty(shape, dtype)
+    try:
+        buf = mmap.mmap(-1, nbytes, flags=flags[0] | flags[1])  # type: ignore[operator]
+    except (OSError, OverflowError, ValueError):
+        raise MemoryError(f"cannot allocate {nbytes} bytes") from None
+    return np.frombuffer(buf, dtype).reshape(shape)
+
+
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
     while len(view):
         n = os.pwrite(fd, view, offset)

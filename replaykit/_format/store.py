@@ -2340,7 +2340,7 @@ class Recording:
             )
         if out is not None and (out.shape != dsid.shape or out.dtype != dsid.dtype):
             out = None
-        arr = np.empty(dsid.shape, dtype=dsid.dtype) if out is None else out
+        arr = _rawio.empty(dsid.shape, dsid.dtype) if out is None else out
         digest = None
         if arr.size:
             digest = self._read_plain(dsid, arr)
