@@ -200,3 +200,37 @@ def test_large_read_buffers_are_plain_writable_arrays() -> None:
     t = torch.from_numpy(big)  # shares: a restore hands these to the live objects
     t[0, 0] = 5.0
     assert big[0, 0] == 5.0
+
+
+def test_forked_child_reads_and_writes_with_its_own_pool(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    import xxhash
+
+    from replaykit._format import rawio
+
+    if not hasattr(os, "fork") or sys.platform == "darwin":
+        pytest.skip("needs fork")
+    data = np.arange(3_000_000, dtype=np.float32)
+    path = tmp_path / "raw.bin"
+    path.write_bytes(data.tobytes())
+    out = np.empty_like(data)
+    fd = os.open(path, os.O_RDONLY)
+    rawio.read_chunks(fd, 0, out)  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:  # child: must not hang on the parent's thread-less pool copy
+        ok = 1
+        try:
+            again = np.empty_like(data)
+            rawio.read_chunks(fd, 0, again)
+            wfd = os.open(tmp_path / "child.bin", os.O_WRONLY | os.O_CREAT)
+            rawio.write_chunks(wfd, 0, again, xxhash.xxh3_64())
+            os.close(wfd)
+            ok = 0 if np.array_equal(again, data) else 1
+        finally:
+            os._exit(ok)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert (tmp_path / "child.bin").read_bytes() == data.tobytes()

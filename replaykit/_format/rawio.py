@@ -104,14 +104,20 @@ BUFFERED_CHUNK = 1 << 20
 # Large arrays are read and written by this many threads: copying into or out of the page
 # cache is CPU-bound, and pread/pwrite release the GIL.
 READ_THREADS = 2
-_READ_POOL: ThreadPoolExecutor | None = None
+_READ_POOL: tuple[int, ThreadPoolExecutor] | None = None
 
 
 def _read_pool() -> ThreadPoolExecutor:
-    global _READ_POOL  # noqa: PLW0603 - one pool per process, made on first use
-    if _READ_POOL is None:
-        _READ_POOL = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="replaykit-read")
-    return _READ_POOL
+    """Return the process's I/O pool, made on first use.
+
+    A forked child gets a new one: its copy of the parent's pool has no threads and would
+    never run a task.
+    """
+    global _READ_POOL  # noqa: PLW0603 - one pool per process
+    pid = os.getpid()
+    if _READ_POOL is None or _READ_POOL[0] != pid:
+        _READ_POOL = (pid, ThreadPoolExecutor(READ_THREADS, thread_name_prefix="replaykit-io"))
+    return _READ_POOL[1]
 
 
 def write_chunks(fd: int, offset: int, data: np.ndarray, visitor: Any) -> None:
