@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,3 +55,70 @@ def test_quick_benchmarks_print_every_row(tmp_path: Path) -> None:
     md = out_md.read_text()
     assert "| Benchmark |" in md and "cores" in md
     assert md.count("\n| ") >= len(ROW_KEYS)
+
+
+def test_benchmark_cases_call_only_public_replaykit_names() -> None:
+    """By AST: cases.py imports nothing private of replaykit, and every replaykit.X is public."""
+    import ast
+
+    import replaykit
+
+    tree = ast.parse((ROOT / "benchmarks" / "cases.py").read_text())
+    used: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("replaykit"):
+            assert node.module == "replaykit", f"private import from {node.module}"
+            used |= {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                assert not a.name.startswith("replaykit."), f"private import {a.name}"
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "replaykit"
+        ):
+            used.add(node.attr)
+    assert used, "the benchmarks call no replaykit API at all"
+    assert used <= set(replaykit.__all__), sorted(used - set(replaykit.__all__))
+    assert {"RecordingWrapper", "restore", "VectorRecordingWrapper", "diff_recordings"} <= used
+
+
+@pytest.mark.integration
+def test_snapshot_and_restore_rows_go_through_the_public_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spy on the README's calls while the quick snapshot and small-restore cases run."""
+    from cases import case_small_restore, case_snapshot
+
+    import replaykit
+
+    calls: list[tuple[str, Any]] = []
+    wrapper = replaykit.RecordingWrapper
+    real_track, real_snapshot, real_restore = wrapper.track, wrapper.snapshot, replaykit.restore
+
+    def track(self: Any, name: str, obj: Any) -> None:
+        calls.append(("track", name))
+        real_track(self, name, obj)
+
+    def snapshot(self: Any, *a: Any, **kw: Any) -> str:
+        calls.append(("snapshot", a))
+        return real_snapshot(self, *a, **kw)
+
+    def restore(*a: Any, **kw: Any) -> Any:
+        calls.append(("restore", sorted(kw.get("track") or {})))
+        return real_restore(*a, **kw)
+
+    monkeypatch.setattr(wrapper, "track", track)
+    monkeypatch.setattr(wrapper, "snapshot", snapshot)
+    monkeypatch.setattr(replaykit, "restore", restore)
+    rows = case_snapshot(True, tmp_path)
+    assert [r["raw"].get("bit_exact") for r in rows if r["name"].startswith("Snapshot load")] == [
+        True
+    ]
+    assert ("track", "model") in calls and ("track", "optimizer") in calls
+    assert ("snapshot", ("big",)) in calls
+    assert ("restore", ["model", "optimizer"]) in calls
+    calls.clear()
+    case_small_restore(True, tmp_path)
+    assert sum(c[0] == "restore" for c in calls) >= 20
+    assert any(c[0] == "snapshot" for c in calls)

@@ -69,7 +69,14 @@ class RecordingSink(Protocol):
         """Make every row appended so far, and the metadata, durable and visible to readers."""
         ...
 
-    def write_snapshot(self, name: str, tree: Any, meta: dict[str, Any]) -> int:
+    @property
+    def last_nonfinite(self) -> tuple[str, tuple[int, ...], Any] | None:
+        """First NaN/infinity the last ``write_snapshot(nonfinite_under=...)`` found."""
+        ...
+
+    def write_snapshot(
+        self, name: str, tree: Any, meta: dict[str, Any], *, nonfinite_under: str | None = None
+    ) -> int:
         """Commit, then write snapshot ``name`` atomically; return the bytes of array data.
 
         Args:
@@ -77,6 +84,9 @@ class RecordingSink(Protocol):
             tree: the state tree (encoded by ``replaykit._format.tree``).
             meta: the snapshot metadata (``layout.SNAP_*`` keys); the sink adds
                 ``SNAP_BYTES`` and ``SNAP_NAME``.
+            nonfinite_under: a top-level key of ``tree`` to look for NaN/infinity under
+                while the arrays are written; the first one (or ``None``) goes into the
+                metadata as ``SNAP_NONFINITE`` and into :attr:`last_nonfinite`.
         """
         ...
 

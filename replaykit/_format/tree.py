@@ -35,7 +35,14 @@ import numpy as np
 from replaykit._format.layout import ALLOWED_KINDS, LOGICAL_DTYPES
 from replaykit.errors import CaptureError, FileFormatError
 
-__all__ = ["decode", "encode", "numpy_to_tensor", "tensor_to_numpy"]
+__all__ = [
+    "array_paths",
+    "decode",
+    "encode",
+    "encode_located",
+    "numpy_to_tensor",
+    "tensor_to_numpy",
+]
 
 _TORCH_LOGICAL = {"bfloat16", "float8_e4m3fn", "float8_e5m2"}
 # Every tensor dtype name a file may hold. A name read from a file is looked up here, never
@@ -125,6 +132,11 @@ class _Encoder:
     def __init__(self) -> None:
         self.arrays: list[np.ndarray] = []
         self.logical: dict[int, str] = {}
+        # Where each array sits in the tree, and the non-finite Python floats met (with the
+        # number of arrays met before each), so a writer can name the first NaN/infinity in
+        # tree order while it scans the arrays' bytes (see encode_located).
+        self.paths: list[str] = []
+        self.bad_floats: list[tuple[int, str, float]] = []
 
     def array(self, arr: np.ndarray, path: str) -> int:
         if arr.dtype.kind not in ALLOWED_KINDS:
@@ -134,6 +146,7 @@ class _Encoder:
                 "never objects or strings"
             )
         self.arrays.append(arr)
+        self.paths.append(path)
         return len(self.arrays) - 1
 
     # One return per node kind, in the order the document table lists them.
@@ -144,7 +157,10 @@ class _Encoder:
         if isinstance(obj, int) and not isinstance(obj, np.integer):
             return int(obj)
         if isinstance(obj, float) and not isinstance(obj, np.floating):
-            return obj if math.isfinite(obj) else {"F": repr(obj)}
+            if math.isfinite(obj):
+                return obj
+            self.bad_floats.append((len(self.arrays), path, obj))
+            return {"F": repr(obj)}
         if isinstance(obj, np.ndarray):
             # No copy: the encoded arrays are written before anything can change them, and
             # capture functions already hand over trees that share no memory with live objects.
@@ -205,6 +221,64 @@ def encode(tree: Any) -> tuple[Any, list[np.ndarray], dict[int, str]]:
     return doc, enc.arrays, logical
 
 
+def encode_located(
+    tree: Any,
+) -> tuple[Any, list[np.ndarray], dict[int, str], list[str], list[tuple[int, str, float]]]:
+    """Like :func:`encode`, also returning where things are in the tree.
+
+    Returns:
+        ``(document, arrays, logical, paths, bad_floats)``: ``paths[i]`` is the tree path
+        (``/``-joined keys and indices) of ``arrays[i]``; ``bad_floats`` lists the
+        non-finite Python floats as ``(arrays met before it, path, value)``, in tree order.
+
+    Example:
+        >>> _, _, _, paths, bad = encode_located({"w": np.zeros(2), "lr": float("nan")})
+        >>> paths, bad[0][:2]
+        (['/w'], (1, '/lr'))
+    """
+    enc = _Encoder()
+    doc = enc.node(tree, "")
+    logical: dict[int, str] = {}
+    _collect_logical(doc, logical)
+    return doc, enc.arrays, logical, enc.paths, enc.bad_floats
+
+
+def array_paths(doc: Any) -> dict[str, int]:
+    """Map the tree path of every array an encoded document refers to, to its index.
+
+    Example:
+        >>> doc, _, _ = encode({"m": {"w": np.zeros(2)}})
+        >>> array_paths(doc)
+        {'/m/w': 0}
+    """
+    out: dict[str, int] = {}
+    _array_paths(doc, "", out, 0)
+    return out
+
+
+def _array_paths(doc: Any, path: str, out: dict[str, int], depth: int) -> None:
+    if depth > _MAX_DEPTH or not isinstance(doc, dict) or len(doc) == 0:
+        return
+    if "A" in doc or "S" in doc:
+        idx = doc.get("A", doc.get("S"))
+        if isinstance(idx, int) and not isinstance(idx, bool):
+            out[path] = idx
+        return
+    if "t" in doc:
+        idx = doc.get("t")
+        if isinstance(idx, int) and not isinstance(idx, bool):
+            out[path] = idx
+        return
+    if isinstance(doc.get("D"), dict):
+        for k, v in doc["D"].items():
+            _array_paths(v, f"{path}/{k}", out, depth + 1)
+    elif isinstance(doc.get("L"), list) or isinstance(doc.get("T"), list):
+        items = doc.get("L") if isinstance(doc.get("L"), list) else doc.get("T")
+        assert isinstance(items, list)
+        for i, v in enumerate(items):
+            _array_paths(v, f"{path}/{i}", out, depth + 1)
+
+
 def _collect_logical(doc: Any, out: dict[int, str]) -> None:
     if isinstance(doc, dict):
         if "t" in doc and doc.get("dtype") in _TORCH_LOGICAL:
@@ -217,9 +291,13 @@ def _collect_logical(doc: Any, out: dict[int, str]) -> None:
             _collect_logical(v, out)
 
 
-def decode(doc: Any, arrays: list[np.ndarray]) -> Any:
-    """Invert :func:`encode`. Raises :class:`FileFormatError` on a malformed document."""
-    return _decode(doc, arrays, 0)
+def decode(doc: Any, arrays: list[np.ndarray], *, tensors: bool = True) -> Any:
+    """Invert :func:`encode`. Raises :class:`FileFormatError` on a malformed document.
+
+    With ``tensors=False`` tensor nodes come back as the arrays holding their bytes, with
+    every check made but without importing torch (a file check needs no tensors).
+    """
+    return _decode(doc, arrays, 0, tensors)
 
 
 _MAX_DEPTH = 200
@@ -228,7 +306,9 @@ _PAIR = 2
 
 
 # One branch per tag of the table in the module docstring: a flat, closed dispatch.
-def _decode(doc: Any, arrays: list[np.ndarray], depth: int) -> Any:  # noqa: C901, PLR0911
+def _decode(  # noqa: C901, PLR0911, PLR0912
+    doc: Any, arrays: list[np.ndarray], depth: int, tensors: bool = True
+) -> Any:
     if depth > _MAX_DEPTH:
         raise FileFormatError("state tree nests deeper than 200 levels")
     if doc is None or isinstance(doc, (bool, int, float, str)):
@@ -237,21 +317,21 @@ def _decode(doc: Any, arrays: list[np.ndarray], depth: int) -> Any:  # noqa: C90
         raise FileFormatError(f"malformed state tree node {str(doc)[:60]!r}")
     d = depth + 1
     if "D" in doc and len(doc) == 1 and isinstance(doc["D"], dict):
-        return {k: _decode(v, arrays, d) for k, v in doc["D"].items()}
+        return {k: _decode(v, arrays, d, tensors) for k, v in doc["D"].items()}
     if "M" in doc and len(doc) == 1 and isinstance(doc["M"], list):
         out = {}
         for pair in doc["M"]:
             if not isinstance(pair, list) or len(pair) != _PAIR:
                 raise FileFormatError("malformed state tree mapping entry")
-            key = _decode(pair[0], arrays, d)
+            key = _decode(pair[0], arrays, d, tensors)
             if isinstance(key, (dict, list)):
                 raise FileFormatError("state tree mapping key is not hashable")
-            out[key] = _decode(pair[1], arrays, d)
+            out[key] = _decode(pair[1], arrays, d, tensors)
         return out
     if "L" in doc and len(doc) == 1 and isinstance(doc["L"], list):
-        return [_decode(v, arrays, d) for v in doc["L"]]
+        return [_decode(v, arrays, d, tensors) for v in doc["L"]]
     if "T" in doc and len(doc) == 1 and isinstance(doc["T"], list):
-        return tuple(_decode(v, arrays, d) for v in doc["T"])
+        return tuple(_decode(v, arrays, d, tensors) for v in doc["T"])
     if "F" in doc and len(doc) == 1 and doc["F"] in ("nan", "inf", "-inf"):
         return float(doc["F"])
     if "A" in doc and len(doc) == 1:
@@ -273,6 +353,16 @@ def _decode(doc: Any, arrays: list[np.ndarray], depth: int) -> Any:  # noqa: C90
             doc.get("grad", False), bool
         ):
             raise FileFormatError("tensor node has a non-string device or a non-bool grad flag")
+        if not tensors:
+            want = LOGICAL_DTYPES.get(name)
+            if want is None:
+                try:
+                    want = np.dtype(name)
+                except TypeError:
+                    want = None
+            if want is not None and arr.dtype != want:
+                raise FileFormatError(f"tensor dtype {name} does not match stored {arr.dtype}")
+            return arr
         t = numpy_to_tensor(arr, name)
         if doc.get("grad") is True and t.is_floating_point():
             t.requires_grad_(True)

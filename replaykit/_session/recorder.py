@@ -39,6 +39,7 @@ __all__ = [
     "info_key_problem",
     "json_options",
     "nonfinite_meta",
+    "nonfinite_report",
     "open_writer",
     "probe_name_problem",
     "to_array",
@@ -455,7 +456,13 @@ def nonfinite_meta(tracked: Any, snapshot_name: str, stacklevel: int = 3) -> dic
     """
     from replaykit._state.modelstate import first_nonfinite
 
-    bad = first_nonfinite(tracked)
+    return nonfinite_report(first_nonfinite(tracked), snapshot_name, stacklevel + 1)
+
+
+def nonfinite_report(
+    bad: tuple[str, tuple[int, ...], Any] | None, snapshot_name: str, stacklevel: int = 3
+) -> dict[str, Any] | None:
+    """Warn about a first NaN/infinity ``(path, index, value)`` and describe it for metadata."""
     if bad is None:
         return None
     index = list(bad[1]) if isinstance(bad[1], tuple) else bad[1]
@@ -817,8 +824,16 @@ class RecorderCore:
             tree = snapshot.build(tracked=self._tracked, **parts)
             meta[F.SNAP_TRACKED] = sorted(self._tracked)
             if nonfinite:
-                meta[F.SNAP_NONFINITE] = nonfinite_meta(tree[F.TREE_TRACKED], name, stacklevel=4)
-            meta[F.SNAP_BYTES] = self._writer.write_snapshot(name, tree, meta)
+                meta[F.SNAP_NONFINITE] = None  # filled in by the writer's scan
+            # The non-finite scan runs inside the write, on each chunk as it is hashed and
+            # written: no second pass over the tensors, no boolean tensor per parameter.
+            meta[F.SNAP_BYTES] = self._writer.write_snapshot(
+                name, tree, meta, nonfinite_under=F.TREE_TRACKED if nonfinite else None
+            )
+            if nonfinite:
+                meta[F.SNAP_NONFINITE] = nonfinite_report(
+                    self._writer.last_nonfinite, name, stacklevel=4
+                )
         self._snap_seq += 1
         self._snap_pos[name] = (
             int(meta.get(F.SNAP_STEP, 0)),

@@ -369,6 +369,11 @@ def restore(
             ``"report"`` (only in divergence reports), ``"warn"``, or ``"error"``.
         verify: check file checksums.
 
+    Large tensors of tracked modules are read from the file straight into the modules' own
+    memory (no second copy), checksums verified on the way. If ``restore`` raises (a damaged
+    array, objects that do not fit the snapshot), those modules hold undefined values:
+    build them again before using them.
+
     Raises:
         StateMismatchError: the objects do not fit the snapshot (listed differences).
         NondeterministicEnvError: replay-from-reset found the env does not reproduce itself.
@@ -403,9 +408,10 @@ def restore(
         if env is None:
             env = make_env(rec)
         rules_obj = as_rules(rules)
-        info, tree = rec.load_snapshot(snapshot_id)
-        _check_env(rec, env)
         tracked = dict(track or {})
+        # Large model tensors are read straight into the tracked modules' memory.
+        info, tree = rec.load_snapshot(snapshot_id, targets=snapshot.read_targets(tracked))
+        _check_env(rec, env)
         snapshot.check_tracked_names(tree[F.TREE_TRACKED], tree.get(F.TREE_KINDS) or {}, tracked)
         chain = tree[F.TREE_ENV]
         if chain.get("env") is not None:

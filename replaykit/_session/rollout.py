@@ -23,6 +23,7 @@ import numpy as np
 
 from replaykit._format import layout as F
 from replaykit._format.store import Recording
+from replaykit._session.envids import unknown_env_id
 from replaykit._session.policies import import_policy_module, resolve_policy
 from replaykit._session.record import RecordingWrapper
 from replaykit._session.replay import Replay, make_env, register_env_namespace, restore
@@ -225,10 +226,7 @@ def make_recorded_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None) 
     try:
         spec = gym.spec(env_id)
     except gym.error.Error as exc:
-        raise UsageError(
-            f"unknown env id {env_id!r} ({_first_line(exc)}); pass a registered id such as "
-            "CartPole-v1 (list them: python -c 'import gymnasium; gymnasium.pprint_registry()')"
-        ) from None
+        raise unknown_env_id(env_id, _first_line(exc)) from None
     try:
         return gym.make(env_id, **dict(env_kwargs or {}))
     except gym.error.DependencyNotInstalled as exc:

@@ -477,8 +477,9 @@ def restore_training(
         A :class:`TrainingReplay`; call its ``log_update`` where the recording did.
     """
     with restoring(recording, verify) as (rec, owns):
-        info, tree = rec.load_snapshot(snapshot_id)
         tracked = dict(track or {})
+        # Large model tensors are read straight into the tracked modules' memory.
+        info, tree = rec.load_snapshot(snapshot_id, targets=snapshot.read_targets(tracked))
         snapshot.check_tracked_names(tree[F.TREE_TRACKED], tree.get(F.TREE_KINDS) or {}, tracked)
         snapshot.restore(tree, tracked, global_rngs=global_rngs)
         return TrainingReplay(rec, info, tree, as_rules(rules), ignore, owns)

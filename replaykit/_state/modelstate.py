@@ -50,6 +50,7 @@ from replaykit.errors import CaptureError, RestoreError, StateMismatchError
 __all__ = [
     "capture_object",
     "first_nonfinite",
+    "module_read_targets",
     "parameters_digest",
     "raw_bytes",
     "register_state_type",
@@ -440,6 +441,10 @@ def _(obj: torch.nn.Module, tree: Any) -> None:
         )
     if problems:
         raise StateMismatchError(what, problems)
+    # A saved tensor that already is the live one's memory (read straight into it, see
+    # module_read_targets) is handed over as the live tensor itself: copy_ onto itself is free.
+    kept = obj.state_dict(keep_vars=True)
+    saved = {k: _same_memory(v, kept.get(k)) for k, v in saved.items()}
     # Copies into the live tensors (no_grad copy_), so parameters keep their device and identity
     # and optimizers holding them stay valid.
     obj.load_state_dict(saved, strict=True)
@@ -447,6 +452,67 @@ def _(obj: torch.nn.Module, tree: Any) -> None:
         for (_, sub), flag in zip(modules, training["flags"], strict=True):
             # Set the attribute directly: the train/eval mode methods recurse and override children.
             sub.training = bool(flag)
+
+
+def _same_memory(saved: Any, live: Any) -> Any:
+    """Return ``live`` where tensor ``saved`` views exactly its memory, else ``saved``."""
+    if (
+        isinstance(saved, torch.Tensor)
+        and isinstance(live, torch.Tensor)
+        and saved.device == live.device
+        and saved.dtype == live.dtype
+        and saved.shape == live.shape
+        and saved.stride() == live.stride()
+        and saved.numel() > 0
+        and saved.data_ptr() == live.data_ptr()
+    ):
+        return live
+    return saved
+
+
+# Tensor dtypes whose CPU memory numpy can view as the array a snapshot stores.
+_VIEWABLE = frozenset(
+    {
+        torch.float16,
+        torch.float32,
+        torch.float64,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.uint8,
+        torch.bool,
+        torch.complex64,
+        torch.complex128,
+    }
+)
+
+
+def module_read_targets(obj: Any) -> dict[str, np.ndarray] | None:
+    """Numpy views of a module's CPU tensors, by state-dict key, to read a snapshot into.
+
+    ``None`` for anything but a plain ``torch.nn.Module`` (one that does not define its own
+    ``__replaykit_state__``). Only contiguous, ordinary tensors are offered; the restore
+    that follows still checks every key, shape and dtype.
+
+    Example:
+        >>> sorted(module_read_targets(torch.nn.Linear(2, 1)))
+        ['bias', 'weight']
+    """
+    if not isinstance(obj, torch.nn.Module) or callable(getattr(obj, "__replaykit_state__", None)):
+        return None
+    out: dict[str, np.ndarray] = {}
+    for k, v in obj.state_dict(keep_vars=True).items():
+        if (
+            isinstance(v, torch.Tensor)
+            and v.device.type == "cpu"
+            and v.dtype in _VIEWABLE
+            and v.is_contiguous()
+            and not (v.is_conj() or v.is_neg() or v.is_sparse or v.is_quantized)
+            and type(v) in (torch.Tensor, torch.nn.Parameter)
+        ):
+            out[k] = v.detach().numpy()
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ A snapshot tree has these top-level keys (assembled by :func:`build`):
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -146,6 +146,44 @@ def restore(tree: Mapping[str, Any], tracked: Mapping[str, Any], *, global_rngs:
             restore_tracked(obj, tree[F.TREE_TRACKED][name], name)
     if global_rngs and tree.get(F.TREE_RNGS) is not None:
         rng.restore_global_rngs(tree[F.TREE_RNGS])
+
+
+def read_targets(
+    tracked: Mapping[str, Any],
+) -> Callable[[Mapping[str, tuple[np.dtype[Any], tuple[int, ...]]]], dict[str, np.ndarray]]:
+    """Where a snapshot's large arrays may be read straight into the tracked objects' memory.
+
+    The returned function takes ``{tree path: (dtype, shape)}`` of the snapshot's large arrays
+    and answers ``{tree path: array}``: views of the tracked modules' CPU tensors with exactly
+    that dtype and shape, for the reader to fill (no second copy). A module is offered only
+    when every large array the snapshot holds for it fits one of its tensors. The restore
+    that follows checks everything as usual; if it raises, those modules hold undefined
+    values.
+    """
+    from replaykit._state import modelstate
+
+    def pick(offered: Mapping[str, tuple[np.dtype[Any], tuple[int, ...]]]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for name, obj in tracked.items():
+            live = modelstate.module_read_targets(obj)
+            if not live:
+                continue
+            prefix = f"/{F.TREE_TRACKED}/{name}/"
+            mine = {p: v for p, v in offered.items() if p.startswith(prefix)}
+            found: dict[str, np.ndarray] = {}
+            for path, (dtype, shape) in mine.items():
+                rest = path[len(prefix) :]
+                arr = (
+                    live.get(rest[len("state_dict/") :]) if rest.startswith("state_dict/") else None
+                )
+                if arr is None or arr.dtype != dtype or arr.shape != shape:
+                    break
+                found[path] = arr
+            else:
+                out.update(found)
+        return out
+
+    return pick
 
 
 def check_tracked_names(
