@@ -1066,17 +1066,18 @@ def case_raw_read(quick: bool, tmp: Path, n: int) -> list[Row]:
 
 def case_report(quick: bool, tmp: Path, n: int) -> list[Row]:
     """``replaykit report`` of an n-step recording: findings alone, then page and pictures."""
-    from replaykit._analysis.report import analyze, write_report
+    import replaykit
 
     path = tmp / f"a{n}.h5"
     rss0 = peak_rss_mb()
     t0 = time.perf_counter()
-    found = analyze(path, pictures=False)
+    found = replaykit.report(path)
     findings_s = time.perf_counter() - t0
     rss_findings = peak_rss_mb()
     t0 = time.perf_counter()
-    _, files = write_report(path, tmp / f"report{n}", force=True)
+    replaykit.report(path, tmp / f"report{n}", force=True)
     report_s = time.perf_counter() - t0
+    files = list((tmp / f"report{n}").iterdir())
     return [
         {
             "findings_s": findings_s,
@@ -1120,7 +1121,8 @@ def case_sb3(quick: bool, tmp: Path) -> list[Row]:
     def rec(_: int) -> float:
         return run(ReplaykitCallback(tmp / f"sb3-{next(files)}.h5"))
 
-    tb, tr, ratio, (q1, q3) = _alternate(base, rec, rounds, rounds)
+    (tb, tr), times = _alternate([base, rec], rounds, rounds)
+    ratio, (q1, q3) = _ratio(times[0], times[1])
     return [
         _row(
             f"SB3 PPO CartPole-v1 learn() with ReplaykitCallback ({total} steps a run)",

@@ -70,6 +70,7 @@ if typing.TYPE_CHECKING:
         first_divergent_module,
         first_update_divergence,
     )
+    from replaykit._analysis.report import report
     from replaykit._format.store import Recording, SnapshotInfo
     from replaykit._session.record import RecordingWrapper
     from replaykit._session.replay import Replay, VerifyingWrapper, make_env, restore
@@ -119,6 +120,7 @@ _LAZY: dict[str, str] = {
     "doctor": "replaykit._analysis.doctor",
     "ExtractResult": "replaykit._analysis.extract",
     "extract": "replaykit._analysis.extract",
+    "report": "replaykit._analysis.report",
     "LayerDivergence": "replaykit._analysis.layers",
     "LayerTracer": "replaykit._analysis.layers",
     "first_divergent_module": "replaykit._analysis.layers",
@@ -230,6 +232,7 @@ __all__ = [
     "register_state_type",
     "register_stateless_wrapper",
     "register_wrapper_adapter",
+    "report",
     "restore",
     "restore_generator",
     "restore_training",

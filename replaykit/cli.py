@@ -391,10 +391,13 @@ def _record(
     at = [int(v) for v in (snapshot_at or "").replace(" ", "").split(",") if v]
     if steps is None and episodes is None:
         steps = 1000
-    # An unknown env id is said before the heavy imports (torch, h5py) below.
-    from replaykit._session.envids import precheck_env_id
+    # An unknown env id is said before the heavy imports (torch, h5py) below; with a
+    # module:callable policy it is looked up after that module is imported (it may
+    # register the env it drives).
+    if ":" not in policy:
+        from replaykit._session.envids import precheck_env_id
 
-    precheck_env_id(env_id)
+        precheck_env_id(env_id)
     if ":" in policy and os.getcwd() not in sys.path:
         # The user named this module on their own command line: find it the way `python -m`
         # does, with the current directory first on the path.

@@ -47,6 +47,6 @@ def test_quick_flight_benchmarks_report_every_row(tmp_path: Path) -> None:
     ):
         assert row in text, f"no row {row!r}"
     fixture = next(line for line in text.splitlines() if line.startswith("| Extracted fixture"))
-    assert fixture.rstrip().endswith("| PASS |")  # <= 64 KiB: a size, not a timing
+    assert "| PASS |" in fixture  # <= 64 KiB: a size, not a timing
     streaming = next(line for line in text.splitlines() if "replaykit.extract of a" in line)
-    assert streaming.rstrip().endswith("| PASS |")  # peak RSS <= 256 MB
+    assert "| PASS |" in streaming  # peak RSS <= 256 MB

@@ -42,6 +42,7 @@ __all__ = [
     "Series",
     "analyze",
     "check_report_dir",
+    "report",
     "write_report",
 ]
 
@@ -802,6 +803,48 @@ def analyze(
 
 
 REPORT_HTML = "report.html"
+
+
+def report(
+    path: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    keys: list[str] | None = None,
+    force: bool = False,
+) -> Analysis:
+    """Find what went wrong in a recording; with ``out``, also write its HTML report.
+
+    The Python form of ``replaykit report``: findings as sentences with their evidence
+    (first non-finite values, policy collapse, exploding update probes, un-normalised or
+    constant observations), streamed over the file in bounded memory. With ``out``, one
+    self-contained ``report.html`` (images embedded) and its PNGs are written there, each
+    under a temporary name renamed once complete (matplotlib needed).
+
+    Args:
+        path: the recording.
+        out: a directory for ``report.html`` and the PNGs; ``None`` computes the findings
+            only (no matplotlib needed).
+        keys: ``fnmatch`` patterns of ``stream/column`` keys to plot.
+        force: replace the files of an existing report in ``out``.
+
+    Returns:
+        The :class:`Analysis`: ``findings`` first, then what the pictures are drawn from.
+
+    Raises:
+        UsageError: ``out`` cannot be used or holds a report (without ``force``), or
+            matplotlib is missing when ``out`` is given.
+
+    Example:
+        >>> import replaykit
+        >>> # analysis = replaykit.report("run.h5")
+        >>> # for finding in analysis.findings:
+        >>> #     print(finding.message)
+        >>> # replaykit.report("run.h5", "run-report")  # report.html and PNGs
+    """
+    if out is None:
+        return analyze(path, keys=keys, pictures=False)
+    analysis, _ = write_report(path, out, keys=keys, force=force)
+    return analysis
 
 
 def check_report_dir(out: Path, *, force: bool) -> None:
