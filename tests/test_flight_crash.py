@@ -70,9 +70,9 @@ def _record(path: Path, report: Any) -> None:
     w: Any = env._writer
     write, drop = w.write_snapshot, w.drop_snapshot
 
-    def write_reported(name: str, tree: Any, meta: dict[str, Any]) -> int:
+    def write_reported(name: str, tree: Any, meta: dict[str, Any], **kw: Any) -> int:
         report(b"S", env.step_count)
-        n = write(name, tree, meta)
+        n = write(name, tree, meta, **kw)
         report(b"s", env.step_count)
         return int(n)
 
@@ -138,7 +138,11 @@ def _kill_one(ctx: Any, path: Path, rng: np.random.Generator, mode: str) -> dict
             sent = True
     r.close()
     proc.join(10)
-    return {"killed": proc.exitcode == -signal.SIGKILL, "published": published}
+    return {
+        "killed": proc.exitcode == -signal.SIGKILL,
+        "exitcode": proc.exitcode,
+        "published": published,
+    }
 
 
 def _check(path: Path, published: int) -> dict[str, Any]:
@@ -176,6 +180,10 @@ def _campaign(ctx: Any, tmp_path: Path, n: int, seed: int) -> dict[str, Any]:
         res = _kill_one(ctx, path, rng, mode)
         stats["tried"] += 1
         stats["killed"] += res["killed"]
+        if res["exitcode"] not in (0, -signal.SIGKILL):
+            # The recorder itself failed (an exception in the child): not a kill test at all.
+            stats["failures"].append(f"{path.name} ({mode}): child exited {res['exitcode']}")
+            continue
         if not path.exists():
             stats["failures"].append(f"{path.name} ({mode}): no file")
             continue
@@ -197,6 +205,7 @@ def test_kills_during_retention_leave_complete_snapshots(
     print(f"\n[flight kill x12] {stats}")
     record_property("stats", stats)
     assert not stats["failures"], stats["failures"]
+    assert stats["killed"] >= stats["tried"] // 2, stats  # the kills landed (not a crash)
 
 
 @pytest.mark.slow
@@ -208,3 +217,4 @@ def test_kills_during_retention_leave_complete_snapshots_many(
     print(f"\n[flight kill x150] {stats}")
     record_property("stats", stats)
     assert not stats["failures"], stats["failures"]
+    assert stats["killed"] >= stats["tried"] * 0.8, stats  # the kills landed (not a crash)
