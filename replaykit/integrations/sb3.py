@@ -26,6 +26,11 @@ buffer); when ``s`` is a rollout's last step, at the rollout's end, just before
 SB3's callbacks: the nearest points are that rollout end (before ``train()``) and the
 first env step after it.
 
+Flight mode: ``snapshot_every=N, keep_snapshots=K`` keeps the first and the last ``K``
+periodic snapshots and records the run's first NaN/infinity (observations, rewards, policy
+values, logged losses) or exception from the policy or ``train()`` as its failure record
+(``callback.failure``; ``callback.mark_failure(reason)`` records one of yours).
+
 Example:
     >>> import tempfile, os
     >>> from stable_baselines3 import PPO
