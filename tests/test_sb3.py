@@ -362,6 +362,8 @@ def test_flight_mode_records_a_nan_reward_and_stops_dropping_snapshots(tmp_path:
     failure = cb.failure
     assert failure is not None
     assert (failure["kind"], failure["key"], failure["step"]) == ("nonfinite", "reward", 44)
+    # element [0]: the sub-env (the columns hold all sub-envs of a VecEnv step).
+    assert (failure["reason"], failure["episode"]) == ("reward NaN at element [0]", -1)
     # No periodic snapshot after the failure; the ones before it were not dropped.
     with replaykit.Recording(tmp_path / "nan.h5") as rec:
         assert [s.name for s in rec.snapshots] == ["step-000010", "step-000040"]

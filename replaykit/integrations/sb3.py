@@ -680,9 +680,12 @@ def _step_values(local: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _nonfinite_word(value: Any) -> str:
-    if isinstance(value, float) and math.isnan(value):
-        return "is NaN"
-    return f"is {value!r}"
+    """``NaN``, ``+inf`` or ``-inf`` (as the single-env recorder writes them)."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        return "+inf" if value > 0 else "-inf"
+    return f"non-finite ({value!r})"
 
 
 class _Recorder(_RecorderCore):
