@@ -361,6 +361,7 @@ def test_flight_mode_records_a_nan_reward_and_stops_dropping_snapshots(tmp_path:
         model.learn(96, callback=cb)
     failure = cb.failure
     assert failure is not None
+    assert cb.snapshot_names == ["step-000010", "step-000040"]
     assert (failure["kind"], failure["key"], failure["step"]) == ("nonfinite", "reward", 44)
     # element [0]: the sub-env (the columns hold all sub-envs of a VecEnv step).
     assert (failure["reason"], failure["episode"]) == ("reward NaN at element [0]", -1)

@@ -993,7 +993,11 @@ class ReplaykitCallback(_BaseCallback):
         self._overwrite, self._metadata = overwrite, metadata
         self._keep, self._detect = keep_snapshots, detect_failures
         self._rec: _Recorder | None = None
-        self.snapshot_names: list[str] = []
+
+    @property
+    def snapshot_names(self) -> list[str]:
+        """Names of the snapshots in the file, oldest first (flight mode: those kept)."""
+        return [] if self._rec is None else self._rec.snapshot_names
 
     @property
     def failure(self) -> dict[str, Any] | None:
@@ -1042,7 +1046,6 @@ class ReplaykitCallback(_BaseCallback):
 
     def _on_training_end(self) -> None:
         if self._rec is not None:
-            self.snapshot_names = self._rec.snapshot_names
             self._rec.close()
 
 
