@@ -78,6 +78,24 @@ def _vec(env_id: str, n: int, wrap: str | None = None) -> Any:
     return venv
 
 
+def _pong() -> Any:
+    import ale_py
+    import gymnasium as gym
+    from gymnasium.wrappers import AtariPreprocessing
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack, VecTransposeImage
+
+    gym.register_envs(ale_py)
+
+    def make() -> Any:
+        # frameskip=1: AtariPreprocessing skips (and max-pools) frames itself; sticky actions
+        # stay on (v5's default), so the ALE's own generator is part of the state.
+        env = gym.make("ALE/Pong-v5", frameskip=1)
+        return AtariPreprocessing(env, frame_skip=4, screen_size=84, grayscale_newaxis=True)
+
+    return VecTransposeImage(VecFrameStack(DummyVecEnv([make]), n_stack=4))
+
+
+FLIGHT_EVERY = 20
 # name: (algorithm, env builder, constructor kwargs, total timesteps, snapshot step)
 CASES: dict[str, tuple[str, Any, dict[str, Any], int, int]] = {
     "ppo": (
@@ -149,6 +167,11 @@ CASES: dict[str, tuple[str, Any, dict[str, Any], int, int]] = {
         42,
     ),
     "recurrent": ("RecurrentPPO", lambda: "CartPole-v1", {"n_steps": 8, "batch_size": 8}, 40, 12),
+    # Flight mode: snapshot_every=FLIGHT_EVERY, keep_snapshots=2; resumed from the newest.
+    # learn(330) runs 11 rollouts of 32: the newest snapshot (340) is in the last one.
+    "flight": ("PPO", lambda: "CartPole-v1", {"n_steps": 32, "batch_size": 16}, 330, 0),
+    # gymnasium's AtariPreprocessing chain (84x84 grey, frame skip 4, stack of 4), CnnPolicy.
+    "atari": ("PPO", _pong, {"n_steps": 8, "batch_size": 8, "n_epochs": 1}, 32, 12),
 }
 
 
@@ -167,6 +190,8 @@ def build(case: str) -> Any:
     policy, small = "MlpPolicy", dict(SMALL)
     if algo == "RecurrentPPO":
         policy, small["lstm_hidden_size"] = "MlpLstmPolicy", 8
+    if case == "atari":
+        policy, small["features_extractor_kwargs"] = "CnnPolicy", {"features_dim": 32}
     return algo_class(algo)(policy, env_fn(), seed=0, device="cpu", policy_kwargs=small, **kwargs)
 
 
@@ -191,9 +216,10 @@ def final_state(model: Any) -> dict[str, Any]:
 def main(folder: str, cases: list[str]) -> None:
     from replaykit.integrations.sb3 import resume
 
-    for case in cases:
+    for arg in cases:  # CASE, or CASE:SNAPSHOT to resume another than the first
+        case, _, snap = arg.partition(":")
         algo, env_fn, *_ = CASES[case]
-        done = resume(Path(folder) / f"{case}.h5", None, algo_class(algo), env_fn)
+        done = resume(Path(folder) / f"{case}.h5", snap or None, algo_class(algo), env_fn)
         row = {"case": case, "snapshot": done.snapshot, "steps": done.verified_steps}
         row.update(updates=done.verified_updates, **final_state(done.model))
         print(json.dumps(row), flush=True)

@@ -245,3 +245,36 @@ def test_sound_observations_are_refused() -> None:
     env.reset(seed=0)
     with pytest.raises(CaptureError, match="sound_obs=True"):
         rk_atari.AtariEnvAdapter().capture(env.unwrapped)
+
+
+def _preprocessed(game: str) -> Any:
+    pytest.importorskip("cv2")  # AtariPreprocessing resizes with OpenCV
+    env = gym.make(f"ALE/{game}-v5", frameskip=1)
+    return gym.wrappers.AtariPreprocessing(env, frame_skip=4, terminal_on_life_loss=True)
+
+
+def test_atari_preprocessing_chain_restores_bit_exactly() -> None:
+    from replaykit._state import envs as envstate
+
+    env = _preprocessed("Breakout")
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for action in rng.integers(0, 4, 30):
+        env.step(int(action))
+    state = envstate.capture_chain(env)
+    layer = next(e for e in state["layers"] if e["class"].endswith("AtariPreprocessing"))
+    kept = layer["state"]["attrs"]
+    # The max-pool frame buffers, lives and the game-over flag are the wrapper's state.
+    assert kept["obs_buffer"][0].shape == (210, 160) and kept["obs_buffer"][0].any()
+    assert kept["lives"] == env.unwrapped.ale.lives() and kept["game_over"] is False
+    actions = rng.integers(0, 4, 120)
+    reference = _rollout(env, actions)
+    fresh = _preprocessed("Breakout")
+    fresh.reset(seed=1)
+    envstate.restore_chain(fresh, copy.deepcopy(state))
+    got = _rollout(fresh, actions)
+    assert got[0][2] == (84, 84)
+    assert _first_divergence(reference, got) is None
+    assert len({step[0] for step in got}) > 20
+    # A life lost (terminal_on_life_loss) ends an episode at the same step in both.
+    assert any(step[4] for step in reference) == any(step[4] for step in got)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import gymnasium
 import pytest
 
 pytest.importorskip("stable_baselines3")
@@ -28,13 +29,23 @@ import sb3_cases as C  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-CASES = [c for c in C.CASES if c != "recurrent"]
+CASES: list[Any] = [c for c in C.CASES if c not in ("recurrent", "flight", "atari")]
 try:
     import sb3_contrib  # noqa: F401
 
     CASES.append("recurrent")
 except ImportError:  # sb3-contrib is optional
     pass
+try:  # the atari extra: ALE and OpenCV (AtariPreprocessing resizes with cv2)
+    import ale_py  # noqa: F401
+    import cv2  # noqa: F401
+
+    HAVE_ATARI = True
+except ImportError:
+    HAVE_ATARI = False
+RESUMED = [*CASES, *(["atari"] if HAVE_ATARI else [])]
+# Flight mode: the same run keeping 2 snapshots (resumed from its newest) and keeping all.
+FLIGHT_KEEP = 2
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +54,25 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     folder = tmp_path_factory.mktemp("sb3")
     recorded = {}
-    for case in CASES:
+    for case in RESUMED:
         _, _, _, total, snap = C.CASES[case]
         model = C.build(case)
         cb = ReplaykitCallback(folder / f"{case}.h5", snapshot_at_steps=[snap])
         model.learn(total, callback=cb)
         recorded[case] = {"names": cb.snapshot_names, **C.final_state(model)}
         model.get_env().close()
+    total = C.CASES["flight"][3]
+    for name, keep in (("flight", FLIGHT_KEEP), ("flight_all", None)):
+        model = C.build("flight")
+        cb = ReplaykitCallback(
+            folder / f"{name}.h5", snapshot_every=C.FLIGHT_EVERY, keep_snapshots=keep
+        )
+        model.learn(total, callback=cb)
+        recorded[name] = {"names": cb.snapshot_names, "failure": cb.failure}
+        recorded[name].update(C.final_state(model))
+    newest = recorded["flight"]["names"][-1]
     out = subprocess.run(
-        [sys.executable, str(HERE / "sb3_cases.py"), str(folder), *CASES],
+        [sys.executable, str(HERE / "sb3_cases.py"), str(folder), *RESUMED, f"flight:{newest}"],
         capture_output=True,
         text=True,
         timeout=900,
@@ -61,7 +82,19 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"folder": folder, "recorded": recorded, "resumed": resumed}
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize(
+    "case",
+    [
+        *CASES,
+        pytest.param(
+            "atari",
+            marks=[
+                pytest.mark.atari,
+                pytest.mark.skipif(not HAVE_ATARI, reason='needs "replaykit[atari]"'),
+            ],
+        ),
+    ],
+)
 def test_a_mid_rollout_snapshot_resumes_bit_exactly_in_a_fresh_process(
     runs: dict[str, Any], case: str
 ) -> None:
@@ -258,3 +291,111 @@ def test_a_snapshot_at_a_rollouts_last_step_is_taken_before_train(
     assert tree["extra"]["sb3"]["rollout_steps"] == rollout  # the whole rollout collected
     assert tree["recorder"]["updates"] == updates_before  # its train() not yet run
     assert runs["resumed"][case]["params"] == runs["recorded"][case]["params"]
+
+
+def test_flight_mode_keeps_the_first_and_last_snapshots_and_the_newest_resumes(
+    runs: dict[str, Any],
+) -> None:
+    every, end = C.FLIGHT_EVERY, runs["recorded"]["flight"]["timesteps"]
+    assert end == 352
+    everything = [f"step-{t:06d}" for t in range(every, end + 1, every)]
+    assert runs["recorded"]["flight_all"]["names"] == everything
+    kept = runs["recorded"]["flight"]["names"]
+    assert kept == [everything[0], *everything[-FLIGHT_KEEP:]]
+    assert runs["recorded"]["flight"]["failure"] is None
+    folder = runs["folder"]
+    with replaykit.Recording(folder / "flight.h5") as rec:
+        assert [s.name for s in rec.snapshots] == kept
+        assert rec.meta["retention"] == {
+            "every": every,
+            "keep": FLIGHT_KEEP,
+            "dropped": len(everything) - len(kept),
+        }
+        steps = rec.stream("steps").rows
+        updates = rec.stream("updates").rows
+        _, tree = rec.load_snapshot(kept[-1])
+    # The same run, same steps and updates; the file holds 3 snapshots instead of 17.
+    assert (folder / "flight.h5").stat().st_size < (folder / "flight_all.h5").stat().st_size
+    resumed = runs["resumed"]["flight"]
+    assert resumed["snapshot"] == kept[-1]
+    assert resumed["steps"] == steps - tree["recorder"]["step"] > 0
+    assert resumed["updates"] == updates - tree["recorder"]["updates"] == 1
+    assert resumed["params"] == runs["recorded"]["flight"]["params"]
+    assert resumed["params"] == runs["recorded"]["flight_all"]["params"]
+
+
+class NanReward(gymnasium.Wrapper[Any, Any, Any, Any]):
+    """Turns the reward of one step (counted from 1) into NaN."""
+
+    def __init__(self, env: Any, at: int) -> None:
+        super().__init__(env)
+        self.at, self.t = at, 0
+
+    def step(self, action: Any) -> Any:
+        obs, reward, term, trunc, info = self.env.step(action)
+        self.t += 1
+        return obs, float("nan") if self.t == self.at else reward, term, trunc, info
+
+
+class _NanRewardAdapter(replaykit.AttrAdapter):
+    name = "tests.test_sb3.NanReward"
+    attrs = ("t",)
+
+
+replaykit.register_wrapper_adapter(NanReward, _NanRewardAdapter())
+
+
+def test_flight_mode_records_a_nan_reward_and_stops_dropping_snapshots(tmp_path: Path) -> None:
+    from stable_baselines3 import PPO
+
+    from replaykit.integrations.sb3 import ReplaykitCallback
+
+    env = NanReward(gymnasium.make("CartPole-v1"), at=45)
+    model = PPO(
+        "MlpPolicy", env, n_steps=16, batch_size=16, seed=0, device="cpu", policy_kwargs=C.SMALL
+    )
+    cb = ReplaykitCallback(tmp_path / "nan.h5", snapshot_every=10, keep_snapshots=1)
+    # The NaN reaches the parameters in the next train(), whose error ends learn(); the
+    # file is closed on the way out with the first NaN as its failure.
+    with pytest.raises(ValueError, match="invalid values"):
+        model.learn(96, callback=cb)
+    failure = cb.failure
+    assert failure is not None
+    assert cb.snapshot_names == ["step-000010", "step-000040"]
+    assert (failure["kind"], failure["key"], failure["step"]) == ("nonfinite", "reward", 44)
+    # element [0]: the sub-env (the columns hold all sub-envs of a VecEnv step).
+    assert (failure["reason"], failure["episode"]) == ("reward NaN at element [0]", -1)
+    # No periodic snapshot after the failure; the ones before it were not dropped.
+    with replaykit.Recording(tmp_path / "nan.h5") as rec:
+        assert [s.name for s in rec.snapshots] == ["step-000010", "step-000040"]
+        assert rec.meta["closed"] is True
+        assert rec.meta["failure"] == failure
+        assert failure["snapshot"] == "step-000040"
+
+
+def test_mark_failure_is_reachable_from_the_callback(tmp_path: Path) -> None:
+    from stable_baselines3 import A2C
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+
+    from replaykit.integrations.sb3 import ReplaykitCallback
+
+    cb = ReplaykitCallback(tmp_path / "run.h5", snapshot_every=8, keep_snapshots=1)
+
+    class Check(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps == 20:
+                cb.mark_failure("episode return below the floor")
+            return True
+
+    with pytest.raises(UsageError, match="during learn"):
+        cb.mark_failure("too early")
+    model = A2C("MlpPolicy", "CartPole-v1", n_steps=4, seed=0, device="cpu")
+    model.learn(40, callback=CallbackList([cb, Check()]))
+    assert cb.failure is not None
+    assert cb.failure["reason"] == "episode return below the floor"
+    assert cb.failure["snapshot"] == "step-000016"
+    assert cb.snapshot_names == ["step-000008", "step-000016"]
+    with pytest.raises(UsageError, match="keep_snapshots must be an int >= 1"):
+        ReplaykitCallback(tmp_path / "x.h5", snapshot_every=8, keep_snapshots=0)
+    with pytest.raises(UsageError, match="pass snapshot_every=N with it"):
+        ReplaykitCallback(tmp_path / "x.h5", keep_snapshots=2)

@@ -26,6 +26,11 @@ buffer); when ``s`` is a rollout's last step, at the rollout's end, just before
 SB3's callbacks: the nearest points are that rollout end (before ``train()``) and the
 first env step after it.
 
+Flight mode: ``snapshot_every=N, keep_snapshots=K`` keeps the first and the last ``K``
+periodic snapshots and records the run's first NaN/infinity (observations, rewards, policy
+values, logged losses) or exception from the policy or ``train()`` as its failure record
+(``callback.failure``; ``callback.mark_failure(reason)`` records one of yours).
+
 Example:
     >>> import tempfile, os
     >>> from stable_baselines3 import PPO
@@ -41,6 +46,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import inspect
@@ -363,11 +369,13 @@ class _AlgoState:
                 v = getattr(m, k)
                 counters[k] = v.item() if isinstance(v, np.generic) else v
         last = {k: _copy(getattr(m, k)) for k in _LAST if getattr(m, k, None) is not None}
+        layout = {k: _layout(getattr(m, k)) for k in last}
         lstm = getattr(m, "_last_lstm_states", None)
         gen = getattr(m.action_space, "_np_random", None)
         return {
             "counters": counters,
             "last": last,
+            "last_layout": {k: v for k, v in layout.items() if v is not None},
             "lstm": None if lstm is None else [t.detach().clone() for t in _flat(lstm)],
             "action_space_rng": None if gen is None else rng.capture_generator(gen),
         }
@@ -376,8 +384,9 @@ class _AlgoState:
         m = self.model
         for k, v in tree["counters"].items():
             setattr(m, k, v)
+        layout = tree.get("last_layout") or {}
         for k in _LAST:
-            setattr(m, k, _copy(tree["last"].get(k)))
+            setattr(m, k, _with_layout(_copy(tree["last"].get(k)), layout.get(k)))
         if tree["lstm"] is not None:
             with torch.no_grad():
                 for live, saved in zip(_flat(m._last_lstm_states), tree["lstm"], strict=True):
@@ -387,6 +396,25 @@ class _AlgoState:
         else:
             gen = m.action_space.np_random
             rng.restore_generator(gen, tree["action_space_rng"])
+
+
+def _layout(x: Any) -> list[int] | None:
+    """Return the axes of a strided array from the outermost in memory (``None``: C order).
+
+    ``VecTransposeImage`` hands out transposed views; torch keeps their strides, and a
+    convolution over a channels-last input may round differently from a C-ordered one, so
+    the restored last observation must have the recorded layout, not only its values.
+    """
+    if not isinstance(x, np.ndarray) or x.ndim < 2 or x.flags.c_contiguous:  # noqa: PLR2004
+        return None
+    return [int(i) for i in np.argsort([-abs(s) for s in x.strides], kind="stable")]
+
+
+def _with_layout(x: Any, perm: Any) -> Any:
+    if perm is None or not isinstance(x, np.ndarray):
+        return x
+    perm = [int(i) for i in perm]
+    return np.ascontiguousarray(x.transpose(perm)).transpose(np.argsort(perm))
 
 
 def _flat(x: Any) -> list[Any]:
@@ -547,6 +575,7 @@ class _Hooks:
         model: Any,
         at_boundary: Callable[[], object],
         after_train: Callable[[], object],
+        on_error: Callable[[BaseException], object] | None = None,
     ) -> None:
         self.model = model
         self._installed: list[tuple[Any, str]] = []
@@ -556,7 +585,12 @@ class _Hooks:
             values: dict[str, Any] = model.logger.name_to_value
             for key in [k for k in values if k.startswith("train/")]:
                 del values[key]
-            out = orig_train(*args, **kwargs)
+            try:
+                out = orig_train(*args, **kwargs)
+            except Exception as exc:
+                if on_error is not None:
+                    on_error(exc)
+                raise
             after_train()
             return out
 
@@ -566,7 +600,12 @@ class _Hooks:
 
             def sample(*args: Any, **kwargs: Any) -> Any:
                 at_boundary()
-                return orig_sample(*args, **kwargs)
+                try:
+                    return orig_sample(*args, **kwargs)
+                except Exception as exc:
+                    if on_error is not None:
+                        on_error(exc)
+                    raise
 
             self._set(model, "_sample_action", sample)
         else:
@@ -575,7 +614,12 @@ class _Hooks:
 
             def forward(*args: Any, **kwargs: Any) -> Any:
                 at_boundary()
-                return orig_forward(*args, **kwargs)
+                try:
+                    return orig_forward(*args, **kwargs)
+                except Exception as exc:
+                    if on_error is not None:
+                        on_error(exc)
+                    raise
 
             self._set(policy, "forward", forward)
 
@@ -635,6 +679,15 @@ def _step_values(local: Mapping[str, Any]) -> dict[str, Any]:
 # recording
 
 
+def _nonfinite_word(value: Any) -> str:
+    """``NaN``, ``+inf`` or ``-inf`` (as the single-env recorder writes them)."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        return "+inf" if value > 0 else "-inf"
+    return f"non-finite ({value!r})"
+
+
 class _Recorder(_RecorderCore):
     def __init__(
         self,
@@ -645,6 +698,8 @@ class _Recorder(_RecorderCore):
         snapshot_every: int | None,
         overwrite: bool,
         metadata: Mapping[str, Any] | None,
+        keep_snapshots: int | None = None,
+        detect_failures: bool | None = None,
     ) -> None:
         self.model = model
         venv = model.get_env()
@@ -666,9 +721,15 @@ class _Recorder(_RecorderCore):
         for name, obj in tracked.items():
             snapshot.capture_tracked(obj, name)  # refuse an uncapturable object before training
         self._due = False
+        self._due_at = False  # the due snapshot was asked for by snapshot_at_steps
+        self._at_i = 0  # the first snapshot_at_steps value not yet reached
         self._next_due: float = min(
             [*self._at, *([self._every] if self._every else [])], default=math.inf
         )
+        # Flight mode: rows of the current block already checked for NaN/infinity, and the
+        # step rows at which the updates since the last check were logged.
+        self._scan_pos = 0
+        self._recent_updates: list[int] = []
         self._rollout_steps = 0
         self._rollout_episodes = 0
         self._writers: dict[str, Any] = {}
@@ -691,7 +752,10 @@ class _Recorder(_RecorderCore):
         self._tracked = tracked
         self._steps = self._writer.stream(F.STEPS)
         self._steps.on_block_full = self._writer.maybe_commit
-        self.hooks = _Hooks(model, self.at_boundary, self._after_train)
+        self.hooks = _Hooks(model, self.at_boundary, self._after_train, self._on_error)
+        self._start_flight(keep_snapshots, snapshot_every, detect_failures)
+        if self._detect:
+            self._steps.before_write = self._scan_before_write
 
     # steps
     def rollout_start(self) -> None:
@@ -733,18 +797,104 @@ class _Recorder(_RecorderCore):
         t = self.model.num_timesteps
         if t >= self._next_due:
             self._due = True
-            later = [a for a in self._at if a > t]
+            at, i = self._at, self._at_i
+            while i < len(at) and at[i] <= t:
+                self._due_at, i = True, i + 1
+            self._at_i = i
+            later = at[i : i + 1]
             if self._every is not None:
                 later.append((t // self._every + 1) * self._every)
             self._next_due = min(later, default=math.inf)
 
     def at_boundary(self) -> None:
         if self._due:
-            self._due = False
-            self.snapshot()
+            asked, self._due, self._due_at = self._due_at, False, False
+            if asked:
+                self.snapshot()
+            else:  # periodic: under flight-mode retention when keep_snapshots is given
+                self.flight_snapshot()
 
     def _after_train(self) -> None:
+        if self._detect:
+            self._recent_updates.append(self._steps.rows)
         self._update_log.log(self._steps.rows, _update_values(self.model))
+
+    # flight mode
+    def _on_error(self, exc: BaseException) -> None:
+        """Record an exception escaping the policy or ``train()`` (flight mode), then close."""
+        if self._closed:
+            return
+        if self._detect and not self._writer_broken():
+            with contextlib.suppress(Exception):  # never mask the user's exception
+                self._record_exception(exc)
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def _position(self) -> dict[str, Any]:
+        return {
+            F.FAILURE_STEP: self._steps.rows,
+            F.FAILURE_EPISODE: -1,
+            F.FAILURE_UPDATE: self._update_log.count,
+        }
+
+    def _scan_before_write(self) -> None:
+        s = self._steps
+        self._scan_failures()
+        if s.pos == s.block:  # the buffers start over after this write
+            self._scan_pos = 0
+
+    def _scan_failures(self) -> None:
+        """Check the step rows not checked yet for NaN/infinity (observations, rewards, probes).
+
+        The rows are checked in the buffers, a block at a time (before it is written), before
+        each periodic snapshot and at close: nothing runs per step.
+        """
+        s = self._steps
+        lo, hi = self._scan_pos, s.pos
+        self._scan_pos = hi
+        recent, self._recent_updates = self._recent_updates, []
+        if hi <= lo or self._failure is not None:
+            return
+        best: tuple[int, str, Any] | None = None
+        for col in s.columns.values():
+            name = col.name
+            if name not in (F.REWARD, F.OBS) and not name.startswith((F.OBS + "/", F.PROBE + "/")):
+                continue
+            if col.logical is not None or col.buf.dtype.kind not in "fc":
+                continue
+            bad = ~np.isfinite(col.buf[lo:hi].reshape(hi - lo, -1))
+            if col.present is not None:
+                bad &= col.present[lo:hi, None]
+            rows = bad.any(axis=1)
+            if rows.any():
+                r = int(np.argmax(rows))
+                if best is None or r < best[0]:
+                    best = (r, name, bad[r])
+        if best is None:
+            return
+        r, name, bad_row = best
+        row = s.rows - s.pos + lo + r  # the VecEnv step index of the row
+        col = s.columns[name]
+        flat = int(np.flatnonzero(bad_row)[0])
+        value = col.buf[lo + r].reshape(-1)[flat].item()
+        index = [int(i) for i in np.unravel_index(flat, col.shape)] if col.shape else []
+        before = self._update_log.count - len(recent)
+        self._record_failure(
+            {
+                F.FAILURE_KIND: F.FAILURE_NONFINITE,
+                F.FAILURE_WHERE: name.split("/", 1)[0],
+                F.FAILURE_KEY: name,
+                F.FAILURE_INDEX: index,
+                F.FAILURE_VALUE: repr(value),
+                F.FAILURE_REASON: f"{name} {_nonfinite_word(value)}"
+                + (f" at element {index}" if index else ""),
+            },
+            {
+                F.FAILURE_STEP: row,
+                F.FAILURE_EPISODE: -1,
+                F.FAILURE_UPDATE: before + sum(1 for u in recent if u <= row),
+            },
+        )
 
     def snapshot(self, name: str | None = None, *, extra: Any = None) -> str:
         self._require_open()
@@ -789,6 +939,13 @@ class ReplaykitCallback(_BaseCallback):
         snapshot_every: also snapshot each time ``num_timesteps`` crosses a multiple of it.
         overwrite: replace an existing ``path`` once the recording is closed.
         metadata: JSON data stored under ``meta["user"]``.
+        keep_snapshots: flight mode: keep only the first and the last ``keep_snapshots``
+            periodic (``snapshot_every``) snapshots, so a long run's file stays bounded;
+            the ``snapshot_at_steps`` ones are all kept. Turns failure detection on.
+        detect_failures: write a failure record (:attr:`failure`) at the first NaN or
+            infinity in the recorded observations, rewards, policy values or logged
+            losses; after it, no periodic snapshot is taken or dropped. Defaults to on
+            with ``keep_snapshots``. :meth:`mark_failure` records a failure of your own.
 
     Example:
         >>> import tempfile, os
@@ -809,9 +966,22 @@ class ReplaykitCallback(_BaseCallback):
         snapshot_every: int | None = None,
         overwrite: bool = False,
         metadata: Mapping[str, Any] | None = None,
+        keep_snapshots: int | None = None,
+        detect_failures: bool | None = None,
     ) -> None:
         super().__init__(0)
         at = [int(s) for s in snapshot_at_steps]
+        if keep_snapshots is not None and (
+            isinstance(keep_snapshots, bool)
+            or not isinstance(keep_snapshots, int)
+            or keep_snapshots < 1
+        ):
+            raise _UsageError(f"keep_snapshots must be an int >= 1, got {keep_snapshots!r}")
+        if keep_snapshots is not None and snapshot_every is None:
+            raise _UsageError(
+                "keep_snapshots keeps the first and last periodic snapshots; "
+                "pass snapshot_every=N with it"
+            )
         if any(s < 1 for s in at):
             raise _UsageError(f"snapshot_at_steps must be >= 1, got {sorted(at)}")
         if snapshot_every is not None and snapshot_every < 1:
@@ -821,8 +991,32 @@ class ReplaykitCallback(_BaseCallback):
         self.path = _Path(path)
         self._at, self._every = at, snapshot_every
         self._overwrite, self._metadata = overwrite, metadata
+        self._keep, self._detect = keep_snapshots, detect_failures
         self._rec: _Recorder | None = None
-        self.snapshot_names: list[str] = []
+
+    @property
+    def snapshot_names(self) -> list[str]:
+        """Names of the snapshots in the file, oldest first (flight mode: those kept)."""
+        return [] if self._rec is None else self._rec.snapshot_names
+
+    @property
+    def failure(self) -> dict[str, Any] | None:
+        """The run's failure record, or ``None`` while none (also after training ends)."""
+        return None if self._rec is None else self._rec.failure
+
+    def mark_failure(self, reason: str) -> None:
+        """Record that the run failed here, for a reason of your own (a check you wrote).
+
+        Call it from a callback of your own during ``learn()`` (e.g. in a
+        ``CallbackList`` after this one). The failure record names the step, the update
+        and the newest snapshot before it; periodic snapshots stop and none is dropped.
+
+        Args:
+            reason: one line saying what went wrong.
+        """
+        if self._rec is None:
+            raise _UsageError("mark_failure() is for a run in progress: call it during learn()")
+        self._rec.mark_failure(reason)
 
     def _init_callback(self) -> None:
         if self._rec is None:
@@ -833,6 +1027,8 @@ class ReplaykitCallback(_BaseCallback):
                 snapshot_every=self._every,
                 overwrite=self._overwrite,
                 metadata=self._metadata,
+                keep_snapshots=self._keep,
+                detect_failures=self._detect,
             )
 
     def _on_rollout_start(self) -> None:
@@ -850,7 +1046,6 @@ class ReplaykitCallback(_BaseCallback):
 
     def _on_training_end(self) -> None:
         if self._rec is not None:
-            self.snapshot_names = self._rec.snapshot_names
             self._rec.close()
 
 
