@@ -42,7 +42,7 @@ def test_dropout_policy_fails_and_eval_policy_passes() -> None:
     row = bad.check("policy model")
     assert row.status == "FAIL"
     assert "Dropout, p=0.5" in row.detail
-    assert "model.eval()" in row.fix
+    assert "evaluation mode" in row.fix and "`eval` method" in row.fix
     good = replaykit.doctor(lambda: gym.make("CartPole-v1"), diagnostics.eval_policy, steps=20)
     assert good.check("policy model").status == "PASS"
     assert good.ok

@@ -586,7 +586,8 @@ def _check_models(modules: list[tuple[str, Any]], inputs: dict[str, Any]) -> Doc
             "policy model",
             FAIL,
             "; ".join(problems),
-            "call model.eval() before acting (and model.train() only around updates)",
+            "put the model in evaluation mode (its `eval` method) before acting, and in training "
+            "mode only around updates",
         )
     if not checked:
         return DoctorCheck("policy model", PASS, "the policy's model was not called during the run")

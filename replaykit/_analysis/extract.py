@@ -304,13 +304,7 @@ def _write_extract(
             raise UsageError(
                 f"the extract of {src} did not pass its own check ({exc}); please report this"
             ) from None
-        if overwrite:
-            os.replace(tmp, dst)
-        else:
-            try:
-                os.link(tmp, dst)  # exclusive: never replaces a file created meanwhile
-            except FileExistsError:
-                raise UsageError(f"{dst} appeared while extracting; pass --force") from None
+        _publish(tmp, dst, overwrite)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -341,16 +335,21 @@ def _write_text(path: Path, text: str, overwrite: bool) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise UsageError(f"{path} appeared meanwhile; pass --force to replace it") from None
+        _publish(tmp, path, overwrite)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _publish(tmp: Path, dst: Path, overwrite: bool) -> None:
+    """Give the complete file ``tmp`` the name ``dst`` (the caller removes ``tmp`` after)."""
+    if overwrite:
+        os.replace(tmp, dst)
+        return
+    try:
+        os.link(tmp, dst)  # exclusive: never replaces a file created meanwhile
+    except FileExistsError:
+        raise UsageError(f"{dst} appeared meanwhile; pass --force to replace it") from None
 
 
 def _literal(text: str) -> str:

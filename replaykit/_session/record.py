@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -35,6 +34,7 @@ from replaykit._session.recorder import (
     env_spec_json,
     exact_into,
     json_options,
+    nonfinite_word,
     probe_name_problem,
     to_array,
 )
@@ -555,49 +555,7 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
             return
         if self._fast is not None:
             self._fill_pending()
-        best: tuple[int, str, Any] | None = None
-        for col in s.columns.values():
-            name = col.name
-            if name not in (F.REWARD, F.OBS) and not name.startswith((F.OBS + "/", F.PROBE + "/")):
-                continue
-            if col.logical is not None or col.buf.dtype.kind not in "fc":
-                continue
-            block = col.buf[lo:hi]
-            bad = ~np.isfinite(block.reshape(hi - lo, -1))
-            if col.present is not None:
-                bad &= col.present[lo:hi, None]
-            rows = bad.any(axis=1)
-            if rows.any():
-                r = int(np.argmax(rows))
-                if best is None or r < best[0]:
-                    best = (r, name, bad[r])
-        if best is None:
-            return
-        r, name, bad_row = best
-        row = s.rows - s.pos + lo + r  # the global step index of the row
-        col = s.columns[name]
-        flat = int(np.flatnonzero(bad_row)[0])
-        value = col.buf[lo + r].reshape(-1)[flat].item()
-        index = [int(i) for i in np.unravel_index(flat, col.shape)] if col.shape else []
-        where = name.split("/", 1)[0]
-        before = self._update_log.count - len(recent)
-        update = before + sum(1 for u in recent if u <= row)
-        self._record_failure(
-            {
-                F.FAILURE_KIND: F.FAILURE_NONFINITE,
-                F.FAILURE_WHERE: where,
-                F.FAILURE_KEY: name,
-                F.FAILURE_INDEX: index,
-                F.FAILURE_VALUE: repr(value),
-                F.FAILURE_REASON: f"{name} {_nonfinite_word(value)}"
-                + (f" at element {index}" if index else ""),
-            },
-            {
-                F.FAILURE_STEP: row,
-                F.FAILURE_EPISODE: int(s.columns[F.EPISODE].buf[lo + r]),
-                F.FAILURE_UPDATE: update,
-            },
-        )
+        self._record_first_nonfinite(s, lo, hi, recent, episodes=True)
 
     def _check_reset_obs(self, obs: Any) -> None:
         for get, leaf in zip(self._obs_get, self._obs_leaves, strict=True):
@@ -620,7 +578,7 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
                         F.FAILURE_KEY: key,
                         F.FAILURE_INDEX: index,
                         F.FAILURE_VALUE: repr(value),
-                        F.FAILURE_REASON: f"reset {key} {_nonfinite_word(value)}",
+                        F.FAILURE_REASON: f"reset {key} {nonfinite_word(value)}",
                     }
                 )
                 return
@@ -906,15 +864,6 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
 
 
 _MISSING: Any = object()
-
-
-def _nonfinite_word(value: Any) -> str:
-    """``NaN``, ``+inf`` or ``-inf`` (complex: the value's repr)."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "NaN"
-        return "+inf" if value > 0 else "-inf"
-    return f"non-finite ({value!r})"
 
 
 def _flat_parts(info: Mapping[Any, Any], prefix: tuple[Any, ...]) -> Any:

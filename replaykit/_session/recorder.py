@@ -38,8 +38,8 @@ __all__ = [
     "flat_info",
     "info_key_problem",
     "json_options",
-    "nonfinite_meta",
     "nonfinite_report",
+    "nonfinite_word",
     "open_writer",
     "probe_name_problem",
     "to_array",
@@ -448,15 +448,13 @@ def column_writer(
     return LeafWriter(s, col, what, value, name)
 
 
-def nonfinite_meta(tracked: Any, snapshot_name: str, stacklevel: int = 3) -> dict[str, Any] | None:
-    """Describe the first NaN/infinity in captured tracked state (``None`` if all finite).
-
-    Warns with :class:`~replaykit.errors.ReplaykitWarning`: a snapshot of a run that already
-    went non-finite is rarely the state one meant to keep.
-    """
-    from replaykit._state.modelstate import first_nonfinite
-
-    return nonfinite_report(first_nonfinite(tracked), snapshot_name, stacklevel + 1)
+def nonfinite_word(value: Any) -> str:
+    """``NaN``, ``+inf`` or ``-inf`` (complex: the value's repr)."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        return "+inf" if value > 0 else "-inf"
+    return f"non-finite ({value!r})"
 
 
 def nonfinite_report(
@@ -893,6 +891,58 @@ class RecorderCore:
 
     def _scan_failures(self) -> None:
         """Look for non-finite values in rows not checked yet (env recorders)."""
+
+    def _record_first_nonfinite(
+        self, s: StreamWriter, lo: int, hi: int, recent: list[int], *, episodes: bool
+    ) -> None:
+        """Record the first NaN/infinity in buffered rows ``[lo, hi)`` of ``s`` as the failure.
+
+        Observations, rewards and probes are checked a block at a time (vectorised; nothing
+        runs per step): the first non-finite element (lowest row, then column order) becomes
+        the failure record at its own row's step (and episode, with ``episodes``).
+        ``recent`` holds the step counts at which the updates logged since the last scan
+        were logged, to place the failure among them.
+        """
+        best: tuple[int, str, Any] | None = None
+        for col in s.columns.values():
+            name = col.name
+            if name not in (F.REWARD, F.OBS) and not name.startswith((F.OBS + "/", F.PROBE + "/")):
+                continue
+            if col.logical is not None or col.buf.dtype.kind not in "fc":
+                continue
+            bad = ~np.isfinite(col.buf[lo:hi].reshape(hi - lo, -1))
+            if col.present is not None:
+                bad &= col.present[lo:hi, None]
+            rows = bad.any(axis=1)
+            if rows.any():
+                r = int(np.argmax(rows))
+                if best is None or r < best[0]:
+                    best = (r, name, bad[r])
+        if best is None:
+            return
+        r, name, bad_row = best
+        row = s.rows - s.pos + lo + r  # the global step index of the row
+        col = s.columns[name]
+        flat = int(np.flatnonzero(bad_row)[0])
+        value = col.buf[lo + r].reshape(-1)[flat].item()
+        index = [int(i) for i in np.unravel_index(flat, col.shape)] if col.shape else []
+        before = self._update_log.count - len(recent)
+        self._record_failure(
+            {
+                F.FAILURE_KIND: F.FAILURE_NONFINITE,
+                F.FAILURE_WHERE: name.split("/", 1)[0],
+                F.FAILURE_KEY: name,
+                F.FAILURE_INDEX: index,
+                F.FAILURE_VALUE: repr(value),
+                F.FAILURE_REASON: f"{name} {nonfinite_word(value)}"
+                + (f" at element {index}" if index else ""),
+            },
+            {
+                F.FAILURE_STEP: row,
+                F.FAILURE_EPISODE: int(s.columns[F.EPISODE].buf[lo + r]) if episodes else -1,
+                F.FAILURE_UPDATE: before + sum(1 for u in recent if u <= row),
+            },
+        )
 
     def _writer_broken(self) -> bool:
         return getattr(self._writer, "_broken", None) is not None or self._closed

@@ -679,15 +679,6 @@ def _step_values(local: Mapping[str, Any]) -> dict[str, Any]:
 # recording
 
 
-def _nonfinite_word(value: Any) -> str:
-    """``NaN``, ``+inf`` or ``-inf`` (as the single-env recorder writes them)."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "NaN"
-        return "+inf" if value > 0 else "-inf"
-    return f"non-finite ({value!r})"
-
-
 class _Recorder(_RecorderCore):
     def __init__(
         self,
@@ -855,46 +846,7 @@ class _Recorder(_RecorderCore):
         recent, self._recent_updates = self._recent_updates, []
         if hi <= lo or self._failure is not None:
             return
-        best: tuple[int, str, Any] | None = None
-        for col in s.columns.values():
-            name = col.name
-            if name not in (F.REWARD, F.OBS) and not name.startswith((F.OBS + "/", F.PROBE + "/")):
-                continue
-            if col.logical is not None or col.buf.dtype.kind not in "fc":
-                continue
-            bad = ~np.isfinite(col.buf[lo:hi].reshape(hi - lo, -1))
-            if col.present is not None:
-                bad &= col.present[lo:hi, None]
-            rows = bad.any(axis=1)
-            if rows.any():
-                r = int(np.argmax(rows))
-                if best is None or r < best[0]:
-                    best = (r, name, bad[r])
-        if best is None:
-            return
-        r, name, bad_row = best
-        row = s.rows - s.pos + lo + r  # the VecEnv step index of the row
-        col = s.columns[name]
-        flat = int(np.flatnonzero(bad_row)[0])
-        value = col.buf[lo + r].reshape(-1)[flat].item()
-        index = [int(i) for i in np.unravel_index(flat, col.shape)] if col.shape else []
-        before = self._update_log.count - len(recent)
-        self._record_failure(
-            {
-                F.FAILURE_KIND: F.FAILURE_NONFINITE,
-                F.FAILURE_WHERE: name.split("/", 1)[0],
-                F.FAILURE_KEY: name,
-                F.FAILURE_INDEX: index,
-                F.FAILURE_VALUE: repr(value),
-                F.FAILURE_REASON: f"{name} {_nonfinite_word(value)}"
-                + (f" at element {index}" if index else ""),
-            },
-            {
-                F.FAILURE_STEP: row,
-                F.FAILURE_EPISODE: -1,
-                F.FAILURE_UPDATE: before + sum(1 for u in recent if u <= row),
-            },
-        )
+        self._record_first_nonfinite(s, lo, hi, recent, episodes=False)
 
     def snapshot(self, name: str | None = None, *, extra: Any = None) -> str:
         self._require_open()
