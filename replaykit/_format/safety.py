@@ -26,7 +26,13 @@ from replaykit.errors import (
     UnsafeFileError,
 )
 
-__all__ = ["BEING_WRITTEN", "is_being_written", "open_validated", "validate_structure"]
+__all__ = [
+    "BEING_WRITTEN",
+    "changed_since_open",
+    "is_being_written",
+    "open_validated",
+    "validate_structure",
+]
 
 # What a reader says when a file failed to read while another process holds it open for
 # writing: the failure is a read racing a commit, not damage.
@@ -119,6 +125,8 @@ def open_validated(path: Path) -> h5py.File:
         ) from None
     try:
         key = _identity(f)
+        if key is not None:
+            _remember_open(path, key)
         if key is None or key not in _VALIDATED:
             validate_structure(f, path, size)
             if key is not None:
@@ -142,6 +150,32 @@ def _identity(f: h5py.File) -> tuple[int, ...] | None:
     except (OSError, RuntimeError, ValueError, TypeError):
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+# The identity each path had when this process last opened it: a read that failed on a file
+# that has changed since was racing its writer (a commit, or the close), not reading damage,
+# even when the writer is gone by the time the failure is looked at.
+_OPENED: dict[str, tuple[int, ...]] = {}
+
+
+def _remember_open(path: Path, key: tuple[int, ...]) -> None:
+    name = os.fspath(path)
+    _OPENED.pop(name, None)
+    if len(_OPENED) >= _VALIDATED_MAX:
+        _OPENED.pop(next(iter(_OPENED)))
+    _OPENED[name] = key
+
+
+def changed_since_open(path: Path) -> bool:
+    """Tell whether ``path`` changed on disk since this process last opened it for reading."""
+    key = _OPENED.get(os.fspath(path))
+    if key is None:
+        return False
+    try:
+        st = os.stat(path)
+    except OSError:
+        return True
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != key
 
 
 def _remember(key: tuple[int, ...]) -> None:

@@ -1347,7 +1347,7 @@ class _guard:  # noqa: N801 - used as a context manager, reads like a keyword
             text = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
             from replaykit._format import safety as _safety
 
-            if _safety.is_being_written(self.path):
+            if _safety.is_being_written(self.path) or _safety.changed_since_open(self.path):
                 raise FileFormatError(
                     f"cannot {self.what} ({type(exc).__name__}: {text}): the file "
                     f"{_safety.BEING_WRITTEN}",
