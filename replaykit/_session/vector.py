@@ -392,6 +392,8 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
         self._episodes = np.full(self._n, -1, dtype=np.int64)
         self._autoreset = np.zeros(self._n, dtype=np.bool_)
         self._last_was_reset = True
+        # Bound column buffers for the batched path of step() (see _start_batched).
+        self._vfast: tuple[Any, ...] | None = None
         for name, obj in (track or {}).items():
             self.track(name, obj)
 
@@ -455,6 +457,12 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
         batch = _batch_dict(obs, self._obs_leaves)
         for leaf in self._obs_leaves:
             self._write(s, F.column_path(F.OBS, leaf.name), batch[leaf.name], p, False)
+        self._write_infos(s, infos, batch, p)
+
+    def _write_infos(
+        self, s: StreamWriter, infos: Mapping[str, Any], batch: Mapping[str, np.ndarray], p: int
+    ) -> None:
+        """Write a call's batched infos into row ``p`` (``batch``: its observation leaves)."""
         items = list(_info_items(infos, self._single_obs_leaves, batch))
         # Every new key is checked before any column is created: a refused key leaves the
         # file as it was. Writers are looked up by the key's parts, so a key holding '/'
@@ -551,9 +559,106 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
         return obs, infos
 
     def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        self._require_open()
-        pending = self._autoreset.copy() if self._mode == AutoresetMode.NEXT_STEP else None
+        if self._halted:
+            self._require_open()
+        vf = self._vfast
+        if vf is None:
+            return self._step_general(actions)
+        (
+            a_buf,
+            a_dt,
+            a_shape,
+            o_buf,
+            o_dt,
+            o_shape,
+            r_buf,
+            r_dt,
+            n_shape,
+            t_buf,
+            u_buf,
+            e_buf,
+            ar_buf,
+        ) = vf
+        # The batched path: one row per vector step, each column filled with one array
+        # store. The pending autoresets are read before the env steps (it resets those
+        # sub-envs in this step); the array is replaced below, never changed in place here.
+        pending = self._autoreset
         obs, rewards, terms, truncs, infos = self.env.step(actions)
+        if not (
+            actions.__class__ is _ndarray
+            and actions.dtype is a_dt
+            and actions.shape == a_shape
+            and obs.__class__ is _ndarray
+            and obs.dtype is o_dt
+            and obs.shape == o_shape
+            and rewards.__class__ is _ndarray
+            and rewards.dtype is r_dt
+            and rewards.shape == n_shape
+            and terms.__class__ is _ndarray
+            and terms.dtype is _BOOL
+            and terms.shape == n_shape
+            and truncs.__class__ is _ndarray
+            and truncs.dtype is _BOOL
+            and truncs.shape == n_shape
+        ):
+            # Values of another class, dtype or shape than the columns': the general path
+            # writes (or refuses) them value by value, exactly as at the first step.
+            return self._write_step(pending.copy(), actions, obs, rewards, terms, truncs, infos)
+        s = self._steps
+        p = s.pos
+        if infos:
+            try:
+                self._write_infos(s, infos, {self._obs_leaves[0].name: obs}, p)
+            except CaptureError as exc:
+                self._discard_row(s, p)
+                self._halt_after_refusal(exc)
+                raise
+        a_buf[p] = actions
+        o_buf[p] = obs
+        r_buf[p] = rewards
+        t_buf[p] = terms
+        u_buf[p] = truncs
+        done = terms | truncs
+        eps = self._episodes
+        if ar_buf is not None:  # NEXT_STEP: the sub-envs reset in this step start an episode
+            ar_buf[p] = pending
+            eps += pending
+            self._autoreset = done
+        elif self._mode == AutoresetMode.SAME_STEP:
+            eps += done
+        else:
+            self._autoreset = done
+        e_buf[p] = eps
+        # StreamWriter.end_row, inlined.
+        s.pos = p = p + 1
+        s.rows += 1
+        if p == s.check_at:
+            s.checkpoint()
+        t = self._t = self._t + 1
+        self._last_was_reset = False
+        if t >= self._next_snapshot:
+            self._snapshot_if_due(t)
+        return obs, rewards, terms, truncs, infos
+
+    def _step_general(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """Step and write the row value by value (the first step, and any other layout)."""
+        pending = self._autoreset.copy()
+        obs, rewards, terms, truncs, infos = self.env.step(actions)
+        out = self._write_step(pending, actions, obs, rewards, terms, truncs, infos)
+        if self._t == 1:
+            self._start_batched()
+        return out
+
+    def _write_step(
+        self,
+        pending: np.ndarray,
+        actions: Any,
+        obs: Any,
+        rewards: Any,
+        terms: Any,
+        truncs: Any,
+        infos: dict[str, Any],
+    ) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         s = self._steps
         p = s.pos
         try:
@@ -569,7 +674,7 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
             self._halt_after_refusal(exc)
             raise
         done = np.logical_or(terms, truncs)
-        if pending is not None:
+        if self._mode == AutoresetMode.NEXT_STEP:
             self._episodes[pending] += 1
             self._write(s, F.AUTORESET, pending, p, False)
             self._autoreset = done
@@ -585,6 +690,43 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
             self._snapshot_if_due(self._t)
         return obs, rewards, terms, truncs, infos
 
+    def _start_batched(self) -> None:
+        """Bind the column buffers for the batched path of :meth:`step` (after the first step).
+
+        Taken when the action and the observation are single arrays (Box, Discrete,
+        MultiBinary and MultiDiscrete spaces: no Dict or Tuple leaves); rows of another
+        layout, dtype or shape than the first step's go through the general path.
+        """
+        if (
+            len(self._act_leaves) != 1
+            or len(self._obs_leaves) != 1
+            or self._act_leaves[0].path
+            or self._obs_leaves[0].path
+        ):
+            return
+        cols = self._steps.columns
+        act = cols[F.column_path(F.ACTION, self._act_leaves[0].name)]
+        obs = cols[F.column_path(F.OBS, self._obs_leaves[0].name)]
+        rew, term, trunc, ep = (cols[k] for k in (F.REWARD, F.TERMINATED, F.TRUNCATED, F.EPISODE))
+        if any(c.logical is not None for c in (act, obs, rew)):
+            return  # bfloat16 and other logical dtypes: stored bits, converted per value
+        ar = cols[F.AUTORESET].buf if self._mode == AutoresetMode.NEXT_STEP else None
+        self._vfast = (
+            act.buf,
+            act.buf.dtype,
+            act.shape,
+            obs.buf,
+            obs.buf.dtype,
+            obs.shape,
+            rew.buf,
+            rew.buf.dtype,
+            (self._n,),
+            term.buf,
+            trunc.buf,
+            ep.buf,
+            ar,
+        )
+
     def _final_meta(self) -> dict[str, Any]:
         return {
             F.META_SKIPPED_INFO: sorted(self._skipped),
@@ -597,6 +739,8 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
 
 
 _MISSING: Any = object()
+_ndarray = np.ndarray
+_BOOL = np.dtype(np.bool_)
 
 
 # ----------------------------------------------------------------------------- replay
