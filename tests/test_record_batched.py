@@ -17,6 +17,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 import replaykit
 from replaykit._format.store import Recording
+from replaykit._session.record import RecordingWrapper
 from replaykit._session.vector import VectorRecordingWrapper
 from replaykit.errors import CaptureError
 
@@ -158,3 +159,97 @@ def test_vector_refused_value_mid_block_stops_both_paths_at_that_step(tmp_path: 
     assert why_fast is not None and why_fast == why_slow
     assert "info/k" in why_fast and "int64" in why_fast and "float64" in why_fast
     assert _same_rows(fast, slow) == 39
+
+
+# ----------------------------------------------------------------------------- single envs
+class _BoxEnv(gym.Env[np.ndarray, np.ndarray]):
+    """Box obs (float64) and actions (float32), an info dict every step; ends every 37 steps."""
+
+    def __init__(self) -> None:
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (5,), np.float64)
+        self.action_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+        self.k = 0
+        self.t = 0
+
+    def reset(self, *, seed: int | None = None, options: Any = None) -> Any:
+        super().reset(seed=seed)
+        self.k = 0
+        return np.zeros(5), {}
+
+    def step(self, action: np.ndarray) -> Any:
+        self.k += 1
+        self.t += 1
+        obs = np.linspace(0, self.t, 5)
+        info = {"x": np.float64(self.t), "ctrl": np.float32(-self.t)}
+        return obs, np.float64(0.5 * self.t), self.k % 37 == 0, False, info
+
+
+def _probes(t: int, bad_at: int | None) -> dict[str, Any]:
+    """The probes of step ``t``: logits every step; other names, orders and values at times."""
+    base = np.arange(4, dtype=np.float32).reshape(2, 2) + t
+    probes: dict[str, Any] = {"logits": base[:, 0]}  # a strided view: copied as its values
+    if t % 4 == 0:
+        probes["value"] = np.array(t * 0.25)  # a second name on some steps only
+    if t in (40, 41):
+        probes = dict(reversed(list(probes.items())))  # same names, another order
+    if t == 33:
+        probes["logits"] = np.array([np.nan, 1.0], np.float32)  # a failure to detect
+    if 60 <= t < 66:
+        probes = {}  # steps without probes
+    if t == bad_at:
+        probes["logits"] = base[:, 0].astype(np.float64)  # another dtype: refused
+    return probes
+
+
+def _record_single(path: Path, steps: int, mode: str, bad_at: int | None = None) -> Any:
+    """Record ``steps`` steps with probes; ``mode``: batched, probes per row, or all per row."""
+    rec = RecordingWrapper(_BoxEnv(), path, seed=0, detect_failures=True)
+    if mode != "batched":
+        rec._probe_learned = True  # the batched probe spec stays empty
+    refused = None
+    rec.reset()
+    a = np.zeros(2, np.float32)
+    for t in range(1, steps + 1):
+        for name, value in _probes(t, bad_at).items():
+            rec.probe(name, value)
+        try:
+            _, _, term, trunc, _ = rec.step(a)
+        except CaptureError as exc:
+            refused = str(exc)
+            break
+        if mode == "per-row":
+            rec._fast = None  # every later row through the value-by-value writer
+        if term or trunc:
+            rec.reset()
+    batched = bool(rec._probe_spec)
+    rec.close()  # checks the rows still buffered for NaN/infinity
+    failure = rec.failure
+    assert batched == (mode == "batched")
+    return refused, failure
+
+
+@pytest.mark.parametrize("steps", [150, 4500])  # within one block, and across blocks
+def test_batched_probes_match_the_per_row_path(tmp_path: Path, steps: int) -> None:
+    paths = {m: tmp_path / f"{m}.h5" for m in ("batched", "probes-per-row", "per-row")}
+    results = {m: _record_single(p, steps, m) for m, p in paths.items()}
+    assert results["batched"] == results["probes-per-row"] == results["per-row"]
+    refused, failure = results["batched"]
+    assert refused is None
+    assert failure is not None and failure["step"] == 32 and failure["key"] == "probe/logits"
+    assert _same_rows(paths["batched"], paths["per-row"]) == steps
+    assert _same_rows(paths["batched"], paths["probes-per-row"]) == steps
+    with Recording(paths["batched"]) as rec:
+        s = rec.stream("steps")
+        logits, value_present = s.read("probe/logits"), s.present("probe/value")
+    assert logits[0].tolist() == [1.0, 3.0] and logits[99].tolist() == [100.0, 102.0]
+    assert value_present is not None and value_present[3] and not value_present[4]
+    assert not logits[60:65].any()  # no probes logged: zeros, absent
+
+
+def test_refused_probe_mid_block_stops_both_paths_at_that_step(tmp_path: Path) -> None:
+    paths = {m: tmp_path / f"{m}.h5" for m in ("batched", "per-row")}
+    results = {m: _record_single(p, 150, m, bad_at=77) for m, p in paths.items()}
+    assert results["batched"] == results["per-row"]
+    refused = results["batched"][0]
+    assert refused is not None and "probe 'logits'" in refused and "float64" in refused
+    assert _same_rows(paths["batched"], paths["per-row"]) == 76
