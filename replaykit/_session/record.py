@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -200,6 +201,8 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
         # Batched info path of step(): the flat keys, value classes and writers it expects.
         self._info_keys: tuple[str, ...] | None = None
         self._info_types: tuple[type, ...] = ()
+        self._info_n = -1  # the learned keys' count (-1: none learned, no info matches)
+        self._info_get: Callable[[Any], Any] = tuple
         self._info_cols: list[LeafWriter | None] = []
         self._reset_info_w: dict[str, LeafWriter | None] = {}
         self._probes: dict[str, Any] = {}
@@ -211,7 +214,7 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
         self._probe_learned = False
         self._t = 0
         self._episode = -1
-        self._k = 0
+        self._episode_start = 0  # the step count at the current episode's reset
         self._needs_reset = True
         self._episode_start_state: Any = None
         self._recording_start_state: Any = None
@@ -296,7 +299,7 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
         recorder = {
             F.SNAP_STEP: self._t,
             F.SNAP_EPISODE: self._episode,
-            F.SNAP_STEP_IN_EPISODE: self._k,
+            F.SNAP_STEP_IN_EPISODE: self._t - self._episode_start,
             F.SNAP_UPDATES: self._update_log.count,
             F.SNAP_NEEDS_RESET: self._needs_reset,
             F.SNAP_SEQ: self._snap_seq,
@@ -342,7 +345,7 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
                 self._recording_start_state = self._episode_start_state
         obs, info = self.env.reset(seed=seed, options=options)
         self._episode += 1
-        self._k = 0
+        self._episode_start = self._t
         self._needs_reset = False
         s = self._resets
         p = s.pos
@@ -415,10 +418,14 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
             if info:
                 # An info dict with the keys, order and value classes seen before (MuJoCo's
                 # four floats every step) is batched too: ~0.4 us instead of ~0.7 us a key.
-                if tuple(info) == self._info_keys:
-                    iv = tuple(info.values())
-                    if tuple(map(type, iv)) != self._info_types:
-                        iv = None
+                if len(info) == self._info_n:
+                    try:
+                        iv = self._info_get(info)  # the learned keys' values, in learned order
+                    except KeyError:
+                        pass
+                    else:
+                        if tuple(map(type, iv)) != self._info_types:
+                            iv = None
                 if iv is None:
                     self._row_info(info, p)
             if self._probes:
@@ -452,7 +459,6 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
             if s.pos == 0:
                 self._scan_pos = 0
         t = self._t = self._t + 1
-        self._k += 1
         if terminated or truncated:
             self._needs_reset = True
         if t >= self._next_snapshot:
@@ -757,9 +763,18 @@ class RecordingWrapper(RecorderCore, gym.Wrapper[Any, Any, Any, Any]):
                 cols.append(w)
             else:
                 return
+        keys = tuple(info)
         self._info_cols = cols
         self._info_types = tuple(map(type, info.values()))
-        self._info_keys = tuple(info)
+        self._info_keys = keys
+        self._info_n = len(keys)
+        # One C call returns the values of the learned keys (a tuple: itemgetter of one key
+        # returns the bare value, so that key is asked for twice and the copy ignored).
+        self._info_get = (
+            operator.itemgetter(*keys) if len(keys) > 1 else operator.itemgetter(*keys, *keys)
+        )
+        if len(keys) == 1:
+            self._info_types += self._info_types
 
     def _fill_info(self, ivs: list[tuple[Any, ...] | None], lo: int) -> None:
         """Write batched info values (``ivs``: one per row from ``lo``, keys as learned)."""
