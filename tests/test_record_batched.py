@@ -35,6 +35,8 @@ def _columns(path: Path) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray |
 def _same_rows(a: Path, b: Path) -> int:
     """Assert both files hold the same columns, dtypes, values and flags; return the rows."""
     ca, cb = _columns(a), _columns(b)
+    with Recording(a) as ra, Recording(b) as rb:
+        assert [i.meta for i in ra.snapshots] == [i.meta for i in rb.snapshots]
     assert sorted(ca) == sorted(cb)
     for key, (va, pa) in ca.items():
         vb, pb = cb[key]
@@ -103,8 +105,14 @@ def _record_vector(
         fns = [lambda n=n: _Countdown(n, clock, bad_at) for n in (3, 4, 7, 2)]
     else:
         fns = [lambda: gym.make("CartPole-v1")] * 4
+    # Commits every 64 rows and a snapshot and a reset mid-block: each moves the batched
+    # rows into the buffers (and brings the episode counters up to date) at another row.
     vec = VectorRecordingWrapper(
-        SyncVectorEnv(fns, autoreset_mode=mode), path, seed=5, commit_every_steps=300
+        SyncVectorEnv(fns, autoreset_mode=mode),
+        path,
+        seed=5,
+        commit_every_steps=64,
+        snapshot_at=[50],
     )
     if not batched:
         vec._start_batched = lambda: None  # type: ignore[method-assign]
@@ -118,6 +126,8 @@ def _record_vector(
             except CaptureError as exc:
                 refused = str(exc)
                 break
+            if vec.step_count == 120:
+                vec.reset(options={"reset_mask": np.array([True, False, True, False])})
     finally:
         vec.close()
     assert (vec._vfast is not None) == batched

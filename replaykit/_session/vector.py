@@ -392,8 +392,10 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
         self._episodes = np.full(self._n, -1, dtype=np.int64)
         self._autoreset = np.zeros(self._n, dtype=np.bool_)
         self._last_was_reset = True
-        # Bound column buffers for the batched path of step() (see _start_batched).
+        # Bound column buffers for the batched path of step() (see _start_batched), and
+        # its rows not yet in the buffers (see _fill_batched).
         self._vfast: tuple[Any, ...] | None = None
+        self._vpending: list[tuple[bytes, ...]] = []
         for name, obj in (track or {}).items():
             self.track(name, obj)
 
@@ -412,6 +414,7 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
         self._require_open()
         if self._reset_count == 0:
             raise UsageError("snapshot() before the first reset(); reset the vector env first")
+        self._fill_batched()  # the episode counters and autoresets of the rows so far
         name = self._snapshot_name(name, "step", self._t)
         recorder = {
             F.SNAP_STEP: self._t,
@@ -526,6 +529,7 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
         options: dict[str, Any] | None = None,
     ) -> tuple[Any, dict[str, Any]]:
         self._require_open()
+        self._fill_batched()  # the episode counters and autoresets this reset changes
         if seed is None and self._reset_count == 0 and self._seed is not None:
             seed = self._seed
         seeds = _seeds(seed, self._n)
@@ -564,26 +568,8 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
         vf = self._vfast
         if vf is None:
             return self._step_general(actions)
-        (
-            a_buf,
-            a_dt,
-            a_shape,
-            o_buf,
-            o_dt,
-            o_shape,
-            r_buf,
-            r_dt,
-            n_shape,
-            t_buf,
-            u_buf,
-            e_buf,
-            ar_buf,
-        ) = vf
-        # The batched path: one row per vector step, each column filled with one array
-        # store. The pending autoresets are read before the env steps (it resets those
-        # sub-envs in this step); the array is replaced below, never changed in place here.
-        pending = self._autoreset
         obs, rewards, terms, truncs, infos = self.env.step(actions)
+        a_dt, a_shape, o_dt, o_shape, r_dt, n_shape = vf[1], vf[2], vf[4], vf[5], vf[7], vf[8]
         if not (
             actions.__class__ is _ndarray
             and actions.dtype is a_dt
@@ -602,8 +588,12 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
             and truncs.shape == n_shape
         ):
             # Values of another class, dtype or shape than the columns': the general path
-            # writes (or refuses) them value by value, exactly as at the first step.
-            return self._write_step(pending.copy(), actions, obs, rewards, terms, truncs, infos)
+            # writes (or refuses) them value by value, exactly as at the first step. The
+            # batched rows go first: they set the episode counters and autoresets it uses.
+            self._fill_batched()
+            return self._write_step(
+                self._autoreset.copy(), actions, obs, rewards, terms, truncs, infos
+            )
         s = self._steps
         p = s.pos
         if infos:
@@ -613,22 +603,18 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
                 self._discard_row(s, p)
                 self._halt_after_refusal(exc)
                 raise
-        a_buf[p] = actions
-        o_buf[p] = obs
-        r_buf[p] = rewards
-        t_buf[p] = terms
-        u_buf[p] = truncs
-        done = terms | truncs
-        eps = self._episodes
-        if ar_buf is not None:  # NEXT_STEP: the sub-envs reset in this step start an episode
-            ar_buf[p] = pending
-            eps += pending
-            self._autoreset = done
-        elif self._mode == AutoresetMode.SAME_STEP:
-            eps += done
-        else:
-            self._autoreset = done
-        e_buf[p] = eps
+        # The batched path: the row's arrays are copied now (the env or the caller may reuse
+        # them) and go into the column buffers once per block (_fill_batched), where the
+        # episode counters and autoresets of all its rows are computed at once.
+        self._vpending.append(
+            (
+                actions.tobytes(),
+                obs.tobytes(),
+                rewards.tobytes(),
+                terms.tobytes(),
+                truncs.tobytes(),
+            )
+        )
         # StreamWriter.end_row, inlined.
         s.pos = p = p + 1
         s.rows += 1
@@ -639,6 +625,62 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
         if t >= self._next_snapshot:
             self._snapshot_if_due(t)
         return obs, rewards, terms, truncs, infos
+
+    def _fill_batched(self) -> None:
+        """Move the rows batched by :meth:`step` into the column buffers.
+
+        Also brings the episode counters and pending autoresets up to date: per row, as
+        the general path computes them (``NEXT_STEP``: a sub-env whose previous step ended
+        its episode resets in this one, which starts its next episode; ``SAME_STEP``: an
+        ending step starts the next episode), as cumulative sums over the rows.
+        """
+        pend = self._vpending
+        n = len(pend)
+        if not n:
+            return
+        vf = self._vfast
+        assert vf is not None
+        (
+            a_buf,
+            a_dt,
+            a_shape,
+            o_buf,
+            o_dt,
+            o_shape,
+            r_buf,
+            r_dt,
+            n_shape,
+            t_buf,
+            u_buf,
+            e_buf,
+            ar_buf,
+        ) = vf
+        hi = self._steps.pos
+        lo = hi - n  # batched rows are always the latest ones
+        cols = [b"".join([r[j] for r in pend]) for j in range(5)]
+        pend.clear()
+        a_buf[lo:hi] = np.frombuffer(cols[0], a_dt).reshape(n, *a_shape)
+        o_buf[lo:hi] = np.frombuffer(cols[1], o_dt).reshape(n, *o_shape)
+        r_buf[lo:hi] = np.frombuffer(cols[2], r_dt).reshape(n, *n_shape)
+        terms = np.frombuffer(cols[3], _BOOL).reshape(n, *n_shape)
+        truncs = np.frombuffer(cols[4], _BOOL).reshape(n, *n_shape)
+        t_buf[lo:hi] = terms
+        u_buf[lo:hi] = truncs
+        done = terms | truncs
+        if ar_buf is not None:  # NEXT_STEP
+            pending = np.empty_like(done)
+            pending[0] = self._autoreset
+            pending[1:] = done[:-1]
+            ar_buf[lo:hi] = pending
+            episodes = self._episodes + np.cumsum(pending, axis=0, dtype=np.int64)
+            self._autoreset = done[-1].copy()
+        elif self._mode == AutoresetMode.SAME_STEP:
+            episodes = self._episodes + np.cumsum(done, axis=0, dtype=np.int64)
+        else:
+            episodes = np.broadcast_to(self._episodes, done.shape)
+            self._autoreset = done[-1].copy()
+        e_buf[lo:hi] = episodes
+        self._episodes = episodes[-1].copy()
 
     def _step_general(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """Step and write the row value by value (the first step, and any other layout)."""
@@ -726,8 +768,10 @@ class VectorRecordingWrapper(RecorderCore, gym.vector.VectorWrapper):
             ep.buf,
             ar,
         )
+        self._steps.before_write = self._fill_batched
 
     def _final_meta(self) -> dict[str, Any]:
+        self._fill_batched()
         return {
             F.META_SKIPPED_INFO: sorted(self._skipped),
             F.META_STEPS: self._t,
