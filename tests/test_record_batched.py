@@ -175,11 +175,12 @@ def test_vector_refused_value_mid_block_stops_both_paths_at_that_step(tmp_path: 
 class _BoxEnv(gym.Env[np.ndarray, np.ndarray]):
     """Box obs (float64) and actions (float32), an info dict every step; ends every 37 steps."""
 
-    def __init__(self) -> None:
+    def __init__(self, one_key: bool = False) -> None:
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (5,), np.float64)
         self.action_space = gym.spaces.Box(-1, 1, (2,), np.float32)
         self.k = 0
         self.t = 0
+        self.one_key = one_key
 
     def reset(self, *, seed: int | None = None, options: Any = None) -> Any:
         super().reset(seed=seed)
@@ -190,7 +191,11 @@ class _BoxEnv(gym.Env[np.ndarray, np.ndarray]):
         self.k += 1
         self.t += 1
         obs = np.linspace(0, self.t, 5)
-        info = {"x": np.float64(self.t), "ctrl": np.float32(-self.t)}
+        info: dict[str, Any] = {"x": np.float64(self.t), "ctrl": np.float32(-self.t)}
+        if self.t % 50 == 0:
+            info = {"ctrl": info["ctrl"], "x": info["x"]}  # another key order
+        if self.one_key:
+            info = {"x": np.float64(self.t) if self.t != 70 else float(self.t)}
         return obs, np.float64(0.5 * self.t), self.k % 37 == 0, False, info
 
 
@@ -211,9 +216,27 @@ def _probes(t: int, bad_at: int | None) -> dict[str, Any]:
     return probes
 
 
-def _record_single(path: Path, steps: int, mode: str, bad_at: int | None = None) -> Any:
-    """Record ``steps`` steps with probes; ``mode``: batched, probes per row, or all per row."""
-    rec = RecordingWrapper(_BoxEnv(), path, seed=0, detect_failures=True)
+def _record_single(
+    path: Path,
+    steps: int,
+    mode: str,
+    bad_at: int | None = None,
+    one_key: bool = False,
+    info_rows: list[int] | None = None,
+) -> Any:
+    """Record ``steps`` steps with probes; ``mode``: batched, probes per row, or all per row.
+
+    ``info_rows`` collects the rows whose info the fast path wrote value by value.
+    """
+    rec = RecordingWrapper(_BoxEnv(one_key), path, seed=0, detect_failures=True)
+    if info_rows is not None:
+        row_info = rec._row_info
+
+        def counted(info: Any, p: int) -> None:
+            info_rows.append(rec.step_count)
+            row_info(info, p)
+
+        rec._row_info = counted  # type: ignore[method-assign]
     if mode != "batched":
         rec._probe_learned = True  # the batched probe spec stays empty
     refused = None
@@ -263,3 +286,21 @@ def test_refused_probe_mid_block_stops_both_paths_at_that_step(tmp_path: Path) -
     refused = results["batched"][0]
     assert refused is not None and "probe 'logits'" in refused and "float64" in refused
     assert _same_rows(paths["batched"], paths["per-row"]) == 76
+
+
+def test_single_key_info_batched_matches_the_per_row_path(tmp_path: Path) -> None:
+    """One info key (the batched read returns it twice); a float for np.float64 at step 70."""
+    paths = {m: tmp_path / f"{m}.h5" for m in ("batched", "per-row")}
+    info_rows: list[int] = []
+    results = {
+        "batched": _record_single(
+            paths["batched"], 150, "batched", one_key=True, info_rows=info_rows
+        ),
+        "per-row": _record_single(paths["per-row"], 150, "per-row", one_key=True),
+    }
+    assert results["batched"] == results["per-row"]
+    assert info_rows == [1, 69]  # learned at the first fast step; the float at step 70
+    assert _same_rows(paths["batched"], paths["per-row"]) == 150
+    with Recording(paths["batched"]) as rec:
+        x = rec.stream("steps").read("info/x")
+    assert x.dtype == np.float64 and x.tolist() == [float(t) for t in range(1, 151)]
