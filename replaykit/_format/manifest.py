@@ -148,6 +148,11 @@ class ManifestEntry:
         bytes: the file's size in bytes.
         status: ``"ok"``, or ``"failed"`` when the task that should have written it failed.
         error: the failure, one line (``None`` when ok).
+
+    Example:
+        >>> e = ManifestEntry("seed-000003.h5", seed=3, rows={"steps": 200})
+        >>> e.to_json()["file"], e.status
+        ('seed-000003.h5', 'ok')
     """
 
     file: str
@@ -183,6 +188,11 @@ class Manifest:
         entries: one per recording, sorted by file name.
         info: plain data about how the folder was made (env id, policy, steps).
         created: when the manifest was last written (ISO 8601, UTC).
+
+    Example:
+        >>> # m = replaykit.read_manifest("runs/")
+        >>> # [(e.seed, e.file, e.status) for e in m.entries][:2]
+        >>> # [(0, 'seed-000000.h5', 'ok'), (1, 'seed-000001.h5', 'ok')]
     """
 
     folder: Path
@@ -329,6 +339,17 @@ def _fsync_dir(folder: Path) -> None:
 
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     """Read and check a manifest (a manifest file, or a folder holding one).
+
+    Args:
+        path: ``replaykit-manifest.json``, or the folder holding it.
+
+    Returns:
+        The :class:`Manifest`, every entry's file name checked to lie inside the folder.
+
+    Example:
+        >>> # m = replaykit.read_manifest("runs/replaykit-manifest.json")
+        >>> # m.kind, len(m.entries), m.by_seed()[3].file
+        >>> # ('sweep', 20, 'seed-000003.h5')
 
     Raises:
         ManifestError: not a manifest, larger than 64 MiB, an unknown format version, a
