@@ -1114,7 +1114,8 @@ def folder_totals(result: Any) -> str:
     for f in result.files:
         counts[f.status] = counts.get(f.status, 0) + 1
     parts = [f"{n} {s}" for s, n in counts.items() if n]
-    unit = "pairs" if result.verb == "diff" else "files"
+    unit = "pair" if result.verb == "diff" else "file"
+    unit += "" if len(result.files) == 1 else "s"
     workers = f"{result.workers} worker{'s' if result.workers != 1 else ''}"
     return (
         f"{result.verb}: {len(result.files)} {unit}: {', '.join(parts) or 'none'} "

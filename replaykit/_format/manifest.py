@@ -389,7 +389,7 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     version = doc.get(MANIFEST_VERSION_KEY)
     if version != MANIFEST_VERSION or isinstance(version, bool):
         raise ManifestError(
-            f"{p}: manifest version {str(version)[:20]!r}, this replaykit reads version "
+            f"{p}: manifest version {repr(version)[:40]}, this replaykit reads version "
             f"{MANIFEST_VERSION}; upgrade replaykit or rewrite it with replaykit manifest"
         )
     body = doc.get(MANIFEST_BODY_KEY)
