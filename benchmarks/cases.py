@@ -1138,7 +1138,100 @@ def case_sb3(quick: bool, tmp: Path) -> list[Row]:
     ]
 
 
+# --------------------------------------------------------------------------- sweeps on Ray
+
+
+def case_sweep(quick: bool, tmp: Path) -> list[Row]:
+    """A seed sweep of small recordings and a folder replay: serial vs Ray with 2 workers.
+
+    Ray runs first (its driver's peak RSS is then the driver's alone), cold (the sweep
+    starts and stops a local Ray) and warm (a cluster already running, workers already
+    started); the serial runs record in this process. Every call is a public one:
+    ``replaykit.record_sweep``, ``replaykit.replay_folder``, ``replaykit.read_manifest``.
+    """
+    import ray
+
+    import replaykit
+
+    n = 20 if quick else 100
+    steps = 200
+    seeds = f"0-{n - 1}"
+
+    def sweep(out: Path, **kw: Any) -> tuple[float, Any]:
+        t0 = time.perf_counter()
+        r = replaykit.record_sweep(
+            "CartPole-v1", "random", seeds, out, steps=steps, snapshot_at=[100], **kw
+        )
+        assert r.exit_code == 0, r.counts()
+        return time.perf_counter() - t0, r
+
+    cold_s, _ = sweep(tmp / "sweep-ray-cold", backend="ray", workers=2)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        sweep(tmp / "sweep-ray-warmup", backend="ray", workers=2)
+        warm_s, warm = sweep(tmp / "sweep-ray-warm", backend="ray", workers=2)
+        t0 = time.perf_counter()
+        replayed = replaykit.replay_folder(tmp / "sweep-ray-warm", backend="ray", workers=2)
+        replay_ray_s = time.perf_counter() - t0
+        assert replayed.exit_code == 0, replayed.counts()
+    finally:
+        ray.shutdown()
+    driver_mb = peak_rss_mb()
+    serial_s, serial = sweep(tmp / "sweep-serial", backend="serial")
+    t0 = time.perf_counter()
+    assert replaykit.replay_folder(tmp / "sweep-serial", backend="serial").exit_code == 0
+    replay_serial_s = time.perf_counter() - t0
+
+    m = replaykit.read_manifest(tmp / "sweep-serial")
+    manifest_bytes = (tmp / "sweep-serial" / "replaykit-manifest.json").stat().st_size
+    file_bytes = statistics.mean(e.bytes for e in m.entries)
+    per_file_s = statistics.median(f.seconds for f in serial.files)
+    per_file_ray_s = statistics.median(f.seconds for f in warm.files)
+    target = "at most 2x on 2 cores (info)"
+    return [
+        _row(
+            f"Sweep of {n} recordings (CartPole-v1, {steps} steps, 1 snapshot): Ray, 2 workers",
+            f"warm {warm_s:.1f} s; cold (starts Ray) {cold_s:.1f} s",
+            f"serial in one process {serial_s:.1f} s",
+            serial_s / warm_s,
+            target,
+            None,
+            warm_s=warm_s,
+            cold_s=cold_s,
+            serial_s=serial_s,
+            cold_ratio=serial_s / cold_s,
+        ),
+        _row(
+            f"Folder replay of {n} recordings: Ray, 2 workers (warm)",
+            f"{replay_ray_s:.1f} s",
+            f"serial {replay_serial_s:.1f} s",
+            replay_serial_s / replay_ray_s,
+            target,
+            None,
+            ray_s=replay_ray_s,
+            serial_s=replay_serial_s,
+        ),
+        _row(
+            "Sweep per-file costs",
+            f"{file_bytes / 1e3:.0f} kB per file; {per_file_s * 1e3:.0f} ms per recording "
+            f"(serial; {per_file_ray_s * 1e3:.0f} ms in a Ray task); manifest "
+            f"{manifest_bytes / len(m.entries):.0f} B per entry; "
+            f"driver peak RSS {driver_mb:.0f} MB",
+            "-",
+            None,
+            "info (docs/SCALE.md)",
+            None,
+            file_bytes=file_bytes,
+            per_file_s=per_file_s,
+            per_file_ray_s=per_file_ray_s,
+            manifest_bytes_per_entry=manifest_bytes / len(m.entries),
+            driver_peak_rss_mb=driver_mb,
+        ),
+    ]
+
+
 CASES: dict[str, Callable[..., list[Row]]] = {
+    "sweep": case_sweep,
     "sb3": case_sb3,
     "throughput": case_throughput,
     "snapshot": case_snapshot,
