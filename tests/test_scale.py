@@ -377,3 +377,23 @@ def test_folder_options_are_refused_on_one_file(
     for args in (["replay", one, "--workers", "2"], ["check", one, "--backend", "ray"]):
         assert main(args) == 2
         assert "apply to folders" in capsys.readouterr().err
+
+
+def test_a_file_written_where_the_driver_cannot_see_it_is_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As when --out is a local folder on each machine of a cluster: the worker's copy lands
+    # on its own disk. Here the copy into the folder is skipped.
+    from replaykit._scale import tasks
+
+    monkeypatch.setattr(tasks, "describe_recording", lambda path: {})
+    monkeypatch.setattr(
+        tasks, "publish", lambda src, out, overwrite: shutil.copyfile(src, tmp_path / "x.h5")
+    )
+    r = replaykit.record_sweep("CartPole-v1", "random", "0-1", tmp_path / "runs", steps=10)
+    assert r.counts() == {"failed": 2}
+    assert all("not visible here: --out must be a folder every" in f.detail for f in r.files)
+    assert [e.status for e in replaykit.read_manifest(tmp_path / "runs").entries] == [
+        "failed",
+        "failed",
+    ]

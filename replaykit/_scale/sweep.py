@@ -329,6 +329,14 @@ def record_sweep(
         tasks.record_task, payloads, backend=chosen, workers=workers, ray_address=ray_address
     ):
         entry = _entry_of(outcome, names[i], seed_list[i])
+        if entry.status == M.STATUS_OK and not (folder / entry.file).exists():
+            # Written on another machine into a folder this one does not share.
+            host = (outcome.get("value") or {}).get("host", "another machine")
+            entry.status = M.STATUS_FAILED
+            entry.error = (
+                f"written on {host} but not visible here: --out must be a folder every worker "
+                "machine shares (the same path on a shared file system)"
+            )
         manifest.entries.append(entry)
         fr = FileResult(
             file=entry.file,
