@@ -38,7 +38,8 @@ __all__ = [
 
 #: Largest number of seeds one sweep takes (a manifest of this many entries stays small).
 MAX_SEEDS = 100_000
-# A sweep's manifest is rewritten at most this often while tasks finish (and at the end).
+# A sweep's manifest is rewritten at most this often while tasks finish (and at the end);
+# less often when one rewrite takes longer than a fifth of this.
 _MANIFEST_EVERY_S = 0.5
 
 
@@ -324,7 +325,7 @@ def record_sweep(
     ]
     start = time.perf_counter()
     results: dict[int, FileResult] = {}
-    last_write = 0.0
+    last_write, every = 0.0, _MANIFEST_EVERY_S
     for i, outcome in executor.run_tasks(
         tasks.record_task, payloads, backend=chosen, workers=workers, ray_address=ray_address
     ):
@@ -350,9 +351,12 @@ def record_sweep(
         if on_done is not None:
             on_done(fr)
         now = time.monotonic()
-        if now - last_write >= _MANIFEST_EVERY_S:
+        if now - last_write >= every:
             M.write_manifest(manifest)
-            last_write = now
+            last_write = time.monotonic()
+            # A large manifest is rewritten less often: at most a fifth of the time is spent
+            # rewriting it.
+            every = max(_MANIFEST_EVERY_S, 4 * (last_write - now))
     path = M.write_manifest(manifest)
     return FolderResult(
         verb="record",
