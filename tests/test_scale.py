@@ -86,6 +86,7 @@ def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
         executor.choose_backend("threads", 2, None)
 
 
+@pytest.mark.integration
 def test_import_replaykit_and_the_scale_package_import_no_ray() -> None:
     import subprocess
     import sys
