@@ -84,6 +84,10 @@ def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
         executor.choose_backend(None, 0, None)
     with pytest.raises(replaykit.UsageError, match="backend must be one of"):
         executor.choose_backend("threads", 2, None)
+    with pytest.raises(replaykit.UsageError, match="must be auto or HOST:PORT"):
+        executor.choose_backend(None, 2, "head-node")
+    with pytest.raises(replaykit.UsageError, match=r"no Ray cluster answers at 127.0.0.1:1"):
+        executor.choose_backend(None, 2, "127.0.0.1:1")
 
 
 @pytest.mark.integration
@@ -398,3 +402,22 @@ def test_a_file_written_where_the_driver_cannot_see_it_is_a_failure(
         "failed",
         "failed",
     ]
+
+
+def test_force_replaces_existing_seeds_and_keeps_the_other_entries(
+    sweep: Path, tmp_path: Path
+) -> None:
+    b = tmp_path / "b"
+    shutil.copytree(sweep, b)
+    args = ["record", "CartPole-v1", "--seeds", "3,9", "--steps", "10", "--out", str(b)]
+    assert main([*args, "--force", "--no-progress"]) == 0
+    m = replaykit.read_manifest(b)
+    assert [(e.seed, e.rows["steps"]) for e in m.entries] == [
+        (0, STEPS),
+        (1, STEPS),
+        (2, STEPS),
+        (3, 10),
+        (5, STEPS),
+        (9, 10),
+    ]
+    assert not [p for p in os.listdir(b) if "partial" in p or p.startswith(".")]

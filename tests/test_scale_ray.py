@@ -159,8 +159,11 @@ def _run_everything(tmp_path: Path, kill_dir: Path) -> None:
         ("check", lambda **kw: replaykit.check_folder(b, **kw)),
         ("diff", lambda **kw: replaykit.diff_folders(tmp_path / "serial", b, **kw)),
     ]:
+        t0 = time.perf_counter()
         on_ray = run(backend="ray", workers=2)
+        t1 = time.perf_counter()
         one_by_one = run(backend="serial")
+        print(f"{verb}: ray {t1 - t0:.1f} s, serial {time.perf_counter() - t1:.1f} s")
         assert on_ray.backend == "ray" and one_by_one.backend == "serial"
         assert _plain(on_ray) == _plain(one_by_one), verb
         status = {f.seed: f.status for f in on_ray.files}

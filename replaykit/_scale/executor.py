@@ -63,7 +63,8 @@ def choose_backend(backend: str | None, workers: int, ray_address: str | None) -
     installed; ``process`` when ``workers > 1`` without Ray; else ``serial``.
 
     Raises:
-        UsageError: an unknown backend, ``workers < 1``, or an address with a non-Ray backend.
+        UsageError: an unknown backend, ``workers < 1``, an address with a non-Ray backend,
+            or a ``HOST:PORT`` address nothing answers at.
         MissingExtraError: the ``ray`` backend (or an address) without Ray installed.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -84,6 +85,8 @@ def choose_backend(backend: str | None, workers: int, ray_address: str | None) -
             f"running on Ray needs the ray package, which is not installed: {RAY_INSTALL} "
             "(or pass --workers N without --ray-address for a local process pool)"
         )
+    if ray_address is not None:
+        _check_reachable(ray_address)
     return backend
 
 
@@ -262,6 +265,29 @@ def _import_ray() -> Any:
     return ray
 
 
+# Seconds to wait for a TCP connection to a cluster's HOST:PORT before Ray is asked to join
+# it (Ray itself keeps retrying an unreachable address for minutes).
+CONNECT_TIMEOUT_S = 5.0
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse a ``HOST:PORT`` nothing listens on, at once (``auto`` and ``ray://`` pass)."""
+    import socket
+
+    if address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UsageError(f"--ray-address must be auto or HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise UsageError(
+            f"no Ray cluster answers at {address} ({exc.strerror or exc}); start one with "
+            "`ray start --head` there, or check the address (its GCS port, 6379 by default)"
+        ) from None
+
+
 def _ray(
     fn: Task,
     payloads: Sequence[dict[str, Any]],
@@ -285,6 +311,7 @@ def _ray(
         started = True
     try:
         remote = ray.remote(num_cpus=1, max_retries=attempts - 1, retry_exceptions=False)(_call)
+        remote = remote.options(name=f"replaykit.{getattr(fn, '__name__', 'task')}")
         refs = {remote.remote(fn, p): i for i, p in enumerate(payloads)}
         while refs:
             done, _ = ray.wait(list(refs), num_returns=1)
