@@ -421,3 +421,20 @@ def test_force_replaces_existing_seeds_and_keeps_the_other_entries(
         (9, 10),
     ]
     assert not [p for p in os.listdir(b) if "partial" in p or p.startswith(".")]
+
+
+def test_an_interrupted_sweep_leaves_a_manifest_of_what_finished(tmp_path: Path) -> None:
+    seen: list[int] = []
+
+    def stop_after_two(f: replaykit.FileResult) -> None:
+        seen.append(f.seed or 0)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        replaykit.record_sweep(
+            "CartPole-v1", "random", "0-5", tmp_path / "runs", steps=10, on_done=stop_after_two
+        )
+    assert "2 finished recording(s) are listed in" in " ".join(getattr(info.value, "__notes__", []))
+    m = replaykit.read_manifest(tmp_path / "runs")
+    assert [(e.seed, e.status) for e in m.entries] == [(0, "ok"), (1, "ok")]

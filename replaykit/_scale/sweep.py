@@ -326,37 +326,33 @@ def record_sweep(
     start = time.perf_counter()
     results: dict[int, FileResult] = {}
     last_write, every = 0.0, _MANIFEST_EVERY_S
-    for i, outcome in executor.run_tasks(
-        tasks.record_task, payloads, backend=chosen, workers=workers, ray_address=ray_address
-    ):
-        entry = _entry_of(outcome, names[i], seed_list[i])
-        if entry.status == M.STATUS_OK and not (folder / entry.file).exists():
-            # Written on another machine into a folder this one does not share.
-            host = (outcome.get("value") or {}).get("host", "another machine")
-            entry.status = M.STATUS_FAILED
-            entry.error = (
-                f"written on {host} but not visible here: --out must be a folder every worker "
-                "machine shares (the same path on a shared file system)"
-            )
-        manifest.entries.append(entry)
-        fr = FileResult(
-            file=entry.file,
-            status=tasks.STATUS_OK if entry.status == M.STATUS_OK else tasks.STATUS_FAILED,
-            detail=entry.error or _recorded_line(entry),
-            seed=entry.seed,
-            seconds=float((outcome.get("value") or {}).get("seconds") or 0.0),
-            data=entry.to_json(),
-        )
-        results[i] = fr
-        if on_done is not None:
-            on_done(fr)
-        now = time.monotonic()
-        if now - last_write >= every:
-            M.write_manifest(manifest)
-            last_write = time.monotonic()
-            # A large manifest is rewritten less often: at most a fifth of the time is spent
-            # rewriting it.
-            every = max(_MANIFEST_EVERY_S, 4 * (last_write - now))
+    try:
+        for i, outcome in executor.run_tasks(
+            tasks.record_task, payloads, backend=chosen, workers=workers, ray_address=ray_address
+        ):
+            entry, fr = _sweep_result(outcome, names[i], seed_list[i], folder)
+            manifest.entries.append(entry)
+            results[i] = fr
+            if on_done is not None:
+                on_done(fr)
+            now = time.monotonic()
+            if now - last_write >= every:
+                M.write_manifest(manifest)
+                last_write = time.monotonic()
+                # A large manifest is rewritten less often: at most a fifth of the time is spent
+                # rewriting it.
+                every = max(_MANIFEST_EVERY_S, 4 * (last_write - now))
+    except BaseException as exc:
+        # Ctrl-C or a driver error: the manifest still lists every seed that finished.
+        M.write_manifest(manifest)
+        done = sum(e.status == M.STATUS_OK for e in manifest.entries)
+        note = f"{done} finished recording(s) are listed in {manifest.path}"
+        add_note = getattr(exc, "add_note", None)
+        if add_note is not None:
+            add_note(note)
+        else:  # Python 3.10
+            exc.__notes__ = [*getattr(exc, "__notes__", []), note]  # type: ignore[attr-defined]
+        raise
     path = M.write_manifest(manifest)
     return FolderResult(
         verb="record",
@@ -367,6 +363,30 @@ def record_sweep(
         seconds=time.perf_counter() - start,
         manifest=str(path),
     )
+
+
+def _sweep_result(
+    outcome: dict[str, Any], name: str, seed: int, folder: Path
+) -> tuple[M.ManifestEntry, FileResult]:
+    """One finished seed: its manifest entry and its row of the summary."""
+    entry = _entry_of(outcome, name, seed)
+    if entry.status == M.STATUS_OK and not (folder / entry.file).exists():
+        # Written on another machine into a folder this one does not share.
+        host = (outcome.get("value") or {}).get("host", "another machine")
+        entry.status = M.STATUS_FAILED
+        entry.error = (
+            f"written on {host} but not visible here: --out must be a folder every worker "
+            "machine shares (the same path on a shared file system)"
+        )
+    fr = FileResult(
+        file=entry.file,
+        status=tasks.STATUS_OK if entry.status == M.STATUS_OK else tasks.STATUS_FAILED,
+        detail=entry.error or _recorded_line(entry),
+        seed=entry.seed,
+        seconds=float((outcome.get("value") or {}).get("seconds") or 0.0),
+        data=entry.to_json(),
+    )
+    return entry, fr
 
 
 def _entry_of(outcome: dict[str, Any], name: str, seed: int) -> M.ManifestEntry:
