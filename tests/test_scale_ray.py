@@ -4,7 +4,9 @@ Everything runs in ONE test function, so however pytest-xdist spreads the suite 
 workers, only one Ray cluster is ever started at a time. It covers: a sweep of 20 seeds
 (one worker SIGKILLed mid-recording and retried, one seed whose worker dies in every try),
 the manifest, and replay / check / diff over folders with a damaged file and a diverging
-pair; every result is compared with the same work run file by file in this process.
+pair; every result is compared with the same work run file by file in this process. Last,
+two rollout actors of the test's own record with ``RecordingWrapper`` and the folder they
+wrote is gathered into a manifest and replayed.
 """
 
 from __future__ import annotations
@@ -57,6 +59,26 @@ class Policy:
 def make(env, seed):
     return Policy(env, seed)
 """
+
+
+@ray.remote(num_cpus=1)
+class RolloutActor:
+    """A user's own Ray rollout actor, recording its env with the normal RecordingWrapper."""
+
+    def record(self, path: str, seed: int) -> int:
+        import gymnasium as gym
+
+        import replaykit
+
+        with replaykit.RecordingWrapper(
+            gym.make("CartPole-v1"), path, seed=seed, snapshot_at=[15]
+        ) as env:
+            env.reset()
+            for _ in range(40):
+                _, _, term, trunc, _ = env.step(env.action_space.sample())
+                if term or trunc:
+                    env.reset()
+        return os.getpid()
 
 
 def _plain(result: replaykit.FolderResult) -> list[tuple[object, ...]]:
@@ -181,3 +203,24 @@ def _run_everything(tmp_path: Path, kill_dir: Path) -> None:
             )
         else:
             assert sum(s == "ok" for s in status.values()) == 19, (verb, status)
+
+    # 4. Recordings written by a user's own Ray actors, gathered into a folder manifest.
+    actors_dir = tmp_path / "actors"
+    actors_dir.mkdir()
+    actors = [RolloutActor.remote() for _ in range(2)]  # type: ignore[attr-defined]
+    pids = ray.get(
+        [
+            a.record.remote(str(actors_dir / f"actor-{s}.h5"), s)
+            for a, s in zip(actors, (4, 5), strict=True)
+        ]
+    )
+    assert os.getpid() not in pids
+    for a in actors:  # each holds one of the cluster's 2 CPUs
+        ray.kill(a)
+    m = replaykit.gather_manifest(actors_dir)
+    assert [(e.file, e.seed, e.rows["steps"], e.snapshots) for e in m.entries] == [
+        ("actor-4.h5", 4, 40, ["step-000015"]),
+        ("actor-5.h5", 5, 40, ["step-000015"]),
+    ]
+    replayed = replaykit.replay_folder(actors_dir, backend="ray", workers=2)
+    assert [(f.seed, f.status) for f in replayed.files] == [(4, "ok"), (5, "ok")]
