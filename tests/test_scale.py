@@ -115,6 +115,19 @@ def test_process_pool_retries_a_killed_worker_and_reports_a_twice_killed_one(
     assert {i: o["value"]["x"] for i, o in got.items()} == {i: i * i for i in range(6)}
     assert all(o["value"]["pid"] != os.getpid() for o in got.values())
 
+    # A worker killed while idle, between two tasks, is replaced before the next one.
+    import signal
+    import time
+
+    it = executor.run_tasks(scale_helpers.square, [{"x": 1}, {"x": 2}], backend="process")
+    i, first = next(it)
+    os.kill(first["value"]["pid"], signal.SIGKILL)
+    time.sleep(0.5)
+    j, second = next(it)
+    assert (i, j, second["value"]["x"]) == (0, 1, 4)
+    assert second["value"]["pid"] != first["value"]["pid"]
+    assert list(it) == []
+
     payloads = [{"x": i, "die": i == 2} for i in range(5)]
     got = dict(executor.run_tasks(scale_helpers.die_always, payloads, backend="process", workers=2))
     assert got[2] == {

@@ -179,11 +179,17 @@ def _process(
     pool = [_Worker(ctx, fn) for _ in range(workers)]
     try:
         while todo or any(w.task is not None for w in pool):
-            for w in pool:
-                if w.task is None and todo:
-                    w.task = todo.popleft()
-                    tries[w.task] += 1
-                    w.conn.send((w.task, payloads[w.task]))
+            for k in range(len(pool)):
+                if pool[k].task is None and todo:
+                    if not pool[k].proc.is_alive():  # killed while idle: start a fresh one
+                        pool[k].stop()
+                        pool[k] = _Worker(ctx, fn)
+                    idle = pool[k]
+                    idle.task = todo.popleft()
+                    tries[idle.task] += 1
+                    with contextlib.suppress(OSError):
+                        # A worker that dies now is seen below, like one dying mid-task.
+                        idle.conn.send((idle.task, payloads[idle.task]))
             busy = [w for w in pool if w.task is not None]
             waitables: list[Any] = [w.conn for w in busy] + [w.proc.sentinel for w in busy]
             ready = set(multiprocessing.connection.wait(waitables))
