@@ -1138,7 +1138,119 @@ def case_sb3(quick: bool, tmp: Path) -> list[Row]:
     ]
 
 
+# --------------------------------------------------------------------------- sweeps on Ray
+
+
+def case_sweep(quick: bool, tmp: Path) -> list[Row]:
+    """A seed sweep of small recordings and a folder replay: serial vs Ray with 2 workers.
+
+    Ray runs first, cold (the sweep starts and stops a local Ray); then, with a cluster
+    running and its workers started, warm Ray rounds alternate with serial rounds recorded
+    in this process (the ratio is the median of the rounds' ratios). The driver's peak RSS
+    is read before anything is recorded in this process. Every call is a public one:
+    ``replaykit.record_sweep``, ``replaykit.replay_folder``, ``replaykit.read_manifest``.
+    """
+    import ray
+
+    import replaykit
+
+    n = 20 if quick else 100
+    steps = 200
+    seeds = f"0-{n - 1}"
+
+    def sweep(out: Path, **kw: Any) -> tuple[float, Any]:
+        t0 = time.perf_counter()
+        r = replaykit.record_sweep(
+            "CartPole-v1", "random", seeds, out, steps=steps, snapshot_at=[100], **kw
+        )
+        assert r.exit_code == 0, r.counts()
+        return time.perf_counter() - t0, r
+
+    rounds = 2 if quick else 3
+    cold_s, _ = sweep(tmp / "sweep-ray-cold", backend="ray", workers=2)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    serial_t: list[float] = []
+    warm_t: list[float] = []
+    replay_serial_t: list[float] = []
+    replay_ray_t: list[float] = []
+    try:
+        sweep(tmp / "sweep-ray-warmup", backend="ray", workers=2)
+        driver_mb = peak_rss_mb()  # the driver alone: nothing recorded in this process yet
+        # Alternating rounds (Ray, then serial in this process), so load drift cancels out.
+        for r in range(rounds):
+            t, warm = sweep(tmp / f"sweep-ray-{r}", backend="ray", workers=2)
+            warm_t.append(t)
+            t, serial = sweep(tmp / f"sweep-serial-{r}", backend="serial")
+            serial_t.append(t)
+            t0 = time.perf_counter()
+            replayed = replaykit.replay_folder(tmp / f"sweep-ray-{r}", backend="ray", workers=2)
+            replay_ray_t.append(time.perf_counter() - t0)
+            assert replayed.exit_code == 0, replayed.counts()
+            t0 = time.perf_counter()
+            replayed = replaykit.replay_folder(tmp / f"sweep-serial-{r}", backend="serial")
+            replay_serial_t.append(time.perf_counter() - t0)
+            assert replayed.exit_code == 0, replayed.counts()
+    finally:
+        ray.shutdown()
+    ratio, lo, hi = _med_ratio(serial_t, warm_t)
+    replay_ratio = _med_ratio(replay_serial_t, replay_ray_t)[0]
+    warm_s, serial_s = statistics.median(warm_t), statistics.median(serial_t)
+    replay_ray_s, replay_serial_s = (
+        statistics.median(replay_ray_t),
+        statistics.median(replay_serial_t),
+    )
+    last = rounds - 1
+    m = replaykit.read_manifest(tmp / f"sweep-serial-{last}")
+    manifest_bytes = (tmp / f"sweep-serial-{last}" / "replaykit-manifest.json").stat().st_size
+    file_bytes = statistics.mean(e.bytes for e in m.entries)
+    per_file_s = statistics.median(f.seconds for f in serial.files)
+    per_file_ray_s = statistics.median(f.seconds for f in warm.files)
+    target = "at most 2x on 2 cores (info)"
+    return [
+        _row(
+            f"Sweep of {n} recordings (CartPole-v1, {steps} steps, 1 snapshot): Ray, 2 workers",
+            f"warm {warm_s:.1f} s (median of {rounds}); cold (starts Ray) {cold_s:.1f} s",
+            f"serial in one process {serial_s:.1f} s",
+            ratio,
+            target,
+            None,
+            ratio_range=(lo, hi),
+            warm_s=warm_t,
+            cold_s=cold_s,
+            serial_s=serial_t,
+            cold_ratio=serial_s / cold_s,
+        ),
+        _row(
+            f"Folder replay of {n} recordings: Ray, 2 workers (warm)",
+            f"{replay_ray_s:.1f} s",
+            f"serial {replay_serial_s:.1f} s",
+            replay_ratio,
+            target,
+            None,
+            ray_s=replay_ray_t,
+            serial_s=replay_serial_t,
+        ),
+        _row(
+            "Sweep per-file costs",
+            f"{file_bytes / 1e3:.0f} kB per file; {per_file_s * 1e3:.0f} ms per recording "
+            f"(serial; {per_file_ray_s * 1e3:.0f} ms in a Ray task); manifest "
+            f"{manifest_bytes / len(m.entries):.0f} B per entry; "
+            f"driver peak RSS {driver_mb:.0f} MB",
+            "-",
+            None,
+            "info (docs/SCALE.md)",
+            None,
+            file_bytes=file_bytes,
+            per_file_s=per_file_s,
+            per_file_ray_s=per_file_ray_s,
+            manifest_bytes_per_entry=manifest_bytes / len(m.entries),
+            driver_peak_rss_mb=driver_mb,
+        ),
+    ]
+
+
 CASES: dict[str, Callable[..., list[Row]]] = {
+    "sweep": case_sweep,
     "sb3": case_sb3,
     "throughput": case_throughput,
     "snapshot": case_snapshot,

@@ -5,6 +5,7 @@ Usage::
     python benchmarks/run.py            # full sizes (a few minutes on 2 cores)
     python benchmarks/run.py --quick    # smoke sizes (CI; seconds, never asserts speed)
     python benchmarks/run.py --markdown benchmarks/RESULTS.md
+    python benchmarks/run.py --only sweep   # seed sweeps: serial vs Ray (not in the default set)
 
 Each measurement runs in a child process of its own (so peak memory is that
 measurement's alone, read from the OS with ``getrusage``), and prints one table:
@@ -251,8 +252,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only",
         action="append",
-        choices=("throughput", "snapshot", "snapshot-gpu", "small_restore", "cli", "diff", "sb3"),
-        help="run only this group of rows (repeatable); default: all",
+        choices=(
+            "throughput",
+            "snapshot",
+            "snapshot-gpu",
+            "small_restore",
+            "cli",
+            "diff",
+            "sb3",
+            "sweep",
+        ),
+        help="run only this group of rows (repeatable); default: all but sweep (it starts "
+        "Ray several times: about a minute)",
     )
     ap.add_argument(
         "--runs",
@@ -356,6 +367,8 @@ def _one_run(args: argparse.Namespace) -> list[dict[str, Any]]:
             rows += sizes
         if "sb3" in only:
             rows += _child("sb3", args.quick, tmp)
+        if "sweep" in only:
+            rows += _child("sweep", args.quick, tmp)
     return rows
 
 

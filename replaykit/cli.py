@@ -25,7 +25,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import rich.console
 import typer
@@ -303,6 +303,64 @@ class _RecordProgress:
             self.console.print(f"replaykit: {text}", markup=False, highlight=False, soft_wrap=True)
 
 
+# Options of the commands that take a folder (or a manifest) and fan out over workers.
+_WorkersOpt = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        min=1,
+        help="Folders and --seeds: files processed at once (Ray when installed, else a local "
+        "process pool).",
+    ),
+]
+_RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        metavar="auto|HOST:PORT",
+        help="Folders and --seeds: run on this Ray cluster (default with --workers N: a local "
+        'Ray started for this command; pip install "replaykit[ray]").',
+    ),
+]
+_BackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        metavar="serial|process|ray",
+        help="Folders and --seeds: force an executor (default: ray for --ray-address or "
+        "--workers N with Ray installed, process for --workers N without, else serial).",
+    ),
+]
+
+
+def _is_folder_target(path: pathlib.Path) -> bool:
+    """Tell whether ``path`` is a folder or a folder manifest (``replaykit-manifest.json``)."""
+    from replaykit._format.manifest import MANIFEST_NAME
+
+    return path.is_dir() or (path.is_file() and path.name == MANIFEST_NAME)
+
+
+def _refuse_fan_out(workers: int, ray_address: str | None, backend: str | None) -> None:
+    """Refuse the folder options on a single file (they would do nothing)."""
+    if workers != 1 or ray_address is not None or backend is not None:
+        raise errors.UsageError(
+            "--workers, --ray-address and --backend apply to folders (and record --seeds); "
+            "pass a folder or a manifest"
+        )
+
+
+def _folder_done(result: Any, as_json: bool) -> NoReturn:
+    """Print a folder verb's summary (table or JSON) and exit with its code."""
+    from replaykit._analysis import render
+
+    if as_json:
+        _dump_json(_finite(result.to_json()))
+    else:
+        for part in render.folder_renderables(result):
+            _out.print(part)
+    raise typer.Exit(result.exit_code)
+
+
 @app.command(
     "record",
     epilog="Limits: --steps N alone records N steps; --episodes N alone records N whole "
@@ -384,6 +442,21 @@ def _record(
             help="Show progress on stderr: a bar on a terminal, else a line every 5 s.",
         ),
     ] = True,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            "--seeds",
+            metavar="0-999|0,3,5-9",
+            help="A sweep: one recording per seed, seed-NNNNNN.h5 in the --out folder, with a "
+            "manifest (replaykit-manifest.json) updated as seeds finish.",
+        ),
+    ] = None,
+    workers: _WorkersOpt = 1,
+    ray_address: _RayAddressOpt = None,
+    backend: _BackendOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="--seeds: print the summary as JSON.")
+    ] = False,
 ) -> None:
     """Record a seeded rollout of POLICY on ENV_ID, with snapshots, to one HDF5 file."""
     from replaykit._analysis import render
@@ -391,6 +464,32 @@ def _record(
     at = [int(v) for v in (snapshot_at or "").replace(" ", "").split(",") if v]
     if steps is None and episodes is None:
         steps = 1000
+    if seeds is not None:
+        if seed != 0:
+            raise errors.UsageError("pass either --seed or --seeds, not both")
+        if keep_snapshots is not None:
+            raise errors.UsageError("--keep-snapshots records one run; drop it with --seeds")
+        _record_sweep(
+            env_id,
+            policy,
+            seeds,
+            out_path,
+            steps=steps,
+            episodes=episodes,
+            snapshot_at=at,
+            snapshot_every=snapshot_every,
+            compression=None if compression == "none" else compression,
+            force=force,
+            workers=workers,
+            ray_address=ray_address,
+            backend=backend,
+            progress=progress,
+            as_json=as_json,
+        )
+        return
+    _refuse_fan_out(workers, ray_address, backend)
+    if as_json:
+        raise errors.UsageError("--json applies to record --seeds")
     # An unknown env id is said before the heavy imports (torch, h5py) below; with a
     # module:callable policy it is looked up after that module is imported (it may
     # register the env it drives).
@@ -430,6 +529,33 @@ def _record(
             keep_snapshots=keep_snapshots,
         )
     _out.print(render.record_summary(summary))
+
+
+def _record_sweep(
+    env_id: str,
+    policy: str,
+    seeds: str,
+    out: pathlib.Path,
+    *,
+    progress: bool,
+    as_json: bool,
+    force: bool,
+    **options: Any,
+) -> None:
+    """``record --seeds``: one recording per seed into the folder ``out``."""
+    from replaykit._scale.sweep import record_sweep
+
+    if str(options.get("compression") or "").startswith("gzip:"):
+        raise errors.UsageError("record --seeds compresses with none, lzf or gzip")
+
+    def done(f: Any) -> None:
+        if progress:
+            _err.print(
+                f"replaykit: {f.file}: {f.status} ({f.detail})", markup=False, soft_wrap=True
+            )
+
+    result = record_sweep(env_id, policy, seeds, out, overwrite=force, on_done=done, **options)
+    _folder_done(result, as_json)
 
 
 def _snapshot_id(value: str, names: list[str]) -> str | int:
@@ -478,9 +604,34 @@ def _replay(
             "or a display (refused by default: a recording is untrusted input). Repeatable.",
         ),
     ] = None,
+    workers: _WorkersOpt = 1,
+    ray_address: _RayAddressOpt = None,
+    backend: _BackendOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Folders: print the summary as JSON.")
+    ] = False,
 ) -> None:
-    """Restore snapshot(s) in this process and verify the next steps bit-exactly."""
+    """Restore snapshot(s) and verify the next steps bit-exactly (FILE, or every file of a DIR)."""
     _existing_file(file)
+    if _is_folder_target(file):
+        from replaykit._scale.sweep import replay_folder
+
+        result = replay_folder(
+            file,
+            snapshot=snapshot,
+            all_snapshots=all_snapshots,
+            steps=steps,
+            policy=policy,
+            verify=verify,
+            allow_env_kwargs=allow_env_kwarg or (),
+            workers=workers,
+            backend=backend,
+            ray_address=ray_address,
+        )
+        _folder_done(result, as_json)
+    _refuse_fan_out(workers, ray_address, backend)
+    if as_json:
+        raise errors.UsageError("--json applies to a folder; replay FILE prints text")
     if policy is not None and ":" in policy and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as for `record --policy`: the way `python -m` does
     from replaykit._analysis import render
@@ -549,10 +700,33 @@ def _diff(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing --plot file.")
     ] = False,
+    workers: _WorkersOpt = 1,
+    ray_address: _RayAddressOpt = None,
+    backend: _BackendOpt = None,
 ) -> None:
-    """Compare two recordings key by key; report each key's first divergence (exit 1 if any)."""
+    """Compare two recordings (or two folders, pair by pair); exit 1 if any differ."""
     _existing_file(a)
     _existing_file(b)
+    if _is_folder_target(a) or _is_folder_target(b):
+        if not (_is_folder_target(a) and _is_folder_target(b)):
+            raise errors.UsageError("compare a file with a file, or a folder with a folder")
+        if plot is not None:
+            raise errors.UsageError("--plot draws one pair; pass two files")
+        from replaykit._scale.sweep import diff_folders
+
+        pairs = diff_folders(
+            a,
+            b,
+            atol=atol,
+            rtol=rtol,
+            max_ulp=max_ulp,
+            keys=key or None,
+            workers=workers,
+            backend=backend,
+            ray_address=ray_address,
+        )
+        _folder_done(pairs, as_json)
+    _refuse_fan_out(workers, ray_address, backend)
     if plot is not None:
         _check_plot_path(plot, force=force)
     from replaykit._analysis import render
@@ -652,8 +826,25 @@ def _check(
     memory_mb: Annotated[
         int, typer.Option("--memory-mb", help="Address-space limit of the sandbox.", min=256)
     ] = 4096,
+    workers: _WorkersOpt = 1,
+    ray_address: _RayAddressOpt = None,
+    backend: _BackendOpt = None,
 ) -> None:
-    """Validate a file: structure, every stream column and snapshot, checksums (exit 2 if bad)."""
+    """Validate a file (or every file of a folder): structure, columns, snapshots, checksums."""
+    if file.exists() and _is_folder_target(file):
+        from replaykit._scale.sweep import check_folder
+
+        result = check_folder(
+            file,
+            sandbox=sandbox,
+            timeout=timeout,
+            memory_mb=memory_mb,
+            workers=workers,
+            backend=backend,
+            ray_address=ray_address,
+        )
+        _folder_done(result, as_json)
+    _refuse_fan_out(workers, ray_address, backend)
     from replaykit._analysis.check import validate_file
 
     report = validate_file(file, sandbox=sandbox, timeout=timeout, memory_mb=memory_mb)
@@ -661,6 +852,33 @@ def _check(
         _dump_json(report.to_json())
     else:
         _out.print(report.format())
+
+
+@app.command("manifest", epilog=EXIT_CODES_HELP)
+@_guarded
+def _manifest(
+    folder: Annotated[pathlib.Path, typer.Argument(help="A folder of recordings.")],
+    pattern: Annotated[
+        str, typer.Option(help="Which files to list (a glob inside the folder).")
+    ] = "*.h5",
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the folder's existing manifest.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest's entries.")] = False,
+) -> None:
+    """Write FOLDER/replaykit-manifest.json for recordings already there (e.g. from Ray actors)."""
+    from replaykit._analysis import render
+    from replaykit._scale.sweep import gather_manifest
+
+    manifest = gather_manifest(folder, pattern=pattern, overwrite=force)
+    if as_json:
+        _dump_json(
+            {"manifest": str(manifest.path), "entries": [e.to_json() for e in manifest.entries]}
+        )
+    else:
+        _out.print(render.manifest_summary(manifest))
+    if any(e.status != "ok" for e in manifest.entries):
+        raise typer.Exit(EXIT_ERROR)
 
 
 @app.command("doctor", epilog=EXIT_CODES_HELP)

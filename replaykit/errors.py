@@ -13,7 +13,8 @@ subclass also inherits the builtin exception that existing handlers expect, so
     │   ├── TruncatedFileError               cut short, zero bytes, or never committed
     │   ├── UnsupportedVersionError          written by a newer (or unknown) format version
     │   ├── ChecksumError                    stored bytes do not match their checksum
-    │   └── UnsafeFileError                  external links/storage, virtual datasets, bombs, ...
+    │   ├── UnsafeFileError                  external links/storage, virtual datasets, bombs, ...
+    │   └── ManifestError                    a folder manifest that is damaged, unknown or hostile
     ├── CaptureError (TypeError)             state replaykit cannot capture (refuses, never guesses)
     ├── RestoreError (ValueError)            a snapshot does not fit the objects to restore into
     │   └── StateMismatchError               shapes, dtypes, keys, groups, env id or spec differ
@@ -42,6 +43,7 @@ __all__ = [
     "ChecksumError",
     "DivergenceError",
     "FileFormatError",
+    "ManifestError",
     "MissingExtraError",
     "NondeterministicEnvError",
     "NotARecordingError",
@@ -119,6 +121,15 @@ class ChecksumError(FileFormatError):
 
 class UnsafeFileError(FileFormatError):
     """The file holds a structure replaykit refuses to read (could reach other files or explode)."""
+
+
+class ManifestError(FileFormatError):
+    """A folder manifest cannot be used: damaged, of an unknown version, or hostile.
+
+    Raised for a checksum that does not match, an unknown format version, a manifest over
+    the size limit, a field of the wrong type, or an entry naming a path outside its folder
+    (``..``, an absolute path, a symlink that leads out).
+    """
 
 
 class CaptureError(ReplaykitError, TypeError):

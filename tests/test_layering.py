@@ -1,6 +1,6 @@
 """The package's shape holds: data flows one way and modules meet only through public names.
 
-surfaces (cli, pytest_plugin, testing) -> _session -> _analysis / _state -> _format.
+surfaces (cli, pytest_plugin, testing) -> _scale -> _session -> _analysis / _state -> _format.
 Only ``_format`` knows HDF5; no module imports another module's private names.
 """
 
@@ -22,6 +22,7 @@ _ALLOWED: dict[str, set[str]] = {
     "_analysis": {"_format", "_state"},
     "_session": {"_format", "_state", "_analysis"},
     "integrations": {"_format", "_state", "_analysis", "_session"},
+    "_scale": {"_format", "_state", "_analysis", "_session"},
 }
 _SURFACES = {"cli", "pytest_plugin", "testing", "__main__"}
 _SHARED = {"errors", "determinism", "provenance", "__init__"}

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_LISTED",
+    "diff_first_line",
     "diff_renderables",
     "diff_text",
     "divergence_location",
@@ -59,11 +60,14 @@ __all__ = [
     "escaped",
     "extract_summary",
     "failure_line",
+    "folder_renderables",
+    "folder_totals",
     "format_value",
     "inspection_renderables",
     "is_volatile",
     "layer_divergence",
     "location",
+    "manifest_summary",
     "record_progress",
     "record_summary",
     "replay_summary",
@@ -1025,3 +1029,115 @@ def report_html(analysis: Any, pngs: dict[str, bytes]) -> str:
         notes=notes,
         sections="\n".join(sections),
     )
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def diff_first_line(result: DiffResult) -> str:
+    """One line for a compared pair: the match, or where it first diverged and both values.
+
+    Example:
+        >>> # diff_first_line(diff_recordings("a/seed-1.h5", "b/seed-1.h5"))
+        >>> # "step 12, key 'action', element [0]: 1 vs 0"
+    """
+    if result.match:
+        return f"match ({result.compared_keys} keys)"
+    first = result.first
+    if first is not None:
+        m = first.mismatch
+        if m.reason == "value":
+            values = f"{short_value(m.expected)} vs {short_value(m.actual)}"
+        else:
+            values = f"{m.reason} differs"
+        return f"{_key_location(first)}: {values}"
+    for stream, (ra, rb) in sorted(result.rows.items()):
+        if ra != rb:
+            return f"{stream}: {ra} rows vs {rb} rows"
+    only = [
+        *(f"only in a: {k}" for k in result.only_in_a),
+        *(f"only in b: {k}" for k in result.only_in_b),
+    ]
+    return "; ".join(only[:2]) or "differ"
+
+
+# Status words of a folder table, in the order the totals list them.
+FOLDER_STATUSES = ("ok", "diverged", "bad", "missing", "unpaired", "failed")
+
+
+def folder_renderables(result: Any) -> list[RenderableType]:
+    """Return the summary of a folder verb: one row per file (or pair), then the totals.
+
+    ``result`` is a :class:`~replaykit._scale.sweep.FolderResult`: ``verb``, ``files``
+    (each with ``file``, ``other``, ``seed``, ``status``, ``detail``, ``seconds``),
+    ``backend``, ``workers``, ``seconds``.
+    """
+    from rich.table import Table
+
+    pair = result.verb == "diff"
+    table = Table(
+        title=f"replaykit {result.verb}: {escaped(result.folder)}"
+        + (f" vs {escaped(result.other_folder)}" if pair else "")
+    )
+    table.add_column("file")
+    if pair:
+        table.add_column("other")
+    table.add_column("seed", justify="right")
+    table.add_column("status")
+    table.add_column("first divergence" if pair else "detail", overflow="fold")
+    table.add_column("s", justify="right")
+    for f in result.files:
+        row = [escaped(f.file or "-")]
+        if pair:
+            row.append(escaped(f.other or "-"))
+        row += [
+            "-" if f.seed is None else str(f.seed),
+            f.status.upper() if f.status != "ok" else "ok",
+            escaped(f.detail),
+            f"{f.seconds:.2f}",
+        ]
+        table.add_row(*row)
+    return [table, folder_totals(result)]
+
+
+def folder_totals(result: Any) -> str:
+    """Return the totals line of a folder verb: counts per status, backend and wall time.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> r = NS(verb="check", files=[NS(status="ok"), NS(status="bad")], backend="serial",
+        ...        workers=1, seconds=1.5)
+        >>> folder_totals(r)
+        'check: 2 files: 1 ok, 1 bad (serial, 1 worker, 1.5 s)'
+    """
+    counts = {s: 0 for s in FOLDER_STATUSES}
+    for f in result.files:
+        counts[f.status] = counts.get(f.status, 0) + 1
+    parts = [f"{n} {s}" for s, n in counts.items() if n]
+    unit = "pair" if result.verb == "diff" else "file"
+    unit += "" if len(result.files) == 1 else "s"
+    workers = f"{result.workers} worker{'s' if result.workers != 1 else ''}"
+    return (
+        f"{result.verb}: {len(result.files)} {unit}: {', '.join(parts) or 'none'} "
+        f"({result.backend}, {workers}, {result.seconds:.1f} s)"
+    )
+
+
+def manifest_summary(manifest: Any) -> str:
+    """Say what ``replaykit manifest DIR`` wrote: the path, the counts, and each failed file.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> m = NS(path="runs/replaykit-manifest.json", entries=[NS(file="a.h5", status="ok",
+        ...        error=None, rows={"steps": 10})])
+        >>> print(manifest_summary(m))
+        wrote runs/replaykit-manifest.json: 1 recording(s), 10 steps in all
+    """
+    ok = [e for e in manifest.entries if e.status == "ok"]
+    bad = [e for e in manifest.entries if e.status != "ok"]
+    steps = sum(int(e.rows.get(F.STEPS, 0)) for e in ok)
+    lines = [f"wrote {escaped(manifest.path)}: {len(ok)} recording(s), {steps} steps in all"]
+    if bad:
+        lines[0] += f"; {len(bad)} file(s) are not sound recordings:"
+        lines += [f"  {escaped(e.file)}: {escaped(e.error)}" for e in bad]
+    return "\n".join(lines)
