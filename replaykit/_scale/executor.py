@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import importlib.util
+import json
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -46,6 +47,9 @@ BACKENDS = ("serial", "process", "ray")
 #: Tries per payload when a worker dies: the first and one retry.
 DEFAULT_ATTEMPTS = 2
 RAY_INSTALL = 'pip install "replaykit[ray]"'
+
+# Pool messages are JSON bytes (payloads and results are plain data), never pickles.
+_STOP = b"stop"
 
 Task = Callable[[dict[str, Any]], dict[str, Any]]
 Outcome = dict[str, Any]
@@ -143,13 +147,13 @@ def _worker_main(conn: multiprocessing.connection.Connection, fn: Task) -> None:
     """Run payloads (a pool worker): sent on ``conn`` until it sends ``None``."""
     while True:
         try:
-            msg = conn.recv()
+            msg = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        if msg is None:
+        if msg == _STOP:
             return
-        i, payload = msg
-        conn.send((i, _call(fn, payload)))
+        i, payload = json.loads(msg)
+        conn.send_bytes(json.dumps([i, _call(fn, payload)]).encode())
 
 
 class _Worker:
@@ -162,7 +166,7 @@ class _Worker:
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):
-            self.conn.send(None)
+            self.conn.send_bytes(_STOP)
         self.proc.join(timeout=5)
         if self.proc.is_alive():
             self.proc.kill()
@@ -189,7 +193,7 @@ def _process(
                     tries[idle.task] += 1
                     with contextlib.suppress(OSError):
                         # A worker that dies now is seen below, like one dying mid-task.
-                        idle.conn.send((idle.task, payloads[idle.task]))
+                        idle.conn.send_bytes(json.dumps([idle.task, payloads[idle.task]]).encode())
             busy = [w for w in pool if w.task is not None]
             waitables: list[Any] = [w.conn for w in busy] + [w.proc.sentinel for w in busy]
             ready = set(multiprocessing.connection.wait(waitables))
@@ -225,7 +229,7 @@ def _process(
 def _receive(w: _Worker) -> tuple[int, Outcome] | None:
     try:
         if w.conn.poll():
-            i, outcome = w.conn.recv()
+            i, outcome = json.loads(w.conn.recv_bytes())
             return int(i), outcome
     except (EOFError, OSError):
         return None
@@ -239,7 +243,7 @@ def _receive(w: _Worker) -> tuple[int, Outcome] | None:
 
 def _receive_blocking(w: _Worker) -> tuple[int, Outcome] | None:
     try:
-        i, outcome = w.conn.recv()
+        i, outcome = json.loads(w.conn.recv_bytes())
     except (EOFError, OSError):
         return None
     return int(i), outcome
