@@ -31,6 +31,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -41,6 +42,7 @@ import numpy as np
 import xxhash
 from h5py import h5a, h5s, h5t
 
+from replaykit._format import chunks as _chunks
 from replaykit._format import finite as _finite
 from replaykit._format import layout as F
 from replaykit._format import rawio as _rawio
@@ -78,6 +80,9 @@ CLOCK_CHECK_ROWS = 64
 # Bytes a writer buffers per column before a block write: a stream's block holds fewer rows
 # when one of its columns has large rows (a 1 MiB info array: 8 rows, not 4,096 = 4 GiB).
 WRITE_BLOCK_MAX_BYTES = 8 << 20
+
+# The deflate level of ``compression="gzip"`` (h5py's default, so files keep their sizes).
+GZIP_DEFAULT_LEVEL = 4
 
 
 def _digest(data: bytes | memoryview | np.ndarray) -> str:
@@ -206,7 +211,19 @@ class Column:
     disk. ``present`` (optional columns only) marks the rows that hold a value.
     """
 
-    __slots__ = ("_h", "_ph", "buf", "ds", "dtype", "logical", "name", "pds", "present", "shape")
+    __slots__ = (
+        "_h",
+        "_ph",
+        "buf",
+        "ds",
+        "dtype",
+        "enc",
+        "logical",
+        "name",
+        "pds",
+        "present",
+        "shape",
+    )
 
     def __init__(
         self, name: str, dtype: np.dtype, shape: tuple[int, ...], logical: str | None, block: int
@@ -219,6 +236,8 @@ class Column:
         self.present: np.ndarray | None = None
         self.ds: h5py.Dataset | None = None
         self.pds: h5py.Dataset | None = None
+        # Deflate-compressed columns: writes their chunks, compressed off the GIL.
+        self.enc: _chunks.DeflateColumn | None = None
         self._h = xxhash.xxh3_64()
         self._ph: Any = None
 
@@ -312,6 +331,7 @@ class StreamWriter:
         big = max(1, min(16, WRITE_BLOCK_MAX_BYTES // row_bytes))
         chunk_rows = int(max(big, min(self._base_block, (16 << 10) // row_bytes)))
         if all(col.shape):
+            w = self._writer
             col.ds = self.group.create_dataset(
                 col.name,
                 shape=(self.rows_on_disk, *col.shape),
@@ -319,9 +339,14 @@ class StreamWriter:
                 dtype=sdtype,
                 chunks=(chunk_rows, *col.shape),
                 fillvalue=np.zeros((), sdtype),
-                compression=self._writer.compression,
-                shuffle=self._writer.compression is not None,
+                compression=w.compression,
+                compression_opts=w.deflate_level,
+                shuffle=w.compression is not None,
             )
+            if w.deflate_level is not None:
+                col.enc = _chunks.DeflateColumn(
+                    col.ds.id, chunk_rows, self.rows_on_disk, w.deflate_level, w._deflate_pool
+                )
         else:
             # Rows with no elements hold no bytes; HDF5 cannot chunk a zero-length axis, so the
             # dataset keeps zero rows and readers produce the empty rows from the commit count.
@@ -386,7 +411,10 @@ class StreamWriter:
                 if not all(col.shape):
                     continue
                 chunk = np.ascontiguousarray(col.buf[lo:hi])
-                _append_rows(col.ds, chunk, start)
+                if col.enc is not None:
+                    col.enc.append(chunk, start)
+                else:
+                    _append_rows(col.ds, chunk, start)
                 col._h.update(chunk.data)
                 if col.present is not None and col.pds is not None:
                     pchunk = np.ascontiguousarray(col.present[lo:hi])
@@ -414,6 +442,12 @@ class StreamWriter:
             # pos == 0 made commit -> write_pending -> maybe_commit -> commit recurse.
             if self.on_block_full is not None:
                 self.on_block_full()
+
+    def flush_chunks(self) -> None:
+        """Wait for the compressed chunks of every row written so far and write them."""
+        for col in self.columns.values():
+            if col.enc is not None:
+                col.enc.flush()
 
     def commit_record(self) -> dict[str, Any]:
         checksums: dict[str, str] = {}
@@ -496,8 +530,11 @@ class RecordingWriter:
         commit_every_seconds: also commit when this much time passed since the last one.
         fsync: ``os.fsync`` after each commit (durable across power loss; slower).
         block_rows: rows buffered in memory per column before a block write.
-        compression: ``None`` (default), ``"gzip"`` or ``"lzf"``: lossless compression
-            (with the byte-shuffle filter) of stream columns; snapshots stay uncompressed.
+        compression: ``None`` (default), ``"gzip"`` (deflate level 4), ``"gzip:LEVEL"``
+            (LEVEL 0-9) or ``"lzf"``: lossless compression (with the byte-shuffle filter) of
+            stream columns; snapshots stay uncompressed. Deflate runs on a worker thread,
+            off the recording loop (see :mod:`replaykit._format.chunks`); lzf runs inside
+            HDF5's write.
         direct_io: write snapshot arrays of 1 MiB and more with direct I/O (Linux
             ``O_DIRECT``), bypassing the page cache: ``True`` always, ``False`` never,
             ``None`` (default) when a buffered write would be throttled by the kernel's
@@ -524,12 +561,8 @@ class RecordingWriter:
     ) -> None:
         if commit_every_steps < 1 or block_rows < 1:
             raise UsageError("commit_every_steps and block_rows must be >= 1")
-        if compression not in (None, "gzip", "lzf"):
-            raise UsageError(
-                f"compression must be None, 'gzip' or 'lzf', got {compression!r}; these are the "
-                "lossless filters every HDF5 reader has"
-            )
-        self.compression = compression
+        self.compression, self.deflate_level = _parse_compression(compression)
+        self._pool: ThreadPoolExecutor | None = None
         self.direct_io = direct_io
         self.path = Path(path)
         # Where the bytes go: ``path`` itself, or (overwrite of an existing file) a temporary
@@ -581,6 +614,16 @@ class RecordingWriter:
             with contextlib.suppress(OSError):
                 os.unlink(self.write_path)
             raise
+
+    def _deflate_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = _chunks.new_pool()
+        return self._pool
+
+    def _stop_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def _create(self, overwrite: bool) -> h5py.File:
         """Create the file exclusively (HDF5 ``"x"``: never truncates an existing file)."""
@@ -787,6 +830,11 @@ class RecordingWriter:
             "the limit and record again"
         )
         self._closed = True
+        for s in self._streams.values():
+            for col in s.columns.values():
+                if col.enc is not None:
+                    col.enc.cancel()
+        self._stop_pool()
         try:
             fd = self._file.id.get_vfd_handle()
             ro = os.open(self.write_path, os.O_RDONLY)
@@ -811,6 +859,8 @@ class RecordingWriter:
         """
         for s in self._streams.values():
             s.write_pending()
+        for s in self._streams.values():
+            s.flush_chunks()
         self._reserve()
         # Records too long for an attribute go into their spare slot before the first flush;
         # the attributes pointing to them change only in phase two.
@@ -1164,6 +1214,7 @@ class RecordingWriter:
             self.commit()
             end = int(self._file.id.get_filesize())
         finally:
+            self._stop_pool()
             if not self._closed:
                 self._closed = True
                 self._file.close()
@@ -1210,6 +1261,22 @@ def _extend(fd: int, size: int, target: int) -> None:
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate here
                 raise
     os.pwrite(fd, b"\0", target - 1)
+
+
+def _parse_compression(compression: str | None) -> tuple[str | None, int | None]:
+    """``(filter name, deflate level)`` for the writer's ``compression`` argument."""
+    if compression is None or compression == "lzf":
+        return compression, None
+    if compression == "gzip":
+        return "gzip", GZIP_DEFAULT_LEVEL
+    if isinstance(compression, str):
+        name, _, level = compression.partition(":")
+        if name == "gzip" and level.isdigit() and 0 <= int(level) <= 9:  # noqa: PLR2004
+            return "gzip", int(level)
+    raise UsageError(
+        f"compression must be None, 'gzip', 'gzip:LEVEL' (LEVEL 0-9) or 'lzf', got "
+        f"{compression!r}; these are the lossless filters every HDF5 reader has"
+    )
 
 
 def _temporary_name(path: Path) -> Path:
