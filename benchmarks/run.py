@@ -251,8 +251,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only",
         action="append",
-        choices=("throughput", "snapshot", "snapshot-gpu", "small_restore", "cli", "diff", "sb3"),
-        help="run only this group of rows (repeatable); default: all",
+        choices=(
+            "throughput",
+            "images",
+            "snapshot",
+            "snapshot-gpu",
+            "small_restore",
+            "cli",
+            "diff",
+            "sb3",
+        ),
+        help="run only this group of rows (repeatable); default: all (images: the Pong rows "
+        "of throughput alone)",
     )
     ap.add_argument(
         "--runs",
@@ -335,6 +345,8 @@ def _one_run(args: argparse.Namespace) -> list[dict[str, Any]]:
         only = set(args.only or groups)
         if "throughput" in only:
             rows += _child("throughput", args.quick, tmp)
+        elif "images" in only:
+            rows += _child("images", args.quick, tmp)
         if "snapshot" in only:
             rows += _child("snapshot", args.quick, tmp)
             # Peak RSS of a restore alone, in a fresh process, from the file just written.
