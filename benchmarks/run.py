@@ -84,7 +84,8 @@ def _diff_rows(quick: bool, tmp: Path) -> list[dict[str, Any]]:
         rows.append(
             {
                 "name": f"replaykit diff, two {label}-step recordings differing at the last step",
-                "measure": f"{d['diff_s']:.3f} s ({mb / d['diff_s']:.0f} MB/s)"
+                "measure": f"{d['diff_s']:.3f} s ({mb / d['diff_s']:.0f} MB/s; the process's "
+                f"first call, imports included: {d['first_call_s']:.3f} s)"
                 + ("" if d["found_last_step"] else f"  WRONG RESULT {d['first']}"),
                 "baseline": f"raw read {raw['read_s']:.3f} s ({mb:.0f} MB)",
                 "ratio": ratio,
