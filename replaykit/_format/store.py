@@ -1894,7 +1894,7 @@ class StreamReader:
             upto = min(stop, (k0 + hi) * rows_c)
             n = (upto - row) * row_bytes
             off = int(at[lo]) + (row - (k0 + lo) * rows_c) * row_bytes
-            _read_exactly(fd, view[dst : dst + n], off)
+            _rawio.pread_exactly(fd, view[dst : dst + n], off)
             dst += n
 
     def __contains__(self, column: str) -> bool:
@@ -2201,13 +2201,6 @@ def _chunk_offsets(
     ):
         return None
     return offsets
-
-
-def _read_exactly(fd: int, view: memoryview, offset: int) -> None:
-    """Fill ``view`` from ``offset`` of ``fd``; a file that ends first raises ``OSError``."""
-    got = _rawio._pread_into(fd, view, offset)
-    if got != len(view):
-        raise OSError(f"file ends {len(view) - got} bytes short of a chunk at {offset}")
 
 
 def _stat_key(path: Path) -> tuple[int, int] | None:
