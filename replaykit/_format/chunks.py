@@ -113,6 +113,8 @@ class DeflateColumn:
         self._pending: deque[tuple[int, np.ndarray, Future[bytes]]] = deque()
         # Chunk index -> stored size of the partly filled version written at a commit.
         self._partial: dict[int, int] = {}
+        # (chunk, rows) of the partly filled chunk last written.
+        self._written = (-1, 0)
 
     def append(self, data: np.ndarray, start: int) -> None:
         """Append C-contiguous ``data`` as rows ``start, start + len(data), ...``.
@@ -150,9 +152,14 @@ class DeflateColumn:
             self._write(*self._pending.popleft(), partial=False)
 
     def flush(self) -> None:
-        """Write every row appended so far (the last chunk partly filled, if it is)."""
+        """Write every row appended so far (the last chunk partly filled, if it is).
+
+        A partly filled chunk already written with these rows (no row since the last
+        commit) is not written again.
+        """
         self._drain(wait=True)
-        if self._filled:
+        if self._filled and self._written != (self._chunk, self._filled):
+            self._written = (self._chunk, self._filled)
             raw = self._stage
             payload = encode_chunk(raw, self._itemsize, self._level)
             self._write(self._chunk, raw, payload, partial=True)
