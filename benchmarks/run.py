@@ -85,7 +85,8 @@ def _diff_rows(quick: bool, tmp: Path) -> list[dict[str, Any]]:
         rows.append(
             {
                 "name": f"replaykit diff, two {label}-step recordings differing at the last step",
-                "measure": f"{d['diff_s']:.3f} s ({mb / d['diff_s']:.0f} MB/s)"
+                "measure": f"{d['diff_s']:.3f} s ({mb / d['diff_s']:.0f} MB/s; the process's "
+                f"first call, imports included: {d['first_call_s']:.3f} s)"
                 + ("" if d["found_last_step"] else f"  WRONG RESULT {d['first']}"),
                 "baseline": f"raw read {raw['read_s']:.3f} s ({mb:.0f} MB)",
                 "ratio": ratio,
@@ -254,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=(
             "throughput",
+            "images",
             "snapshot",
             "snapshot-gpu",
             "small_restore",
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             "sweep",
         ),
         help="run only this group of rows (repeatable); default: all but sweep (it starts "
-        "Ray several times: about a minute)",
+        "Ray several times: about a minute); images: the Pong rows of throughput alone",
     )
     ap.add_argument(
         "--runs",
@@ -346,6 +348,8 @@ def _one_run(args: argparse.Namespace) -> list[dict[str, Any]]:
         only = set(args.only or groups)
         if "throughput" in only:
             rows += _child("throughput", args.quick, tmp)
+        elif "images" in only:
+            rows += _child("images", args.quick, tmp)
         if "snapshot" in only:
             rows += _child("snapshot", args.quick, tmp)
             # Peak RSS of a restore alone, in a fresh process, from the file just written.

@@ -455,7 +455,8 @@ def _stream_filters(path: Path) -> set[str | None]:
 @pytest.mark.parametrize(
     ("option", "expected"),
     [
-        ([], "lzf"),
+        ([], "gzip"),
+        (["--compression", "lzf"], "lzf"),
         (["--compression", "gzip"], "gzip"),
         (["--compression", "gzip:4"], "gzip"),
         (["--compression", "none"], None),

@@ -18,10 +18,22 @@ from replaykit._format.store import Recording, RecordingWriter
 N = 3000
 
 
-def _write(path: Path, n: int = N, *, change_at: int | None = None, episode_len: int = 100) -> Path:
+def _write(
+    path: Path,
+    n: int = N,
+    *,
+    change_at: int | None = None,
+    episode_len: int = 100,
+    compression: str | None = None,
+) -> Path:
     """Steps with a reward, an episode and an optional column (present every third row)."""
     with RecordingWriter(
-        path, meta={"env_id": "X"}, provenance={}, block_rows=256, commit_every_steps=256
+        path,
+        meta={"env_id": "X"},
+        provenance={},
+        block_rows=256,
+        commit_every_steps=256,
+        compression=compression,
     ) as w:
         s = w.stream(F.STEPS)
         reward = s.column(F.REWARD, np.dtype("float64"), ())
@@ -127,13 +139,19 @@ def _reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, Any]]:
     ``None`` for a read into a fresh array.
     """
     seen: list[tuple[int, Any]] = []
-    real = store._read_rows
+    block, sliced = store.StreamReader._read_block, store.StreamReader._slice
 
-    def spy(dsid: Any, start: int, out: np.ndarray) -> None:
+    def spy_block(self: Any, name: str, ds: Any, start: int, out: np.ndarray) -> None:
         seen.append((out.nbytes, out.base))
-        real(dsid, start, out)
+        block(self, name, ds, start, out)
 
-    monkeypatch.setattr(store, "_read_rows", spy)
+    def spy_slice(self: Any, name: str, start: int | None, stop: int | None) -> np.ndarray:
+        out = sliced(self, name, start, stop)
+        seen.append((out.nbytes, None))
+        return out
+
+    monkeypatch.setattr(store.StreamReader, "_read_block", spy_block)
+    monkeypatch.setattr(store.StreamReader, "_slice", spy_slice)
     return seen
 
 
@@ -176,3 +194,47 @@ def test_bad_block_rows(tmp_path: Path) -> None:
     p = _write(tmp_path / "a.h5", 10)
     with pytest.raises(E.UsageError):
         diff_recordings(p, p, block_rows=0)
+
+
+@pytest.mark.parametrize("compression", [None, "gzip:1"])
+@pytest.mark.parametrize("block_rows", [None, 64, 7])
+@pytest.mark.parametrize("row", [0, 1, 255, 256, 1000, N - 1])
+def test_divergence_found_at_any_row(
+    tmp_path: Path, compression: str | None, block_rows: int | None, row: int
+) -> None:
+    """The first row, the last row, chunk edges and inside a chunk (compressed or not)."""
+    a = _write(tmp_path / "a.h5", compression=compression)
+    b = _write(tmp_path / "b.h5", change_at=row, compression=compression)
+    res = diff_recordings(a, b, block_rows=block_rows)
+    assert res.first is not None and (res.first.key, res.first.row) == (F.REWARD, row)
+    assert [d.key for d in res.divergences] == [F.REWARD]
+    assert diff_recordings(a, _write(tmp_path / "c.h5", compression=compression)).match
+
+
+def test_uncompressed_columns_are_read_by_chunk_address(tmp_path: Path) -> None:
+    """Blocks of every size and offset read back what h5py reads, through the chunk map."""
+    p = _write(tmp_path / "a.h5")
+    with h5py.File(p, "r") as f:
+        want = {k: f[f"{F.stream_path(F.STEPS)}/{k}"][()] for k in (F.REWARD, "x", "x@present")}
+    with Recording(p) as rec:
+        s = rec.stream(F.STEPS)
+        for name in (F.REWARD, "x"):
+            for rows in (1, 7, 256, 1000, N):
+                got = np.concatenate([b.copy() for _, b in s.blocks(name, rows)])
+                assert got.tobytes() == want[name][:N].tobytes(), (name, rows)
+            assert s._maps[name] is not None  # the chunk map served those reads
+            assert s.read(name, 250, 1300).tobytes() == want[name][250:1300].tobytes()
+        assert s.present("x") is not None
+        assert s.present("x").tobytes() == want["x@present"][:N].tobytes()
+
+
+def test_equal_checksums_still_verify_both_files(tmp_path: Path) -> None:
+    """Columns whose stored checksums agree are not compared, but both are still verified."""
+    a = _write(tmp_path / "a.h5")
+    b = _write(tmp_path / "b.h5")
+    assert diff_recordings(a, b).match
+    _damage(b, F.EPISODE, 1234)
+    with pytest.raises(E.ChecksumError):
+        diff_recordings(a, b)
+    res = diff_recordings(a, b, verify=False)  # unverified: compared, so the change shows
+    assert res.first is not None and (res.first.key, res.first.row) == (F.EPISODE, 1234)

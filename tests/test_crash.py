@@ -40,7 +40,12 @@ SNAPSHOT_EVERY = 300
 _MSG = struct.Struct("<ci")
 
 
-def _record(path: Path, seed: int, report: Callable[[bytes, int], None] | None) -> None:
+def _record(
+    path: Path,
+    seed: int,
+    report: Callable[[bytes, int], None] | None,
+    compression: str | None = None,
+) -> None:
     """The recording run: deterministic given ``seed``; reports progress through ``report``."""
     torch.manual_seed(seed)
     # About 1 MiB of weights, so a snapshot write lasts long enough to be hit by a kill.
@@ -52,6 +57,7 @@ def _record(path: Path, seed: int, report: Callable[[bytes, int], None] | None) 
         track={"model": model},
         commit_every_steps=COMMIT_EVERY,
         commit_every_seconds=3600.0,
+        compression=compression,
     )
     actions = np.random.default_rng(seed).integers(0, 2, STEPS)
     env.reset()
@@ -92,12 +98,17 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"cols": cols, "snaps": snaps, "snapshot_seconds": max(writes)}
 
 
-def _child(path: Path, conn: Any) -> None:
-    _record(path, 7, lambda kind, step: conn.send_bytes(_MSG.pack(kind, step)))
+def _child(path: Path, conn: Any, compression: str | None = None) -> None:
+    _record(path, 7, lambda kind, step: conn.send_bytes(_MSG.pack(kind, step)), compression)
 
 
 def _kill_one(
-    ctx: Any, path: Path, rng: np.random.Generator, snapshot_seconds: float, mode: str
+    ctx: Any,
+    path: Path,
+    rng: np.random.Generator,
+    snapshot_seconds: float,
+    mode: str,
+    compression: str | None = None,
 ) -> dict[str, Any]:
     """Start a recorder, SIGKILL it at a random moment, return what it had reported.
 
@@ -110,7 +121,7 @@ def _kill_one(
     from its exit status and from every message it sent before it died.
     """
     r, w = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(path, w), daemon=True)
+    proc = ctx.Process(target=_child, args=(path, w, compression), daemon=True)
     proc.start()
     w.close()
     if mode == "step":
@@ -197,7 +208,14 @@ def _tree_equal(a: Any, b: Any) -> bool:
     return bool(a == b) and type(a) is type(b)
 
 
-def _campaign(ctx: Any, tmp_path: Path, ref: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
+def _campaign(
+    ctx: Any,
+    tmp_path: Path,
+    ref: dict[str, Any],
+    n: int,
+    seed: int,
+    compression: str | None = None,
+) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     errors: collections.Counter[str] = collections.Counter()
     lost: list[int] = []
@@ -206,7 +224,7 @@ def _campaign(ctx: Any, tmp_path: Path, ref: dict[str, Any], n: int, seed: int) 
     for i in range(n):
         mode = "snapshot" if i % 2 else "step"
         path = tmp_path / f"kill-{i:04d}.h5"
-        res = _kill_one(ctx, path, rng, ref["snapshot_seconds"], mode)
+        res = _kill_one(ctx, path, rng, ref["snapshot_seconds"], mode, compression)
         killed += res["killed"]
         in_snap += res["in_snapshot"]
         where = f"{path.name} ({mode}, step {res['last_step']})"
@@ -266,6 +284,16 @@ def test_kills_leave_clean_prefix(
 ) -> None:
     stats = _campaign(forkserver, tmp_path, reference, 32, seed=2024)
     _report(stats, record_property, "kill x32")
+    _assert_campaign(stats)
+
+
+@pytest.mark.integration
+def test_kills_leave_clean_prefix_deflate(
+    tmp_path: Path, reference: dict[str, Any], record_property: Any, forkserver: Any
+) -> None:
+    """The same with deflate: chunks compressed on a worker thread, a kill at any moment."""
+    stats = _campaign(forkserver, tmp_path, reference, 16, seed=77, compression="gzip:1")
+    _report(stats, record_property, "kill x16, gzip:1")
     _assert_campaign(stats)
 
 

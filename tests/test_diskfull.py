@@ -35,7 +35,7 @@ _CHILD = textwrap.dedent(
     w = None
     try:
         w = RecordingWriter(path, meta={"env_id": "X"}, provenance={}, commit_every_steps=500,
-                            block_rows=500, compression="gzip" if mode == "gzip" else None)
+                            block_rows=500, compression=None if mode == "plain" else mode)
         s = w.stream("steps")
         c = s.column("obs", np.dtype("float64"), (64,))
         i = 0
@@ -75,10 +75,15 @@ def _run(tmp_path: Path, limit: int, mode: str) -> tuple[Path, dict]:
     return path, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("limit", LIMITS)
+@pytest.mark.parametrize(
+    ("limit", "mode"),
+    [(limit, "plain") for limit in LIMITS]
+    # Deflate: chunks compressed on a worker thread and written with direct chunk writes.
+    + [(limit, "gzip:1") for limit in (90_000, 400_000, 1_300_000, 3_100_000)],
+)
 @pytest.mark.integration
-def test_file_size_limit_keeps_last_commit(tmp_path: Path, limit: int) -> None:
-    path, out = _run(tmp_path, limit, "plain")
+def test_file_size_limit_keeps_last_commit(tmp_path: Path, limit: int, mode: str) -> None:
+    path, out = _run(tmp_path, limit, mode)
     assert out["error"] is not None, "the limit was never hit"
     name, message = out["error"]
     assert name == "RecordingWriteError"

@@ -725,8 +725,11 @@ def _diff_column(
         _column_rows(sa, col, block_rows, (scratch[0], scratch[1])),
         _column_rows(sb, col, block_rows, (scratch[2], scratch[3])),
     )
+    # Equal stored checksums over the same rows: once both columns pass verification (the
+    # blocks are still read and hashed), they hold the same bytes, so no block is compared.
+    same = verify and _same_checksums(sa, sb, col) and rule.exact
     for ba, bb in pairs:
-        if found is not None or ba is None or bb is None or ba[0] >= n:
+        if same or found is not None or ba is None or bb is None or ba[0] >= n:
             if not verify:
                 break
             continue  # still hashing the rest of the longer or diverged column
@@ -739,6 +742,14 @@ def _diff_column(
             sa.name, key, n, Mismatch("missing" if sa.rows > sb.rows else "extra"), rule.describe()
         )
     return found
+
+
+def _same_checksums(sa: Any, sb: Any, col: str) -> bool:
+    """Both columns (and presence masks) claim the same bytes for the same rows and type."""
+    if (sa.first, sa.rows) != (sb.first, sb.rows) or sa.columns[col] != sb.columns[col]:
+        return False
+    names = [col, col + F.PRESENT_SUFFIX] if sa.optional(col) else [col]
+    return all(sa.checksum(x) is not None and sa.checksum(x) == sb.checksum(x) for x in names)
 
 
 def _diff_block(

@@ -161,6 +161,13 @@ def _pread_into(fd: int, view: memoryview, offset: int) -> int:
     return done
 
 
+def pread_exactly(fd: int, view: memoryview, offset: int) -> None:
+    """Fill ``view`` from ``offset`` of ``fd``; a file that ends first raises ``OSError``."""
+    got = _pread_into(fd, view, offset)
+    if got != len(view):
+        raise OSError(f"file ends {len(view) - got} bytes short of a read at {offset}")
+
+
 def read_chunks(fd: int, offset: int, out: np.ndarray, hasher: Any = None) -> None:
     """Read ``out.nbytes`` bytes at ``offset`` of ``fd`` straight into C-contiguous ``out``.
 

@@ -340,10 +340,6 @@ class _DeferInterrupt:
             signal.signal(signal.SIGINT, self._old)
 
 
-# h5py's gzip level when none is given: ``gzip:4`` is plain ``gzip``.
-_GZIP_DEFAULT_LEVEL = 4
-
-
 def _open_recording(
     env: Any,
     tmp: Path,
@@ -353,25 +349,14 @@ def _open_recording(
     keep_snapshots: int | None = None,
 ) -> RecordingWrapper:
     """Create the recording at ``tmp``; ``compression`` may be ``gzip:LEVEL``."""
-    if compression == f"gzip:{_GZIP_DEFAULT_LEVEL}":
-        compression = "gzip"
-    try:
-        return RecordingWrapper(
-            env,
-            tmp,
-            seed=seed,
-            metadata={"policy": policy_spec, "cli_seed": seed},
-            compression=compression,
-            keep_snapshots=keep_snapshots,
-        )
-    except UsageError:
-        if compression is None or not compression.startswith("gzip:"):
-            raise
-        # The writer refuses a level before it creates the file.
-        raise UsageError(
-            f"compression {compression} is not available: this version's writer compresses "
-            f"gzip at level {_GZIP_DEFAULT_LEVEL} only; pass --compression gzip, lzf or none"
-        ) from None
+    return RecordingWrapper(
+        env,
+        tmp,
+        seed=seed,
+        metadata={"policy": policy_spec, "cli_seed": seed},
+        compression=compression,
+        keep_snapshots=keep_snapshots,
+    )
 
 
 def record_rollout(
@@ -410,8 +395,8 @@ def record_rollout(
         episodes: stop when this many episodes have ended (or at ``steps``, if sooner).
         env_kwargs: keyword arguments for ``gymnasium.make``.
         overwrite: replace an existing ``out`` (only once the new recording is complete).
-        compression: the writer's stream compression (``None``, ``"lzf"``, ``"gzip"``, or
-            ``"gzip:LEVEL"`` where the writer takes levels).
+        compression: the writer's stream compression (``None``, ``"lzf"``, ``"gzip"`` or
+            ``"gzip:LEVEL"``).
         on_start: called with the temporary path once the file is created.
         on_progress: called after each step with (steps, episodes, snapshots) so far.
         keep_snapshots: flight mode: keep the first and the last N ``snapshot_every``
