@@ -64,7 +64,7 @@ def _alternate(
     """Time ``loops`` in alternating rounds of ``steps // rounds`` steps each.
 
     One unmeasured round of each comes first (first block writes, lazy imports, warm
-    caches). Returns the median seconds per step of each loop and, for each loop, its
+    caches); the loops' order within a round is reversed every round. Returns the median seconds per step of each loop and, for each loop, its
     per-round times (a round and its neighbours share the machine's state, so a ratio of
     two loops' times in one round cancels drift that a ratio of overall medians keeps).
     """
@@ -72,9 +72,12 @@ def _alternate(
     for loop in loops:
         loop(per)
     times: list[list[float]] = [[] for _ in loops]
+    order = list(range(len(loops)))
     for _ in range(rounds):
-        for k, loop in enumerate(loops):
-            times[k].append(loop(per) / per)
+        for k in order:
+            times[k].append(loops[k](per) / per)
+        # Which loop runs second in a round moved the mlp ratio by up to 2%: swap each round.
+        order.reverse()
     return [statistics.median(t) for t in times], times
 
 
