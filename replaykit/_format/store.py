@@ -42,6 +42,7 @@ import xxhash
 from h5py import h5a, h5s, h5t
 
 from replaykit._format import finite as _finite
+from replaykit._format import known as _known
 from replaykit._format import layout as F
 from replaykit._format import rawio as _rawio
 from replaykit._format import tree as _tree
@@ -1666,6 +1667,33 @@ class StreamReader:
         self._group = group
         where = f"/{F.STREAMS_GROUP}/{name}"
         self._where = where
+        k = rec._known
+        hit = k.commits.get(name) if k is not None else None
+        if hit is None:
+            hit = self._read_commit(rec, name, group, where)
+            k = rec._learning()
+            if k is not None and _known.grow(k, hit[4]):
+                k.commits[name] = hit
+        first, rows, columns, checksums, _ = hit
+        # Rows are numbered globally: the stream stores rows [first, first + stored) (an
+        # extract's streams start where its snapshot does; version 4).
+        self.first = int(first)
+        self.rows = self.first + rows
+        self.columns: dict[str, dict[str, Any]] = columns
+        self._checksums = checksums
+        self._verified: set[str] = set()
+        self._checked: dict[str, h5py.h5d.DatasetID] = {}
+        self._chunk_rows: dict[str, int] = {}
+        self._span_rows: dict[str, int] = {}
+
+    @staticmethod
+    def _read_commit(
+        rec: Recording, name: str, group: h5py.Group, where: str
+    ) -> tuple[int, int, dict[str, dict[str, Any]], dict[str, Any], int]:
+        """Read and check the stream's commit record: first row, rows, columns, checksums.
+
+        The last item is the record's text size.
+        """
         with _guard(rec.path, where, "read the stream's commit record"):
             raw = _get_attr(group.id, F.COMMIT_ATTR)
         if raw is None:
@@ -1725,16 +1753,7 @@ class StreamReader:
                 path=rec.path,
                 obj=where,
             )
-        # Rows are numbered globally: the stream stores rows [first, first + stored) (an
-        # extract's streams start where its snapshot does; version 4).
-        self.first = int(first)
-        self.rows = self.first + rows
-        self.columns: dict[str, dict[str, Any]] = columns
-        self._checksums = checksums
-        self._verified: set[str] = set()
-        self._checked: dict[str, h5py.h5d.DatasetID] = {}
-        self._chunk_rows: dict[str, int] = {}
-        self._span_rows: dict[str, int] = {}
+        return int(first), int(rows), columns, checksums, len(text)
 
     def __contains__(self, column: str) -> bool:
         return column in self.columns
@@ -1766,6 +1785,19 @@ class StreamReader:
             return dsid
         where = f"{self._where}/{name}"
         path = self._rec.path
+        k = self._rec._known
+        spot = k.columns.get((self.name, name)) if k is not None else None
+        if spot is not None:
+            # Checked by an earlier verified open of this unchanged file.
+            with _guard(path, where, "open the column"):
+                obj = h5py.h5o.open(self._group.id, name.encode())
+            if not isinstance(obj, h5py.h5d.DatasetID):
+                raise TruncatedFileError(
+                    "column dataset is missing (file damaged or edited)", path=path, obj=where
+                )
+            self._chunk_rows[name], self._span_rows[name] = spot
+            self._checked[name] = obj
+            return obj
         with _guard(path, where, "open the column"):
             gid = self._group.id
             key = name.encode()
@@ -1811,6 +1843,9 @@ class StreamReader:
             # Reads of a compressed column span whole chunks (see _iter_rows).
             self._span_rows[name] = self._chunk_rows[name] if compressed else 0
         self._checked[name] = obj
+        k = self._rec._learning()
+        if k is not None:
+            k.columns[(self.name, name)] = (self._chunk_rows[name], self._span_rows[name])
         return obj
 
     def _verify(self, name: str) -> None:
@@ -1995,6 +2030,22 @@ def _stat_key(path: Path) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
+def _plain_offset(dsid: Any, arr: np.ndarray) -> int | None:
+    """Where a dataset's bytes lie when stored as ``arr``'s plain contiguous bytes, else None.
+
+    Also ``None`` where the platform has no ``preadv`` to read them with.
+    """
+    if not hasattr(os, "preadv"):
+        return None
+    dcpl = dsid.get_create_plist()
+    if dcpl.get_layout() != h5py.h5d.CONTIGUOUS or dcpl.get_nfilters():
+        return None
+    if dsid.get_storage_size() != arr.nbytes or dsid.get_type() != h5t.py_create(arr.dtype):
+        return None
+    offset = dsid.get_offset()
+    return None if offset is None else int(offset)
+
+
 # Times a reader re-opens a file that failed to open while a writer holds it (see Recording).
 _LIVE_RETRIES = 8
 
@@ -2025,6 +2076,8 @@ class Recording:
         self.path = Path(path)
         self.verify = verify
         self._snapshots: list[SnapshotInfo] | None = None
+        # What verified opens of this unchanged file derived (see replaykit._format.known).
+        self._known: _known.Known | None = None
         # A file another process is writing can fail to open when the open races one of its
         # commits (libhdf5 reads the file's end once, then metadata the commit moved past
         # it): retry a few times, then say plainly that the file is being written.
@@ -2048,15 +2101,73 @@ class Recording:
     def _open(self) -> None:
         from replaykit._format import safety as _safety
 
+        self._known = None
         self._file = _safety.open_validated(self.path)
         try:
             with _guard(self.path, "/", "read the root attributes"):
-                self._read_root()
+                key = self._known_key()
+                hit = _known.get(key) if key is not None else None
+                if key is not None and hit is not None:
+                    self._open_known(hit, key[-1])
+                    return
+                meta_text, provenance_text = self._read_root()
+                ident = _safety.file_identity(self._file)
+                if key is not None and self.verify and ident == key[1:6]:
+                    # Unchanged while it was read: later opens may reuse what was verified.
+                    self._known = _known.put(
+                        key,
+                        _known.Known(
+                            ident,
+                            self.format_version,
+                            meta_text,
+                            provenance_text,
+                            self.created,
+                            nbytes=len(meta_text) + len(provenance_text),
+                        ),
+                    )
         except BaseException:
             self._file.close()
             raise
 
-    def _read_root(self) -> None:
+    def _known_key(self) -> tuple[Any, ...] | None:
+        """Return this file's key in :mod:`replaykit._format.known`; ``None``: not to be kept.
+
+        The path, the open file's identity and the root checksum stored in it. A file a
+        live writer holds (HDF5's write lock) is neither looked up nor kept.
+        """
+        from replaykit._format import safety as _safety
+
+        ident = _safety.file_identity(self._file)
+        if ident is None or _safety.is_being_written(self.path):
+            return None
+        stored = _get_attr(self._file.id, F.ROOT_CHECKSUM_ATTR)
+        try:
+            root_sum = "" if stored is None else _text(stored).strip()
+        except (UnicodeError, TypeError):
+            return None  # _read_root says what is wrong with it
+        return (os.fspath(self.path), *ident, root_sum)
+
+    def _open_known(self, hit: _known.Known, root_checksum: str) -> None:
+        """Take the root from an earlier verified open of this unchanged file."""
+        self._known = hit
+        self.format_version = hit.format_version
+        self.created = hit.created
+        self.root_checksum = root_checksum
+        # Parsed per open: each Recording owns (and may change) its dicts.
+        self.provenance: dict[str, Any] = F.loads(hit.provenance_text)
+        self.meta: dict[str, Any] = F.loads(hit.meta_text)
+
+    def _learning(self) -> _known.Known | None:
+        """Where to keep what this open verifies: only a verifying open of an unchanged file."""
+        from replaykit._format import safety as _safety
+
+        k = self._known
+        if k is None or not self.verify or _safety.file_identity(self._file) != k.ident:
+            return None
+        return k
+
+    def _read_root(self) -> tuple[str, str]:
+        """Read and verify the root attributes; return the metadata and provenance texts."""
         fid = self._file.id
         fmt = _get_attr(fid, F.FORMAT_ATTR)
         if isinstance(fmt, bytes):
@@ -2112,8 +2223,8 @@ class Recording:
             )
         meta_text = self._unspill(fid, str(raw[F.META_ATTR]), F.META_ATTR, "/")
         try:
-            self.provenance: dict[str, Any] = F.loads(str(raw[F.PROVENANCE_ATTR]))
-            self.meta: dict[str, Any] = F.loads(meta_text)
+            self.provenance = F.loads(str(raw[F.PROVENANCE_ATTR]))
+            self.meta = F.loads(meta_text)
         except (ValueError, RecursionError) as exc:
             raise FileFormatError(
                 f"root metadata is not valid JSON ({_first_line(exc)}); the file is damaged",
@@ -2126,6 +2237,7 @@ class Recording:
             )
         _check_fields(self.meta, _META_TYPES, "root metadata", self.path, "/")
         self.created = str(raw[F.CREATED_ATTR])
+        return meta_text, str(raw[F.PROVENANCE_ATTR])
 
     def _unspill(self, gid: Any, text: str, attr: str, where: str) -> str:
         """Return the JSON text an attribute holds, reading it from its slot when spilled.
@@ -2220,6 +2332,16 @@ class Recording:
         names = self.__dict__.get("_stream_names")
         if names is not None:
             return name in names
+        k = self._known
+        if k is not None and name in k.has_stream:
+            return k.has_stream[name]
+        found = self._has_stream(name)
+        k = self._learning()
+        if k is not None:
+            k.has_stream[name] = found
+        return found
+
+    def _has_stream(self, name: str) -> bool:
         # One stream's group and commit record, without listing the others.
         with _guard(self.path, F.stream_path(name), "look for the stream"):
             try:
@@ -2260,8 +2382,15 @@ class Recording:
         """Committed snapshots in the order they were taken (metadata checksums verified)."""
         snaps = self._snapshots
         if snaps is None:
-            with _guard(self.path, f"/{F.SNAPSHOTS_GROUP}", "list the snapshots"):
-                snaps = self._snapshots = self._list_snapshots()
+            k = self._known
+            if k is not None and k.snapshots is not None:
+                snaps = self._snapshots = k.snapshots
+            else:
+                with _guard(self.path, f"/{F.SNAPSHOTS_GROUP}", "list the snapshots"):
+                    snaps = self._snapshots = self._list_snapshots()
+                k = self._learning()
+                if k is not None:
+                    k.snapshots = snaps
         return list(snaps)
 
     def _list_snapshots(self) -> list[SnapshotInfo]:
@@ -2309,17 +2438,28 @@ class Recording:
 
         Listing snapshots reads them all; loading one reuses what the listing verified.
         """
+        k = self._known
+        if k is not None:
+            known = k.attrs.get(where)
+            if known is not None:
+                return cast(tuple[dict[str, Any], Any, dict[str, Any]], known)
         cache: dict[str, Any] = self.__dict__.setdefault("_attrs_cache", {})
         hit = cache.get(where)
         if hit is None:
-            hit = cache[where] = self._read_snapshot_attrs(gid, where)
-        return hit
+            meta, doc, checksums, nbytes = self._read_snapshot_attrs(gid, where)
+            hit = cache[where] = meta, doc, checksums
+            k = self._learning()
+            if k is not None and _known.grow(k, nbytes):
+                k.attrs[where] = hit
+        return cast(tuple[dict[str, Any], Any, dict[str, Any]], hit)
 
     def _read_snapshot_attrs(
         self, gid: Any, where: str
-    ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    ) -> tuple[dict[str, Any], Any, dict[str, Any], int]:
+        """Meta, tree document and checksums of a snapshot, verified; and their text's size."""
         try:
-            checksums = F.loads(_text(_get_attr(gid, F.CHECKSUMS_ATTR)))
+            checksums_json = _text(_get_attr(gid, F.CHECKSUMS_ATTR))
+            checksums = F.loads(checksums_json)
             tree_json = _text(_get_attr(gid, F.TREE_ATTR))
             meta_json = _text(_get_attr(gid, F.SNAPSHOT_ATTR))
             if not isinstance(checksums, dict):
@@ -2367,7 +2507,7 @@ class Recording:
                 obj=where,
             )
         _check_fields(meta, _SNAP_TYPES, "snapshot metadata", self.path, where)
-        return meta, doc, checksums
+        return meta, doc, checksums, len(checksums_json) + len(tree_json) + len(meta_json)
 
     @staticmethod
     def _v1_logical(g: h5py.Group, checksums: dict[str, Any]) -> dict[str, str]:
@@ -2479,7 +2619,9 @@ class Recording:
                 path=self.path,
                 obj=where,
             )
-        if self.verify and gid.get_num_objs() != len(names):
+        k = self._known
+        counted = k is not None and where in k.trees
+        if self.verify and not counted and gid.get_num_objs() != len(names):
             # With the count equal, opening each listed name below proves the sets equal.
             raise ChecksumError(
                 f"snapshot holds {gid.get_num_objs()} datasets, its checksums list "
@@ -2519,6 +2661,8 @@ class Recording:
                 path=self.path,
                 obj=where,
             )
+        if not counted and (k := self._learning()) is not None:
+            k.trees.add(where)
         if not decode:
             return doc, arrays
         try:
@@ -2568,8 +2712,17 @@ class Recording:
         """Read dataset ``key`` of a snapshot group whole (into ``out``), checksum verified.
 
         A contiguous, unfiltered dataset is read with plain reads straight into the
-        destination, hashed chunk by chunk on the way; others go through HDF5.
+        destination, hashed chunk by chunk on the way; others go through HDF5. A small one
+        whose place an earlier verified open of this unchanged file found is read from there
+        with one ``preadv``, without opening the dataset; its checksum is verified all the same.
         """
+        k = self._known
+        spot = k.plain.get(f"{where}/{key}") if k is not None and out is None else None
+        if spot is not None:
+            arr = self._read_spot(spot, f"{where}/{key}")
+            if self.verify:
+                self._check_array(_array_digest(arr), checksums.get(key), where, key, False)
+            return arr
         try:
             dsid = h5py.h5o.open(gid, key.encode())
         except KeyError:
@@ -2595,18 +2748,43 @@ class Recording:
         if self.verify:
             if digest is None:
                 digest = _array_digest(arr)
-            if checksums.get(key) != digest:
-                raise ChecksumError(
-                    "snapshot array does not match its checksum (file damaged or edited); "
-                    "re-record it or use a good copy"
-                    + (
-                        "; the objects being restored now hold undefined values: build them again"
-                        if out is not None
-                        else ""
-                    ),
-                    path=self.path,
-                    obj=f"{where}/{key}",
-                )
+            self._check_array(digest, checksums.get(key), where, key, out is not None)
+            if 0 < arr.nbytes < _rawio.MIN_BYTES and (k := self._learning()) is not None:
+                offset = _plain_offset(dsid, arr)
+                if offset is not None:
+                    k.plain[f"{where}/{key}"] = (offset, arr.dtype.str, arr.shape)
+        return arr
+
+    def _check_array(
+        self, digest: str, expected: Any, where: str, key: str, into_live: bool
+    ) -> None:
+        if expected != digest:
+            raise ChecksumError(
+                "snapshot array does not match its checksum (file damaged or edited); "
+                "re-record it or use a good copy"
+                + (
+                    "; the objects being restored now hold undefined values: build them again"
+                    if into_live
+                    else ""
+                ),
+                path=self.path,
+                obj=f"{where}/{key}",
+            )
+
+    def _read_spot(self, spot: tuple[int, str, tuple[int, ...]], where: str) -> np.ndarray:
+        """Read a small contiguous dataset whose place is known (see :meth:`_read_array`)."""
+        offset, dtype, shape = spot
+        arr = np.empty(shape, np.dtype(dtype))
+        with _guard(self.path, where, "read the snapshot array"):
+            view = arr.reshape(-1).view(np.uint8).data
+            n = os.preadv(int(self._file.id.get_vfd_handle()), [view], offset)
+        if n != arr.nbytes:
+            raise TruncatedFileError(
+                f"snapshot array ends {arr.nbytes - n} bytes short (the file was truncated "
+                "since it was opened)",
+                path=self.path,
+                obj=where,
+            )
         return arr
 
     def _read_plain(self, dsid: Any, arr: np.ndarray) -> str | None:
@@ -2615,14 +2793,9 @@ class Recording:
         ``None`` (nothing read) where the dataset is not stored as plain contiguous bytes
         of ``arr``'s size, or the platform has no ``preadv``.
         """
-        if not hasattr(os, "preadv") or arr.nbytes < _rawio.MIN_BYTES:
+        if arr.nbytes < _rawio.MIN_BYTES:
             return None
-        dcpl = dsid.get_create_plist()
-        if dcpl.get_layout() != h5py.h5d.CONTIGUOUS or dcpl.get_nfilters():
-            return None
-        if dsid.get_storage_size() != arr.nbytes or dsid.get_type() != h5t.py_create(arr.dtype):
-            return None
-        offset = dsid.get_offset()
+        offset = _plain_offset(dsid, arr)
         if offset is None:
             return None
         h = xxhash.xxh3_64() if self.verify else None
