@@ -2033,7 +2033,8 @@ def _stat_key(path: Path) -> tuple[int, int] | None:
 def _plain_offset(dsid: Any, arr: np.ndarray) -> int | None:
     """Where a dataset's bytes lie when stored as ``arr``'s plain contiguous bytes, else None.
 
-    Also ``None`` where the platform has no ``preadv`` to read them with.
+    ``arr`` gives the dtype and size (it may be a zero-stride stand-in). Also ``None`` where
+    the platform has no ``preadv`` to read them with.
     """
     if not hasattr(os, "preadv"):
         return None
@@ -2572,6 +2573,7 @@ class Recording:
         *,
         targets: Callable[[Mapping[str, tuple[np.dtype[Any], tuple[int, ...]]]], Any] | None = None,
         tensors: bool = True,
+        mmap: bool = False,
     ) -> tuple[SnapshotInfo, Any]:
         """Return ``(info, state tree)`` of a snapshot, checksums verified.
 
@@ -2586,12 +2588,17 @@ class Recording:
                 undefined bytes.
             tensors: ``False``: tensors come back as the numpy arrays of their bytes, all
                 checks made, without importing torch (for a file check).
+            mmap: large arrays not read into ``targets`` come back as copy-on-write
+                memory maps of the file (read when first touched; writes stay private) and
+                their checksums are **not** verified. A file truncated while such an array
+                is mapped kills the process on the next touch (``SIGBUS``): only for files
+                nothing else writes. A file already too short is refused before mapping.
         """
         info = self.snapshot_info(name)
         where = F.snapshot_path(info.name)
         with _guard(self.path, where, "read the snapshot"):
             gid = h5py.h5o.open(self._file.id, where.encode())
-            return info, self._load_tree(gid, where, targets, tensors)
+            return info, self._load_tree(gid, where, targets, tensors, mmap=mmap)
 
     def _load_tree(
         self,
@@ -2600,6 +2607,7 @@ class Recording:
         targets: Any = None,
         tensors: bool = True,
         decode: bool = True,
+        mmap: bool = False,
     ) -> Any:
         _, doc, checksums = self._snapshot_attrs(gid, where)
         names = [k for k in checksums if not k.startswith(F.CHECKSUM_META_PREFIX)]
@@ -2642,7 +2650,13 @@ class Recording:
                 assert pack is not None
                 arr = self._unpack(pack, key, off, layouts, where)
             elif gid.links.exists(key.encode()):
-                arr = self._read_array(gid, key, checksums, where, into.get(i))
+                target = into.get(i)
+                mapped = self._map_array(gid, key, where) if mmap and target is None else None
+                arr = (
+                    mapped
+                    if mapped is not None
+                    else self._read_array(gid, key, checksums, where, target)
+                )
             else:
                 break
             if self.verify and layouts is not None and layouts.get(key) != _layout(arr):
@@ -2770,6 +2784,45 @@ class Recording:
                 path=self.path,
                 obj=f"{where}/{key}",
             )
+
+    def _map_array(self, gid: Any, key: str, where: str) -> np.ndarray | None:
+        """Map dataset ``key`` copy-on-write (see ``mmap`` of :meth:`load_snapshot`).
+
+        ``None`` where it is not stored as plain contiguous bytes (then it is read and
+        verified as usual).
+        """
+        import mmap as _mmap
+
+        try:
+            dsid = h5py.h5o.open(gid, key.encode())
+        except KeyError:
+            return None  # _read_array says what is missing
+        if not isinstance(dsid, h5py.h5d.DatasetID):
+            return None
+        dtype, shape = dsid.dtype, tuple(dsid.shape)
+        if dtype.kind not in F.ALLOWED_KINDS or dtype.fields is not None or dtype.subdtype:
+            return None
+        nbytes = dtype.itemsize * math.prod(shape)
+        if nbytes < _mmap.PAGESIZE:
+            return None
+        offset = _plain_offset(dsid, np.broadcast_to(np.zeros((), dtype), shape))
+        if offset is None:
+            return None
+        fd = int(self._file.id.get_vfd_handle())
+        size = os.fstat(fd).st_size
+        if offset + nbytes > size:
+            raise TruncatedFileError(
+                f"snapshot array's {nbytes} bytes at offset {offset} end past the file's "
+                f"{size} bytes (the file is truncated); refusing to map it",
+                path=self.path,
+                obj=f"{where}/{key}",
+            )
+        start = offset - offset % _mmap.ALLOCATIONGRANULARITY
+        mm = _mmap.mmap(fd, offset + nbytes - start, access=_mmap.ACCESS_COPY, offset=start)
+        arr: np.ndarray = np.frombuffer(
+            mm, dtype, count=math.prod(shape), offset=offset - start
+        ).reshape(shape)
+        return arr
 
     def _read_spot(self, spot: tuple[int, str, tuple[int, ...]], where: str) -> np.ndarray:
         """Read a small contiguous dataset whose place is known (see :meth:`_read_array`)."""
