@@ -13,6 +13,7 @@ import gc
 import io
 import os
 import resource
+import shutil
 import statistics
 import sys
 import time
@@ -925,6 +926,11 @@ def case_small_restore(quick: bool, tmp: Path) -> list[Row]:
     warm, path = tmp / "warm.h5", tmp / "small.h5"
     record(warm)
     record(path)
+    # The first restore of a file in a process is one sample per file: take it on a few
+    # byte-identical copies (each a file this process has not opened) and report the median.
+    firsts_at = [tmp / f"first{i}.h5" for i in range(5)]
+    for p in firsts_at:
+        shutil.copyfile(path, p)
     env = gym.make("CartPole-v1")
     net = torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.Tanh(), torch.nn.Linear(64, 2))
     track = {"model": net, "optimizer": torch.optim.Adam(net.parameters())}
@@ -937,21 +943,24 @@ def case_small_restore(quick: bool, tmp: Path) -> list[Row]:
         return time.perf_counter() - t0
 
     once(warm)  # imports lazily-loaded modules; the targets are "after import"
-    first = once(path) * 1e3
+    firsts = [once(p) * 1e3 for p in (path, *firsts_at)]
+    first = statistics.median(firsts)
     times = [once(path) for _ in range(n)]
     med = statistics.median(times) * 1e3
     q = statistics.quantiles(times, n=4)
     return [
         _row(
             "Small snapshot restore (CartPole + small MLP + Adam), replaykit.restore()",
-            f"first {first:.2f} ms; then {med:.2f} ms median (IQR {q[0] * 1e3:.2f}-"
-            f"{q[2] * 1e3:.2f}, {n} restores)",
+            f"first {first:.2f} ms (median of {len(firsts)} files' first restores, "
+            f"{min(firsts):.2f}-{max(firsts):.2f}); then {med:.2f} ms median (IQR "
+            f"{q[0] * 1e3:.2f}-{q[2] * 1e3:.2f}, {n} restores of one file)",
             "-",
             None,
             "first <= 5 ms, later <= 2 ms median",
             first <= 5.0 and med <= 2.0,
             median_ms=med,
             first_ms=first,
+            firsts_ms=firsts,
         )
     ]
 
