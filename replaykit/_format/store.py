@@ -2064,7 +2064,11 @@ class Recording:
         path: the ``.h5`` file.
         verify: check checksums on read. Pass ``False`` only for trusted files on
             speed-critical paths: structure checks (links, external storage, sizes)
-            still run, but damaged bytes are then returned as they are.
+            still run, but damaged bytes are then returned as they are. A file this
+            process already opened with ``verify=True`` and that is unchanged since (same
+            path, identity and root checksum, no writer holding it) is not checked again
+            for its structure, root, snapshot attributes and commit records; array data read
+            is checksummed every time (see :mod:`replaykit._format.known`).
 
     Example:
         >>> # with Recording("run.h5") as rec:

@@ -368,7 +368,9 @@ def restore(
         global_rngs: also restore Python/NumPy/torch global RNG states.
         on_drift: what to do when library versions/device/flags differ from the recording:
             ``"report"`` (only in divergence reports), ``"warn"``, or ``"error"``.
-        verify: check file checksums.
+        verify: check file checksums. The structure of a file this process already
+            restored from, unchanged since, is not checked again; array data is checksummed
+            on every restore.
         mmap: opt in to map the snapshot's large arrays that do not land in a tracked
             module's own tensors (an optimizer's moments, large user arrays) copy-on-write
             from the file instead of reading them: restoring costs little more than the
