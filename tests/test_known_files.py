@@ -287,3 +287,14 @@ def test_bounded_in_files_and_bytes(
     with Recording(paths[0]) as rec:
         assert rec.snapshots
     assert known.stats() == (0, 0)
+
+
+def test_check_verifies_in_full_even_after_a_restore(
+    tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from replaykit._analysis.check import validate_file
+
+    _restore(tiny)
+    attrs = _counting(monkeypatch, "_read_snapshot_attrs")
+    validate_file(tiny, sandbox=False)
+    assert attrs[0] == 1

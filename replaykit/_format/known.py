@@ -35,7 +35,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MAX_BYTES", "MAX_FILES", "Known", "clear", "get", "grow", "put", "stats"]
+__all__ = ["MAX_BYTES", "MAX_FILES", "Known", "clear", "forget", "get", "grow", "put", "stats"]
 
 # Files kept, and parsed text (JSON bytes) kept over all of them.
 MAX_FILES = 8
@@ -118,6 +118,13 @@ def grow(known: Known, nbytes: int) -> bool:
             _TOTAL[0] += nbytes
             _evict(keep=known)
         return True
+
+
+def forget(path: str) -> None:
+    """Forget what is known of ``path`` (a full check verifies everything again)."""
+    with _LOCK:
+        for key in [k for k in _FILES if k[0] == path]:
+            _TOTAL[0] -= _FILES.pop(key).nbytes
 
 
 def clear() -> None:
