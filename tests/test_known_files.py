@@ -298,3 +298,10 @@ def test_check_verifies_in_full_even_after_a_restore(
     attrs = _counting(monkeypatch, "_read_snapshot_attrs")
     validate_file(tiny, sandbox=False)
     assert attrs[0] == 1
+
+
+def test_each_open_owns_its_snapshot_listing(tiny: Path) -> None:
+    with Recording(tiny) as a:
+        a.snapshots[0].meta["step"] = -5
+    with Recording(tiny) as b:
+        assert b.snapshots[0].meta["step"] != -5

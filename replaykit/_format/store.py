@@ -1675,6 +1675,7 @@ class StreamReader:
             if k is not None and _known.grow(k, hit[4]):
                 k.commits[name] = hit
         first, rows, columns, checksums, _ = hit
+        columns = dict(columns)  # each reader owns its table (a cached one is shared)
         # Rows are numbered globally: the stream stores rows [first, first + stored) (an
         # extract's streams start where its snapshot does; version 4).
         self.first = int(first)
@@ -2389,13 +2390,14 @@ class Recording:
         if snaps is None:
             k = self._known
             if k is not None and k.snapshots is not None:
-                snaps = self._snapshots = k.snapshots
+                # Each open gets its own metadata dicts, as if it had listed them itself.
+                snaps = self._snapshots = [SnapshotInfo(x.name, dict(x.meta)) for x in k.snapshots]
             else:
                 with _guard(self.path, f"/{F.SNAPSHOTS_GROUP}", "list the snapshots"):
                     snaps = self._snapshots = self._list_snapshots()
                 k = self._learning()
                 if k is not None:
-                    k.snapshots = snaps
+                    k.snapshots = [SnapshotInfo(x.name, dict(x.meta)) for x in snaps]
         return list(snaps)
 
     def _list_snapshots(self) -> list[SnapshotInfo]:
@@ -2434,7 +2436,7 @@ class Recording:
                     path=self.path,
                     obj=where,
                 )
-            out.append(SnapshotInfo(name, meta))
+            out.append(SnapshotInfo(name, dict(meta)))  # its own: the verified one may be kept
         out.sort(key=lambda s: (int(s.meta.get(F.SNAP_STEP, 0)), int(s.meta.get(F.SNAP_SEQ, 0))))
         return out
 
