@@ -1683,6 +1683,7 @@ class StreamReader:
         self.columns: dict[str, dict[str, Any]] = columns
         self._checksums = checksums
         self._verified: set[str] = set()
+        self._whole: dict[str, np.ndarray] = {}
         self._checked: dict[str, h5py.h5d.DatasetID] = {}
         self._chunk_rows: dict[str, int] = {}
         self._span_rows: dict[str, int] = {}
@@ -1853,8 +1854,13 @@ class StreamReader:
         if name in self._verified or not self._rec.verify:
             return
         # One pass in bounded blocks into one reused buffer; the digest is checked at the end.
-        for _ in self._iter_rows(name, self.block_rows_for(name), reuse=True):
-            pass
+        blocks, last = 0, None
+        for _, data in self._iter_rows(name, self.block_rows_for(name), reuse=True):
+            blocks, last = blocks + 1, data
+        if blocks == 1 and last is not None:
+            # The whole column fitted one block (at most BLOCK_BYTES): reads serve from it,
+            # the bytes just verified, instead of reading them from the file again.
+            self._whole[name] = last
 
     def _slice(self, name: str, start: int | None, stop: int | None) -> np.ndarray:
         start = self.first if start is None else start
@@ -1866,6 +1872,10 @@ class StreamReader:
                 f"{self.rows - 1} only (an extract); rows {start} to {self.first - 1} are in the "
                 "recording it was cut from"
             )
+        whole = self._whole.get(name)
+        if whole is not None:
+            part: np.ndarray = whole[start - self.first : stop - self.first].copy()
+            return part
         ds = self._dataset(name)
         out = np.empty((stop - start, *ds.shape[1:]), dtype=ds.dtype)
         with _guard(self._rec.path, f"{self._where}/{name}", "read the column"):
