@@ -73,6 +73,9 @@ __all__ = [
 # enough that per-call costs in h5py and libhdf5 vanish, small enough that memory stays flat.
 BLOCK_BYTES = 1 << 20
 
+# A column of at most this many bytes is kept in memory once verified, and read from there.
+KEEP_VERIFIED_BYTES = 256 << 10
+
 # A stream looks at the clock (for time-based commits) once every this many rows.
 CLOCK_CHECK_ROWS = 64
 
@@ -1857,9 +1860,9 @@ class StreamReader:
         blocks, last = 0, None
         for _, data in self._iter_rows(name, self.block_rows_for(name), reuse=True):
             blocks, last = blocks + 1, data
-        if blocks == 1 and last is not None:
-            # The whole column fitted one block (at most BLOCK_BYTES): reads serve from it,
-            # the bytes just verified, instead of reading them from the file again.
+        if blocks == 1 and last is not None and last.nbytes <= KEEP_VERIFIED_BYTES:
+            # The whole column fitted one small block: reads serve from it, the bytes just
+            # verified, instead of reading them from the file again.
             self._whole[name] = last
 
     def _slice(self, name: str, start: int | None, stop: int | None) -> np.ndarray:
