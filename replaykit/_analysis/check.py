@@ -226,11 +226,14 @@ def _stat_key(path: Path) -> tuple[int, int] | None:
 
 
 def _validate_once(path: Path) -> CheckReport:
+    from replaykit._format import known
     from replaykit._format import layout as F
     from replaykit._format.store import Recording
 
     t0 = time.perf_counter()
     nbytes = 0
+    # A check verifies every checksum, not what an earlier open of the file verified.
+    known.forget(os.fspath(path))
     with Recording(path, verify=True) as rec:
         env_id = rec.meta.get(F.META_ENV_ID)
         report = CheckReport(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from replaykit.errors import (
 __all__ = [
     "BEING_WRITTEN",
     "changed_since_open",
+    "file_identity",
     "is_being_written",
     "open_validated",
     "validate_structure",
@@ -92,19 +94,29 @@ MAX_DEPTH = 64
 
 def open_validated(path: Path) -> h5py.File:
     """Open ``path`` read-only after checking it is a structurally safe HDF5 file."""
-    if not path.exists():
-        raise NotARecordingError("no such file; check the path", path=path)
-    if path.is_dir():
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise NotARecordingError("no such file; check the path", path=path) from None
+    except OSError as exc:
+        raise NotARecordingError(f"cannot stat it ({_short(exc)})", path=path) from None
+    if stat.S_ISDIR(st.st_mode):
         raise NotARecordingError("is a directory, not a recording file", path=path)
-    size = path.stat().st_size
+    size = st.st_size
     if size == 0:
         raise TruncatedFileError(
             "file is empty (0 bytes); the recording was never written", path=path
         )
-    try:
-        is_h5 = h5py.is_hdf5(os.fspath(path))
-    except OSError:
-        is_h5 = False
+    # A file this process validated, unchanged since (same identity), is HDF5: the signature
+    # check (libhdf5 opening the file once more) is skipped. The identity is checked again
+    # on the open file below, so a file replaced in between is validated in full.
+    if _key(st) not in _VALIDATED:
+        try:
+            is_h5 = h5py.is_hdf5(os.fspath(path))
+        except OSError:
+            is_h5 = False
+    else:
+        is_h5 = True
     if not is_h5:
         raise NotARecordingError(
             "not an HDF5 file (no HDF5 signature); replaykit recordings are .h5 files written by "
@@ -144,12 +156,26 @@ _VALIDATED: dict[tuple[int, ...], None] = {}
 _VALIDATED_MAX = 256
 
 
+def _key(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def _identity(f: h5py.File) -> tuple[int, ...] | None:
     try:
         st = os.fstat(f.id.get_vfd_handle())
     except (OSError, RuntimeError, ValueError, TypeError):
         return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return _key(st)
+
+
+def file_identity(f: h5py.File) -> tuple[int, ...] | None:
+    """Return the open file's ``(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)``.
+
+    Any write, truncation, rename onto the path or ``chmod`` changes it (``st_ctime`` is
+    set by the kernel and cannot be set back by a user). ``None`` when the descriptor
+    cannot be asked (a driver without one).
+    """
+    return _identity(f)
 
 
 # The identity each path had when this process last opened it: a read that failed on a file
@@ -175,7 +201,7 @@ def changed_since_open(path: Path) -> bool:
         st = os.stat(path)
     except OSError:
         return True
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != key
+    return _key(st) != key
 
 
 def _remember(key: tuple[int, ...]) -> None:

@@ -44,6 +44,7 @@ from h5py import h5a, h5s, h5t
 
 from replaykit._format import chunks as _chunks
 from replaykit._format import finite as _finite
+from replaykit._format import known as _known
 from replaykit._format import layout as F
 from replaykit._format import rawio as _rawio
 from replaykit._format import tree as _tree
@@ -73,6 +74,9 @@ __all__ = [
 # Bytes per column a streaming read (diff, verification, statistics) holds at once: large
 # enough that per-call costs in h5py and libhdf5 vanish, small enough that memory stays flat.
 BLOCK_BYTES = 1 << 20
+
+# A column of at most this many bytes is kept in memory once verified, and read from there.
+KEEP_VERIFIED_BYTES = 256 << 10
 
 # A stream looks at the clock (for time-based commits) once every this many rows.
 CLOCK_CHECK_ROWS = 64
@@ -1759,6 +1763,37 @@ class StreamReader:
         self._group = group
         where = f"/{F.STREAMS_GROUP}/{name}"
         self._where = where
+        k = rec._known
+        hit = k.commits.get(name) if k is not None else None
+        if hit is None:
+            hit = self._read_commit(rec, name, group, where)
+            k = rec._learning()
+            if k is not None and _known.grow(k, hit[4]):
+                k.commits[name] = hit
+        first, rows, columns, checksums, _ = hit
+        columns = dict(columns)  # each reader owns its table (a cached one is shared)
+        # Rows are numbered globally: the stream stores rows [first, first + stored) (an
+        # extract's streams start where its snapshot does; version 4).
+        self.first = int(first)
+        self.rows = self.first + rows
+        self.columns: dict[str, dict[str, Any]] = columns
+        self._checksums = checksums
+        self._verified: set[str] = set()
+        self._whole: dict[str, np.ndarray] = {}
+        self._checked: dict[str, h5py.h5d.DatasetID] = {}
+        self._chunk_rows: dict[str, int] = {}
+        self._span_rows: dict[str, int] = {}
+        # Dataset -> file offsets of its chunks (see _chunk_map); None: read through HDF5.
+        self._maps: dict[str, np.ndarray | None] = {}
+
+    @staticmethod
+    def _read_commit(
+        rec: Recording, name: str, group: h5py.Group, where: str
+    ) -> tuple[int, int, dict[str, dict[str, Any]], dict[str, Any], int]:
+        """Read and check the stream's commit record: first row, rows, columns, checksums.
+
+        The last item is the record's text size.
+        """
         with _guard(rec.path, where, "read the stream's commit record"):
             raw = _get_attr(group.id, F.COMMIT_ATTR)
         if raw is None:
@@ -1818,18 +1853,7 @@ class StreamReader:
                 path=rec.path,
                 obj=where,
             )
-        # Rows are numbered globally: the stream stores rows [first, first + stored) (an
-        # extract's streams start where its snapshot does; version 4).
-        self.first = int(first)
-        self.rows = self.first + rows
-        self.columns: dict[str, dict[str, Any]] = columns
-        self._checksums = checksums
-        self._verified: set[str] = set()
-        self._checked: dict[str, h5py.h5d.DatasetID] = {}
-        self._chunk_rows: dict[str, int] = {}
-        self._span_rows: dict[str, int] = {}
-        # Dataset -> file offsets of its chunks (see _chunk_map); None: read through HDF5.
-        self._maps: dict[str, np.ndarray | None] = {}
+        return int(first), int(rows), columns, checksums, len(text)
 
     def checksum(self, name: str) -> str | None:
         """Return the commit record's checksum of dataset ``name`` (a column or its mask).
@@ -1927,6 +1951,19 @@ class StreamReader:
             return dsid
         where = f"{self._where}/{name}"
         path = self._rec.path
+        k = self._rec._known
+        spot = k.columns.get((self.name, name)) if k is not None else None
+        if spot is not None:
+            # Checked by an earlier verified open of this unchanged file.
+            with _guard(path, where, "open the column"):
+                obj = h5py.h5o.open(self._group.id, name.encode())
+            if not isinstance(obj, h5py.h5d.DatasetID):
+                raise TruncatedFileError(
+                    "column dataset is missing (file damaged or edited)", path=path, obj=where
+                )
+            self._chunk_rows[name], self._span_rows[name] = spot
+            self._checked[name] = obj
+            return obj
         with _guard(path, where, "open the column"):
             gid = self._group.id
             key = name.encode()
@@ -1972,14 +2009,22 @@ class StreamReader:
             # Reads of a compressed column span whole chunks (see _iter_rows).
             self._span_rows[name] = self._chunk_rows[name] if compressed else 0
         self._checked[name] = obj
+        k = self._rec._learning()
+        if k is not None:
+            k.columns[(self.name, name)] = (self._chunk_rows[name], self._span_rows[name])
         return obj
 
     def _verify(self, name: str) -> None:
         if name in self._verified or not self._rec.verify:
             return
         # One pass in bounded blocks into one reused buffer; the digest is checked at the end.
-        for _ in self._iter_rows(name, self.block_rows_for(name), reuse=True):
-            pass
+        blocks, last = 0, None
+        for _, data in self._iter_rows(name, self.block_rows_for(name), reuse=True):
+            blocks, last = blocks + 1, data
+        if blocks == 1 and last is not None and last.nbytes <= KEEP_VERIFIED_BYTES:
+            # The whole column fitted one small block: reads serve from it, the bytes just
+            # verified, instead of reading them from the file again.
+            self._whole[name] = last
 
     def _slice(self, name: str, start: int | None, stop: int | None) -> np.ndarray:
         start = self.first if start is None else start
@@ -1991,6 +2036,10 @@ class StreamReader:
                 f"{self.rows - 1} only (an extract); rows {start} to {self.first - 1} are in the "
                 "recording it was cut from"
             )
+        whole = self._whole.get(name)
+        if whole is not None:
+            part: np.ndarray = whole[start - self.first : stop - self.first].copy()
+            return part
         ds = self._dataset(name)
         out = np.empty((stop - start, *ds.shape[1:]), dtype=ds.dtype)
         with _guard(self._rec.path, f"{self._where}/{name}", "read the column"):
@@ -2211,6 +2260,23 @@ def _stat_key(path: Path) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
+def _plain_offset(dsid: Any, arr: np.ndarray) -> int | None:
+    """Where a dataset's bytes lie when stored as ``arr``'s plain contiguous bytes, else None.
+
+    ``arr`` gives the dtype and size (it may be a zero-stride stand-in). Also ``None`` where
+    the platform has no ``preadv`` to read them with.
+    """
+    if not hasattr(os, "preadv"):
+        return None
+    dcpl = dsid.get_create_plist()
+    if dcpl.get_layout() != h5py.h5d.CONTIGUOUS or dcpl.get_nfilters():
+        return None
+    if dsid.get_storage_size() != arr.nbytes or dsid.get_type() != h5t.py_create(arr.dtype):
+        return None
+    offset = dsid.get_offset()
+    return None if offset is None else int(offset)
+
+
 # Times a reader re-opens a file that failed to open while a writer holds it (see Recording).
 _LIVE_RETRIES = 8
 
@@ -2228,7 +2294,11 @@ class Recording:
         path: the ``.h5`` file.
         verify: check checksums on read. Pass ``False`` only for trusted files on
             speed-critical paths: structure checks (links, external storage, sizes)
-            still run, but damaged bytes are then returned as they are.
+            still run, but damaged bytes are then returned as they are. A file this
+            process already opened with ``verify=True`` and that is unchanged since (same
+            path, identity and root checksum, no writer holding it) is not checked again
+            for its structure, root, snapshot attributes and commit records; array data read
+            is checksummed every time (see :mod:`replaykit._format.known`).
 
     Example:
         >>> # with Recording("run.h5") as rec:
@@ -2241,6 +2311,8 @@ class Recording:
         self.path = Path(path)
         self.verify = verify
         self._snapshots: list[SnapshotInfo] | None = None
+        # What verified opens of this unchanged file derived (see replaykit._format.known).
+        self._known: _known.Known | None = None
         # A file another process is writing can fail to open when the open races one of its
         # commits (libhdf5 reads the file's end once, then metadata the commit moved past
         # it): retry a few times, then say plainly that the file is being written.
@@ -2264,15 +2336,73 @@ class Recording:
     def _open(self) -> None:
         from replaykit._format import safety as _safety
 
+        self._known = None
         self._file = _safety.open_validated(self.path)
         try:
             with _guard(self.path, "/", "read the root attributes"):
-                self._read_root()
+                key = self._known_key()
+                hit = _known.get(key) if key is not None else None
+                if key is not None and hit is not None:
+                    self._open_known(hit, key[-1])
+                    return
+                meta_text, provenance_text = self._read_root()
+                ident = _safety.file_identity(self._file)
+                if key is not None and self.verify and ident == key[1:6]:
+                    # Unchanged while it was read: later opens may reuse what was verified.
+                    self._known = _known.put(
+                        key,
+                        _known.Known(
+                            ident,
+                            self.format_version,
+                            meta_text,
+                            provenance_text,
+                            self.created,
+                            nbytes=len(meta_text) + len(provenance_text),
+                        ),
+                    )
         except BaseException:
             self._file.close()
             raise
 
-    def _read_root(self) -> None:
+    def _known_key(self) -> tuple[Any, ...] | None:
+        """Return this file's key in :mod:`replaykit._format.known`; ``None``: not to be kept.
+
+        The path, the open file's identity and the root checksum stored in it. A file a
+        live writer holds (HDF5's write lock) is neither looked up nor kept.
+        """
+        from replaykit._format import safety as _safety
+
+        ident = _safety.file_identity(self._file)
+        if ident is None or _safety.is_being_written(self.path):
+            return None
+        stored = _get_attr(self._file.id, F.ROOT_CHECKSUM_ATTR)
+        try:
+            root_sum = "" if stored is None else _text(stored).strip()
+        except (UnicodeError, TypeError):
+            return None  # _read_root says what is wrong with it
+        return (os.fspath(self.path), *ident, root_sum)
+
+    def _open_known(self, hit: _known.Known, root_checksum: str) -> None:
+        """Take the root from an earlier verified open of this unchanged file."""
+        self._known = hit
+        self.format_version = hit.format_version
+        self.created = hit.created
+        self.root_checksum = root_checksum
+        # Parsed per open: each Recording owns (and may change) its dicts.
+        self.provenance: dict[str, Any] = F.loads(hit.provenance_text)
+        self.meta: dict[str, Any] = F.loads(hit.meta_text)
+
+    def _learning(self) -> _known.Known | None:
+        """Where to keep what this open verifies: only a verifying open of an unchanged file."""
+        from replaykit._format import safety as _safety
+
+        k = self._known
+        if k is None or not self.verify or _safety.file_identity(self._file) != k.ident:
+            return None
+        return k
+
+    def _read_root(self) -> tuple[str, str]:
+        """Read and verify the root attributes; return the metadata and provenance texts."""
         fid = self._file.id
         fmt = _get_attr(fid, F.FORMAT_ATTR)
         if isinstance(fmt, bytes):
@@ -2328,8 +2458,8 @@ class Recording:
             )
         meta_text = self._unspill(fid, str(raw[F.META_ATTR]), F.META_ATTR, "/")
         try:
-            self.provenance: dict[str, Any] = F.loads(str(raw[F.PROVENANCE_ATTR]))
-            self.meta: dict[str, Any] = F.loads(meta_text)
+            self.provenance = F.loads(str(raw[F.PROVENANCE_ATTR]))
+            self.meta = F.loads(meta_text)
         except (ValueError, RecursionError) as exc:
             raise FileFormatError(
                 f"root metadata is not valid JSON ({_first_line(exc)}); the file is damaged",
@@ -2342,6 +2472,7 @@ class Recording:
             )
         _check_fields(self.meta, _META_TYPES, "root metadata", self.path, "/")
         self.created = str(raw[F.CREATED_ATTR])
+        return meta_text, str(raw[F.PROVENANCE_ATTR])
 
     def _unspill(self, gid: Any, text: str, attr: str, where: str) -> str:
         """Return the JSON text an attribute holds, reading it from its slot when spilled.
@@ -2436,6 +2567,16 @@ class Recording:
         names = self.__dict__.get("_stream_names")
         if names is not None:
             return name in names
+        k = self._known
+        if k is not None and name in k.has_stream:
+            return k.has_stream[name]
+        found = self._has_stream(name)
+        k = self._learning()
+        if k is not None:
+            k.has_stream[name] = found
+        return found
+
+    def _has_stream(self, name: str) -> bool:
         # One stream's group and commit record, without listing the others.
         with _guard(self.path, F.stream_path(name), "look for the stream"):
             try:
@@ -2476,8 +2617,16 @@ class Recording:
         """Committed snapshots in the order they were taken (metadata checksums verified)."""
         snaps = self._snapshots
         if snaps is None:
-            with _guard(self.path, f"/{F.SNAPSHOTS_GROUP}", "list the snapshots"):
-                snaps = self._snapshots = self._list_snapshots()
+            k = self._known
+            if k is not None and k.snapshots is not None:
+                # Each open gets its own metadata dicts, as if it had listed them itself.
+                snaps = self._snapshots = [SnapshotInfo(x.name, dict(x.meta)) for x in k.snapshots]
+            else:
+                with _guard(self.path, f"/{F.SNAPSHOTS_GROUP}", "list the snapshots"):
+                    snaps = self._snapshots = self._list_snapshots()
+                k = self._learning()
+                if k is not None:
+                    k.snapshots = [SnapshotInfo(x.name, dict(x.meta)) for x in snaps]
         return list(snaps)
 
     def _list_snapshots(self) -> list[SnapshotInfo]:
@@ -2516,7 +2665,7 @@ class Recording:
                     path=self.path,
                     obj=where,
                 )
-            out.append(SnapshotInfo(name, meta))
+            out.append(SnapshotInfo(name, dict(meta)))  # its own: the verified one may be kept
         out.sort(key=lambda s: (int(s.meta.get(F.SNAP_STEP, 0)), int(s.meta.get(F.SNAP_SEQ, 0))))
         return out
 
@@ -2525,17 +2674,28 @@ class Recording:
 
         Listing snapshots reads them all; loading one reuses what the listing verified.
         """
+        k = self._known
+        if k is not None:
+            known = k.attrs.get(where)
+            if known is not None:
+                return cast(tuple[dict[str, Any], Any, dict[str, Any]], known)
         cache: dict[str, Any] = self.__dict__.setdefault("_attrs_cache", {})
         hit = cache.get(where)
         if hit is None:
-            hit = cache[where] = self._read_snapshot_attrs(gid, where)
-        return hit
+            meta, doc, checksums, nbytes = self._read_snapshot_attrs(gid, where)
+            hit = cache[where] = meta, doc, checksums
+            k = self._learning()
+            if k is not None and _known.grow(k, nbytes):
+                k.attrs[where] = hit
+        return cast(tuple[dict[str, Any], Any, dict[str, Any]], hit)
 
     def _read_snapshot_attrs(
         self, gid: Any, where: str
-    ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    ) -> tuple[dict[str, Any], Any, dict[str, Any], int]:
+        """Meta, tree document and checksums of a snapshot, verified; and their text's size."""
         try:
-            checksums = F.loads(_text(_get_attr(gid, F.CHECKSUMS_ATTR)))
+            checksums_json = _text(_get_attr(gid, F.CHECKSUMS_ATTR))
+            checksums = F.loads(checksums_json)
             tree_json = _text(_get_attr(gid, F.TREE_ATTR))
             meta_json = _text(_get_attr(gid, F.SNAPSHOT_ATTR))
             if not isinstance(checksums, dict):
@@ -2583,7 +2743,7 @@ class Recording:
                 obj=where,
             )
         _check_fields(meta, _SNAP_TYPES, "snapshot metadata", self.path, where)
-        return meta, doc, checksums
+        return meta, doc, checksums, len(checksums_json) + len(tree_json) + len(meta_json)
 
     @staticmethod
     def _v1_logical(g: h5py.Group, checksums: dict[str, Any]) -> dict[str, str]:
@@ -2648,6 +2808,7 @@ class Recording:
         *,
         targets: Callable[[Mapping[str, tuple[np.dtype[Any], tuple[int, ...]]]], Any] | None = None,
         tensors: bool = True,
+        mmap: bool = False,
     ) -> tuple[SnapshotInfo, Any]:
         """Return ``(info, state tree)`` of a snapshot, checksums verified.
 
@@ -2662,12 +2823,17 @@ class Recording:
                 undefined bytes.
             tensors: ``False``: tensors come back as the numpy arrays of their bytes, all
                 checks made, without importing torch (for a file check).
+            mmap: large arrays not read into ``targets`` come back as copy-on-write
+                memory maps of the file (read when first touched; writes stay private) and
+                their checksums are **not** verified. A file truncated while such an array
+                is mapped kills the process on the next touch (``SIGBUS``): only for files
+                nothing else writes. A file already too short is refused before mapping.
         """
         info = self.snapshot_info(name)
         where = F.snapshot_path(info.name)
         with _guard(self.path, where, "read the snapshot"):
             gid = h5py.h5o.open(self._file.id, where.encode())
-            return info, self._load_tree(gid, where, targets, tensors)
+            return info, self._load_tree(gid, where, targets, tensors, mmap=mmap)
 
     def _load_tree(
         self,
@@ -2676,6 +2842,7 @@ class Recording:
         targets: Any = None,
         tensors: bool = True,
         decode: bool = True,
+        mmap: bool = False,
     ) -> Any:
         _, doc, checksums = self._snapshot_attrs(gid, where)
         names = [k for k in checksums if not k.startswith(F.CHECKSUM_META_PREFIX)]
@@ -2695,7 +2862,9 @@ class Recording:
                 path=self.path,
                 obj=where,
             )
-        if self.verify and gid.get_num_objs() != len(names):
+        k = self._known
+        counted = k is not None and where in k.trees
+        if self.verify and not counted and gid.get_num_objs() != len(names):
             # With the count equal, opening each listed name below proves the sets equal.
             raise ChecksumError(
                 f"snapshot holds {gid.get_num_objs()} datasets, its checksums list "
@@ -2716,7 +2885,13 @@ class Recording:
                 assert pack is not None
                 arr = self._unpack(pack, key, off, layouts, where)
             elif gid.links.exists(key.encode()):
-                arr = self._read_array(gid, key, checksums, where, into.get(i))
+                target = into.get(i)
+                mapped = self._map_array(gid, key, where) if mmap and target is None else None
+                arr = (
+                    mapped
+                    if mapped is not None
+                    else self._read_array(gid, key, checksums, where, target)
+                )
             else:
                 break
             if self.verify and layouts is not None and layouts.get(key) != _layout(arr):
@@ -2735,6 +2910,8 @@ class Recording:
                 path=self.path,
                 obj=where,
             )
+        if not counted and (k := self._learning()) is not None:
+            k.trees.add(where)
         if not decode:
             return doc, arrays
         try:
@@ -2784,8 +2961,17 @@ class Recording:
         """Read dataset ``key`` of a snapshot group whole (into ``out``), checksum verified.
 
         A contiguous, unfiltered dataset is read with plain reads straight into the
-        destination, hashed chunk by chunk on the way; others go through HDF5.
+        destination, hashed chunk by chunk on the way; others go through HDF5. A small one
+        whose place an earlier verified open of this unchanged file found is read from there
+        with one ``preadv``, without opening the dataset; its checksum is verified all the same.
         """
+        k = self._known
+        spot = k.plain.get(f"{where}/{key}") if k is not None and out is None else None
+        if spot is not None:
+            arr = self._read_spot(spot, f"{where}/{key}")
+            if self.verify:
+                self._check_array(_array_digest(arr), checksums.get(key), where, key, False)
+            return arr
         try:
             dsid = h5py.h5o.open(gid, key.encode())
         except KeyError:
@@ -2811,18 +2997,82 @@ class Recording:
         if self.verify:
             if digest is None:
                 digest = _array_digest(arr)
-            if checksums.get(key) != digest:
-                raise ChecksumError(
-                    "snapshot array does not match its checksum (file damaged or edited); "
-                    "re-record it or use a good copy"
-                    + (
-                        "; the objects being restored now hold undefined values: build them again"
-                        if out is not None
-                        else ""
-                    ),
-                    path=self.path,
-                    obj=f"{where}/{key}",
-                )
+            self._check_array(digest, checksums.get(key), where, key, out is not None)
+            if 0 < arr.nbytes < _rawio.MIN_BYTES and (k := self._learning()) is not None:
+                offset = _plain_offset(dsid, arr)
+                if offset is not None:
+                    k.plain[f"{where}/{key}"] = (offset, arr.dtype.str, arr.shape)
+        return arr
+
+    def _check_array(
+        self, digest: str, expected: Any, where: str, key: str, into_live: bool
+    ) -> None:
+        if expected != digest:
+            raise ChecksumError(
+                "snapshot array does not match its checksum (file damaged or edited); "
+                "re-record it or use a good copy"
+                + (
+                    "; the objects being restored now hold undefined values: build them again"
+                    if into_live
+                    else ""
+                ),
+                path=self.path,
+                obj=f"{where}/{key}",
+            )
+
+    def _map_array(self, gid: Any, key: str, where: str) -> np.ndarray | None:
+        """Map dataset ``key`` copy-on-write (see ``mmap`` of :meth:`load_snapshot`).
+
+        ``None`` where it is not stored as plain contiguous bytes (then it is read and
+        verified as usual).
+        """
+        import mmap as _mmap
+
+        try:
+            dsid = h5py.h5o.open(gid, key.encode())
+        except KeyError:
+            return None  # _read_array says what is missing
+        if not isinstance(dsid, h5py.h5d.DatasetID):
+            return None
+        dtype, shape = dsid.dtype, tuple(dsid.shape)
+        if dtype.kind not in F.ALLOWED_KINDS or dtype.fields is not None or dtype.subdtype:
+            return None
+        nbytes = dtype.itemsize * math.prod(shape)
+        if nbytes < _mmap.PAGESIZE:
+            return None
+        offset = _plain_offset(dsid, np.broadcast_to(np.zeros((), dtype), shape))
+        if offset is None:
+            return None
+        fd = int(self._file.id.get_vfd_handle())
+        size = os.fstat(fd).st_size
+        if offset + nbytes > size:
+            raise TruncatedFileError(
+                f"snapshot array's {nbytes} bytes at offset {offset} end past the file's "
+                f"{size} bytes (the file is truncated); refusing to map it",
+                path=self.path,
+                obj=f"{where}/{key}",
+            )
+        start = offset - offset % _mmap.ALLOCATIONGRANULARITY
+        mm = _mmap.mmap(fd, offset + nbytes - start, access=_mmap.ACCESS_COPY, offset=start)
+        arr: np.ndarray = np.frombuffer(
+            mm, dtype, count=math.prod(shape), offset=offset - start
+        ).reshape(shape)
+        return arr
+
+    def _read_spot(self, spot: tuple[int, str, tuple[int, ...]], where: str) -> np.ndarray:
+        """Read a small contiguous dataset whose place is known (see :meth:`_read_array`)."""
+        offset, dtype, shape = spot
+        arr = np.empty(shape, np.dtype(dtype))
+        with _guard(self.path, where, "read the snapshot array"):
+            view = arr.reshape(-1).view(np.uint8).data
+            n = os.preadv(int(self._file.id.get_vfd_handle()), [view], offset)
+        if n != arr.nbytes:
+            raise TruncatedFileError(
+                f"snapshot array ends {arr.nbytes - n} bytes short (the file was truncated "
+                "since it was opened)",
+                path=self.path,
+                obj=where,
+            )
         return arr
 
     def _read_plain(self, dsid: Any, arr: np.ndarray) -> str | None:
@@ -2831,14 +3081,9 @@ class Recording:
         ``None`` (nothing read) where the dataset is not stored as plain contiguous bytes
         of ``arr``'s size, or the platform has no ``preadv``.
         """
-        if not hasattr(os, "preadv") or arr.nbytes < _rawio.MIN_BYTES:
+        if arr.nbytes < _rawio.MIN_BYTES:
             return None
-        dcpl = dsid.get_create_plist()
-        if dcpl.get_layout() != h5py.h5d.CONTIGUOUS or dcpl.get_nfilters():
-            return None
-        if dsid.get_storage_size() != arr.nbytes or dsid.get_type() != h5t.py_create(arr.dtype):
-            return None
-        offset = dsid.get_offset()
+        offset = _plain_offset(dsid, arr)
         if offset is None:
             return None
         h = xxhash.xxh3_64() if self.verify else None

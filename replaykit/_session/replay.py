@@ -353,6 +353,7 @@ def restore(
     global_rngs: bool = True,
     on_drift: str = "report",
     verify: bool = True,
+    mmap: bool = False,
 ) -> Replay:
     """Restore a snapshot into freshly built objects and return a verifying :class:`Replay`.
 
@@ -367,7 +368,17 @@ def restore(
         global_rngs: also restore Python/NumPy/torch global RNG states.
         on_drift: what to do when library versions/device/flags differ from the recording:
             ``"report"`` (only in divergence reports), ``"warn"``, or ``"error"``.
-        verify: check file checksums.
+        verify: check file checksums. The structure of a file this process already
+            restored from, unchanged since, is not checked again; array data is checksummed
+            on every restore.
+        mmap: opt in to map the snapshot's large arrays that do not land in a tracked
+            module's own tensors (an optimizer's moments, large user arrays) copy-on-write
+            from the file instead of reading them: restoring costs little more than the
+            model's bytes, and each page is read when first touched. Those arrays'
+            checksums are **not** verified, and a file truncated or rewritten while they are
+            mapped kills the process when a page is next touched (``SIGBUS``): use it only
+            for files nothing else writes. Writes to the restored tensors stay private to
+            the process. A file already too short is refused before anything is mapped.
 
     Large tensors of tracked modules are read from the file straight into the modules' own
     memory (no second copy), checksums verified on the way. If ``restore`` raises (a damaged
@@ -410,7 +421,9 @@ def restore(
         rules_obj = as_rules(rules)
         tracked = dict(track or {})
         # Large model tensors are read straight into the tracked modules' memory.
-        info, tree = rec.load_snapshot(snapshot_id, targets=snapshot.read_targets(tracked))
+        info, tree = rec.load_snapshot(
+            snapshot_id, targets=snapshot.read_targets(tracked), mmap=mmap
+        )
         _check_env(rec, env)
         snapshot.check_tracked_names(tree[F.TREE_TRACKED], tree.get(F.TREE_KINDS) or {}, tracked)
         chain = tree[F.TREE_ENV]

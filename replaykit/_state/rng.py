@@ -153,7 +153,7 @@ def _python_state_from_tree(what: str, saved: Any) -> tuple[Any, ...]:
             f"state: recorded {_describe_array(words)}, not ndarray uint32 ({_PY_STATE_LEN},)"
         )
     version = saved["version"]
-    live_version = random.getstate()[0]
+    live_version = random.Random.VERSION  # what random.getstate()[0] says, without the copy
     if isinstance(version, bool) or not isinstance(version, (int, np.integer)):
         problems.append(f"version: recorded a {type(version).__name__}, not an int")
     elif int(version) != live_version:
@@ -165,7 +165,7 @@ def _python_state_from_tree(what: str, saved: Any) -> tuple[Any, ...]:
         raise StateMismatchError(what, problems)
     return (
         int(version),
-        tuple(int(w) for w in words.tolist()),
+        tuple(words.tolist()),  # uint32 elements come out as Python ints
         None if gauss is None else float(gauss),
     )
 
