@@ -65,9 +65,10 @@ def _alternate(
     """Time ``loops`` in alternating rounds of ``steps // rounds`` steps each.
 
     One unmeasured round of each comes first (first block writes, lazy imports, warm
-    caches); the loops' order within a round is reversed every round. Returns the median seconds per step of each loop and, for each loop, its
-    per-round times (a round and its neighbours share the machine's state, so a ratio of
-    two loops' times in one round cancels drift that a ratio of overall medians keeps).
+    caches); the loops' order within a round is reversed every round. Returns the median
+    seconds per step of each loop and, for each loop, its per-round times (a round and its
+    neighbours share the machine's state, so a ratio of two loops' times in one round
+    cancels drift that a ratio of overall medians keeps).
     """
     per = max(1, steps // rounds)
     for loop in loops:

@@ -546,9 +546,6 @@ def _record_sweep(
     """``record --seeds``: one recording per seed into the folder ``out``."""
     from replaykit._scale.sweep import record_sweep
 
-    if str(options.get("compression") or "").startswith("gzip:"):
-        raise errors.UsageError("record --seeds compresses with none, lzf or gzip")
-
     def done(f: Any) -> None:
         if progress:
             _err.print(

@@ -209,7 +209,7 @@ def record_sweep(
     episodes: int | None = None,
     snapshot_at: Sequence[int] = (),
     snapshot_every: int | None = None,
-    compression: str | None = "lzf",
+    compression: str | None = "gzip:1",
     overwrite: bool = False,
     workers: int = 1,
     backend: str | None = None,
@@ -235,7 +235,8 @@ def record_sweep(
         episodes: whole episodes per recording.
         snapshot_at: global steps to snapshot at.
         snapshot_every: also snapshot every N steps.
-        compression: ``"lzf"`` (default), ``"gzip"`` or ``None``.
+        compression: ``"gzip:1"`` (default, as ``replaykit record``), ``"gzip:LEVEL"``,
+            ``"gzip"``, ``"lzf"`` or ``None``.
         overwrite: replace existing ``seed-*.h5`` files (else any existing one is refused
             before anything is recorded).
         workers: parallel workers (``--workers``).
@@ -277,8 +278,10 @@ def record_sweep(
         raise UsageError(f"--out {folder} is a file; pass a folder")
     if not folder.parent.is_dir():
         raise UsageError(f"--out {folder}: no such directory {folder.parent}; create it first")
-    if compression not in (None, "lzf", "gzip"):
-        raise UsageError(f"compression must be lzf, gzip or none; got {compression!r}")
+    if compression is not None and not re.fullmatch(r"lzf|gzip(:[0-9])?", str(compression)):
+        raise UsageError(
+            f"compression must be gzip:LEVEL (LEVEL 0-9), gzip, lzf or none; got {compression!r}"
+        )
     if ":" in policy and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     if ":" not in policy:
