@@ -80,3 +80,47 @@ def test_an_rl_library_imported_on_one_side_only_is_no_difference() -> None:
     assert provenance.differences(a, b) == []
     c = {"versions": {"torch": "2.1", "stable-baselines3": "2.8.0"}}
     assert provenance.differences(a, c) == [("versions.stable-baselines3", "2.9.2", "2.8.0")]
+
+
+def test_installed_versions_are_looked_up_once_per_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from importlib import metadata
+
+    calls: list[str] = []
+    real = metadata.version
+
+    def counting(dist: str) -> str:
+        calls.append(dist)
+        return real(dist)
+
+    monkeypatch.setattr(provenance, "_FOUND_VERSIONS", {})
+    monkeypatch.setattr(metadata, "version", counting)
+    first = provenance.collect(git=False)["versions"]
+    looked_up = list(calls)
+    assert "numpy" in looked_up and "torch" in looked_up
+    calls.clear()
+    second = provenance.collect(git=False)["versions"]
+    assert second == first
+    # Found versions are not looked up again; only packages that were missing are.
+    missing = {d for d in looked_up if first.get(d) is None}
+    assert set(calls) == missing
+
+
+def test_a_package_missing_at_first_is_found_once_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from importlib import metadata
+
+    installed: dict[str, str] = {}
+
+    def fake(dist: str) -> str:
+        if dist in installed:
+            return installed[dist]
+        raise metadata.PackageNotFoundError(dist)
+
+    monkeypatch.setattr(provenance, "_FOUND_VERSIONS", {})
+    monkeypatch.setattr(metadata, "version", fake)
+    assert provenance._version("late-package") is None
+    installed["late-package"] = "1.2.3"
+    assert provenance._version("late-package") == "1.2.3"
