@@ -307,6 +307,17 @@ def test_kills_leave_clean_prefix_many(
     _assert_campaign(stats)
 
 
+@pytest.mark.slow
+@pytest.mark.integration
+def test_kills_leave_clean_prefix_deflate_many(
+    tmp_path: Path, reference: dict[str, Any], record_property: Any, forkserver: Any
+) -> None:
+    """The CLI's default compression (gzip:1) under the long campaign."""
+    stats = _campaign(forkserver, tmp_path, reference, 220, seed=1999, compression="gzip:1")
+    _report(stats, record_property, "kill x220, gzip:1")
+    _assert_campaign(stats)
+
+
 # ------------------------------------------------------------------ --policy mlp recordings
 # The CLI's `record --policy mlp` loop (rollout.drive with the built-in MLP policy): a
 # REINFORCE update every 32 steps, logged after the step that completes the batch. Commits
