@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,25 +90,15 @@ def publish(src: Path, out: Path, *, overwrite: bool) -> None:
     ``out``'s name: with a hard link that fails if ``out`` exists (unless ``overwrite``,
     then with a rename over it).
     """
+    from replaykit._session.rollout import move_into_place
+
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     try:
         with open(src, "rb") as fin, open(tmp, "xb") as fout:
             shutil.copyfileobj(fin, fout, 1 << 20)
             fout.flush()
             os.fsync(fout.fileno())
-        if overwrite:
-            os.replace(tmp, out)
-            return
-        try:
-            os.link(tmp, out)
-        except FileExistsError:
-            raise UsageError(
-                f"{out} appeared while recording and was left as it is; pass --force to replace it"
-            ) from None
-        except OSError:  # no hard links here: check, then rename (a narrow race remains)
-            if os.path.lexists(out):
-                raise UsageError(f"{out} appeared while recording and was left as it is") from None
-            os.replace(tmp, out)
+        move_into_place(tmp, out, overwrite=overwrite, keep_hint="pass --force to replace it")
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -166,6 +157,19 @@ def record_task(p: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
+@contextlib.contextmanager
+def _outcome(out: dict[str, Any]) -> Iterator[None]:
+    """Time the task's body into ``out``; an input error marks it bad, anything else failed."""
+    start = time.perf_counter()
+    try:
+        yield
+    except (FileFormatError, UsageError) as exc:
+        out.update(status=STATUS_BAD, detail=one_line(exc))
+    except Exception as exc:
+        out.update(status=STATUS_FAILED, detail=one_line(exc))
+    out["seconds"] = time.perf_counter() - start
+
+
 def replay_task(p: dict[str, Any]) -> dict[str, Any]:
     """Replay one recording's snapshot(s) in this process, as ``replaykit replay FILE`` does."""
     from replaykit._analysis import render
@@ -174,9 +178,8 @@ def replay_task(p: dict[str, Any]) -> dict[str, Any]:
 
     _use_sys_path(p.get("sys_path"))
     path = Path(p["path"])
-    start = time.perf_counter()
     out: dict[str, Any] = {"status": STATUS_OK, "detail": "", "snapshots": [], "verified": 0}
-    try:
+    with _outcome(out):
         with Recording(path, verify=p.get("verify", True)) as rec:
             names = [s.name for s in rec.snapshots]
         if not names:
@@ -216,11 +219,6 @@ def replay_task(p: dict[str, Any]) -> dict[str, Any]:
             out["detail"] = (
                 f"{out['verified']} steps verified after {len(out['snapshots'])} snapshot(s)"
             )
-    except (FileFormatError, UsageError) as exc:
-        out.update(status=STATUS_BAD, detail=one_line(exc))
-    except Exception as exc:
-        out.update(status=STATUS_FAILED, detail=one_line(exc))
-    out["seconds"] = time.perf_counter() - start
     return out
 
 
@@ -228,9 +226,8 @@ def check_task(p: dict[str, Any]) -> dict[str, Any]:
     """Validate one file, in the sandboxed child by default (``replaykit check FILE``)."""
     from replaykit._analysis.check import validate_file
 
-    start = time.perf_counter()
     out: dict[str, Any] = {"status": STATUS_OK, "detail": "", "snapshots": []}
-    try:
+    with _outcome(out):
         report = validate_file(
             p["path"],
             sandbox=p.get("sandbox", True),
@@ -240,11 +237,6 @@ def check_task(p: dict[str, Any]) -> dict[str, Any]:
         out["snapshots"] = list(report.snapshots)
         out["rows"] = dict(report.streams)
         out["detail"] = f"{report.bytes_verified} bytes verified"
-    except (FileFormatError, UsageError) as exc:
-        out.update(status=STATUS_BAD, detail=one_line(exc))
-    except Exception as exc:
-        out.update(status=STATUS_FAILED, detail=one_line(exc))
-    out["seconds"] = time.perf_counter() - start
     return out
 
 
@@ -253,9 +245,8 @@ def diff_task(p: dict[str, Any]) -> dict[str, Any]:
     from replaykit._analysis import render
     from replaykit._analysis.compare import Rule, Rules, diff_recordings
 
-    start = time.perf_counter()
     out: dict[str, Any] = {"status": STATUS_OK, "detail": "", "first": None}
-    try:
+    with _outcome(out):
         rules = Rules(
             default=Rule(
                 atol=p.get("atol", 0.0), rtol=p.get("rtol", 0.0), max_ulp=p.get("max_ulp", 0)
@@ -267,9 +258,4 @@ def diff_task(p: dict[str, Any]) -> dict[str, Any]:
             out["status"] = STATUS_DIVERGED
             first = result.first
             out["first"] = None if first is None else first.to_json()
-    except (FileFormatError, UsageError) as exc:
-        out.update(status=STATUS_BAD, detail=one_line(exc))
-    except Exception as exc:
-        out.update(status=STATUS_FAILED, detail=one_line(exc))
-    out["seconds"] = time.perf_counter() - start
     return out

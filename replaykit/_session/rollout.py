@@ -283,28 +283,26 @@ def _add_note(exc: BaseException, note: str) -> None:
         exc.__notes__ = [*getattr(exc, "__notes__", []), note]  # type: ignore[attr-defined]
 
 
-def _move_into_place(tmp: Path, out: Path, *, overwrite: bool) -> None:
+def move_into_place(tmp: Path, out: Path, *, overwrite: bool, keep_hint: str | None = None) -> None:
     """Rename the finished recording ``tmp`` to ``out``.
 
     Without ``overwrite``, a file that appeared at ``out`` while recording is never
-    replaced: a hard link claims the name only if it is free.
+    replaced: a hard link claims the name only if it is free. ``keep_hint`` ends the error
+    line then (default: ``tmp`` is kept; rename it yourself).
     """
     if overwrite:
         os.replace(tmp, out)
         return
+    hint = keep_hint or f"the new recording is {tmp}: rename it yourself"
     try:
         os.link(tmp, out)
     except FileExistsError:
-        raise UsageError(
-            f"{out} appeared while recording and was left as it is; the new recording is "
-            f"{tmp}: rename it yourself"
-        ) from None
+        raise UsageError(f"{out} appeared while recording and was left as it is; {hint}") from None
     except OSError:
         # No hard links on this file system: check, then rename (a narrow race remains).
         if os.path.lexists(out):
             raise UsageError(
-                f"{out} appeared while recording and was left as it is; the new recording "
-                f"is {tmp}: rename it yourself"
+                f"{out} appeared while recording and was left as it is; {hint}"
             ) from None
         os.replace(tmp, out)
         return
@@ -449,7 +447,7 @@ def record_rollout(
     except BaseException as exc:
         _stopped(rec, tmp, exc)
         raise
-    _move_into_place(tmp, out_path, overwrite=overwrite)
+    move_into_place(tmp, out_path, overwrite=overwrite)
     summary.bytes = os.path.getsize(out_path)
     return summary
 
